@@ -1,0 +1,88 @@
+// Exact softmax attention, one family: dense reference (materialized scores)
+// and flash-style tiled kernels, forward and backward, with causal, sliding
+// window (+ global tokens), ALiBi, key padding, variable-length batches and
+// dropout. Semantics (identical in every implementation):
+//   - Q [B, Hq, Lq, D]; K, V [B, Hkv, Lk, D]; Hq % Hkv == 0 (MHA/GQA/MQA);
+//     query head h reads KV head h / (Hq / Hkv).
+//   - Positions are bottom-right aligned: query row i sits at absolute
+//     position i' = i + (Lk - Lq).
+//   - Key j is visible from row i iff (window ok || i' global || j global)
+//     && (!causal || j <= i') && key j not padded, where window ok means
+//     i' - left <= j <= i' + right (a negative bound is unbounded).
+//   - score = scale * q.k - (alibi ? m_h * |i' - j| : 0); P = softmax over
+//     visible keys; O = dropout(P) V. LSE = log sum exp(score) over visible keys
+//     (natural log, before dropout).
+//   - A row that sees no key gets O = 0, LSE = -inf and zero gradients.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace mf {
+
+enum class AttentionImpl { Flash, Dense };
+
+struct AttentionOptions {
+  bool causal = false;
+  std::int64_t window_left = -1;   // < 0: unbounded
+  std::int64_t window_right = -1;  // < 0: unbounded
+  // Absolute positions (0-based, key coordinates) of global tokens (Longformer).
+  std::vector<std::int64_t> global_tokens;
+  bool alibi = false;  // slopes of the ALiBi paper for Hq heads
+  float scale = 0.0f;  // 0: 1/sqrt(D)
+  float dropout_p = 0.0f;  // attention dropout on P, kept values scaled by 1/(1-p)
+  std::uint64_t dropout_seed = 0;
+  // Optional int32 [B, Lk]: nonzero = key may be attended, 0 = padding.
+  Tensor key_padding_mask;
+};
+
+struct AttentionOutput {
+  Tensor out;  // [B, Hq, Lq, D]   (varlen: [total_q, Hq, D])
+  Tensor lse;  // [B, Hq, Lq]      (varlen: [Hq, total_q])
+};
+
+struct AttentionGrads {
+  Tensor dq;  // shape of q
+  Tensor dk;  // shape of k (summed over the query heads of each KV group)
+  Tensor dv;  // shape of v
+};
+
+AttentionOutput attention_forward(const Tensor& q,  // [B, Hq, Lq, D]
+                                  const Tensor& k,  // [B, Hkv, Lk, D]
+                                  const Tensor& v,  // [B, Hkv, Lk, D]
+                                  const AttentionOptions& opt, AttentionImpl impl = AttentionImpl::Flash);
+
+AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out,   // [B, Hq, Lq, D] from forward
+                                  const Tensor& lse,   // [B, Hq, Lq] from forward
+                                  const Tensor& dout,  // [B, Hq, Lq, D]
+                                  const AttentionOptions& opt, AttentionImpl impl = AttentionImpl::Flash);
+
+// Variable-length packed batches (flash-attn's varlen API): sequence b owns
+// rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) of q and [cu_seqlens_k[b],
+// cu_seqlens_k[b+1]) of k and v. key_padding_mask must be empty here.
+struct VarlenSeqlens {
+  std::vector<std::int64_t> cu_seqlens_q;  // [B + 1], starts at 0, non-decreasing
+  std::vector<std::int64_t> cu_seqlens_k;  // [B + 1]
+};
+
+AttentionOutput attention_varlen_forward(const Tensor& q,  // [total_q, Hq, D]
+                                         const Tensor& k,  // [total_k, Hkv, D]
+                                         const Tensor& v,  // [total_k, Hkv, D]
+                                         const VarlenSeqlens& seqs, const AttentionOptions& opt,
+                                         AttentionImpl impl = AttentionImpl::Flash);
+
+AttentionGrads attention_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const Tensor& out,   // [total_q, Hq, D]
+                                         const Tensor& lse,   // [Hq, total_q]
+                                         const Tensor& dout,  // [total_q, Hq, D]
+                                         const VarlenSeqlens& seqs, const AttentionOptions& opt,
+                                         AttentionImpl impl = AttentionImpl::Flash);
+
+// ALiBi slopes for n heads (Press et al.): 2^(-8h/n), h = 1..n, when n is a
+// power of two; otherwise those of the closest lower power of two followed
+// by every other slope of twice that count.
+std::vector<float> alibi_slopes(std::int64_t n_heads);
+
+}  // namespace mf

@@ -1,0 +1,82 @@
+// The plain parameter block every attention kernel (dense, flash, decode)
+// works from: element offsets and strides for each batch entry, so that
+// [B, H, L, D] tensors and varlen packed [total, H, D] tensors are one case.
+// Built and validated by the front door (attention.cpp); kernels trust it.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core/rng.h"
+
+namespace mf {
+
+struct AttentionProblem {
+  std::int64_t batch = 0, hq = 0, hkv = 0, d = 0;
+  // Per batch entry b: rows of q/out/dout (q_len) and of k/v (k_len); the
+  // element offset of row 0, head 0 of q/out/dout/dq (q_off), of k/v/dk/dv
+  // (k_off), and of lse (lse_off).
+  std::vector<std::int64_t> q_len, k_len, q_off, k_off, lse_off;
+  // Strides in elements, shared by all batch entries. q, out, dout and dq use
+  // the q strides; k, v, dk and dv use the k strides; the last dim is unit-stride.
+  std::int64_t q_head_stride = 0, q_row_stride = 0;
+  std::int64_t k_head_stride = 0, k_row_stride = 0;
+  std::int64_t lse_head_stride = 0;  // lse rows are unit-stride
+
+  float scale = 1.0f;
+  bool causal = false;
+  std::int64_t window_left = -1, window_right = -1;  // < 0: unbounded
+  std::vector<std::int64_t> global_tokens;           // sorted, unique
+  std::vector<float> alibi_slopes;                   // [hq], or empty for no ALiBi
+  float dropout_p = 0.0f;
+  std::uint64_t dropout_seed = 0;
+  const std::int32_t* key_mask = nullptr;  // [batch, key_mask_stride] or null
+  std::int64_t key_mask_stride = 0;
+
+  std::int64_t group() const { return hq / hkv; }  // query heads per KV head
+  std::int64_t shift(std::int64_t b) const { return k_len[b] - q_len[b]; }  // i' = i + shift
+  bool is_global(std::int64_t pos) const {
+    for (auto g : global_tokens)
+      if (g == pos) return true;
+    return false;
+  }
+};
+
+// Whether row i of batch entry b may see key j (see attention.h for the rule).
+inline bool attention_visible(const AttentionProblem& p, std::int64_t b, std::int64_t i, std::int64_t j) {
+  const std::int64_t ip = i + p.shift(b);
+  if (p.causal && j > ip) return false;
+  if (p.key_mask != nullptr && p.key_mask[b * p.key_mask_stride + j] == 0) return false;
+  const bool in_window = (p.window_left < 0 || j >= ip - p.window_left) && (p.window_right < 0 || j <= ip + p.window_right);
+  return in_window || (!p.global_tokens.empty() && (p.is_global(ip) || p.is_global(j)));
+}
+
+// Score bias added to scale * q.k (ALiBi), for query head h.
+inline float attention_bias(const AttentionProblem& p, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) {
+  if (p.alibi_slopes.empty()) return 0.0f;
+  const std::int64_t dist = i + p.shift(b) - j;
+  return -p.alibi_slopes[h] * static_cast<float>(dist < 0 ? -dist : dist);
+}
+
+// Dropout keep decision for P[b, h, i, j]: Philox on (seed, stream = b*hq + h,
+// counter = i * k_len + j), kept iff uniform >= p. Identical in forward and
+// backward, and in every implementation.
+inline bool attention_dropout_keep(const AttentionProblem& p, std::int64_t b, std::int64_t h, std::int64_t i,
+                                   std::int64_t j) {
+  if (p.dropout_p <= 0.0f) return true;
+  return rng_uniform(p.dropout_seed, static_cast<std::uint64_t>(b * p.hq + h),
+                     static_cast<std::uint64_t>(i * p.k_len[b] + j)) >= p.dropout_p;
+}
+
+// Kernels: pointers are the bases that the offsets in `p` index.
+void dense_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
+                             float* lse);
+void dense_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv);
+void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
+                             float* lse);
+void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv);
+
+}  // namespace mf
