@@ -106,8 +106,8 @@ constexpr std::int64_t kMaxDim = std::int64_t{1} << 20;     // hidden/intermedia
 constexpr std::int64_t kMaxVocab = std::int64_t{1} << 31;   // token ids are int32
 constexpr std::int64_t kMaxPositions = std::int64_t{1} << 24;
 
-RopeScaling parse_rope_scaling(const json& v, const std::string& source) {
-  RopeScaling r;
+RopeScalingConfig parse_rope_scaling_json(const json& v, const std::string& source) {
+  RopeScalingConfig r;
   if (v.is_null()) return r;
   if (!v.is_object())
     field_error(source, "rope_scaling", str_cat("must be an object or null but is ", type_of(v), " (", v.dump(), ")"));
@@ -140,7 +140,7 @@ RopeScaling parse_rope_scaling(const json& v, const std::string& source) {
   return r;
 }
 
-json rope_scaling_to_json(const RopeScaling& r) {
+json rope_scaling_to_json(const RopeScalingConfig& r) {
   if (r.type == RopeScalingType::None) return nullptr;
   json j;
   j["rope_type"] = kRopeTypes.name(r.type);
@@ -227,7 +227,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
       {"rms_norm_eps", [&](const json& v, const std::string& f) { c.rms_norm_eps = get_double(v, s, f); }},
       {"layer_norm_eps", [&](const json& v, const std::string& f) { c.layer_norm_eps = get_double(v, s, f); }},
       {"rope_theta", [&](const json& v, const std::string& f) { c.rope_theta = get_double(v, s, f); }},
-      {"rope_scaling", [&](const json& v, const std::string&) { c.rope_scaling = parse_rope_scaling(v, s); }},
+      {"rope_scaling", [&](const json& v, const std::string&) { c.rope_scaling = parse_rope_scaling_json(v, s); }},
       {"max_position_embeddings",
        [&](const json& v, const std::string& f) { c.max_position_embeddings = get_int(v, s, f, 1, kMaxPositions); }},
       {"tie_word_embeddings", [&](const json& v, const std::string& f) { c.tie_word_embeddings = get_bool(v, s, f); }},
@@ -330,7 +330,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     need(c.sliding_window == 0, "sliding_window", "no sliding_window");
   }
 
-  const RopeScaling& r = c.rope_scaling;
+  const RopeScalingConfig& r = c.rope_scaling;
   if (r.type != RopeScalingType::None) {
     if (!c.uses_rope())
       field_error(s, "rope_scaling",

@@ -24,7 +24,7 @@ enum class PositionKind { RoPE, RoPEInterleaved, ALiBi, Sinusoidal, Learned, Non
 enum class Activation { SiLU, GELU, GELUTanh };
 enum class RopeScalingType { None, Linear, NTK, Dynamic, YaRN };
 
-struct RopeScaling {
+struct RopeScalingConfig {
   RopeScalingType type = RopeScalingType::None;
   double factor = 1.0;
   std::int64_t original_max_position_embeddings = 0;  // 0: max_position_embeddings
@@ -44,7 +44,7 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   double layer_norm_eps = 1e-5;
   double rope_theta = 10000.0;
-  RopeScaling rope_scaling;
+  RopeScalingConfig rope_scaling;
   std::int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;
   std::int64_t sliding_window = 0;  // 0: none; W: a token sees itself and the W - 1 before it
