@@ -83,7 +83,7 @@ Tensor linear_forward(const Tensor& in, const Tensor& weight, const Tensor& bias
 }
 
 void linear_backward(const Tensor& din, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
-                     const Tensor& in, const Tensor& weight) {
+                     const Tensor& in, const Tensor& weight, bool accumulate_din) {
   const Dims d = check_args(in, weight);
   check_matrix(dout, "dout");
   dout.check_shape({d.n, d.out}, "linear", "dout");
@@ -95,14 +95,14 @@ void linear_backward(const Tensor& din, const Tensor& dweight, const Tensor& dbi
   }
   if (dbias.defined()) check_vector(dbias, d.out, "dbias");
   if (d.n == 0) {
-    if (din.defined()) Tensor(din).fill(0.0f);
+    if (din.defined() && !accumulate_din) Tensor(din).fill(0.0f);
     return;
   }
   const float* dy = dout.data<float>();
-  // din[N, in] = dout[N, out] * W[out, in]
+  // din[N, in] (+)= dout[N, out] * W[out, in]
   if (din.defined())
-    gemm(Trans::N, Trans::N, d.n, d.in, d.out, 1.0f, dy, d.out, weight.data<float>(), d.in, 0.0f, din.data<float>(),
-         d.in);
+    gemm(Trans::N, Trans::N, d.n, d.in, d.out, 1.0f, dy, d.out, weight.data<float>(), d.in,
+         accumulate_din ? 1.0f : 0.0f, din.data<float>(), d.in);
   // dW[out, in] += dout[N, out]^T * in[N, in]
   gemm(Trans::T, Trans::N, d.out, d.in, d.n, 1.0f, dy, d.out, in.data<float>(), d.in, 1.0f, dweight.data<float>(),
        d.in);

@@ -14,14 +14,16 @@ void linear_forward(const Tensor& out,     // [N, out_features] (written)
                     const Tensor& weight,  // [out_features, in_features]
                     const Tensor& bias);   // [out_features] or undefined
 
-// din = dout W (overwritten; undefined = skip); dweight += dout^T in;
-// dbias += sum over rows of dout (undefined = skip).
+// din = dout W (overwritten; undefined = skip; with accumulate_din, din +=
+// dout W instead, for inputs that feed several projections, e.g. q/k/v);
+// dweight += dout^T in; dbias += sum over rows of dout (undefined = skip).
 void linear_backward(const Tensor& din,      // [N, in_features] or undefined
                      const Tensor& dweight,  // [out_features, in_features] (+=)
                      const Tensor& dbias,    // [out_features] (+=) or undefined
                      const Tensor& dout,     // [N, out_features]
                      const Tensor& in,       // [N, in_features]
-                     const Tensor& weight);  // [out_features, in_features]
+                     const Tensor& weight,   // [out_features, in_features]
+                     bool accumulate_din = false);
 
 // Convenience: allocates and returns out.
 Tensor linear_forward(const Tensor& in, const Tensor& weight, const Tensor& bias);
