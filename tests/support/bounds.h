@@ -1,11 +1,14 @@
 // Helpers for kernel tests: element-wise comparison against per-element
 // error bounds (derived in each test from the kernel's rounding steps, in
-// units of u = 2^-24), random inputs, and bitwise equality.
+// units of u = 2^-24), random inputs, and bitwise equality. Set
+// MODFORMER_TEST_VERBOSE=1 to print each check's worst error/bound ratio.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -29,7 +32,8 @@ inline ::testing::AssertionResult within_bounds(const std::vector<float>& got, c
   std::size_t wi = 0;
   std::int64_t bad = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    // Equal values (including equal infinities) have no error.
+    const double err = got[i] == want[i] ? 0.0 : std::fabs(static_cast<double>(got[i]) - want[i]);
     const double ratio = err / (bound[i] + kTinyAbs);
     if (!(ratio <= 1.0)) ++bad;
     if (!(ratio <= worst)) {
@@ -40,7 +44,10 @@ inline ::testing::AssertionResult within_bounds(const std::vector<float>& got, c
   std::ostringstream os;
   os << what << ": worst element " << wi << " got " << got[wi] << " want " << want[wi] << " bound "
      << bound[wi] << " (error/bound " << worst << ")";
-  if (bad == 0) return ::testing::AssertionSuccess() << os.str();
+  if (bad == 0) {
+    if (std::getenv("MODFORMER_TEST_VERBOSE")) std::printf("[bounds] %s\n", os.str().c_str());
+    return ::testing::AssertionSuccess();
+  }
   return ::testing::AssertionFailure() << bad << " of " << got.size() << " elements out of bounds; " << os.str();
 }
 
