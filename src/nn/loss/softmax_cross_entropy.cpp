@@ -57,13 +57,16 @@ double softmax_cross_entropy(const Tensor& logits_in, const Tensor& targets_in, 
     float m = -std::numeric_limits<float>::infinity();
     for (std::int64_t j = 0; j < v; ++j) m = std::fmax(m, zi[j]);
     double sum = 0.0;
-    for (std::int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<double>(zi[j]) - m);
-    const double lse = m + std::log(sum);
-    row_loss[static_cast<std::size_t>(i)] = lse - zi[t[i]];
+    for (std::int64_t j = 0; j < v; ++j) {
+      const double e = std::exp(static_cast<double>(zi[j]) - m);
+      sum += e;
+      if (dz != nullptr) dz[i * v + j] = static_cast<float>(e);  // kept for the softmax below
+    }
+    row_loss[static_cast<std::size_t>(i)] = m + std::log(sum) - zi[t[i]];
     if (dz != nullptr) {
       // d(loss_i)/dz_j = softmax_j - [j == t_i]
-      for (std::int64_t j = 0; j < v; ++j)
-        dz[i * v + j] = static_cast<float>(std::exp(static_cast<double>(zi[j]) - lse)) * scale;
+      const double inv = scale / sum;
+      for (std::int64_t j = 0; j < v; ++j) dz[i * v + j] = static_cast<float>(dz[i * v + j] * inv);
       dz[i * v + t[i]] -= scale;
     }
   }
