@@ -261,7 +261,7 @@ Tensor Transformer::forward_hidden(const Tensor& tokens_in, ForwardState* st, Kv
     st->inputs.push_back(x);
   }
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    const AttentionCall call{B, L, static_cast<std::int64_t>(i), cache};
+    const AttentionCall call{B, L, static_cast<std::int64_t>(i), cache, past};
     BlockSaved local;
     const bool keep = st != nullptr && !cfg_.gradient_checkpointing;
     x = block_forward(keep ? st->blocks[i] : local, x, layers_[i].p, call);

@@ -61,7 +61,8 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
                             const AttentionCall& call) {
   check_params(p, x, call);
   const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim;
-  const std::int64_t past = call.cache ? call.cache->past_length() : 0;
+  const std::int64_t past = call.past;
+  MF_CHECK(past == 0 || call.cache != nullptr, kOp, " a past length of ", past, " needs a KV cache");
   Tensor ql = linear_forward(x, p.q->value, bias_of(p.q_bias));  // [N, Hq*D]
   Tensor kl = linear_forward(x, p.k->value, bias_of(p.k_bias));  // [N, Hkv*D]
   Tensor vl = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, Hkv*D]

@@ -25,7 +25,9 @@ namespace mf {
 class KvCacheHook {
  public:
   virtual ~KvCacheHook() = default;
-  // Number of positions already cached (the same for every layer within one call).
+  // Number of positions already cached before this call; the model reads it
+  // once per call (before any layer's extend), so an implementation may
+  // advance it only after the call (or per layer-0 extend, counting once).
   virtual std::int64_t past_length() const = 0;
   virtual std::pair<Tensor, Tensor> extend(std::int64_t layer, const Tensor& k, const Tensor& v) = 0;
 };
@@ -43,11 +45,13 @@ struct SelfAttentionParams {
   AttentionImpl impl = AttentionImpl::Flash;
 };
 
-// Where the call sits: batch shape, layer index (for the cache) and the cache.
+// Where the call sits: batch shape, layer index (for the cache), the cache,
+// and the absolute position of the first row (the cache's past length).
 struct AttentionCall {
   std::int64_t batch = 0, seq_len = 0;
   std::int64_t layer = 0;
   KvCacheHook* cache = nullptr;
+  std::int64_t past = 0;
 };
 
 // Saved by the forward for the backward.
