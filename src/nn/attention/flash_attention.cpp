@@ -84,8 +84,7 @@ struct Common {
   const AttentionProblem& p;
   FlashTiles tiles;
   i64 G, D, Dp;
-  float c;                          // scale * log2(e): scores are kept in log2 units
-  std::vector<float> slope2;        // [hq] ALiBi slope * log2(e); empty without ALiBi
+  std::vector<float> slopes;        // [hq] ALiBi slopes; empty without ALiBi
   std::vector<std::uint8_t> gmap;   // [max k_len] key position is a global token
   std::vector<i64> pad_prefix, pad_base;  // padded keys before j of entry b: pad_prefix[pad_base[b] + j]
   const float* k;
@@ -94,8 +93,7 @@ struct Common {
 
   Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
       : p(prob), tiles(flash_tiles()), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
-        c(prob.scale * kLog2e), k(kp), v(vp), dec_seg(seg) {
-    for (float s : p.alibi_slopes) slope2.push_back(s * kLog2e);
+        slopes(prob.alibi_slopes), k(kp), v(vp), dec_seg(seg) {
     if (!p.global_tokens.empty()) {
       i64 max_k = 0;
       for (i64 b = 0; b < p.batch; ++b) max_k = std::max(max_k, p.k_len[b]);
@@ -191,8 +189,9 @@ struct FwdScratch {
 
 // Unnormalized attention of the stacked rows (the G query heads of KV head
 // kvh x positions [i0, i0 + nq), row r = g * nq + ii) over keys [ka, kb):
-// leaves o = sum_j 2^(s_j - m) v_j, m = max_j s_j, l = sum_j 2^(s_j - m)
-// (s in log2 units) in the scratch.
+// leaves o = sum_j e^(s_j - m) v_j, m = max_j s_j, l = sum_j e^(s_j - m) in
+// the scratch. exp(s - m) is computed as 2^((s - m) log2 e): s - m is exact
+// near the maximum, so large logits lose no more than the plain formula.
 template <class Isa>
 void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, i64 ka, i64 kb,
               FwdScratch<Isa>& sc) {
@@ -205,16 +204,16 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   float* qt = sc.qt.data();
   float* st = sc.st.data();
   float* o = sc.o.data();
-  const bool alibi = !cm.slope2.empty(), has_global = cm.has_global();
+  const bool alibi = !cm.slopes.empty(), has_global = cm.has_global();
 
-  // Qt[d][r] = c * q(h_r, i_r, d), and the per-lane row facts. Lanes >= R: zero query, never visible.
+  // Qt[d][r] = scale * q(h_r, i_r, d), and the per-lane row facts. Lanes >= R: zero query, never visible.
   for (i64 r = 0; r < R; ++r) {
     const i64 g = r / nq, i = i0 + r % nq, h = kvh * cm.G + g;
     const float* qr = q + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
-    for (i64 d = 0; d < D; ++d) qt[d * Rp + r] = qr[d] * cm.c;
+    for (i64 d = 0; d < D; ++d) qt[d * Rp + r] = qr[d] * p.scale;
     sc.ipos[r] = static_cast<float>(i + shift);
     sc.grow[r] = cm.global_pos(i + shift) ? 1.0f : 0.0f;
-    sc.slope[r] = alibi ? cm.slope2[h] : 0.0f;
+    sc.slope[r] = alibi ? cm.slopes[h] : 0.0f;
     sc.lane_h[r] = h;
     sc.lane_i[r] = i;
   }
@@ -245,7 +244,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     const i64 nc = j1 - j0;
     const float* kr = sg.k + (j0 - sg.start) * krs;
     const float* vr = sg.v + (j0 - sg.start) * krs;
-    // S^T[nc x Rp] = K[j0:j1] Qt   (scores in log2 units)
+    // S^T[nc x Rp] = K[j0:j1] Qt
     tile_gemm<I, false>(nc, Rp, D, kr, krs, qt, Rp, st, Rp, TileMode::Store);
     const bool edge = kind == TileKind::Edge;
     for (i64 v0 = 0; v0 < Rp; v0 += W) {
@@ -270,15 +269,16 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
         if (alibi || edge) I::store(sp, s);
         mx = I::max(mx, s);
       }
-      // Online softmax: m' = max(m, rowmax); alpha = 2^(m - m'); P = 2^(s - m'); l = alpha l + sum P.
+      // Online softmax: m' = max(m, rowmax); alpha = e^(m - m'); P = e^(s - m'); l = alpha l + sum P.
       const V mold = I::load(sc.m + v0);
       const V mnew = I::max(mold, mx);
       const V msafe = I::select(I::eq(mnew, I::set1(kNegInf)), I::zero(), mnew);  // no (-inf) - (-inf)
-      const V alpha = I::exp2(I::sub(mold, msafe));
+      const V log2e = I::set1(kLog2e);
+      const V alpha = I::exp2(I::mul(I::sub(mold, msafe), log2e));
       V sum = I::zero();
       for (i64 jj = 0; jj < nc; ++jj) {
         float* sp = st + jj * Rp + v0;
-        const V pv = I::exp2(I::sub(I::load(sp), msafe));
+        const V pv = I::exp2(I::mul(I::sub(I::load(sp), msafe), log2e));
         I::store(sp, pv);
         sum = I::add(sum, pv);
       }
@@ -300,7 +300,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   }
 }
 
-// out = O / l, lse = ln 2 (m + log2 l); rows with l == 0 (no visible key) get 0 and -inf.
+// out = O / l, lse = m + ln l; rows with l == 0 (no visible key) get 0 and -inf.
 void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o, const float* m, const float* l,
                 float* out, float* lse) {
   const AttentionProblem& p = cm.p;
@@ -309,9 +309,8 @@ void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o
     float* orow = out + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
     float& lr = lse[p.lse_off[b] + h * p.lse_head_stride + i];
     if (l[r] > 0.0f) {
-      const float inv = 1.0f / l[r];
-      for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] * inv;
-      lr = (m[r] + std::log2(l[r])) * kLn2;
+      for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
+      lr = m[r] + std::log(l[r]);
     } else {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = 0.0f;
       lr = kNegInf;
@@ -385,7 +384,7 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
         std::memcpy(dst + Rp * cm.Dp + Rp, sc.l, static_cast<std::size_t>(Rp) * sizeof(float));
       }
     }
-    // Merge the splits in order: m = max m_s, l = sum 2^(m_s - m) l_s, o = sum 2^(m_s - m) o_s.
+    // Merge the splits in order: m = max m_s, l = sum e^(m_s - m) l_s, o = sum e^(m_s - m) o_s.
 #pragma omp for schedule(dynamic, 1)
     for (i64 it = 0; it < n_merges; ++it) {
       const FwdItem& w = merges[it];
@@ -401,7 +400,7 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
         if (mmax != kNegInf) {
           for (i64 s = 0; s < nsplit[w.b]; ++s) {
             const float* ps = base + s * slot;
-            const float wgt = std::exp2(ps[Rp * cm.Dp + r] - mmax);
+            const float wgt = std::exp(ps[Rp * cm.Dp + r] - mmax);
             lsum += wgt * ps[Rp * cm.Dp + Rp + r];
             for (i64 d = 0; d < cm.D; ++d) orow[d] += wgt * ps[r * cm.Dp + d];
           }
@@ -419,13 +418,14 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
 template <class Isa>
 struct BwdScratch {
   i64 Bkp = 0, Bq = 0;
-  Buf kt, vt, dk, dv, s, pb, dp, pd, mf, lanes;
+  Buf kt, vt, qs, dk, dv, s, pb, dp, pd, mf, lanes;
   float *jpos = nullptr, *keyok = nullptr, *gcol = nullptr;
   explicit BwdScratch(const Common& cm) {
     Bkp = round_up(cm.tiles.bwd_keys, 16);
     Bq = cm.tiles.bwd_rows;
     kt.reset(cm.D * Bkp);
     vt.reset(cm.D * Bkp);
+    qs.reset(Bq * cm.Dp);
     dk.reset(Bkp * cm.Dp);
     dv.reset(Bkp * cm.Dp);
     s.reset(Bq * Bkp);
@@ -444,7 +444,7 @@ struct BwdScratch {
 
 struct BwdInputs {
   const float *q, *k, *v, *dout;
-  const float* lse2;  // [rows] lse * log2(e), +inf for rows that see no key
+  const float* lse;   // [rows] lse, +inf for rows that see no key (so that P = 0)
   const float* di;    // [rows] rowsum(dO * O)
   std::vector<i64> row_base;  // entry b: row (h, i) at row_base[b] + h * q_len[b] + i
   float* dk;
@@ -468,7 +468,7 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
   const float* vr = in.v + p.k_off[b] + kvh * p.k_head_stride + j0 * krs;
   float *kt = sc.kt.data(), *vt = sc.vt.data(), *dka = sc.dk.data(), *dva = sc.dv.data();
   float *s = sc.s.data(), *pb = sc.pb.data(), *dp = sc.dp.data(), *pd = sc.pd.data(), *mf = sc.mf.data();
-  const bool alibi = !cm.slope2.empty(), has_global = cm.has_global(), dropout = p.dropout_p > 0.0f;
+  const bool alibi = !cm.slopes.empty(), has_global = cm.has_global(), dropout = p.dropout_p > 0.0f;
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
 
   // K^T, V^T [D x Bkp] (zero beyond nc); key lanes: position, usable (in range, not padded), global.
@@ -489,7 +489,7 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
 
   for (i64 g = 0; g < cm.G; ++g) {
     const i64 h = kvh * cm.G + g;
-    const float sl = alibi ? cm.slope2[h] : 0.0f;
+    const float sl = alibi ? cm.slopes[h] : 0.0f;
     for (i64 i0 = 0; i0 < lq; i0 += sc.Bq) {
       const i64 nq = std::min(sc.Bq, lq - i0);
       const TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
@@ -500,17 +500,22 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
       const float* dorow = in.dout + qoff;
       const i64 rbase = in.row_base[b] + h * lq + i0;
 
-      // S = Q K^T; P = 2^(c S + bias - lse2) (visible keys only)
-      tile_gemm<I, false>(nq, Bkp, D, qrow, qrs, kt, Bkp, s, Bkp, TileMode::Store);
+      // S = (scale Q) K^T, rounded exactly as in the forward (same products, same order), so
+      // P = exp(S + bias - lse) (visible keys only) matches the forward's normalization.
+      float* qs = sc.qs.data();
+      for (i64 ii = 0; ii < nq; ++ii)
+        for (i64 d = 0; d < D; ++d) qs[ii * Dp + d] = qrow[ii * qrs + d] * p.scale;
+      tile_gemm<I, false>(nq, Bkp, D, qs, Dp, kt, Bkp, s, Bkp, TileMode::Store);
       for (i64 ii = 0; ii < nq; ++ii) {
         const i64 ip = i0 + ii + shift;
-        const V lse2 = I::set1(in.lse2[rbase + ii]);
+        const V nlse = I::set1(-in.lse[rbase + ii]);
         const V ipv = I::set1(static_cast<float>(ip));
         const M growm = I::mall(has_global && cm.global_pos(ip));
         for (i64 v0 = 0; v0 < Bkp; v0 += W) {
-          V x = I::sub(I::mul(I::load(s + ii * Bkp + v0), I::set1(cm.c)), lse2);
+          V x = I::load(s + ii * Bkp + v0);
           const V jv = I::load(sc.jpos + v0);
           if (alibi) x = I::sub(x, I::mul(I::set1(sl), I::abs(I::sub(ipv, jv))));
+          x = I::add(x, nlse);
           if (masked) {
             M win = I::mall(true);
             if (wl) win = I::mand(win, I::ge(jv, I::set1(static_cast<float>(ip - p.window_left))));
@@ -520,7 +525,7 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
             if (p.causal) vis = I::mand(vis, I::le(jv, ipv));
             x = I::select(vis, x, I::set1(kNegInf));
           }
-          I::store(pb + ii * Bkp + v0, I::exp2(x));
+          I::store(pb + ii * Bkp + v0, I::exp2(I::mul(x, I::set1(kLog2e))));
         }
       }
       const float* pv = pb;  // the P that multiplies V in the forward: dropout(P)
@@ -575,7 +580,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
   const AttentionProblem& p = cm.p;
   const i64 D = cm.D, G = cm.G;
 
-  // D_i = rowsum(dO * O) and lse in log2 units, once per row.
+  // D_i = rowsum(dO * O) and the row's lse (+inf when it sees no key), once per row.
   BwdInputs in{q, k, v, dout, nullptr, nullptr, std::vector<i64>(p.batch), dk, dv};
   i64 rows = 0;
   for (i64 b = 0; b < p.batch; ++b) {
@@ -583,7 +588,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
     rows += p.hq * p.q_len[b];
   }
   Buf lse2(rows), di(rows);
-  in.lse2 = lse2.data();
+  in.lse = lse2.data();
   in.di = di.data();
   std::vector<std::pair<i64, i64>> bh;  // (b, h) with rows
   for (i64 b = 0; b < p.batch; ++b)
@@ -603,7 +608,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
       const i64 r = in.row_base[b] + h * p.q_len[b] + i;
       const float l = lse[p.lse_off[b] + h * p.lse_head_stride + i];
       di.data()[r] = sum;
-      lse2.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l * kLog2e;
+      lse2.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l;
       std::memset(dq + off, 0, static_cast<std::size_t>(D) * sizeof(float));  // dq is accumulated below
     }
   }

@@ -131,7 +131,9 @@ struct IsaAvx512 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  // The maskz forms avoid GCC 12's false -Wmaybe-uninitialized on _mm512_undefined_ps.
+  static constexpr __mmask16 kAll = 0xFFFF;
+  static V max(V a, V b) { return _mm512_maskz_max_ps(kAll, a, b); }
   static V abs(V a) { return _mm512_abs_ps(a); }
   static M le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   static M ge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
@@ -140,12 +142,26 @@ struct IsaAvx512 {
   static M mor(M a, M b) { return static_cast<M>(a | b); }
   static M mall(bool b) { return b ? static_cast<M>(0xFFFF) : static_cast<M>(0); }
   static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }
-  static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
-  static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+  static __m256 low_half(V v) { return _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 0)); }
+  static __m256 high_half(V v) { return _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 1)); }
+  static float reduce_add(V v) {
+    __m256 h = _mm256_add_ps(low_half(v), high_half(v));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float reduce_max(V v) {
+    __m256 h = _mm256_max_ps(low_half(v), high_half(v));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
   static V exp2(V x) {
     const M live = ge(x, set1(kExp2Min));
-    x = _mm512_min_ps(x, set1(127.0f));
-    const V n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_maskz_min_ps(kAll, x, set1(127.0f));
+    const V n = _mm512_maskz_roundscale_ps(kAll, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = sub(x, n);
     V p = fmadd(set1(kExp2C6), f, set1(kExp2C5));
     p = fmadd(p, f, set1(kExp2C4));
