@@ -83,7 +83,22 @@ void save_config(const std::string& path, const ModelConfig& c);  // atomic
 void validate_config(const ModelConfig& c, const std::string& source = "config");
 
 // The built-in Llama-style config that `modformer train` uses without
-// --config: byte vocabulary, sized to train well on 2 cores in ~10 minutes.
+// --config: byte vocabulary (256), hidden 192, 4 layers, 6 query heads of 32
+// sharing 2 KV heads (GQA 3:1), SwiGLU 512, RMSNorm pre-norm, RoPE, flash
+// attention; 1.67M parameters. Chosen by measurement on the 2-core machine:
+// validation bits/byte after 300 AdamW steps (gcide, seq 256, batch 8 =
+// 614k tokens, lr 2e-3) and training tokens/s with 2 threads (best step):
+//   hidden 128, 4 layers, 2x64 / 1 KV (0.85M):  2.366 bpb  ~24k tok/s
+//   hidden 192, 4 layers, 3x64 / 1 KV (1.67M):  2.325 bpb  ~11k tok/s
+//   hidden 192, 4 layers, 6x32 / 2 KV (1.67M):  2.367 bpb  ~9.5k tok/s  <- default
+//   hidden 192, 4 layers, 4x48 / 2 KV (1.72M):  2.435 bpb  ~8.9k tok/s
+//   hidden 192, 6 layers, 3x64 / 1 KV (2.46M):  2.533 bpb
+//   hidden 256, 4 layers, 4x64 / 2 KV (3.28M):  2.39 bpb   ~5.3k tok/s
+//   hidden 384, 6 layers, 6x64 / 2 KV (9.64M):  -          ~2.3k tok/s
+// and hidden 192 3x64/1KV reached 1.861 bpb after 2.05M tokens. Width 192
+// learns as fast per token as 256 at twice the speed, so a 10-minute run sees
+// ~5M tokens; 6x32 heads with 2 KV heads keep the default a true GQA model
+// (3x64 with one KV head, i.e. MQA, measured ~15% faster and equal quality).
 ModelConfig default_config();
 
 // Names as written in JSON.

@@ -116,7 +116,7 @@ TEST(ModelConfig, DefaultIsValidLlama) {
   EXPECT_EQ(c.model_type, "llama");
   EXPECT_EQ(c.vocab_size, 256);
   EXPECT_LT(c.num_key_value_heads, c.num_attention_heads);  // GQA
-  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.q_dim(), c.hidden_size);
   const ModelConfig d = config_from_string(config_to_string(c));
   EXPECT_EQ(config_to_json(d), config_to_json(c));
 }
