@@ -1,0 +1,33 @@
+// What the trainer, evaluator and generator need from a language model: its
+// parameters, a loss with gradients, logits, and checkpoint saving. The
+// transformer (src/model/transformer.h) implements it; tests may implement it
+// with a tiny model of their own.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "nn/parameter.h"
+
+namespace mf {
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+
+  virtual std::vector<Parameter*> parameters() = 0;
+  virtual std::int64_t vocab_size() const = 0;
+
+  // tokens, targets: int32 [B, L]; a target < 0 is ignored. Returns the mean
+  // cross-entropy (nats) over non-ignored targets. With compute_grads, adds
+  // d(mean loss)/d(param) into every Parameter::grad (+=).
+  virtual double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) = 0;
+
+  // tokens: int32 [B, L] -> float32 logits [B, L, vocab].
+  virtual Tensor logits(const Tensor& tokens) = 0;
+
+  // Writes DIR/config.json and DIR/model.safetensors atomically (DIR exists).
+  virtual void save(const std::string& dir) const = 0;
+};
+
+}  // namespace mf

@@ -1,0 +1,22 @@
+// A trainable parameter: its value, its gradient (same shape, accumulated
+// with += by every backward), and whether AdamW applies weight decay to it
+// (by default not for norms, biases and embeddings).
+#pragma once
+#include <string>
+
+#include "core/tensor.h"
+
+namespace mf {
+
+struct Parameter {
+  std::string name;  // checkpoint name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  Tensor value;      // float32
+  Tensor grad;       // float32, same shape; zeroed by the trainer before each step
+  bool weight_decay = true;
+
+  Parameter() = default;
+  Parameter(std::string n, Tensor v, bool decay)
+      : name(std::move(n)), value(std::move(v)), grad(Tensor::zeros(value.shape())), weight_decay(decay) {}
+};
+
+}  // namespace mf
