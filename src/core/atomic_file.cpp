@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -35,8 +36,22 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
 }
 
 std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  MF_CHECK(!std::filesystem::is_directory(st), "[read] cannot read '", path, "': it is a directory");
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   MF_CHECK(in.good(), "[read] cannot open '", path, "': ", std::strerror(errno));
+  // One allocation and one read for regular files; other files (pipes)
+  // fall back to buffered copying.
+  const std::streamoff size = std::filesystem::is_regular_file(st) ? std::streamoff(in.tellg()) : -1;
+  if (size >= 0 && in.seekg(0).good()) {
+    std::string bytes(static_cast<std::size_t>(size), '\0');
+    in.read(bytes.data(), size);
+    MF_CHECK(in.gcount() == size, "[read] error while reading '", path, "' (read ", in.gcount(), " of ", size,
+             " bytes)");
+    return bytes;
+  }
+  in.clear();
   std::ostringstream ss;
   ss << in.rdbuf();
   MF_CHECK(!in.bad(), "[read] error while reading '", path, "'");
