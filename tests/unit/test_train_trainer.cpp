@@ -116,6 +116,7 @@ TrainConfig small_config(const std::string& dir) {
   cfg.eval_windows = 8;
   cfg.checkpoint_interval = 4;
   cfg.seed = 99;
+  cfg.val_fraction = 0.02;  // corpus() holds out 2%
   cfg.out_dir = dir;
   cfg.progress = false;
   return cfg;
@@ -267,6 +268,9 @@ TEST(TrainTrainer, ResumeChecksConfigAndData) {
   EXPECT_NE(error_of([&] { train(m, corpus(), other, true); }).find("field 'lr' is 0.02"), std::string::npos);
   const TextCorpus shifted = TextCorpus::from_text(corpus().bytes->substr(1), 0.02, "shifted");
   EXPECT_NE(error_of([&] { train(m, shifted, cfg, true); }).find("the corpus differs"), std::string::npos);
+  const TextCorpus resplit = TextCorpus::from_text(*corpus().bytes, 0.05, "resplit");
+  EXPECT_NE(error_of([&] { train(m, resplit, cfg, true); }).find("val_fraction = 0.02 puts the split at"),
+            std::string::npos);
   // more steps on resume is allowed (the run is extended)
   TrainConfig longer = cfg;
   longer.steps = 6;
