@@ -25,8 +25,8 @@ enum class AttentionImpl { Flash, Dense };
 
 struct AttentionOptions {
   bool causal = false;
-  std::int64_t window_left = -1;   // < 0: unbounded
-  std::int64_t window_right = -1;  // < 0: unbounded
+  std::int64_t window_left = -1;   // -1: unbounded (other negative values are rejected)
+  std::int64_t window_right = -1;  // -1: unbounded (other negative values are rejected)
   // Absolute positions (0-based, key coordinates) of global tokens (Longformer).
   std::vector<std::int64_t> global_tokens;
   bool alibi = false;  // slopes of the ALiBi paper for Hq heads
