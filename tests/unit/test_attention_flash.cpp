@@ -470,15 +470,26 @@ std::vector<Spec> option_grid() {
   return g;
 }
 
-FlashTiles tiny_tiles() {
+// 16-wide tiles, so that small shapes cross many tiles; small_rows picks the
+// forward kernel: 0 = the S^T kernel everywhere, 16 = the few-row kernel everywhere.
+FlashTiles tiny_tiles(std::int64_t small_rows = 0) {
   FlashTiles t;
   t.fwd_rows = 16;
   t.fwd_keys = 16;
   t.bwd_rows = 16;
   t.bwd_keys = 16;
+  t.small_rows = small_rows;
   t.split_chunk = 16;
   t.split_min_keys = 1 << 30;
   return t;
+}
+
+struct TileConfig {
+  std::string name;
+  FlashTiles tiles;
+};
+std::vector<TileConfig> tile_configs(const FlashTiles& defaults) {
+  return {{"tiles=16", tiny_tiles(0)}, {"tiles=16,few-row", tiny_tiles(16)}, {"tiles=default", defaults}};
 }
 
 }  // namespace
@@ -487,10 +498,10 @@ TEST(FlashAttention, MatchesFloat64LoopOnOptionGrid) {
   FlashKnobs knobs;
   for (FlashIsa isa : isas()) {
     set_flash_isa(isa);
-    for (bool tiny : {true, false}) {
-      set_flash_tiles(tiny ? tiny_tiles() : knobs.tiles);
+    for (const TileConfig& tc : tile_configs(knobs.tiles)) {
+      set_flash_tiles(tc.tiles);
       for (const Spec& s : option_grid()) {
-        SCOPED_TRACE(s.name + " isa=" + flash_isa_name(isa) + (tiny ? " tiles=16" : " tiles=default"));
+        SCOPED_TRACE(s.name + " isa=" + flash_isa_name(isa) + " " + tc.name);
         check_spec(s, 100);
       }
     }
@@ -814,9 +825,9 @@ TEST(FlashAttention, MatchesPyTorchFixtures) {
     const auto ref_dq = doubles(t.at("dq")), ref_dk = doubles(t.at("dk")), ref_dv = doubles(t.at("dv"));
     for (FlashIsa isa : isas()) {
       set_flash_isa(isa);
-      for (bool tiny : {true, false}) {
-        set_flash_tiles(tiny ? tiny_tiles() : knobs.tiles);
-        SCOPED_TRACE(name + " isa=" + flash_isa_name(isa) + (tiny ? " tiles=16" : " tiles=default"));
+      for (const TileConfig& tc : tile_configs(knobs.tiles)) {
+        set_flash_tiles(tc.tiles);
+        SCOPED_TRACE(name + " isa=" + flash_isa_name(isa) + " " + tc.name);
         const auto f = run_fwd(s, q, k, v);
         expect_close("out", f.out.to_vector(), ref_out, max_err_t(base.out, ref_out));
         expect_close("lse", f.lse.to_vector(), ref_lse, max_err_t(base.lse, ref_lse));
