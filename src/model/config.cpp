@@ -328,6 +328,10 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     need(c.ffn == FfnKind::SwiGLU, "ffn", "ffn \"swiglu\"");
     need(c.position == PositionKind::RoPE, "position", "position \"rope\" (rotate-half)");
     need(c.sliding_window == 0, "sliding_window", "no sliding_window");
+    if (c.rope_scaling.type == RopeScalingType::NTK)
+      field_error(s, "rope_scaling.type",
+                  "\"ntk\" (static NTK-aware) is our own name, unknown to LlamaForCausalLM; use model_type "
+                  "\"modformer\", or \"dynamic\" / \"linear\" / \"yarn\"");
   }
 
   const RopeScalingConfig& r = c.rope_scaling;

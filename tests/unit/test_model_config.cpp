@@ -174,6 +174,8 @@ TEST(ModelConfig, RejectsImpossibleCombinations) {
   expect_rejected(with(tiny_llama(), "ffn", "mlp"), "ffn");
   expect_rejected(with(tiny_llama(), "position", "alibi"), "position", "model_type \"llama\"");
   expect_rejected(with(tiny_llama(), "sliding_window", 16), "sliding_window", "model_type \"llama\"");
+  expect_rejected(with(tiny_llama(), "rope_scaling", json{{"type", "ntk"}, {"factor", 2}}), "rope_scaling.type",
+                  "modformer");
   // The same switches are fine for model_type "modformer" (with a matching activation)...
   json m = with(with(with(tiny_llama(), "model_type", "modformer"), "ffn", "mlp"), "hidden_act", "gelu");
   m.erase("rope_scaling");
