@@ -185,8 +185,8 @@ BatchedRow measure_batched(GemmBackend be, std::int64_t s, std::int64_t count, i
   return row;
 }
 
-std::string core_env() {
-  const char* v = std::getenv("OPENBLAS_CORETYPE");
+std::string env_or_unset(const char* name) {
+  const char* v = std::getenv(name);
   return v && *v ? v : "unset";
 }
 
@@ -271,12 +271,16 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
     if (shapes[i].m * shapes[i].n * shapes[i].k < shapes[smallest].m * shapes[smallest].n * shapes[smallest].k)
       smallest = static_cast<std::int64_t>(i);
 
+  const double load = load_average_1min();
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   std::cout << "modformer bench gemm: sgemm C[m,n] = A[m,k] B[k,n] (row-major, fp32), GFLOP/s = 2mnk / best time,\n"
             << "  best of " << opt.reps << " after 1 warmup; (ratio) = GFLOP/s / best in the row\n"
             << "cpu:       " << cpu.model_name << " (avx2 " << (cpu.avx2 ? "yes" : "no") << ", avx512f "
             << (cpu.avx512f ? "yes" : "no") << ")\n"
-            << "threads:   " << num_threads() << "\n"
-            << "openblas:  core " << here_core << " in this process (OPENBLAS_CORETYPE=" << core_env() << ")";
+            << "threads:   " << num_threads() << " (OMP_WAIT_POLICY=" << env_or_unset("OMP_WAIT_POLICY") << ")\n"
+            << "load:      " << fmt("%.2f", load) << " (1-min average) on " << cpus << " online CPUs"
+            << (load > static_cast<double>(cpus) ? ": other processes compete, expect noise" : "") << "\n"
+            << "openblas:  core " << here_core << " in this process (OPENBLAS_CORETYPE=" << env_or_unset("OPENBLAS_CORETYPE") << ")";
   if (!child_cores.empty()) {
     std::cout << "; measured in child processes with OPENBLAS_CORETYPE=";
     for (std::size_t i = 0; i < child_cores.size(); ++i) std::cout << (i ? ", " : "") << child_cores[i];
@@ -284,7 +288,11 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
   std::cout << "\n"
             << "onednn:    " << (onednn ? "built in (ignores OPENBLAS_CORETYPE)" : "not built in") << "\n"
             << "auto:      " << gemm_backend_selection() << "\n"
-            << "reproduce: modformer --threads " << num_threads() << " bench gemm --reps " << opt.reps << " --sizes";
+            << "reproduce: ";
+  for (const char* var : {"OPENBLAS_CORETYPE", "OMP_WAIT_POLICY"})
+    if (env_or_unset(var) != "unset") std::cout << var << "=" << env_or_unset(var) << " ";
+  std::cout << "modformer --threads " << num_threads() << " bench gemm --reps " << opt.reps
+            << (opt.batched ? "" : " --no-batched") << " --sizes";
   for (const auto& s : shapes) std::cout << " " << s.label();
   std::cout << "\n\n" << std::flush;
 

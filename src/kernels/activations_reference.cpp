@@ -1,5 +1,6 @@
-// Reference activations: the formulas of activations.h in double with libm
-// (Phi(x) via erfc so the negative tail keeps its relative precision).
+// Reference activations: the formulas of activations.h in double with libm.
+// Tails are computed without cancellation: Phi(x) via erfc, sigmoid per sign,
+// and the tanh GELU as x sigmoid(2u) (equal to 0.5 x (1 + tanh u)).
 #include <cmath>
 #include <numbers>
 
@@ -11,20 +12,25 @@ namespace {
 constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
 constexpr double kGeluCubic = 0.044715;
 
-double silu(double x) { return x / (1.0 + std::exp(-x)); }
-double silu_grad(double x) {
-  const double s = 1.0 / (1.0 + std::exp(-x));
-  return s * (1.0 + x * (1.0 - s));
-}
+// sigmoid(v) = 1 / (1 + exp(-v)), evaluated so that neither tail cancels;
+// sigmoid'(v) = sigmoid(v) sigmoid(-v).
+double sigmoid(double v) { return v >= 0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v)); }
+
+double silu(double x) { return x * sigmoid(x); }
+double silu_grad(double x) { return sigmoid(x) + x * sigmoid(x) * sigmoid(-x); }
+
+// The tanh GELU uses 0.5 (1 + tanh(u)) = sigmoid(2u): the same function,
+// without the cancellation of 1 + tanh(u) for large negative u.
+double gelu_tanh_u(double x) { return kSqrt2OverPi * (x + kGeluCubic * x * x * x); }
 
 double gelu(double x, GeluApprox a) {
-  if (a == GeluApprox::Tanh) return 0.5 * x * (1.0 + std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x)));
+  if (a == GeluApprox::Tanh) return x * sigmoid(2.0 * gelu_tanh_u(x));
   return x * 0.5 * std::erfc(-x / std::numbers::sqrt2);  // x * Phi(x)
 }
 double gelu_grad(double x, GeluApprox a) {
   if (a == GeluApprox::Tanh) {
-    const double th = std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
-    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * kSqrt2OverPi * (1.0 + 3.0 * kGeluCubic * x * x);
+    const double v = 2.0 * gelu_tanh_u(x), dv = 2.0 * kSqrt2OverPi * (1.0 + 3.0 * kGeluCubic * x * x);
+    return sigmoid(v) + x * sigmoid(v) * sigmoid(-v) * dv;
   }
   // Phi(x) + x * phi(x)
   return 0.5 * std::erfc(-x / std::numbers::sqrt2) + x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * std::numbers::pi);

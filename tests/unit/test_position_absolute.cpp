@@ -11,6 +11,7 @@
 #include "nn/position/learned_position.h"
 #include "nn/position/sinusoidal.h"
 #include "testing/gradcheck.h"
+#include "../support/fixtures.h"
 
 using namespace mf;
 
@@ -178,4 +179,35 @@ TEST(PositionLearned, BadInputs) {
   EXPECT_NE(error_of([&] { learned_position_backward(dy16, w, {}); }).find("dy must be float32"), std::string::npos);
   // Empty sequences are fine.
   EXPECT_EQ(learned_position_forward(Tensor::zeros({2, 0, 4}), w, {}).shape(), (Shape{2, 0, 4}));
+}
+
+TEST(PositionSinusoidal, MatchesPyTorchFixture) {
+  const auto f = mf::testing::load_fixture("position_sinusoidal").tensors;
+  const Tensor& x = f.at("x");
+  PositionIds pos;
+  pos.offset = f.at("offset").to(DType::I64).data<std::int64_t>()[0];
+  const Tensor table = sinusoidal_table(pos.offset + x.size(1), x.size(2));
+  const auto a = sinusoidal_forward(x, table, pos).to_vector(), b = f.at("out").to_vector();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2 * kU * (1 + std::fabs(b[i]))) << i;
+}
+
+TEST(PositionLearned, MatchesPyTorchFixture) {
+  // torch.nn.Embedding added to x, gradients by autograd (float64).
+  const auto f = mf::testing::load_fixture("position_learned").tensors;
+  Parameter w("pos", f.at("weight").clone(), false);
+  PositionIds pos;
+  pos.ids = f.at("positions");
+  const Tensor& x = f.at("x");
+  const auto y = learned_position_forward(x, w, pos).to_vector(), y_ref = f.at("out").to_vector();
+  for (std::size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], y_ref[i], kU * std::fabs(y_ref[i])) << i;
+  learned_position_backward(f.at("grad_out"), w, pos);
+  // A row hit k <= B*L times sums k floats: |err| <= k u sum|dy| (+ the fixture's own rounding).
+  const std::int64_t k = x.size(0) * x.size(1);
+  double max_dy = 0;
+  for (float v : f.at("grad_out").to_vector()) max_dy = std::max(max_dy, static_cast<double>(std::fabs(v)));
+  const auto g = w.grad.to_vector(), g_ref = f.at("grad_weight").to_vector();
+  for (std::size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], g_ref[i], (k + 1) * kU * k * max_dy) << i;
+  // dx = dy: the fixture's grad_x is grad_out itself.
+  EXPECT_EQ(f.at("grad_x").to_vector(), f.at("grad_out").to_vector());
 }

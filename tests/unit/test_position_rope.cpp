@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "nn/position/rope.h"
 #include "testing/gradcheck.h"
+#include "../support/fixtures.h"
 
 using namespace mf;
 
@@ -507,4 +508,69 @@ TEST(PositionRope, EmptyAndBadInputs) {
   // A non-contiguous last dim is fine out of place (packed first).
   const Tensor xt = randn({1, 1, 32, 4}, 1).transpose(2, 3);
   EXPECT_TRUE(bitwise_equal(rope_forward(xt, table, args), rope_forward(xt.contiguous(), table, args)));
+}
+
+namespace {
+// The fixture's `config` tensor (see tools/fixtures/position.py).
+RopeConfig config_from_fixture(const Tensor& t) {
+  const auto v = t.to_vector();
+  RopeConfig c;
+  c.theta = v[0];
+  c.rotary_dim = static_cast<std::int64_t>(v[1]);
+  c.convention = v[2] == 0 ? RopeConvention::RotateHalf : RopeConvention::Interleaved;
+  c.scaling = kScalings[static_cast<int>(v[3])];
+  c.factor = v[4];
+  c.original_max_position_embeddings = static_cast<std::int64_t>(v[5]);
+  c.beta_fast = v[6];
+  c.beta_slow = v[7];
+  if (v[8] != 0) c.attention_factor = v[8];
+  return c;
+}
+}  // namespace
+
+TEST(PositionRope, MatchesPyTorchFixtures) {
+  // Fixtures: HF-style rotate-half and RoFormer complex-multiplication RoPE
+  // in float64 (tools/fixtures/position.py), outputs rounded once to float32.
+  const char* names[] = {"position_rope_rotate_half_default",   "position_rope_rotate_half_linear_partial",
+                         "position_rope_rotate_half_ntk",       "position_rope_rotate_half_dynamic",
+                         "position_rope_rotate_half_dynamic_short", "position_rope_rotate_half_yarn",
+                         "position_rope_rotate_half_yarn_options",  "position_rope_interleaved_default",
+                         "position_rope_interleaved_linear",     "position_rope_interleaved_ntk",
+                         "position_rope_interleaved_dynamic",    "position_rope_interleaved_yarn_partial"};
+  for (const char* name : names) {
+    SCOPED_TRACE(name);
+    const auto f = mf::testing::load_fixture(name).tensors;
+    const RopeConfig cfg = config_from_fixture(f.at("config"));
+    const Tensor& x = f.at("x");
+    const std::int64_t D = x.size(3), R = cfg.rotary_dim;
+    RopeArgs args;
+    const std::int64_t offset = static_cast<std::int64_t>(f.at("offset").to(DType::I64).data<std::int64_t>()[0]);
+    if (offset >= 0)
+      args.positions.offset = offset;
+    else
+      args.positions.ids = f.at("positions");
+    const ResolvedPositions pos = resolve_positions(args.positions, x.size(0), x.size(2), "test");
+    // Frequencies and attention factor (fixture values rounded once to float32).
+    const auto inv = rope_inv_freq(cfg, pos.end);
+    const auto inv_f = f.at("inv_freq").to_vector();
+    ASSERT_EQ(inv.size(), inv_f.size());
+    for (std::size_t i = 0; i < inv.size(); ++i) EXPECT_NEAR(inv[i], inv_f[i], 1.01 * kU * inv[i]) << i;
+    const double af = rope_attention_factor(cfg);
+    EXPECT_NEAR(af, f.at("attention_factor").to_vector()[0], 1.01 * kU * af);
+    // Forward and backward, fast and reference.
+    RopeTable table(cfg, 16);
+    EXPECT_TRUE(rope_close(rope_forward(x, table, args), f.at("out"), x, D, R, cfg.convention, af));
+    EXPECT_TRUE(rope_close(rope_forward_reference(x, cfg, args), f.at("out"), x, D, R, cfg.convention, af));
+    const Tensor& w = f.at("grad_out");
+    EXPECT_TRUE(rope_close(rope_backward(w, table, args), f.at("grad_x"), w, D, R, cfg.convention, af));
+    EXPECT_TRUE(rope_close(rope_backward_reference(w, cfg, args), f.at("grad_x"), w, D, R, cfg.convention, af));
+    // The dynamic fixtures: one beyond the pretraining length (new base), one within.
+    if (std::string(name) == "position_rope_rotate_half_dynamic" ||
+        std::string(name) == "position_rope_interleaved_dynamic") {
+      EXPECT_GT(table.theta(), cfg.theta * 1.5);
+    }
+    if (std::string(name) == "position_rope_rotate_half_dynamic_short") {
+      EXPECT_EQ(table.theta(), cfg.theta);
+    }
+  }
 }

@@ -17,16 +17,7 @@ namespace mf {
 
 namespace {
 
-// The single switch for the flash kernels (src/nn/attention/flash_attention.cpp,
-// branch `flash`). While false, AttentionImpl::Flash is refused with a clear
-// error; the flash branch sets it to true when it defines the kernels.
-constexpr bool kFlashKernelsBuilt = false;
-
 constexpr const char* kOp = "[attention]";
-
-void check_flash_built() {
-  MF_CHECK(kFlashKernelsBuilt, kOp, " the flash implementation is not built yet; use --impl dense");
-}
 
 std::int64_t checked_mul(std::int64_t a, std::int64_t b) {
   MF_CHECK(a == 0 || b <= std::numeric_limits<std::int64_t>::max() / a, kOp, " size overflow (", a, " x ", b, ")");
@@ -224,8 +215,7 @@ AttentionOutput run_forward(const DenseInputs& in, const Shape& lse_shape, Atten
       dense_attention_forward(in.p, q, k, v, r.out.data<float>(), r.lse.data<float>());
       break;
     case AttentionImpl::Flash:
-      check_flash_built();
-      if constexpr (kFlashKernelsBuilt) flash_attention_forward(in.p, q, k, v, r.out.data<float>(), r.lse.data<float>());
+      flash_attention_forward(in.p, q, k, v, r.out.data<float>(), r.lse.data<float>());
       break;
   }
   return r;
@@ -247,10 +237,8 @@ AttentionGrads run_backward(const DenseInputs& in, const Tensor& out, const Tens
                                g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>());
       break;
     case AttentionImpl::Flash:
-      check_flash_built();
-      if constexpr (kFlashKernelsBuilt)
-        flash_attention_backward(in.p, q, k, v, oc.data<float>(), lc.data<float>(), dc.data<float>(),
-                                 g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>());
+      flash_attention_backward(in.p, q, k, v, oc.data<float>(), lc.data<float>(), dc.data<float>(),
+                               g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>());
       break;
   }
   return g;

@@ -33,6 +33,13 @@ enum class RopeScaling {
 RopeScaling parse_rope_scaling(const std::string& name);
 const char* rope_scaling_name(RopeScaling s);
 
+// From an HF config.json: theta = rope_theta; rotary_dim = head_dim *
+// partial_rotary_factor; original_max_position_embeddings =
+// rope_scaling.original_max_position_embeddings if present, else
+// max_position_embeddings (what HF's dynamic and yarn functions use). Recent
+// transformers versions also replace a yarn factor by max_position_embeddings /
+// original when both are given; the config layer decides, this struct takes
+// `factor` as given.
 struct RopeConfig {
   double theta = 10000.0;      // rope_theta
   std::int64_t rotary_dim = 0;  // R: even, <= head dim; dims [R, D) are not rotated

@@ -1,0 +1,870 @@
+// Flash attention on the CPU (Dao et al. 2022 "FlashAttention", Dao 2023
+// "FlashAttention-2", flash-decoding): tiled online softmax in O(L d) memory,
+// backward recomputing P from the saved log-sum-exp, split-KV for few rows.
+// The forward works on S^T (keys x stacked query rows), so the softmax
+// statistics are SIMD lanes and nothing is transposed per tile; the backward
+// works on S (rows x keys) with K^T and V^T packed once per key tile.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "nn/attention/attention.h"
+#include "nn/attention/attention_problem.h"
+#include "nn/attention/flash_attention.h"
+#include "nn/attention/flash_decode.h"
+#include "nn/attention/flash_tiles.h"
+
+namespace mf {
+namespace flash {
+namespace {
+
+using i64 = std::int64_t;
+
+i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
+i64 ceil_div(i64 x, i64 m) { return (x + m - 1) / m; }
+
+// Aligned scratch, counted by the engine allocator so memory claims include it.
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(i64 n) { reset(n); }
+  ~Buf() { release(); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  Buf(Buf&& o) noexcept : p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  void reset(i64 n) {
+    release();
+    if (n > 0) {
+      p_ = static_cast<float*>(aligned_alloc_counted(static_cast<std::size_t>(n) * sizeof(float)));
+      n_ = n;
+    }
+  }
+  void zero() {
+    if (n_ > 0) std::memset(p_, 0, static_cast<std::size_t>(n_) * sizeof(float));
+  }
+  float* data() const { return p_; }
+
+ private:
+  void release() {
+    if (p_ != nullptr) aligned_free_counted(p_, static_cast<std::size_t>(n_) * sizeof(float));
+    p_ = nullptr;
+    n_ = 0;
+  }
+  float* p_ = nullptr;
+  i64 n_ = 0;
+};
+
+enum class TileKind { Skip, Full, Edge };  // Full: every (row, key) visible; Edge: element masks needed
+
+// Keys [start, start + len) of one (batch, KV head), stored contiguously (row stride k_row_stride).
+struct KeySeg {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  i64 start = 0, len = 0;
+};
+struct KvView {
+  KeySeg seg[2];
+  int nseg = 1;
+  const KeySeg& seg_of(i64 j) const { return (nseg > 1 && j >= seg[1].start) ? seg[1] : seg[0]; }
+};
+
+// What one call's tile loops read: the problem, tile sizes, and lookup
+// tables for global tokens and key padding.
+struct Common {
+  const AttentionProblem& p;
+  FlashTiles tiles;
+  i64 G, D, Dp;
+  std::vector<float> slopes;        // [hq] ALiBi slopes; empty without ALiBi
+  std::vector<std::uint8_t> gmap;   // [max k_len] key position is a global token
+  std::vector<i64> pad_prefix, pad_base;  // padded keys before j of entry b: pad_prefix[pad_base[b] + j]
+  const float* k;
+  const float* v;
+  const KvCacheSegment* dec_seg;  // decode: the cache's two segments (else null)
+
+  Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
+      : p(prob), tiles(flash_tiles()), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
+        slopes(prob.alibi_slopes), k(kp), v(vp), dec_seg(seg) {
+    if (!p.global_tokens.empty()) {
+      i64 max_k = 0;
+      for (i64 b = 0; b < p.batch; ++b) max_k = std::max(max_k, p.k_len[b]);
+      gmap.assign(static_cast<std::size_t>(max_k), 0);
+      for (i64 g : p.global_tokens)
+        if (g >= 0 && g < max_k) gmap[g] = 1;
+    }
+    if (p.key_mask != nullptr) {
+      pad_base.resize(p.batch);
+      i64 total = 0;
+      for (i64 b = 0; b < p.batch; ++b) {
+        pad_base[b] = total;
+        total += p.k_len[b] + 1;
+      }
+      pad_prefix.resize(total);
+      for (i64 b = 0; b < p.batch; ++b) {
+        i64 n = 0;
+        for (i64 j = 0; j < p.k_len[b]; ++j) {
+          pad_prefix[pad_base[b] + j] = n;
+          n += p.key_mask[b * p.key_mask_stride + j] == 0;
+        }
+        pad_prefix[pad_base[b] + p.k_len[b]] = n;
+      }
+    }
+  }
+
+  bool has_global() const { return !p.global_tokens.empty(); }
+  bool global_pos(i64 pos) const { return pos >= 0 && pos < static_cast<i64>(gmap.size()) && gmap[pos] != 0; }
+  bool any_global_in(i64 lo, i64 hi) const {  // a global token in [lo, hi]
+    auto it = std::lower_bound(p.global_tokens.begin(), p.global_tokens.end(), lo);
+    return it != p.global_tokens.end() && *it <= hi;
+  }
+  bool key_padded(i64 b, i64 j) const { return p.key_mask != nullptr && p.key_mask[b * p.key_mask_stride + j] == 0; }
+  i64 padded_in(i64 b, i64 j0, i64 j1) const {
+    return p.key_mask == nullptr ? 0 : pad_prefix[pad_base[b] + j1] - pad_prefix[pad_base[b] + j0];
+  }
+
+  // Rows at absolute positions [ip_lo, ip_hi] against keys [j0, j1).
+  TileKind classify(i64 b, i64 ip_lo, i64 ip_hi, i64 j0, i64 j1) const {
+    if (j1 <= j0 || ip_hi < ip_lo) return TileKind::Skip;
+    if (p.causal && j0 > ip_hi) return TileKind::Skip;
+    const i64 npad = padded_in(b, j0, j1);
+    if (npad == j1 - j0) return TileKind::Skip;
+    const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+    const bool outside = (wl && j1 - 1 < ip_lo - p.window_left) || (wr && j0 > ip_hi + p.window_right);
+    if (outside && !(has_global() && (any_global_in(ip_lo, ip_hi) || any_global_in(j0, j1 - 1))))
+      return TileKind::Skip;
+    const bool full = (!p.causal || j1 - 1 <= ip_lo) && (!wl || j0 >= ip_hi - p.window_left) &&
+                      (!wr || j1 - 1 <= ip_lo + p.window_right) && npad == 0;
+    return full ? TileKind::Full : TileKind::Edge;
+  }
+
+  KvView kv(i64 b, i64 kvh) const {
+    KvView view;
+    const i64 off = kvh * p.k_head_stride;
+    if (dec_seg != nullptr) {
+      view.nseg = 2;
+      view.seg[0] = {dec_seg[0].k + off, dec_seg[0].v + off, 0, dec_seg[0].len};
+      view.seg[1] = {dec_seg[1].k == nullptr ? nullptr : dec_seg[1].k + off,
+                     dec_seg[1].v == nullptr ? nullptr : dec_seg[1].v + off, dec_seg[0].len, dec_seg[1].len};
+    } else {
+      view.seg[0] = {k + p.k_off[b] + off, v + p.k_off[b] + off, 0, p.k_len[b]};
+    }
+    return view;
+  }
+};
+
+// ---------------------------------------------------------------- forward
+
+template <class Isa>
+struct FwdScratch {
+  i64 Rp = 0;
+  Buf qt, st, o, stats;  // Qt [D x Rp], S^T [keys x Rp], O [Rp x Dp], 6 lane arrays [Rp]
+  std::vector<i64> lane_h, lane_i;
+  float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *grow = nullptr, *slope = nullptr;
+  explicit FwdScratch(const Common& cm) {
+    const i64 bq = std::max<i64>(1, cm.tiles.fwd_rows / cm.G);
+    Rp = round_up(cm.G * bq, Isa::W);
+    qt.reset(cm.D * Rp);
+    st.reset(cm.tiles.fwd_keys * Rp);
+    o.reset(Rp * cm.Dp);
+    stats.reset(6 * Rp);
+    m = stats.data();
+    l = m + Rp;
+    alpha = l + Rp;
+    ipos = alpha + Rp;
+    grow = ipos + Rp;
+    slope = grow + Rp;
+    lane_h.resize(Rp);
+    lane_i.resize(Rp);
+  }
+};
+
+// Unnormalized attention of the stacked rows (the G query heads of KV head
+// kvh x positions [i0, i0 + nq), row r = g * nq + ii) over keys [ka, kb):
+// leaves o = sum_j e^(s_j - m) v_j, m = max_j s_j, l = sum_j e^(s_j - m) in
+// the scratch. exp(s - m) is computed as 2^((s - m) log2 e): s - m is exact
+// near the maximum, so large logits lose no more than the plain formula.
+template <class Isa>
+void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, i64 ka, i64 kb,
+              FwdScratch<Isa>& sc) {
+  using I = Isa;
+  using V = typename I::V;
+  using M = typename I::M;
+  constexpr int W = I::W;
+  const AttentionProblem& p = cm.p;
+  const i64 D = cm.D, Dp = cm.Dp, R = cm.G * nq, Rp = round_up(R, W), shift = p.shift(b);
+  float* qt = sc.qt.data();
+  float* st = sc.st.data();
+  float* o = sc.o.data();
+  const bool alibi = !cm.slopes.empty(), has_global = cm.has_global();
+
+  // Qt[d][r] = scale * q(h_r, i_r, d), and the per-lane row facts. Lanes >= R: zero query, never visible.
+  for (i64 r = 0; r < R; ++r) {
+    const i64 g = r / nq, i = i0 + r % nq, h = kvh * cm.G + g;
+    const float* qr = q + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+    for (i64 d = 0; d < D; ++d) qt[d * Rp + r] = qr[d] * p.scale;
+    sc.ipos[r] = static_cast<float>(i + shift);
+    sc.grow[r] = cm.global_pos(i + shift) ? 1.0f : 0.0f;
+    sc.slope[r] = alibi ? cm.slopes[h] : 0.0f;
+    sc.lane_h[r] = h;
+    sc.lane_i[r] = i;
+  }
+  for (i64 r = R; r < Rp; ++r) {
+    for (i64 d = 0; d < D; ++d) qt[d * Rp + r] = 0.0f;
+    sc.ipos[r] = -1e30f;
+    sc.grow[r] = 0.0f;
+    sc.slope[r] = 0.0f;
+  }
+  for (i64 r = 0; r < Rp; ++r) {
+    sc.m[r] = kNegInf;
+    sc.l[r] = 0.0f;
+  }
+  std::memset(o, 0, static_cast<std::size_t>(Rp * Dp) * sizeof(float));
+
+  const KvView kv = cm.kv(b, kvh);
+  const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
+  const i64 krs = p.k_row_stride;
+  const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+  for (i64 j0 = ka; j0 < kb;) {
+    const KeySeg& sg = kv.seg_of(j0);
+    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kb, sg.start + sg.len});
+    const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
+    if (kind == TileKind::Skip) {
+      j0 = j1;
+      continue;
+    }
+    const i64 nc = j1 - j0;
+    const float* kr = sg.k + (j0 - sg.start) * krs;
+    const float* vr = sg.v + (j0 - sg.start) * krs;
+    // S^T[nc x Rp] = K[j0:j1] Qt
+    tile_gemm<I, false>(nc, Rp, D, kr, krs, qt, Rp, st, Rp, TileMode::Store);
+    const bool edge = kind == TileKind::Edge;
+    for (i64 v0 = 0; v0 < Rp; v0 += W) {
+      const V ipv = I::load(sc.ipos + v0);
+      const M growm = I::ge(I::load(sc.grow + v0), I::set1(0.5f));
+      const V slv = I::load(sc.slope + v0);
+      V mx = I::set1(kNegInf);
+      for (i64 jj = 0; jj < nc; ++jj) {
+        float* sp = st + jj * Rp + v0;
+        V s = I::load(sp);
+        const i64 j = j0 + jj;
+        const float jf = static_cast<float>(j);
+        if (alibi) s = I::sub(s, I::mul(slv, I::abs(I::sub(ipv, I::set1(jf)))));  // - m_h |i' - j|
+        if (edge) {
+          M vis = I::mall(!cm.key_padded(b, j));
+          if (wl) vis = I::mand(vis, I::le(ipv, I::set1(static_cast<float>(j + p.window_left))));
+          if (wr) vis = I::mand(vis, I::ge(ipv, I::set1(static_cast<float>(j - p.window_right))));
+          if (has_global && !cm.key_padded(b, j)) vis = I::mor(vis, cm.global_pos(j) ? I::mall(true) : growm);
+          if (p.causal) vis = I::mand(vis, I::ge(ipv, I::set1(jf)));
+          s = I::select(vis, s, I::set1(kNegInf));
+        }
+        if (alibi || edge) I::store(sp, s);
+        mx = I::max(mx, s);
+      }
+      // Online softmax: m' = max(m, rowmax); alpha = e^(m - m'); P = e^(s - m'); l = alpha l + sum P.
+      const V mold = I::load(sc.m + v0);
+      const V mnew = I::max(mold, mx);
+      const V msafe = I::select(I::eq(mnew, I::set1(kNegInf)), I::zero(), mnew);  // no (-inf) - (-inf)
+      const V log2e = I::set1(kLog2e);
+      const V alpha = I::exp2(I::mul(I::sub(mold, msafe), log2e));
+      V sum = I::zero();
+      for (i64 jj = 0; jj < nc; ++jj) {
+        float* sp = st + jj * Rp + v0;
+        const V pv = I::exp2(I::mul(I::sub(I::load(sp), msafe), log2e));
+        I::store(sp, pv);
+        sum = I::add(sum, pv);
+      }
+      I::store(sc.l + v0, I::fmadd(I::load(sc.l + v0), alpha, sum));
+      I::store(sc.m + v0, mnew);
+      I::store(sc.alpha + v0, alpha);
+    }
+    if (p.dropout_p > 0.0f) {  // O uses dropout(P); l (hence LSE) does not
+      const float inv_keep = 1.0f / (1.0f - p.dropout_p);
+      for (i64 jj = 0; jj < nc; ++jj)
+        for (i64 r = 0; r < R; ++r) {
+          float& x = st[jj * Rp + r];
+          if (x != 0.0f) x = attention_dropout_keep(p, b, sc.lane_h[r], sc.lane_i[r], j0 + jj) ? x * inv_keep : 0.0f;
+        }
+    }
+    // O = alpha O + P V   (P^T is S^T: A in column layout)
+    tile_gemm<I, true>(R, D, nc, st, Rp, vr, krs, o, Dp, TileMode::ScaleAdd, sc.alpha);
+    j0 = j1;
+  }
+}
+
+// out = O / l, lse = m + ln l; rows with l == 0 (no visible key) get 0 and -inf.
+void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o, const float* m, const float* l,
+                float* out, float* lse) {
+  const AttentionProblem& p = cm.p;
+  for (i64 r = 0; r < cm.G * nq; ++r) {
+    const i64 h = kvh * cm.G + r / nq, i = i0 + r % nq;
+    float* orow = out + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+    float& lr = lse[p.lse_off[b] + h * p.lse_head_stride + i];
+    if (l[r] > 0.0f) {
+      for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
+      lr = m[r] + std::log(l[r]);
+    } else {
+      for (i64 d = 0; d < cm.D; ++d) orow[d] = 0.0f;
+      lr = kNegInf;
+    }
+  }
+}
+
+struct FwdItem {
+  i64 b, kvh, qt, split;  // split < 0: the whole key range
+};
+
+template <class Isa>
+void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
+  const AttentionProblem& p = cm.p;
+  const FlashTiles& t = cm.tiles;
+  const i64 bq = std::max<i64>(1, t.fwd_rows / cm.G);
+  const i64 Rp = round_up(cm.G * bq, Isa::W);
+  const i64 slot = Rp * cm.Dp + 2 * Rp;  // one split's partial: O [Rp x Dp], m, l
+
+  // Flash-decoding for entries with one query tile and many keys: split the
+  // keys into fixed chunks (results do not depend on the thread count).
+  std::vector<i64> nsplit(p.batch, 0), part_base(p.batch, 0);
+  i64 part_total = 0;
+  for (i64 b = 0; b < p.batch; ++b) {
+    if (ceil_div(p.q_len[b], bq) == 1 && p.k_len[b] >= t.split_min_keys && p.k_len[b] > t.split_chunk) {
+      nsplit[b] = ceil_div(p.k_len[b], t.split_chunk);
+      part_base[b] = part_total;
+      part_total += p.hkv * nsplit[b] * slot;
+    }
+  }
+  constexpr i64 kMaxPartialFloats = i64{64} << 20;  // 256 MiB of partials at most, else no split
+  if (part_total > kMaxPartialFloats) {
+    std::fill(nsplit.begin(), nsplit.end(), 0);
+    part_total = 0;
+  }
+  Buf partials(part_total);
+
+  std::vector<FwdItem> items, merges;
+  i64 max_qt = 0;
+  for (i64 b = 0; b < p.batch; ++b) max_qt = std::max(max_qt, ceil_div(p.q_len[b], bq));
+  for (i64 qt = max_qt - 1; qt >= 0; --qt)  // later (costlier under causal) query tiles first
+    for (i64 b = 0; b < p.batch; ++b) {
+      if (qt >= ceil_div(p.q_len[b], bq)) continue;
+      for (i64 kvh = 0; kvh < p.hkv; ++kvh) {
+        if (nsplit[b] == 0) {
+          items.push_back({b, kvh, qt, -1});
+        } else {
+          for (i64 s = 0; s < nsplit[b]; ++s) items.push_back({b, kvh, qt, s});
+          merges.push_back({b, kvh, qt, -1});
+        }
+      }
+    }
+
+  const i64 n_items = static_cast<i64>(items.size()), n_merges = static_cast<i64>(merges.size());
+#pragma omp parallel
+  {
+    FwdScratch<Isa> sc(cm);
+#pragma omp for schedule(dynamic, 1)
+    for (i64 it = 0; it < n_items; ++it) {
+      const FwdItem& w = items[it];
+      const i64 i0 = w.qt * bq, nq = std::min(bq, p.q_len[w.b] - i0);
+      if (w.split < 0) {
+        fwd_rows<Isa>(cm, q, w.b, w.kvh, i0, nq, 0, p.k_len[w.b], sc);
+        write_rows(cm, w.b, w.kvh, i0, nq, sc.o.data(), sc.m, sc.l, out, lse);
+      } else {
+        const i64 ka = w.split * t.split_chunk, kb = std::min(p.k_len[w.b], ka + t.split_chunk);
+        fwd_rows<Isa>(cm, q, w.b, w.kvh, i0, nq, ka, kb, sc);
+        float* dst = partials.data() + part_base[w.b] + (w.kvh * nsplit[w.b] + w.split) * slot;
+        std::memcpy(dst, sc.o.data(), static_cast<std::size_t>(cm.G * nq * cm.Dp) * sizeof(float));
+        std::memcpy(dst + Rp * cm.Dp, sc.m, static_cast<std::size_t>(Rp) * sizeof(float));
+        std::memcpy(dst + Rp * cm.Dp + Rp, sc.l, static_cast<std::size_t>(Rp) * sizeof(float));
+      }
+    }
+    // Merge the splits in order: m = max m_s, l = sum e^(m_s - m) l_s, o = sum e^(m_s - m) o_s.
+#pragma omp for schedule(dynamic, 1)
+    for (i64 it = 0; it < n_merges; ++it) {
+      const FwdItem& w = merges[it];
+      const i64 i0 = w.qt * bq, nq = std::min(bq, p.q_len[w.b] - i0), R = cm.G * nq;
+      const float* base = partials.data() + part_base[w.b] + w.kvh * nsplit[w.b] * slot;
+      float* o = sc.o.data();
+      for (i64 r = 0; r < R; ++r) {
+        float mmax = kNegInf;
+        for (i64 s = 0; s < nsplit[w.b]; ++s) mmax = std::max(mmax, base[s * slot + Rp * cm.Dp + r]);
+        float lsum = 0.0f;
+        float* orow = o + r * cm.Dp;
+        std::fill(orow, orow + cm.D, 0.0f);
+        if (mmax != kNegInf) {
+          for (i64 s = 0; s < nsplit[w.b]; ++s) {
+            const float* ps = base + s * slot;
+            const float wgt = std::exp(ps[Rp * cm.Dp + r] - mmax);
+            lsum += wgt * ps[Rp * cm.Dp + Rp + r];
+            for (i64 d = 0; d < cm.D; ++d) orow[d] += wgt * ps[r * cm.Dp + d];
+          }
+        }
+        sc.m[r] = mmax;
+        sc.l[r] = lsum;
+      }
+      write_rows(cm, w.b, w.kvh, i0, nq, o, sc.m, sc.l, out, lse);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward
+
+template <class Isa>
+struct BwdScratch {
+  i64 Bkp = 0, Bq = 0;
+  Buf kt, vt, qs, dk, dv, s, pb, dp, pd, mf, lanes;
+  float *jpos = nullptr, *keyok = nullptr, *gcol = nullptr;
+  explicit BwdScratch(const Common& cm) {
+    Bkp = round_up(cm.tiles.bwd_keys, 16);
+    Bq = cm.tiles.bwd_rows;
+    kt.reset(cm.D * Bkp);
+    vt.reset(cm.D * Bkp);
+    qs.reset(Bq * cm.Dp);
+    dk.reset(Bkp * cm.Dp);
+    dv.reset(Bkp * cm.Dp);
+    s.reset(Bq * Bkp);
+    pb.reset(Bq * Bkp);
+    dp.reset(Bq * Bkp);
+    if (cm.p.dropout_p > 0.0f) {
+      pd.reset(Bq * Bkp);
+      mf.reset(Bq * Bkp);
+    }
+    lanes.reset(3 * Bkp);
+    jpos = lanes.data();
+    keyok = jpos + Bkp;
+    gcol = keyok + Bkp;
+  }
+};
+
+struct BwdInputs {
+  const float *q, *k, *v, *dout;
+  const float* lse;   // [rows] lse, +inf for rows that see no key (so that P = 0)
+  const float* di;    // [rows] rowsum(dO * O)
+  std::vector<i64> row_base;  // entry b: row (h, i) at row_base[b] + h * q_len[b] + i
+  float* dk;
+  float* dv;
+};
+
+// One work item: keys [j0, j1) of (b, kvh) against every query row of the
+// group's heads. Accumulates dK, dV for these keys (written at the end) and
+// adds dS K into dq_base (rows of head g at dq_base + g * dq_hs + i * dq_rs).
+template <class Isa>
+void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64 j1, float* dq_base, i64 dq_hs,
+              i64 dq_rs, BwdScratch<Isa>& sc) {
+  using I = Isa;
+  using V = typename I::V;
+  using M = typename I::M;
+  constexpr int W = I::W;
+  const AttentionProblem& p = cm.p;
+  const i64 D = cm.D, Dp = cm.Dp, Bkp = sc.Bkp, nc = j1 - j0, shift = p.shift(b), lq = p.q_len[b];
+  const i64 krs = p.k_row_stride, qrs = p.q_row_stride;
+  const float* kr = in.k + p.k_off[b] + kvh * p.k_head_stride + j0 * krs;
+  const float* vr = in.v + p.k_off[b] + kvh * p.k_head_stride + j0 * krs;
+  float *kt = sc.kt.data(), *vt = sc.vt.data(), *dka = sc.dk.data(), *dva = sc.dv.data();
+  float *s = sc.s.data(), *pb = sc.pb.data(), *dp = sc.dp.data(), *pd = sc.pd.data(), *mf = sc.mf.data();
+  const bool alibi = !cm.slopes.empty(), has_global = cm.has_global(), dropout = p.dropout_p > 0.0f;
+  const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+
+  // K^T, V^T [D x Bkp] (zero beyond nc); key lanes: position, usable (in range, not padded), global.
+  for (i64 d = 0; d < D; ++d)
+    for (i64 jj = 0; jj < Bkp; ++jj) {
+      kt[d * Bkp + jj] = jj < nc ? kr[jj * krs + d] : 0.0f;
+      vt[d * Bkp + jj] = jj < nc ? vr[jj * krs + d] : 0.0f;
+    }
+  for (i64 jj = 0; jj < Bkp; ++jj) {
+    const i64 j = j0 + jj;
+    sc.jpos[jj] = static_cast<float>(j);
+    sc.keyok[jj] = (jj < nc && !cm.key_padded(b, j)) ? 1.0f : 0.0f;
+    sc.gcol[jj] = (jj < nc && cm.global_pos(j)) ? 1.0f : 0.0f;
+  }
+  std::memset(dka, 0, static_cast<std::size_t>(Bkp * Dp) * sizeof(float));
+  std::memset(dva, 0, static_cast<std::size_t>(Bkp * Dp) * sizeof(float));
+  const float inv_keep = dropout ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+
+  for (i64 g = 0; g < cm.G; ++g) {
+    const i64 h = kvh * cm.G + g;
+    const float sl = alibi ? cm.slopes[h] : 0.0f;
+    for (i64 i0 = 0; i0 < lq; i0 += sc.Bq) {
+      const i64 nq = std::min(sc.Bq, lq - i0);
+      const TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
+      if (kind == TileKind::Skip) continue;
+      const bool masked = kind == TileKind::Edge || nc < Bkp;
+      const i64 qoff = p.q_off[b] + h * p.q_head_stride + i0 * qrs;
+      const float* qrow = in.q + qoff;
+      const float* dorow = in.dout + qoff;
+      const i64 rbase = in.row_base[b] + h * lq + i0;
+
+      // S = (scale Q) K^T, rounded exactly as in the forward (same products, same order), so
+      // P = exp(S + bias - lse) (visible keys only) matches the forward's normalization.
+      float* qs = sc.qs.data();
+      for (i64 ii = 0; ii < nq; ++ii)
+        for (i64 d = 0; d < D; ++d) qs[ii * Dp + d] = qrow[ii * qrs + d] * p.scale;
+      tile_gemm<I, false>(nq, Bkp, D, qs, Dp, kt, Bkp, s, Bkp, TileMode::Store);
+      for (i64 ii = 0; ii < nq; ++ii) {
+        const i64 ip = i0 + ii + shift;
+        const V nlse = I::set1(-in.lse[rbase + ii]);
+        const V ipv = I::set1(static_cast<float>(ip));
+        const M growm = I::mall(has_global && cm.global_pos(ip));
+        for (i64 v0 = 0; v0 < Bkp; v0 += W) {
+          V x = I::load(s + ii * Bkp + v0);
+          const V jv = I::load(sc.jpos + v0);
+          if (alibi) x = I::sub(x, I::mul(I::set1(sl), I::abs(I::sub(ipv, jv))));
+          x = I::add(x, nlse);
+          if (masked) {
+            M win = I::mall(true);
+            if (wl) win = I::mand(win, I::ge(jv, I::set1(static_cast<float>(ip - p.window_left))));
+            if (wr) win = I::mand(win, I::le(jv, I::set1(static_cast<float>(ip + p.window_right))));
+            if (has_global) win = I::mor(I::mor(win, growm), I::ge(I::load(sc.gcol + v0), I::set1(0.5f)));
+            M vis = I::mand(win, I::ge(I::load(sc.keyok + v0), I::set1(0.5f)));
+            if (p.causal) vis = I::mand(vis, I::le(jv, ipv));
+            x = I::select(vis, x, I::set1(kNegInf));
+          }
+          I::store(pb + ii * Bkp + v0, I::exp2(I::mul(x, I::set1(kLog2e))));
+        }
+      }
+      const float* pv = pb;  // the P that multiplies V in the forward: dropout(P)
+      if (dropout) {
+        for (i64 ii = 0; ii < nq; ++ii)
+          for (i64 jj = 0; jj < Bkp; ++jj) {
+            const float x = pb[ii * Bkp + jj];
+            const float f = (x != 0.0f && attention_dropout_keep(p, b, h, i0 + ii, j0 + jj)) ? inv_keep : 0.0f;
+            mf[ii * Bkp + jj] = f;
+            pd[ii * Bkp + jj] = x * f;
+          }
+        pv = pd;
+      }
+      // dV += dropout(P)^T dO
+      tile_gemm<I, true>(nc, D, nq, pv, Bkp, dorow, qrs, dva, Dp, TileMode::Add);
+      // dP = dO V^T
+      tile_gemm<I, false>(nq, Bkp, D, dorow, qrs, vt, Bkp, dp, Bkp, TileMode::Store);
+      // dS = scale * P * (dropout'(dP) - D_i)
+      for (i64 ii = 0; ii < nq; ++ii) {
+        const V di = I::set1(in.di[rbase + ii]);
+        const V sc_v = I::set1(p.scale);
+        for (i64 v0 = 0; v0 < Bkp; v0 += W) {
+          V dpv = I::load(dp + ii * Bkp + v0);
+          if (dropout) dpv = I::mul(dpv, I::load(mf + ii * Bkp + v0));
+          I::store(dp + ii * Bkp + v0, I::mul(I::mul(I::load(pb + ii * Bkp + v0), I::sub(dpv, di)), sc_v));
+        }
+      }
+      // dK += dS^T Q ; dQ += dS K
+      tile_gemm<I, true>(nc, D, nq, dp, Bkp, qrow, qrs, dka, Dp, TileMode::Add);
+      tile_gemm<I, false>(nq, D, nc, dp, Bkp, kr, krs, dq_base + g * dq_hs + i0 * dq_rs, dq_rs, TileMode::Add);
+    }
+  }
+  for (i64 jj = 0; jj < nc; ++jj) {
+    const i64 off = p.k_off[b] + kvh * p.k_head_stride + (j0 + jj) * krs;
+    std::memcpy(in.dk + off, dka + jj * Dp, static_cast<std::size_t>(D) * sizeof(float));
+    std::memcpy(in.dv + off, dva + jj * Dp, static_cast<std::size_t>(D) * sizeof(float));
+  }
+}
+
+struct BwdItem {
+  i64 b, kvh, t;
+  double cost;
+  int chunk;
+};
+
+template <class Isa>
+void backward_impl(const Common& cm, const float* q, const float* k, const float* v, const float* out,
+                   const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  using I = Isa;
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const AttentionProblem& p = cm.p;
+  const i64 D = cm.D, G = cm.G;
+
+  // D_i = rowsum(dO * O) and the row's lse (+inf when it sees no key), once per row.
+  BwdInputs in{q, k, v, dout, nullptr, nullptr, std::vector<i64>(p.batch), dk, dv};
+  i64 rows = 0;
+  for (i64 b = 0; b < p.batch; ++b) {
+    in.row_base[b] = rows;
+    rows += p.hq * p.q_len[b];
+  }
+  Buf lse2(rows), di(rows);
+  in.lse = lse2.data();
+  in.di = di.data();
+  std::vector<std::pair<i64, i64>> bh;  // (b, h) with rows
+  for (i64 b = 0; b < p.batch; ++b)
+    for (i64 h = 0; h < p.hq; ++h)
+      if (p.q_len[b] > 0) bh.push_back({b, h});
+  const i64 n_bh = static_cast<i64>(bh.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (i64 x = 0; x < n_bh; ++x) {
+    const auto [b, h] = bh[x];
+    for (i64 i = 0; i < p.q_len[b]; ++i) {
+      const i64 off = p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+      V acc = I::zero();
+      i64 d = 0;
+      for (; d + W <= D; d += W) acc = I::fmadd(I::load(dout + off + d), I::load(out + off + d), acc);
+      float sum = I::reduce_add(acc);
+      for (; d < D; ++d) sum += dout[off + d] * out[off + d];
+      const i64 r = in.row_base[b] + h * p.q_len[b] + i;
+      const float l = lse[p.lse_off[b] + h * p.lse_head_stride + i];
+      di.data()[r] = sum;
+      lse2.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l;
+      std::memset(dq + off, 0, static_cast<std::size_t>(D) * sizeof(float));  // dq is accumulated below
+    }
+  }
+
+  // Work items (b, kvh, key tile) own their dK, dV rows. dQ: items are cut
+  // into one contiguous chunk per thread by estimated cost; a (b, kvh) pair
+  // inside one chunk adds into dq directly, a pair cut by chunk boundaries
+  // adds into per-chunk buffers summed in chunk order afterwards. The sums'
+  // order depends only on the problem and the thread count (determinism).
+  const i64 bk = cm.tiles.bwd_keys, bq = cm.tiles.bwd_rows;
+  std::vector<BwdItem> items;
+  double total = 0;
+  for (i64 b = 0; b < p.batch; ++b) {
+    const i64 nt = ceil_div(p.k_len[b], bk);
+    std::vector<double> tcost(nt, 0.0);
+    for (i64 t = 0; t < nt; ++t) {
+      const i64 j0 = t * bk, j1 = std::min(p.k_len[b], j0 + bk);
+      double c = 0.1;  // packing
+      for (i64 i0 = 0; i0 < p.q_len[b]; i0 += bq) {
+        const TileKind kind = cm.classify(b, i0 + p.shift(b), std::min(i0 + bq, p.q_len[b]) - 1 + p.shift(b), j0, j1);
+        c += kind == TileKind::Skip ? 0.0 : kind == TileKind::Full ? 1.0 : 1.3;
+      }
+      tcost[t] = c * static_cast<double>(G);
+    }
+    for (i64 kvh = 0; kvh < p.hkv; ++kvh)
+      for (i64 t = 0; t < nt; ++t) {
+        items.push_back({b, kvh, t, tcost[t], 0});
+        total += tcost[t];
+      }
+  }
+  const i64 n_items = static_cast<i64>(items.size());
+  const int n_chunks = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), n_items)));
+  {
+    double before = 0;
+    for (auto& it : items) {
+      const double mid = before + 0.5 * it.cost;
+      it.chunk = std::min(n_chunks - 1, static_cast<int>(static_cast<double>(n_chunks) * mid / std::max(total, 1e-9)));
+      before += it.cost;
+    }
+  }
+  // Pairs cut by a chunk boundary: one zeroed [G, Lq, D] buffer per (pair, chunk).
+  struct Shared {
+    i64 b, kvh;
+    int c0, c1;
+    std::vector<Buf> bufs;
+  };
+  std::vector<Shared> shared;
+  std::vector<i64> item_shared(n_items, -1);
+  for (i64 x = 0; x < n_items;) {
+    i64 y = x;
+    while (y < n_items && items[y].b == items[x].b && items[y].kvh == items[x].kvh) ++y;
+    if (items[x].chunk != items[y - 1].chunk) {
+      Shared sh{items[x].b, items[x].kvh, items[x].chunk, items[y - 1].chunk, {}};
+      for (int c = sh.c0; c <= sh.c1; ++c) {
+        sh.bufs.emplace_back(G * p.q_len[sh.b] * D);
+        sh.bufs.back().zero();
+      }
+      for (i64 z = x; z < y; ++z) item_shared[z] = static_cast<i64>(shared.size());
+      shared.push_back(std::move(sh));
+    }
+    x = y;
+  }
+  std::vector<i64> chunk_start(n_chunks + 1, n_items);
+  for (i64 x = n_items - 1; x >= 0; --x) chunk_start[items[x].chunk] = x;
+  for (int c = n_chunks - 1; c >= 0; --c) chunk_start[c] = std::min(chunk_start[c], chunk_start[c + 1]);
+
+#pragma omp parallel
+  {
+    BwdScratch<I> sc(cm);
+#pragma omp for schedule(static, 1)
+    for (int c = 0; c < n_chunks; ++c) {
+      for (i64 x = chunk_start[c]; x < chunk_start[c + 1]; ++x) {
+        const BwdItem& it = items[x];
+        const i64 j0 = it.t * bk, j1 = std::min(p.k_len[it.b], j0 + bk);
+        if (item_shared[x] < 0) {
+          bwd_item<I>(cm, in, it.b, it.kvh, j0, j1, dq + p.q_off[it.b] + it.kvh * G * p.q_head_stride,
+                      p.q_head_stride, p.q_row_stride, sc);
+        } else {
+          Shared& sh = shared[item_shared[x]];
+          const i64 lq = p.q_len[it.b];
+          bwd_item<I>(cm, in, it.b, it.kvh, j0, j1, sh.bufs[c - sh.c0].data(), lq * D, D, sc);
+        }
+      }
+    }
+  }
+  // dq rows of cut pairs = sum of the chunks' buffers in chunk order.
+  for (const Shared& sh : shared) {
+    const i64 lq = p.q_len[sh.b], nrows = G * lq;
+#pragma omp parallel for schedule(static)
+    for (i64 r = 0; r < nrows; ++r) {
+      const i64 g = r / lq, i = r % lq;
+      float* dst = dq + p.q_off[sh.b] + (sh.kvh * G + g) * p.q_head_stride + i * p.q_row_stride;
+      for (const Buf& bf : sh.bufs) {
+        const float* src = bf.data() + r * D;
+        for (i64 d = 0; d < D; ++d) dst[d] += src[d];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+std::atomic<int> g_isa{static_cast<int>(FlashIsa::Auto)};
+FlashTiles g_tiles;
+
+template <class F>
+void with_isa(F&& f) {
+  switch (flash_isa()) {
+#ifdef MF_FLASH_HAVE_AVX512
+    case FlashIsa::Avx512:
+      f(IsaAvx512{});
+      return;
+#endif
+#ifdef MF_FLASH_HAVE_AVX2
+    case FlashIsa::Avx2:
+      f(IsaAvx2{});
+      return;
+#endif
+    default:
+      f(IsaScalar{});
+      return;
+  }
+}
+
+}  // namespace
+}  // namespace flash
+
+bool flash_isa_available(FlashIsa isa) {
+  switch (isa) {
+    case FlashIsa::Auto:
+    case FlashIsa::Scalar:
+      return true;
+    case FlashIsa::Avx2:
+#ifdef MF_FLASH_HAVE_AVX2
+      return true;
+#else
+      return false;
+#endif
+    case FlashIsa::Avx512:
+#ifdef MF_FLASH_HAVE_AVX512
+      return true;
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+std::string flash_isa_name(FlashIsa isa) {
+  switch (isa) {
+    case FlashIsa::Auto:
+      return "auto";
+    case FlashIsa::Avx512:
+      return "avx512";
+    case FlashIsa::Avx2:
+      return "avx2";
+    case FlashIsa::Scalar:
+      return "scalar";
+  }
+  return "?";
+}
+
+void set_flash_isa(FlashIsa isa) {
+  MF_CHECK(flash_isa_available(isa), "[flash_attention] SIMD path ", flash_isa_name(isa),
+           " is not compiled into this build");
+  flash::g_isa.store(static_cast<int>(isa));
+}
+
+FlashIsa flash_isa() {
+  const auto isa = static_cast<FlashIsa>(flash::g_isa.load());
+  if (isa != FlashIsa::Auto) return isa;
+#if defined(MF_FLASH_HAVE_AVX512)
+  return FlashIsa::Avx512;
+#elif defined(MF_FLASH_HAVE_AVX2)
+  return FlashIsa::Avx2;
+#else
+  return FlashIsa::Scalar;
+#endif
+}
+
+const FlashTiles& flash_tiles() { return flash::g_tiles; }
+
+void set_flash_tiles(const FlashTiles& t) {
+  for (std::int64_t x : {t.fwd_rows, t.fwd_keys, t.bwd_rows, t.bwd_keys, t.split_chunk})
+    MF_CHECK(x >= 16 && x % 16 == 0 && x <= 4096, "[flash_attention] tile sizes must be multiples of 16 in [16, 4096], got ", x);
+  MF_CHECK(t.split_min_keys >= 1, "[flash_attention] split_min_keys must be >= 1, got ", t.split_min_keys);
+  flash::g_tiles = t;
+}
+
+void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
+                             float* lse) {
+  const flash::Common cm(p, k, v, nullptr);
+  flash::with_isa([&](auto isa) { flash::forward_impl<decltype(isa)>(cm, q, out, lse); });
+}
+
+void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  const flash::Common cm(p, k, v, nullptr);
+  flash::with_isa(
+      [&](auto isa) { flash::backward_impl<decltype(isa)>(cm, q, k, v, out, lse, dout, dq, dk, dv); });
+}
+
+void kv_ring_segments(const float* k, const float* v, std::int64_t capacity, std::int64_t n_tokens,
+                      std::int64_t k_row_stride, KvCacheSegment seg[2]) {
+  MF_CHECK(capacity >= 1 && n_tokens >= 0, "[flash_decode] ring capacity must be >= 1 and n_tokens >= 0, got ",
+           capacity, " and ", n_tokens);
+  if (n_tokens <= capacity) {
+    seg[0] = {k, v, n_tokens};
+    seg[1] = {nullptr, nullptr, 0};
+    return;
+  }
+  const std::int64_t head = n_tokens % capacity;  // slot of the oldest retained token
+  seg[0] = {k + head * k_row_stride, v + head * k_row_stride, capacity - head};
+  seg[1] = {k, v, head};
+}
+
+void flash_attention_decode(const FlashDecodeArgs& a) {
+  MF_CHECK(a.hq >= 1 && a.hkv >= 1 && a.hq % a.hkv == 0, "[flash_decode] hq (", a.hq,
+           ") must be a positive multiple of hkv (", a.hkv, ")");
+  MF_CHECK(a.d >= 8 && a.d <= 256 && a.d % 8 == 0, "[flash_decode] head dim must be a multiple of 8 in [8, 256], got ",
+           a.d);
+  MF_CHECK(a.lq >= 1, "[flash_decode] lq must be >= 1, got ", a.lq);
+  MF_CHECK(a.q != nullptr && a.out != nullptr, "[flash_decode] q and out must be given");
+  MF_CHECK(a.seg[0].len >= 0 && a.seg[1].len >= 0, "[flash_decode] segment lengths must be >= 0");
+  for (int s = 0; s < 2; ++s)
+    MF_CHECK(a.seg[s].len == 0 || (a.seg[s].k != nullptr && a.seg[s].v != nullptr), "[flash_decode] segment ", s,
+             " has ", a.seg[s].len, " rows but no k/v pointer");
+  MF_CHECK(a.k_row_stride >= a.d && a.q_row_stride >= a.d, "[flash_decode] row strides must be >= d");
+  MF_CHECK(a.window_left >= -1, "[flash_decode] window_left must be >= 0 or -1 (unbounded), got ", a.window_left);
+  AttentionProblem p;
+  p.batch = 1;
+  p.hq = a.hq;
+  p.hkv = a.hkv;
+  p.d = a.d;
+  p.q_len = {a.lq};
+  p.k_len = {a.seg[0].len + a.seg[1].len};
+  p.q_off = {0};
+  p.k_off = {0};
+  p.lse_off = {0};
+  p.q_head_stride = a.q_head_stride;
+  p.q_row_stride = a.q_row_stride;
+  p.k_head_stride = a.k_head_stride;
+  p.k_row_stride = a.k_row_stride;
+  p.lse_head_stride = a.lq;
+  p.scale = a.scale > 0.0f ? a.scale : 1.0f / std::sqrt(static_cast<float>(a.d));
+  p.causal = a.causal;
+  p.window_left = a.window_left;
+  if (a.alibi) p.alibi_slopes = alibi_slopes(a.hq);
+  std::vector<float> lse_tmp;
+  float* lse = a.lse;
+  if (lse == nullptr) {
+    lse_tmp.resize(static_cast<std::size_t>(a.hq * a.lq));
+    lse = lse_tmp.data();
+  }
+  const flash::Common cm(p, nullptr, nullptr, a.seg);
+  flash::with_isa([&](auto isa) { flash::forward_impl<decltype(isa)>(cm, a.q, a.out, lse); });
+}
+
+}  // namespace mf

@@ -1,0 +1,32 @@
+// Knobs of the flash attention kernels (flash_attention.cpp): which SIMD
+// path runs (tests exercise all three on one machine) and the tile sizes,
+// which the benchmark's tuning rows sweep. The kernels themselves are
+// declared in attention_problem.h (contract) and flash_decode.h (decode).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace mf {
+
+enum class FlashIsa { Auto, Avx512, Avx2, Scalar };
+
+// Auto picks the widest path compiled in (AVX-512 when built with it, else AVX2+FMA, else scalar).
+void set_flash_isa(FlashIsa isa);       // throws when that path is not compiled in
+FlashIsa flash_isa();                   // the path in use (resolved)
+bool flash_isa_available(FlashIsa isa);
+std::string flash_isa_name(FlashIsa isa);
+
+// Tile sizes (one table). Defaults chosen by `modformer bench attention --tune`
+// on the 2-core Cascade Lake development machine (see bench_attention.cpp).
+struct FlashTiles {
+  std::int64_t fwd_rows = 64;      // stacked query rows (GQA heads x positions) per forward tile
+  std::int64_t fwd_keys = 64;      // keys per forward tile
+  std::int64_t bwd_rows = 64;      // query rows per backward step
+  std::int64_t bwd_keys = 64;      // keys per backward work item (each owns their dK, dV rows)
+  std::int64_t split_chunk = 1024; // keys per split of the decode path (flash-decoding)
+  std::int64_t split_min_keys = 2048;  // the decode path is taken from this many keys on
+};
+const FlashTiles& flash_tiles();
+void set_flash_tiles(const FlashTiles& tiles);  // validates (multiples of 16, >= 16)
+
+}  // namespace mf

@@ -1,0 +1,177 @@
+// SIMD vocabulary of the flash attention kernels: one struct per instruction
+// set (AVX-512, AVX2+FMA, scalar) with the same static functions, so every
+// kernel is written once as a template on the ISA and all three are tested.
+// exp2 is a degree-6 polynomial on [-1/2, 1/2] scaled by 2^n; inputs below
+// -125 give exactly 0 (no denormals, -inf -> 0), which masking relies on.
+#pragma once
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace mf::flash {
+
+inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// Taylor coefficients of 2^f = e^(f ln 2) (relative error < 2e-7 on |f| <= 1/2).
+inline constexpr float kExp2C1 = 0.6931471805599453f, kExp2C2 = 0.2402265069591007f,
+                       kExp2C3 = 0.05550410866482158f, kExp2C4 = 0.009618129107628477f,
+                       kExp2C5 = 0.0013333558146428443f, kExp2C6 = 0.00015403530393381606f;
+inline constexpr float kExp2Min = -125.0f;  // below: 2^x is treated as 0
+
+struct IsaScalar {
+  static constexpr int W = 1;
+  static constexpr const char* kName = "scalar";
+  using V = float;
+  using M = bool;
+  static V zero() { return 0.0f; }
+  static V set1(float x) { return x; }
+  static V load(const float* p) { return *p; }
+  static V load_n(const float* p, int n) { return n > 0 ? *p : 0.0f; }
+  static void store(float* p, V v) { *p = v; }
+  static void store_n(float* p, V v, int n) {
+    if (n > 0) *p = v;
+  }
+  static V fmadd(V a, V b, V c) { return a * b + c; }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V mul(V a, V b) { return a * b; }
+  static V max(V a, V b) { return a > b ? a : b; }
+  static V abs(V a) { return std::fabs(a); }
+  static M le(V a, V b) { return a <= b; }
+  static M ge(V a, V b) { return a >= b; }
+  static M eq(V a, V b) { return a == b; }
+  static M mand(M a, M b) { return a && b; }
+  static M mor(M a, M b) { return a || b; }
+  static M mall(bool b) { return b; }
+  static V select(M m, V a, V b) { return m ? a : b; }
+  static float reduce_add(V v) { return v; }
+  static float reduce_max(V v) { return v; }
+  static V exp2(V x) { return x >= kExp2Min ? std::exp2(x) : 0.0f; }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define MF_FLASH_HAVE_AVX2 1
+struct IsaAvx2 {
+  static constexpr int W = 8;
+  static constexpr const char* kName = "avx2";
+  using V = __m256;
+  using M = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static __m256i lanes_below(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V load_n(const float* p, int n) { return _mm256_maskload_ps(p, lanes_below(n)); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store_n(float* p, V v, int n) { _mm256_maskstore_ps(p, lanes_below(n), v); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static M le(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
+  static M ge(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M mand(M a, M b) { return _mm256_and_ps(a, b); }
+  static M mor(M a, M b) { return _mm256_or_ps(a, b); }
+  static M mall(bool b) { return b ? _mm256_castsi256_ps(_mm256_set1_epi32(-1)) : _mm256_setzero_ps(); }
+  static V select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
+  static float reduce_add(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float reduce_max(V v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static V exp2(V x) {
+    const M live = ge(x, set1(kExp2Min));
+    x = _mm256_min_ps(_mm256_max_ps(x, set1(kExp2Min)), set1(127.0f));
+    const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V f = sub(x, n);
+    V p = fmadd(set1(kExp2C6), f, set1(kExp2C5));
+    p = fmadd(p, f, set1(kExp2C4));
+    p = fmadd(p, f, set1(kExp2C3));
+    p = fmadd(p, f, set1(kExp2C2));
+    p = fmadd(p, f, set1(kExp2C1));
+    p = fmadd(p, f, set1(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(mul(p, _mm256_castsi256_ps(e)), live);
+  }
+};
+#endif
+
+#if defined(__AVX512F__)
+#define MF_FLASH_HAVE_AVX512 1
+struct IsaAvx512 {
+  static constexpr int W = 16;
+  static constexpr const char* kName = "avx512";
+  using V = __m512;
+  using M = __mmask16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static __mmask16 lanes_below(int n) {
+    return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (n <= 0 ? 0u : (1u << n) - 1u));
+  }
+  static V load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(lanes_below(n), p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store_n(float* p, V v, int n) { _mm512_mask_storeu_ps(p, lanes_below(n), v); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  // The maskz forms avoid GCC 12's false -Wmaybe-uninitialized on _mm512_undefined_ps.
+  static constexpr __mmask16 kAll = 0xFFFF;
+  static V max(V a, V b) { return _mm512_maskz_max_ps(kAll, a, b); }
+  static V abs(V a) { return _mm512_abs_ps(a); }
+  static M le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+  static M ge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static M mand(M a, M b) { return static_cast<M>(a & b); }
+  static M mor(M a, M b) { return static_cast<M>(a | b); }
+  static M mall(bool b) { return b ? static_cast<M>(0xFFFF) : static_cast<M>(0); }
+  static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }
+  static __m256 low_half(V v) { return _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 0)); }
+  static __m256 high_half(V v) { return _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(v), 1)); }
+  static float reduce_add(V v) {
+    __m256 h = _mm256_add_ps(low_half(v), high_half(v));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static float reduce_max(V v) {
+    __m256 h = _mm256_max_ps(low_half(v), high_half(v));
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static V exp2(V x) {
+    const M live = ge(x, set1(kExp2Min));
+    x = _mm512_maskz_min_ps(kAll, x, set1(127.0f));
+    const V n = _mm512_maskz_roundscale_ps(kAll, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V f = sub(x, n);
+    V p = fmadd(set1(kExp2C6), f, set1(kExp2C5));
+    p = fmadd(p, f, set1(kExp2C4));
+    p = fmadd(p, f, set1(kExp2C3));
+    p = fmadd(p, f, set1(kExp2C2));
+    p = fmadd(p, f, set1(kExp2C1));
+    p = fmadd(p, f, set1(1.0f));
+    return _mm512_maskz_scalef_ps(live, p, n);
+  }
+};
+#endif
+
+}  // namespace mf::flash

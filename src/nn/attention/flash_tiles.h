@@ -1,0 +1,143 @@
+// Register-blocked micro-kernel for the small products inside flash attention:
+// C[M x N] (=, += or row-scaled +=) A[M x K] B[K x N], where A is read by
+// scalar broadcast in either layout (so P^T, dS^T and K rows need no
+// transposed copies) and B rows are vector loads; N may end in a partial
+// vector (masked loads/stores), so head dims that are multiples of 8 work.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <utility>
+
+#include "nn/attention/flash_simd.h"
+
+namespace mf::flash {
+
+enum class TileMode { Store, Add, ScaleAdd };  // C = AB; C += AB; C = s[m] * C + AB
+
+// Register blocking per ISA: NV vectors of C per row, MR rows, with
+// MR * NV accumulators + NV B vectors inside the register file (32 zmm,
+// 16 ymm). Chosen by `modformer bench attention` (kernel rows).
+template <class Isa>
+struct Blocking;
+template <>
+struct Blocking<IsaScalar> {
+  static constexpr int kMaxNV = 4;
+  static constexpr int mr(int) { return 4; }
+};
+#ifdef MF_FLASH_HAVE_AVX2
+template <>
+struct Blocking<IsaAvx2> {
+  static constexpr int kMaxNV = 2;
+  static constexpr int mr(int nv) { return nv == 1 ? 8 : 6; }
+};
+#endif
+#ifdef MF_FLASH_HAVE_AVX512
+template <>
+struct Blocking<IsaAvx512> {
+  static constexpr int kMaxNV = 4;
+  static constexpr int mr(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+};
+#endif
+
+// One MR x (NV vectors) block of C over the full K. ACOL: A(m, k) = a[k * lda + m]
+// (column layout), else a[m * lda + k]. TAIL: the last vector holds tail_n lanes.
+template <class Isa, int MR, int NV, bool ACOL, bool TAIL>
+inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, const float* b, std::int64_t ldb,
+                       float* c, std::int64_t ldc, int tail_n, TileMode mode, const float* row_scale) {
+  using I = Isa;
+  using V = typename I::V;
+  V acc[MR][NV];
+  if (mode == TileMode::Store) {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = I::zero();
+  } else {
+    for (int m = 0; m < MR; ++m) {
+      const V s = mode == TileMode::ScaleAdd ? I::set1(row_scale[m]) : I::set1(1.0f);
+      for (int v = 0; v < NV; ++v) {
+        const float* cp = c + m * ldc + v * I::W;
+        V x = (TAIL && v == NV - 1) ? I::load_n(cp, tail_n) : I::load(cp);
+        acc[m][v] = mode == TileMode::ScaleAdd ? I::mul(x, s) : x;
+      }
+    }
+  }
+  for (std::int64_t k = 0; k < k_len; ++k) {
+    V bv[NV];
+    const float* bp = b + k * ldb;
+    for (int v = 0; v < NV; ++v) bv[v] = (TAIL && v == NV - 1) ? I::load_n(bp + v * I::W, tail_n) : I::load(bp + v * I::W);
+    for (int m = 0; m < MR; ++m) {
+      const V av = I::set1(ACOL ? a[k * lda + m] : a[m * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = I::fmadd(av, bv[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + m * ldc + v * I::W;
+      if (TAIL && v == NV - 1)
+        I::store_n(cp, acc[m][v], tail_n);
+      else
+        I::store(cp, acc[m][v]);
+    }
+}
+
+using MicroFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t,
+                         int, TileMode, const float*);
+
+template <class Isa, int NV, bool ACOL, bool TAIL, std::size_t... MRs>
+constexpr auto micro_table(std::index_sequence<MRs...>) {
+  return std::array<MicroFn, sizeof...(MRs)>{&micro_tile<Isa, static_cast<int>(MRs) + 1, NV, ACOL, TAIL>...};
+}
+
+// Runs the whole M x N product in MR x NV blocks: N chunks outside (the B
+// chunk stays in L1 across the row blocks), rows inside.
+template <class Isa, int NV, bool ACOL, bool TAIL>
+inline void tile_gemm_nv(std::int64_t m_len, std::int64_t k_len, const float* a, std::int64_t lda, const float* b,
+                         std::int64_t ldb, float* c, std::int64_t ldc, int tail_n, TileMode mode,
+                         const float* row_scale) {
+  constexpr int kMR = Blocking<Isa>::mr(NV);
+  static constexpr auto table = micro_table<Isa, NV, ACOL, TAIL>(std::make_index_sequence<kMR>{});
+  std::int64_t m0 = 0;
+  for (; m0 + kMR <= m_len; m0 += kMR)
+    micro_tile<Isa, kMR, NV, ACOL, TAIL>(k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc, ldc, tail_n,
+                                         mode, row_scale == nullptr ? nullptr : row_scale + m0);
+  if (m0 < m_len)
+    table[static_cast<std::size_t>(m_len - m0 - 1)](k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc,
+                                                     ldc, tail_n, mode,
+                                                     row_scale == nullptr ? nullptr : row_scale + m0);
+}
+
+template <class Isa, bool ACOL>
+void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const float* a, std::int64_t lda,
+               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, TileMode mode,
+               const float* row_scale = nullptr) {
+  constexpr int W = Isa::W;
+  constexpr int kMaxNV = Blocking<Isa>::kMaxNV;
+  if (m_len <= 0 || n_len <= 0) return;
+  const std::int64_t nvec = (n_len + W - 1) / W;
+  const int tail_n = static_cast<int>(n_len - (nvec - 1) * W);
+  for (std::int64_t v0 = 0; v0 < nvec; v0 += kMaxNV) {
+    const int nv = static_cast<int>(nvec - v0 < kMaxNV ? nvec - v0 : kMaxNV);
+    const bool tail = v0 + nv == nvec && tail_n != W;
+    const float* bb = b + v0 * W;
+    float* cc = c + v0 * W;
+#define MF_FLASH_NV_CASE(NVC)                                                                                    \
+  case NVC:                                                                                                      \
+    if constexpr (NVC <= kMaxNV) {                                                                               \
+      if (tail)                                                                                                  \
+        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);    \
+      else                                                                                                       \
+        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);   \
+    }                                                                                                            \
+    break;
+    switch (nv) {
+      MF_FLASH_NV_CASE(1)
+      MF_FLASH_NV_CASE(2)
+      MF_FLASH_NV_CASE(3)
+      MF_FLASH_NV_CASE(4)
+      default:
+        break;
+    }
+#undef MF_FLASH_NV_CASE
+  }
+}
+
+}  // namespace mf::flash

@@ -1,0 +1,736 @@
+// Flash attention kernels: the tile micro-kernel vs a plain loop; flash ==
+// a float64 naive loop on a grid of every option and awkward shape (every
+// SIMD path compiled in, default and tiny tiles), forward and backward, with
+// the flash-attention repo's rule (error <= 2x that of a float32 naive loop,
+// plus a floor); finite differences; determinism; the split-KV decode path
+// and the decode API with rolling-buffer segments; O(L d) memory at 32k.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/alloc.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "core/threads.h"
+#include "nn/attention/attention.h"
+#include "nn/attention/flash_attention.h"
+#include "nn/attention/flash_decode.h"
+#include "nn/attention/flash_tiles.h"
+#include "testing/gradcheck.h"
+
+using namespace mf;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Restores the flash knobs a test changes.
+struct FlashKnobs {
+  FlashTiles tiles = flash_tiles();
+  FlashIsa isa = flash_isa();
+  ~FlashKnobs() {
+    set_flash_tiles(tiles);
+    set_flash_isa(isa);
+  }
+};
+
+std::vector<FlashIsa> isas() {
+  std::vector<FlashIsa> v;
+  for (FlashIsa i : {FlashIsa::Avx512, FlashIsa::Avx2, FlashIsa::Scalar})
+    if (flash_isa_available(i)) v.push_back(i);
+  return v;
+}
+
+// ------------------------------------------------------------ micro-kernel
+
+template <class Isa>
+void check_tile_gemm(std::uint64_t seed) {
+  Rng rng(seed);
+  for (int trial = 0; trial < 60; ++trial) {
+    const std::int64_t m = 1 + static_cast<std::int64_t>(rng.below(40)), n = 8 * (1 + static_cast<std::int64_t>(rng.below(20)));
+    const std::int64_t k = 1 + static_cast<std::int64_t>(rng.below(70));
+    const bool acol = rng.below(2) == 1;
+    const auto mode = static_cast<flash::TileMode>(rng.below(3));
+    const std::int64_t lda = (acol ? m : k) + static_cast<std::int64_t>(rng.below(5));
+    const std::int64_t ldb = n + static_cast<std::int64_t>(rng.below(9)), ldc = n + static_cast<std::int64_t>(rng.below(9));
+    std::vector<float> a((acol ? k : m) * lda), b(k * ldb), c(m * ldc), scale(m);
+    for (auto& x : a) x = rng.normal();
+    for (auto& x : b) x = rng.normal();
+    for (auto& x : c) x = rng.normal();
+    for (auto& x : scale) x = rng.uniform();
+    std::vector<float> got = c;
+    if (acol)
+      flash::tile_gemm<Isa, true>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data());
+    else
+      flash::tile_gemm<Isa, false>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data());
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < ldc; ++j) {
+        if (j >= n) {  // padding beyond N is never touched
+          ASSERT_EQ(got[i * ldc + j], c[i * ldc + j]);
+          continue;
+        }
+        double s = 0, mag = 0;
+        for (std::int64_t x = 0; x < k; ++x) {
+          const double t = static_cast<double>(acol ? a[x * lda + i] : a[i * lda + x]) * b[x * ldb + j];
+          s += t;
+          mag += std::fabs(t);
+        }
+        const double c0 = c[i * ldc + j];
+        const double want = mode == flash::TileMode::Store ? s : mode == flash::TileMode::Add ? c0 + s : scale[i] * c0 + s;
+        // float32 sums of k products: |error| <= k * eps * sum |terms| (Higham), eps = 2^-24.
+        ASSERT_NEAR(got[i * ldc + j], want, (k + 2) * 6e-8 * (mag + std::fabs(c0)) + 1e-30)
+            << Isa::kName << " m=" << m << " n=" << n << " k=" << k << " acol=" << acol;
+      }
+  }
+}
+
+TEST(FlashTiles, MicroKernelMatchesPlainLoop) {
+  check_tile_gemm<flash::IsaScalar>(1);
+#ifdef MF_FLASH_HAVE_AVX2
+  check_tile_gemm<flash::IsaAvx2>(2);
+#endif
+#ifdef MF_FLASH_HAVE_AVX512
+  check_tile_gemm<flash::IsaAvx512>(3);
+#endif
+}
+
+template <class Isa>
+void check_exp2() {
+  std::vector<float> xs;
+  for (float x = -130.0f; x <= 0.0f; x += 0.0137f) xs.push_back(x);
+  xs.push_back(-std::numeric_limits<float>::infinity());
+  xs.push_back(0.0f);
+  xs.push_back(-125.0f);
+  xs.push_back(-124.99f);
+  while (xs.size() % 16 != 0) xs.push_back(-1.0f);
+  for (std::size_t i = 0; i < xs.size(); i += Isa::W) {
+    float out[16];
+    Isa::store(out, Isa::exp2(Isa::load(&xs[i])));
+    for (int l = 0; l < Isa::W; ++l) {
+      const float x = xs[i + l];
+      if (x < flash::kExp2Min) {
+        ASSERT_EQ(out[l], 0.0f) << Isa::kName << " x=" << x;
+      } else {
+        const double want = std::exp2(static_cast<double>(x));
+        ASSERT_NEAR(out[l], want, 3e-7 * want) << Isa::kName << " x=" << x;
+        ASSERT_TRUE(std::isnormal(out[l])) << Isa::kName << " x=" << x;
+      }
+    }
+  }
+}
+
+TEST(FlashTiles, Exp2IsAccurateAndZeroBelowRange) {
+  check_exp2<flash::IsaScalar>();
+#ifdef MF_FLASH_HAVE_AVX2
+  check_exp2<flash::IsaAvx2>();
+#endif
+#ifdef MF_FLASH_HAVE_AVX512
+  check_exp2<flash::IsaAvx512>();
+#endif
+}
+
+// ------------------------------------------------------------ naive reference
+
+struct Spec {
+  std::string name;
+  bool varlen = false;
+  std::int64_t hq = 4, hkv = 2, d = 8;
+  std::vector<std::int64_t> lq{5, 5}, lk{7, 7};
+  AttentionOptions opt;
+  std::vector<std::int32_t> mask;  // [B, Lk] (batched only)
+  float qmul = 1.0f;               // logits scale-up (x30 cases)
+
+  std::int64_t batch() const { return static_cast<std::int64_t>(lq.size()); }
+  static std::int64_t cu(const std::vector<std::int64_t>& l, std::int64_t b) {
+    std::int64_t s = 0;
+    for (std::int64_t x = 0; x < b; ++x) s += l[x];
+    return s;
+  }
+  std::int64_t total_q() const { return cu(lq, batch()); }
+  std::int64_t total_k() const { return cu(lk, batch()); }
+  Shape q_shape() const { return varlen ? Shape{total_q(), hq, d} : Shape{batch(), hq, lq[0], d}; }
+  Shape k_shape() const { return varlen ? Shape{total_k(), hkv, d} : Shape{batch(), hkv, lk[0], d}; }
+  std::int64_t q_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
+    return varlen ? ((cu(lq, b) + i) * hq + h) * d : ((b * hq + h) * lq[0] + i) * d;
+  }
+  std::int64_t k_at(std::int64_t b, std::int64_t g, std::int64_t j) const {
+    return varlen ? ((cu(lk, b) + j) * hkv + g) * d : ((b * hkv + g) * lk[0] + j) * d;
+  }
+  std::int64_t lse_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
+    return varlen ? h * total_q() + cu(lq, b) + i : (b * hq + h) * lq[0] + i;
+  }
+  VarlenSeqlens seqlens() const {
+    VarlenSeqlens s;
+    for (std::int64_t b = 0; b <= batch(); ++b) {
+      s.cu_seqlens_q.push_back(cu(lq, b));
+      s.cu_seqlens_k.push_back(cu(lk, b));
+    }
+    return s;
+  }
+  AttentionOptions options() const {
+    AttentionOptions o = opt;
+    if (!mask.empty()) {
+      o.key_padding_mask = Tensor::empty({batch(), lk[0]}, DType::I32);
+      std::copy(mask.begin(), mask.end(), o.key_padding_mask.data<std::int32_t>());
+    }
+    return o;
+  }
+};
+
+// The semantics of attention.h per element, in precision T, materializing
+// each row's scores: T = double is the reference, T = float the baseline
+// whose error sets the tolerance.
+template <typename T>
+struct Naive {
+  std::vector<T> out, lse, dq, dk, dv;
+};
+
+template <typename T>
+Naive<T> naive(const Spec& s, const std::vector<float>& qf, const std::vector<float>& kf, const std::vector<float>& vf,
+               const std::vector<float>& dof) {
+  const AttentionOptions& o = s.opt;
+  const T scale = o.scale > 0 ? static_cast<T>(o.scale) : static_cast<T>(1.0 / std::sqrt(static_cast<double>(s.d)));
+  const std::vector<float> slopes = o.alibi ? alibi_slopes(s.hq) : std::vector<float>{};
+  auto is_global = [&](std::int64_t pos) {
+    return std::find(o.global_tokens.begin(), o.global_tokens.end(), pos) != o.global_tokens.end();
+  };
+  Naive<T> r;
+  r.out.assign(qf.size(), T(0));
+  r.dq.assign(qf.size(), T(0));
+  r.dk.assign(kf.size(), T(0));
+  r.dv.assign(kf.size(), T(0));
+  r.lse.assign(static_cast<std::size_t>(s.hq * s.total_q()), static_cast<T>(-kInf));
+  const std::int64_t D = s.d;
+  for (std::int64_t b = 0; b < s.batch(); ++b) {
+    const std::int64_t lq = s.lq[b], lk = s.lk[b];
+    for (std::int64_t h = 0; h < s.hq; ++h) {
+      const std::int64_t g = h / (s.hq / s.hkv);
+      for (std::int64_t i = 0; i < lq; ++i) {
+        const std::int64_t ip = i + lk - lq;
+        std::vector<T> sc(lk, static_cast<T>(-kInf)), p(lk, T(0)), keep(lk, T(0));
+        T mx = static_cast<T>(-kInf);
+        const float* qi = &qf[s.q_at(b, h, i)];
+        for (std::int64_t j = 0; j < lk; ++j) {
+          const bool win =
+              (o.window_left < 0 || j >= ip - o.window_left) && (o.window_right < 0 || j <= ip + o.window_right);
+          const bool vis = (win || is_global(ip) || is_global(j)) && (!o.causal || j <= ip) &&
+                           (s.mask.empty() || s.mask[b * lk + j] != 0);
+          if (!vis) continue;
+          T dot = 0;
+          for (std::int64_t x = 0; x < D; ++x) dot += static_cast<T>(qi[x]) * static_cast<T>(kf[s.k_at(b, g, j) + x]);
+          sc[j] = scale * dot - (o.alibi ? static_cast<T>(slopes[h]) * static_cast<T>(std::abs(ip - j)) : T(0));
+          mx = std::max(mx, sc[j]);
+        }
+        if (mx == static_cast<T>(-kInf)) continue;
+        T sum = 0;
+        for (std::int64_t j = 0; j < lk; ++j) sum += std::exp(sc[j] - mx);
+        const T lse = mx + std::log(sum);
+        r.lse[s.lse_at(b, h, i)] = lse;
+        T* oi = &r.out[s.q_at(b, h, i)];
+        for (std::int64_t j = 0; j < lk; ++j) {
+          p[j] = std::exp(sc[j] - lse);
+          keep[j] = T(1);
+          if (o.dropout_p > 0)
+            keep[j] = rng_uniform(o.dropout_seed, static_cast<std::uint64_t>(b * s.hq + h),
+                                  static_cast<std::uint64_t>(i * lk + j)) >= o.dropout_p
+                          ? T(1) / (T(1) - static_cast<T>(o.dropout_p))
+                          : T(0);
+          for (std::int64_t x = 0; x < D; ++x) oi[x] += p[j] * keep[j] * static_cast<T>(vf[s.k_at(b, g, j) + x]);
+        }
+        // Backward: dV += Z^T dO, dP = dO V^T, dS = P (keep dP - Di), dQ = scale dS K, dK = scale dS^T Q.
+        const float* doi = &dof[s.q_at(b, h, i)];
+        T di = 0;
+        for (std::int64_t x = 0; x < D; ++x) di += static_cast<T>(doi[x]) * oi[x];
+        for (std::int64_t j = 0; j < lk; ++j) {
+          if (p[j] == T(0)) continue;
+          T dp = 0;
+          for (std::int64_t x = 0; x < D; ++x) dp += static_cast<T>(doi[x]) * static_cast<T>(vf[s.k_at(b, g, j) + x]);
+          const T ds = p[j] * (keep[j] * dp - di) * scale;
+          for (std::int64_t x = 0; x < D; ++x) {
+            r.dv[s.k_at(b, g, j) + x] += p[j] * keep[j] * static_cast<T>(doi[x]);
+            r.dq[s.q_at(b, h, i) + x] += ds * static_cast<T>(kf[s.k_at(b, g, j) + x]);
+            r.dk[s.k_at(b, g, j) + x] += ds * static_cast<T>(qi[x]);
+          }
+        }
+      }
+    }
+  }
+  return r;
+}
+
+AttentionOutput run_fwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                        AttentionImpl impl = AttentionImpl::Flash) {
+  return s.varlen ? attention_varlen_forward(q, k, v, s.seqlens(), s.options(), impl)
+                  : attention_forward(q, k, v, s.options(), impl);
+}
+AttentionGrads run_bwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOutput& f,
+                       const Tensor& dout, AttentionImpl impl = AttentionImpl::Flash) {
+  return s.varlen ? attention_varlen_backward(q, k, v, f.out, f.lse, dout, s.seqlens(), s.options(), impl)
+                  : attention_backward(q, k, v, f.out, f.lse, dout, s.options(), impl);
+}
+
+struct Inputs {
+  Tensor q, k, v, dout;
+};
+Inputs make_inputs(const Spec& s, std::uint64_t seed) {
+  Inputs in{randn(s.q_shape(), seed), randn(s.k_shape(), seed + 1), randn(s.k_shape(), seed + 2),
+            randn(s.q_shape(), seed + 3)};
+  if (s.qmul != 1.0f) {
+    float* p = in.q.data<float>();
+    for (std::int64_t i = 0; i < in.q.numel(); ++i) p[i] *= s.qmul;
+  }
+  return in;
+}
+
+double max_err(const std::vector<float>& got, const std::vector<double>& ref) {
+  double e = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (std::isinf(ref[i])) {
+      if (got[i] != ref[i]) return kInf;
+      continue;
+    }
+    e = std::max(e, std::fabs(static_cast<double>(got[i]) - ref[i]));
+  }
+  return e;
+}
+template <typename T>
+double max_err_t(const std::vector<T>& got, const std::vector<double>& ref) {
+  std::vector<float> f(got.begin(), got.end());
+  return max_err(f, ref);
+}
+double max_abs_finite(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v)
+    if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+// flash error vs the float64 loop <= 2 x the float32 loop's error + a floor
+// of 4 float32 ulps (2^-22) of the largest magnitude (the float32 loop can
+// be exact by luck on tiny cases).
+void expect_close(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                  double baseline_err) {
+  const double tol = 2.0 * baseline_err + std::ldexp(1.0, -22) * std::max(1.0, max_abs_finite(ref));
+  const double err = max_err(got, ref);
+  EXPECT_LE(err, tol) << what << ": flash error " << err << " vs float32-loop error " << baseline_err;
+  for (std::size_t i = 0; i < got.size(); ++i)
+    if (!std::isinf(ref[i])) {
+      ASSERT_TRUE(std::isfinite(got[i])) << what << " element " << i << " not finite";
+    }
+}
+
+void check_spec(const Spec& s, std::uint64_t seed, bool backward = true) {
+  const Inputs in = make_inputs(s, seed);
+  const auto qv = in.q.to_vector(), kv = in.k.to_vector(), vv = in.v.to_vector(), dov = in.dout.to_vector();
+  const Naive<double> ref = naive<double>(s, qv, kv, vv, dov);
+  const Naive<float> base = naive<float>(s, qv, kv, vv, dov);
+  const auto f = run_fwd(s, in.q, in.k, in.v);
+  expect_close("out", f.out.to_vector(), ref.out, max_err_t(base.out, ref.out));
+  expect_close("lse", f.lse.to_vector(), ref.lse, max_err_t(base.lse, ref.lse));
+  const auto lse = f.lse.to_vector();
+  for (std::size_t i = 0; i < lse.size(); ++i)
+    if (std::isinf(ref.lse[i])) {
+      ASSERT_EQ(lse[i], -std::numeric_limits<float>::infinity()) << "lse " << i;
+    }
+  if (!backward) return;
+  // The backward reads our float32 out/lse (as in training); the float32 loop's error covers that rounding.
+  const auto g = run_bwd(s, in.q, in.k, in.v, f, in.dout);
+  expect_close("dq", g.dq.to_vector(), ref.dq, max_err_t(base.dq, ref.dq));
+  expect_close("dk", g.dk.to_vector(), ref.dk, max_err_t(base.dk, ref.dk));
+  expect_close("dv", g.dv.to_vector(), ref.dv, max_err_t(base.dv, ref.dv));
+}
+
+// Every option, on lengths that cross tiles (with 16-wide test tiles) and
+// are not multiples of them.
+std::vector<Spec> option_grid() {
+  std::vector<Spec> g;
+  auto add = [&](const std::string& name, const std::function<void(Spec&)>& f) {
+    Spec s;
+    s.name = name;
+    s.lq = {37, 37};
+    s.lk = {45, 45};
+    f(s);
+    g.push_back(s);
+  };
+  add("plain_gqa2", [](Spec&) {});
+  add("mha_d24", [](Spec& s) {
+    s.hkv = 4;
+    s.d = 24;
+  });
+  add("mqa_d80", [](Spec& s) {
+    s.hkv = 1;
+    s.d = 80;
+  });
+  add("causal", [](Spec& s) { s.opt.causal = true; });
+  add("causal_lq_gt_lk_empty_rows", [](Spec& s) {
+    s.lq = {50, 50};
+    s.lk = {21, 21};
+    s.opt.causal = true;
+  });
+  add("lq_gt_lk", [](Spec& s) {
+    s.lq = {40, 40};
+    s.lk = {19, 19};
+  });
+  add("window_2_1", [](Spec& s) {
+    s.opt.window_left = 2;
+    s.opt.window_right = 1;
+  });
+  add("window_0_0", [](Spec& s) {
+    s.opt.window_left = 0;
+    s.opt.window_right = 0;
+  });
+  add("window_left_only_20", [](Spec& s) { s.opt.window_left = 20; });
+  add("window_right_only_3", [](Spec& s) { s.opt.window_right = 3; });
+  add("causal_left17", [](Spec& s) {
+    s.opt.causal = true;
+    s.opt.window_left = 17;
+  });
+  add("globals_window", [](Spec& s) {
+    s.opt.window_left = 3;
+    s.opt.window_right = 1;
+    s.opt.global_tokens = {0, 20, 44};
+  });
+  add("globals_causal_window", [](Spec& s) {
+    s.opt.causal = true;
+    s.opt.window_left = 2;
+    s.opt.global_tokens = {5, 30};
+  });
+  add("alibi_pow2_h8_causal", [](Spec& s) {
+    s.hq = 8;
+    s.hkv = 2;
+    s.opt.alibi = true;
+    s.opt.causal = true;
+  });
+  add("alibi_h6", [](Spec& s) {
+    s.hq = 6;
+    s.hkv = 3;
+    s.opt.alibi = true;
+  });
+  add("scale", [](Spec& s) { s.opt.scale = 0.7f; });
+  add("key_padding", [](Spec& s) {
+    for (int b = 0; b < 2; ++b)
+      for (int j = 0; j < 45; ++j) s.mask.push_back((j * 7 + b * 3) % 5 == 0 ? 0 : 1);
+    for (int j = 16; j < 32; ++j) s.mask[j] = 0;  // a whole 16-key tile padded in entry 0
+  });
+  add("padding_empty_rows", [](Spec& s) {
+    s.opt.window_left = 0;
+    s.opt.window_right = 0;
+    for (int b = 0; b < 2; ++b)
+      for (int j = 0; j < 45; ++j) s.mask.push_back(b == 1 || j % 3 != 0 ? 1 : 0);
+  });
+  add("all_padded", [](Spec& s) { s.mask.assign(90, 0); });
+  add("dropout", [](Spec& s) {
+    s.opt.dropout_p = 0.3f;
+    s.opt.dropout_seed = 42;
+  });
+  add("logits_x30_causal", [](Spec& s) {
+    s.qmul = 30.0f;
+    s.opt.causal = true;
+  });
+  add("everything", [](Spec& s) {
+    s.hq = 8;
+    s.hkv = 2;
+    s.d = 16;
+    s.opt.causal = true;
+    s.opt.window_left = 5;
+    s.opt.window_right = 0;
+    s.opt.global_tokens = {1, 33};
+    s.opt.alibi = true;
+    s.opt.scale = 0.4f;
+    s.opt.dropout_p = 0.25f;
+    s.opt.dropout_seed = 7;
+    for (int b = 0; b < 2; ++b)
+      for (int j = 0; j < 45; ++j) s.mask.push_back(j % 11 == 4 ? 0 : 1);
+  });
+  add("varlen", [](Spec& s) {
+    s.varlen = true;
+    s.lq = {3, 40, 1, 17};
+    s.lk = {5, 40, 33, 0};
+  });
+  add("varlen_causal_alibi_window_dropout", [](Spec& s) {
+    s.varlen = true;
+    s.hq = 6;
+    s.hkv = 2;
+    s.lq = {20, 2, 33};
+    s.lk = {36, 0, 33};
+    s.opt.causal = true;
+    s.opt.alibi = true;
+    s.opt.window_left = 9;
+    s.opt.dropout_p = 0.2f;
+    s.opt.dropout_seed = 3;
+  });
+  return g;
+}
+
+FlashTiles tiny_tiles() {
+  FlashTiles t;
+  t.fwd_rows = 16;
+  t.fwd_keys = 16;
+  t.bwd_rows = 16;
+  t.bwd_keys = 16;
+  t.split_chunk = 16;
+  t.split_min_keys = 1 << 30;
+  return t;
+}
+
+}  // namespace
+
+TEST(FlashAttention, MatchesFloat64LoopOnOptionGrid) {
+  FlashKnobs knobs;
+  for (FlashIsa isa : isas()) {
+    set_flash_isa(isa);
+    for (bool tiny : {true, false}) {
+      set_flash_tiles(tiny ? tiny_tiles() : knobs.tiles);
+      for (const Spec& s : option_grid()) {
+        SCOPED_TRACE(s.name + " isa=" + flash_isa_name(isa) + (tiny ? " tiles=16" : " tiles=default"));
+        check_spec(s, 100);
+      }
+    }
+  }
+}
+
+// GQA ratios 1..8, head dims 8..256, odd lengths, with the default tiles.
+TEST(FlashAttention, AwkwardShapesAndHeadDims) {
+  struct Shape5 {
+    std::int64_t hq, hkv, d, lq, lk;
+    bool causal;
+  };
+  const std::vector<Shape5> shapes{{1, 1, 8, 1, 1, false},      {3, 1, 24, 65, 130, true},  {5, 5, 40, 129, 63, false},
+                                   {7, 1, 56, 70, 70, true},     {8, 1, 64, 67, 200, false}, {6, 2, 128, 100, 100, true},
+                                   {2, 2, 256, 33, 150, false},  {4, 4, 256, 90, 90, true},  {8, 4, 136, 17, 31, false}};
+  for (const auto& sh : shapes) {
+    Spec s;
+    s.name = "hq" + std::to_string(sh.hq) + "_hkv" + std::to_string(sh.hkv) + "_d" + std::to_string(sh.d) + "_lq" +
+             std::to_string(sh.lq) + "_lk" + std::to_string(sh.lk);
+    s.hq = sh.hq;
+    s.hkv = sh.hkv;
+    s.d = sh.d;
+    s.lq = {sh.lq};
+    s.lk = {sh.lk};
+    s.opt.causal = sh.causal;
+    SCOPED_TRACE(s.name);
+    check_spec(s, 7);
+  }
+}
+
+// The float32 four-point gradcheck through the front door (its default tolerances).
+TEST(FlashAttention, GradcheckFiniteDifferences) {
+  FlashKnobs knobs;
+  set_flash_tiles(tiny_tiles());
+  const std::vector<std::string> picked{"plain_gqa2", "causal_lq_gt_lk_empty_rows", "globals_causal_window",
+                                        "alibi_h6", "key_padding", "dropout", "everything",
+                                        "varlen_causal_alibi_window_dropout"};
+  for (const Spec& s : option_grid()) {
+    if (std::find(picked.begin(), picked.end(), s.name) == picked.end()) continue;
+    SCOPED_TRACE(s.name);
+    const Inputs in = make_inputs(s, 11);
+    const auto f = run_fwd(s, in.q, in.k, in.v);
+    const auto g = run_bwd(s, in.q, in.k, in.v, f, in.dout);
+    auto loss = [&] { return mf::testing::weighted_sum(run_fwd(s, in.q, in.k, in.v).out, in.dout); };
+    mf::testing::GradcheckOptions opt;
+    opt.max_checks_per_input = 16;
+    const auto r = mf::testing::gradcheck(loss, {in.q, in.k, in.v}, {g.dq, g.dk, g.dv}, opt);
+    EXPECT_TRUE(r.ok) << r.report;
+  }
+}
+
+TEST(FlashAttention, EqualsDenseReference) {
+  for (const Spec& s : option_grid()) {
+    SCOPED_TRACE(s.name);
+    const Inputs in = make_inputs(s, 5);
+    const auto ff = run_fwd(s, in.q, in.k, in.v, AttentionImpl::Flash);
+    const auto fd = run_fwd(s, in.q, in.k, in.v, AttentionImpl::Dense);
+    const double scale = std::max(1.0f, s.qmul);
+    EXPECT_LE(max_abs_diff(ff.out, fd.out), 2e-5 * scale);
+    const auto lf = ff.lse.to_vector(), ld = fd.lse.to_vector();
+    for (std::size_t i = 0; i < lf.size(); ++i) {
+      if (std::isinf(ld[i])) {
+        ASSERT_EQ(lf[i], ld[i]);
+      } else {
+        ASSERT_NEAR(lf[i], ld[i], 2e-5 * std::max(1.0f, std::fabs(ld[i])));
+      }
+    }
+    const auto gf = run_bwd(s, in.q, in.k, in.v, fd, in.dout, AttentionImpl::Flash);
+    const auto gd = run_bwd(s, in.q, in.k, in.v, fd, in.dout, AttentionImpl::Dense);
+    EXPECT_LE(max_abs_diff(gf.dq, gd.dq), 5e-5 * scale);
+    EXPECT_LE(max_abs_diff(gf.dk, gd.dk), 5e-5 * scale);
+    EXPECT_LE(max_abs_diff(gf.dv, gd.dv), 5e-5 * scale);
+  }
+}
+
+TEST(FlashAttention, EmptyRowsAreZeroWithMinusInfLseAndZeroGrads) {
+  Spec s;
+  s.lq = {20};
+  s.lk = {30};
+  s.mask.assign(30, 0);
+  const Inputs in = make_inputs(s, 1);
+  const auto f = run_fwd(s, in.q, in.k, in.v);
+  for (float x : f.out.to_vector()) ASSERT_EQ(x, 0.0f);
+  for (float x : f.lse.to_vector()) ASSERT_EQ(x, -std::numeric_limits<float>::infinity());
+  const auto g = run_bwd(s, in.q, in.k, in.v, f, in.dout);
+  for (const Tensor* t : {&g.dq, &g.dk, &g.dv})
+    for (float x : t->to_vector()) ASSERT_EQ(x, 0.0f);
+}
+
+// Same inputs, same thread count: the same bits, run after run (the backward's
+// dQ chunks and the forward's dynamic schedule must not leak into the result).
+TEST(FlashAttention, DeterministicRunToRun) {
+  Spec s;
+  s.hq = 8;
+  s.hkv = 2;
+  s.d = 64;
+  s.lq = {300};
+  s.lk = {300};
+  s.opt.causal = true;
+  s.opt.dropout_p = 0.1f;
+  s.opt.dropout_seed = 9;
+  const Inputs in = make_inputs(s, 3);
+  std::vector<std::vector<float>> first;
+  for (int run = 0; run < 4; ++run) {
+    const auto f = run_fwd(s, in.q, in.k, in.v);
+    const auto g = run_bwd(s, in.q, in.k, in.v, f, in.dout);
+    std::vector<std::vector<float>> now{f.out.to_vector(), f.lse.to_vector(), g.dq.to_vector(), g.dk.to_vector(),
+                                        g.dv.to_vector()};
+    if (run == 0) {
+      first = now;
+      continue;
+    }
+    for (std::size_t t = 0; t < now.size(); ++t)
+      ASSERT_EQ(0, std::memcmp(now[t].data(), first[t].data(), now[t].size() * sizeof(float))) << "tensor " << t;
+  }
+}
+
+// The split-KV path (few rows, many keys) equals the one-pass path, for GQA,
+// ALiBi, causal + left window, key padding and a ragged last chunk.
+TEST(FlashAttention, SplitKvDecodePathEqualsNormalPath) {
+  FlashKnobs knobs;
+  for (const std::int64_t lq : {1, 3}) {
+    Spec s;
+    s.hq = 8;
+    s.hkv = 2;
+    s.d = 64;
+    s.lq = {lq, lq};
+    s.lk = {5000, 5000};
+    s.opt.causal = true;
+    s.opt.alibi = true;
+    s.opt.window_left = 4000;
+    for (int b = 0; b < 2; ++b)
+      for (int j = 0; j < 5000; ++j) s.mask.push_back(j % 97 == 13 ? 0 : 1);
+    SCOPED_TRACE("lq=" + std::to_string(lq));
+    const Inputs in = make_inputs(s, 21);
+    FlashTiles t = knobs.tiles;
+    t.split_chunk = 1024;
+    t.split_min_keys = 2048;
+    set_flash_tiles(t);
+    const auto split = run_fwd(s, in.q, in.k, in.v);
+    t.split_min_keys = 1 << 30;
+    set_flash_tiles(t);
+    const auto whole = run_fwd(s, in.q, in.k, in.v);
+    EXPECT_LE(max_abs_diff(split.out, whole.out), 2e-6);
+    EXPECT_LE(max_abs_diff(split.lse, whole.lse), 2e-5);
+    check_spec(s, 21, /*backward=*/false);  // and both against the float64 loop
+  }
+}
+
+// The decode API over a rolling buffer given as two segments equals the
+// front door on the same keys laid out in order.
+TEST(FlashAttention, DecodeApiWithRollingBufferSegments) {
+  const std::int64_t hq = 8, hkv = 2, d = 40, cap = 3000, n_tokens = 7777, lq = 2;
+  for (const bool alibi : {false, true}) {
+    SCOPED_TRACE(alibi ? "alibi" : "plain");
+    Tensor ring = randn({2, hkv, cap, d}, 5);  // [k|v, head, slot, d]
+    Tensor q = randn({1, hq, lq, d}, 6);
+    const float* kring = ring.data<float>();
+    const float* vring = kring + hkv * cap * d;
+    KvCacheSegment seg[2];
+    kv_ring_segments(kring, vring, cap, n_tokens, d, seg);
+    ASSERT_EQ(seg[0].len + seg[1].len, cap);
+    ASSERT_EQ(seg[0].len, cap - n_tokens % cap);
+    Tensor out = Tensor::zeros({hq, lq, d}), lse = Tensor::zeros({hq, lq});
+    FlashDecodeArgs a;
+    a.hq = hq;
+    a.hkv = hkv;
+    a.d = d;
+    a.lq = lq;
+    a.q = q.data<float>();
+    a.out = out.data<float>();
+    a.lse = lse.data<float>();
+    a.q_head_stride = lq * d;
+    a.q_row_stride = d;
+    a.seg[0] = seg[0];
+    a.seg[1] = seg[1];
+    a.k_head_stride = cap * d;
+    a.k_row_stride = d;
+    a.causal = true;
+    a.window_left = 2500;
+    a.alibi = alibi;
+    flash_attention_decode(a);
+    // The same keys in logical order (oldest first) through the front door.
+    Tensor k = Tensor::zeros({1, hkv, cap, d}), v = Tensor::zeros({1, hkv, cap, d});
+    for (std::int64_t h = 0; h < hkv; ++h)
+      for (std::int64_t j = 0; j < cap; ++j) {
+        const std::int64_t slot = (n_tokens - cap + j) % cap;
+        std::memcpy(k.data<float>() + (h * cap + j) * d, kring + (h * cap + slot) * d, d * sizeof(float));
+        std::memcpy(v.data<float>() + (h * cap + j) * d, vring + (h * cap + slot) * d, d * sizeof(float));
+      }
+    AttentionOptions opt;
+    opt.causal = true;
+    opt.window_left = 2500;
+    opt.alibi = alibi;
+    const auto ref = attention_forward(q, k, v, opt, AttentionImpl::Dense);
+    EXPECT_LE(max_abs_diff(out.reshape({1, hq, lq, d}), ref.out), 2e-6);
+    EXPECT_LE(max_abs_diff(lse.reshape({1, hq, lq}), ref.lse), 2e-5);
+  }
+}
+
+TEST(FlashAttention, DecodeApiRejectsBadArguments) {
+  FlashDecodeArgs a;
+  a.hq = 6;
+  a.hkv = 4;
+  a.d = 64;
+  try {
+    flash_attention_decode(a);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[flash_decode] hq (6) must be a positive multiple of hkv (4)"),
+              std::string::npos)
+        << e.what();
+  }
+  a.hkv = 2;
+  a.d = 12;
+  EXPECT_THROW(flash_attention_decode(a), Error);
+  a.d = 64;
+  a.seg[0].len = 10;  // no pointers
+  float x = 0;
+  a.q = &x;
+  a.out = &x;
+  a.q_row_stride = a.k_row_stride = 64;
+  EXPECT_THROW(flash_attention_decode(a), Error);
+  EXPECT_THROW(kv_ring_segments(nullptr, nullptr, 0, 5, 64, a.seg), Error);
+}
+
+// A 32k-token single head: forward + backward hold O(L d) extra memory (the
+// score matrix alone would be 4 GiB). Causal + a 256-key window keeps it fast.
+TEST(FlashAttention, LongSequenceMemoryIsLinear) {
+  const std::int64_t L = 32768, d = 64;
+  Tensor q = randn({1, 1, L, d}, 1), k = randn({1, 1, L, d}, 2), v = randn({1, 1, L, d}, 3), dout = randn({1, 1, L, d}, 4);
+  AttentionOptions opt;
+  opt.causal = true;
+  opt.window_left = 256;
+  const std::int64_t before = memory_stats().current_bytes;
+  reset_peak_memory();
+  const auto f = attention_forward(q, k, v, opt);
+  const auto g = attention_backward(q, k, v, f.out, f.lse, dout, opt);
+  const std::int64_t extra = memory_stats().peak_bytes - before;
+  const std::int64_t tensor_bytes = L * d * 4;  // one [L, d] tensor
+  // out + lse + dq + dk + dv are 4 [L, d] tensors and change; the kernels add at most 4 more.
+  EXPECT_LE(extra, 8 * tensor_bytes) << "peak extra bytes " << extra;
+  EXPECT_LT(extra, std::int64_t{64} << 20);
+  for (float x : std::vector<float>{f.out.at({0, 0, L - 1, 0}), g.dq.at({0, 0, L - 1, 0})}) EXPECT_TRUE(std::isfinite(x));
+}
