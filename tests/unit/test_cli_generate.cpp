@@ -1,5 +1,5 @@
-// `modformer generate` end to end on a freshly initialized tiny byte-level
-// checkpoint: streamed text equals the library's greedy generation, tokens/s
+// `modformer generate` end to end on a tiny byte-level checkpoint written by
+// `modformer init`: streamed text equals the library's greedy generation, tokens/s
 // on stderr, and clear non-zero exits for bad input.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -11,6 +11,8 @@
 #include <string>
 #include <unistd.h>
 
+#include "core/threads.h"
+#include "kernels/gemm.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "train/data.h"
@@ -33,7 +35,10 @@ std::string read_all(const std::string& path) {
 
 RunResult run_cli(const std::string& args, const std::filesystem::path& dir) {
   const std::string err_path = (dir / "stderr.txt").string();
-  const std::string cmd = std::string(MODFORMER_CLI_PATH) + " --threads 1 " + args + " 2>" + err_path;
+  // One GEMM backend in the CLI and in this process: the same bits, and no
+  // backend measurement at each start.
+  const std::string cmd =
+      "MODFORMER_GEMM_BACKEND=openblas " + std::string(MODFORMER_CLI_PATH) + " --threads 1 " + args + " 2>" + err_path;
   RunResult r;
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
@@ -46,6 +51,12 @@ RunResult run_cli(const std::string& args, const std::filesystem::path& dir) {
   return r;
 }
 
+struct Threads {
+  int prev = num_threads();
+  explicit Threads(int n) { set_num_threads(n); }
+  ~Threads() { set_num_threads(prev); }
+};
+
 ModelConfig tiny_byte_config() {
   ModelConfig c;  // Llama-style over bytes, tiny
   c.vocab_size = 256;
@@ -56,7 +67,6 @@ ModelConfig tiny_byte_config() {
   c.num_key_value_heads = 2;
   c.head_dim = 8;
   c.max_position_embeddings = 48;
-  c.attention_impl = AttentionImpl::Dense;
   c.initializer_range = 0.3;  // peaked enough that greedy output is not a single repeated byte
   validate_config(c, "tiny_byte_config");
   return c;
@@ -71,7 +81,10 @@ class CliGenerate : public ::testing::Test {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     model_ = (dir_ / "model").string();
-    save_checkpoint(model_, Transformer(tiny_byte_config(), 5));
+    save_config((dir_ / "config.json").string(), tiny_byte_config());
+    const RunResult r = run_cli("init --config " + (dir_ / "config.json").string() + " --out " + model_ + " --seed 5",
+                                dir_);
+    ASSERT_EQ(r.rc, 0) << r.err;
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   std::filesystem::path dir_;
@@ -84,6 +97,12 @@ TEST_F(CliGenerate, StreamsTheLibraryGreedyTextAndReportsTokensPerSecond) {
   const RunResult r = run_cli("generate --model " + model_ + " --prompt 'Hello, ' --max-new-tokens 20 --temperature 0",
                               dir_);
   ASSERT_EQ(r.rc, 0) << r.err;
+  struct BackendGuard {
+    GemmBackend prev = gemm_backend();
+    BackendGuard() { set_gemm_backend(GemmBackend::OpenBLAS); }
+    ~BackendGuard() { set_gemm_backend(prev); }
+  } backend;
+  Threads one(1);
   auto model = load_checkpoint(model_);
   GenerateOptions g;
   g.max_new_tokens = 20;
