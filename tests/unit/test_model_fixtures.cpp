@@ -88,7 +88,7 @@ INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
                                          "model_sliding_window", "model_sinusoidal_mlp"),
-                       ::testing::Values(AttentionImpl::Dense)),
+                       ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
     });

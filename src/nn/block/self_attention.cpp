@@ -1,6 +1,7 @@
 // Self-attention sublayer. Projections produce token-major [N, H*D] rows;
-// RoPE rotates them in place ([B, L, H*D] layout), then they are transposed
-// once into the kernels' [B, H, L, D]; the output goes back the same way.
+// RoPE rotates them in place ([B, L, H*D] layout) and the kernels read them
+// as varlen [N, H, D] (equal-length sequences), so nothing is transposed.
+// With a KV cache the call goes through [B, H, L, D] (the cache's layout).
 #include "nn/block/self_attention.h"
 
 #include "nn/linear.h"
@@ -39,6 +40,14 @@ void check_params(const SelfAttentionParams& p, const Tensor& x, const Attention
   MF_CHECK(!(p.rope && p.alibi), kOp, " RoPE and ALiBi are exclusive");
 }
 
+// B sequences of L rows each, packed.
+VarlenSeqlens seqlens(std::int64_t b, std::int64_t l) {
+  VarlenSeqlens s;
+  for (std::int64_t i = 0; i <= b; ++i) s.cu_seqlens_q.push_back(i * l);
+  s.cu_seqlens_k = s.cu_seqlens_q;
+  return s;
+}
+
 RopeArgs rope_args(std::int64_t heads, std::int64_t offset) {
   RopeArgs a;
   a.layout = RopeLayout::BL_HD;
@@ -70,14 +79,22 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
     rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, past));
     rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, past));
   }
-  s.q = to_heads(ql, b, l, p.num_heads, d);
-  s.k = to_heads(kl, b, l, p.num_kv_heads, d);
-  s.v = to_heads(vl, b, l, p.num_kv_heads, d);
-  if (call.cache) std::tie(s.k, s.v) = call.cache->extend(call.layer, s.k, s.v);
-  AttentionOutput a = attention_forward(s.q, s.k, s.v, self_attention_options(p), p.impl);
+  if (call.cache) {  // generation: [B, H, L, D] through the cache; nothing kept for a backward
+    const Tensor q = to_heads(ql, b, l, p.num_heads, d);
+    auto [k, v] = call.cache->extend(call.layer, to_heads(kl, b, l, p.num_kv_heads, d),
+                                     to_heads(vl, b, l, p.num_kv_heads, d));
+    const AttentionOutput a = attention_forward(q, k, v, self_attention_options(p), p.impl);
+    s = SelfAttentionSaved{};
+    linear_forward(y, from_heads(a.out), p.o->value, bias_of(p.o_bias));
+    return;
+  }
+  s.q = ql.reshape({b * l, p.num_heads, d});
+  s.k = kl.reshape({b * l, p.num_kv_heads, d});
+  s.v = vl.reshape({b * l, p.num_kv_heads, d});
+  AttentionOutput a = attention_varlen_forward(s.q, s.k, s.v, seqlens(b, l), self_attention_options(p), p.impl);
   s.out = a.out;
   s.lse = a.lse;
-  linear_forward(y, from_heads(s.out), p.o->value, bias_of(p.o_bias));
+  linear_forward(y, s.out.reshape({b * l, p.num_heads * d}), p.o->value, bias_of(p.o_bias));
 }
 
 void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const SelfAttentionSaved& s,
@@ -86,12 +103,13 @@ void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x
   MF_CHECK(call.cache == nullptr, kOp, " backward through a KV cache is not supported (generation is forward only)");
   MF_CHECK(s.out.defined(), kOp, " backward called without the forward's saved activations");
   const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim, n = b * l;
-  // Output projection: dmerged = dy Wo, dWo += dy^T merged (merged recomputed from out).
+  // Output projection: dmerged = dy Wo, dWo += dy^T merged.
   Tensor dmerged = Tensor::empty({n, p.num_heads * d});
-  linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, from_heads(s.out), p.o->value);
-  const AttentionGrads g = attention_backward(s.q, s.k, s.v, s.out, s.lse, to_heads(dmerged, b, l, p.num_heads, d),
-                                              self_attention_options(p), p.impl);
-  Tensor dq = from_heads(g.dq), dk = from_heads(g.dk), dv = from_heads(g.dv);
+  linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, s.out.reshape({n, p.num_heads * d}), p.o->value);
+  const AttentionGrads g = attention_varlen_backward(s.q, s.k, s.v, s.out, s.lse, dmerged.reshape({n, p.num_heads, d}),
+                                                     seqlens(b, l), self_attention_options(p), p.impl);
+  Tensor dq = g.dq.reshape({n, p.num_heads * d}), dk = g.dk.reshape({n, p.num_kv_heads * d}),
+         dv = g.dv.reshape({n, p.num_kv_heads * d});
   if (p.rope) {  // RoPE^T: rotation by the negative angles
     rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, 0));
     rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, 0));

@@ -54,13 +54,15 @@ struct AttentionCall {
   std::int64_t past = 0;
 };
 
-// Saved by the forward for the backward.
+// Saved by the forward for the backward. Without a cache the kernels run on
+// the varlen layout, which is exactly the projections' token-major rows, so
+// no transposes are needed (cu_seqlens = 0, L, 2L, ...).
 struct SelfAttentionSaved {
-  Tensor q;    // [B, Hq, L, D]   RoPE applied
-  Tensor k;    // [B, Hkv, L, D]  RoPE applied
-  Tensor v;    // [B, Hkv, L, D]
-  Tensor out;  // [B, Hq, L, D]   attention output
-  Tensor lse;  // [B, Hq, L]
+  Tensor q;    // [N, Hq, D]   RoPE applied
+  Tensor k;    // [N, Hkv, D]  RoPE applied
+  Tensor v;    // [N, Hkv, D]
+  Tensor out;  // [N, Hq, D]   attention output
+  Tensor lse;  // [Hq, N]
 };
 
 AttentionOptions self_attention_options(const SelfAttentionParams& p);
