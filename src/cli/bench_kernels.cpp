@@ -1,7 +1,8 @@
 // `modformer bench kernels`: the row kernels (softmax, norms, activations),
 // forward and backward, on one [rows, n] shape, each timed against a plain
 // copy of the same bytes (the bandwidth roof of a streaming kernel) and
-// against its reference twin, in one run.
+// against its reference twin, in one run; prints a Markdown table, writes
+// JSON (--out) and the table (--md).
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/bench_registry.h"
 #include "core/rng.h"
@@ -25,7 +27,7 @@ struct KernelBenchOptions {
   std::int64_t rows = 2048, n = 1024;
   int reps = 20;
   std::string only;
-  std::string out;
+  std::string out, md;
 };
 
 template <typename F>
@@ -111,26 +113,32 @@ int run_kernel_bench(const KernelBenchOptions& o) {
   nlohmann::json report = {{"benchmark", "kernels"},      {"rows", rows},          {"n", n},
                            {"threads", num_threads()},    {"reps", o.reps},        {"memcpy_s", t_copy},
                            {"memcpy_GBps", copy_GBps},    {"results", nlohmann::json::array()}};
-  std::cout << "row kernels on [rows, n] = [" << rows << ", " << n << "], threads " << num_threads()
-            << ", best of " << o.reps << "\n"
-            << "  memcpy baseline: " << std::fixed << std::setprecision(3) << t_copy * 1e3 << " ms ("
-            << std::setprecision(1) << copy_GBps << " GB/s)\n"
-            << "  kernel                 fast ms    GB/s   of memcpy   reference ms   fast/ref speedup\n";
+  std::ostringstream md;
+  md << "Row kernels on [rows, n] = [" << rows << ", " << n << "], threads " << num_threads() << ", best of "
+     << o.reps << ". memcpy baseline: " << std::fixed << std::setprecision(3) << t_copy * 1e3 << " ms ("
+     << std::setprecision(1) << copy_GBps << " GB/s read+write). Reproduce: `modformer --threads "
+     << num_threads() << " bench kernels --rows " << rows << " --n " << n << " --reps " << o.reps << "`\n\n"
+     << "| kernel | fast ms | GB/s | of memcpy | reference ms | fast vs reference |\n"
+     << "|---|---:|---:|---:|---:|---:|\n";
   for (const Case& c : cases) {
     if (!o.only.empty() && std::string(c.name).find(o.only) == std::string::npos) continue;
     const double t_fast = best_seconds(o.reps, c.fast);
     const double t_ref = best_seconds(std::max(1, o.reps / 5), c.reference);
     const double gbps = c.tensors * tensor_bytes / t_fast / 1e9;
-    std::cout << "  " << std::left << std::setw(22) << c.name << std::right << std::setprecision(3) << std::setw(8)
-              << t_fast * 1e3 << std::setprecision(1) << std::setw(8) << gbps << std::setw(11) << gbps / copy_GBps
-              << std::setprecision(3) << std::setw(15) << t_ref * 1e3 << std::setprecision(1) << std::setw(14)
-              << t_ref / t_fast << "x\n";
+    md << "| " << c.name << " | " << std::setprecision(3) << t_fast * 1e3 << " | " << std::setprecision(1) << gbps
+       << " | " << std::setprecision(2) << gbps / copy_GBps << " | " << std::setprecision(3) << t_ref * 1e3 << " | "
+       << std::setprecision(1) << t_ref / t_fast << "x |\n";
     report["results"].push_back({{"kernel", c.name},
                                  {"fast_s", t_fast},
                                  {"reference_s", t_ref},
                                  {"GBps", gbps},
                                  {"fraction_of_memcpy", gbps / copy_GBps},
                                  {"speedup_vs_reference", t_ref / t_fast}});
+  }
+  std::cout << md.str();
+  if (!o.md.empty()) {
+    std::ofstream(o.md) << md.str();
+    std::cout << "wrote " << o.md << "\n";
   }
   if (!o.out.empty()) {
     std::ofstream(o.out) << report.dump(2) << "\n";
@@ -151,5 +159,6 @@ MF_REGISTER_BENCH("kernels", "Softmax, norms and activations (fwd/bwd) vs memcpy
                     app.add_option("--reps", o->reps, "repetitions (best time kept)")->check(CLI::PositiveNumber);
                     app.add_option("--only", o->only, "only kernels whose name contains this");
                     app.add_option("--out", o->out, "write a JSON report here");
+                    app.add_option("--md", o->md, "write the Markdown table here");
                     return std::function<int()>([o] { return run_kernel_bench(*o); });
                   });
