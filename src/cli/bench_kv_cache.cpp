@@ -94,6 +94,7 @@ int run_kv_bench(const KvBenchOptions& o) {
   MF_CHECK(o.impl == "flash" || o.impl == "dense", "[bench kv_cache] --impl must be flash or dense, got '", o.impl,
            "'");
   cfg.attention_impl = o.impl == "flash" ? AttentionImpl::Flash : AttentionImpl::Dense;
+  if (o.window > 0) cfg.model_type = "modformer";  // HF Llama has no sliding window
   if (o.window >= 0) cfg.sliding_window = o.window;
   validate_config(cfg, "bench kv_cache");
   for (auto c : o.contexts) {

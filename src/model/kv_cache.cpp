@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 
 #include "core/error.h"
 
@@ -59,11 +58,12 @@ KvCache::KvCache(std::int64_t num_layers, std::int64_t batch, std::int64_t num_k
   MF_CHECK(sliding_window >= 0, kOp, " sliding_window must be >= 0 (0: none), got ", sliding_window);
   MF_CHECK(capacity >= 1, kOp, " capacity must be >= 1 position, got ", capacity);
   rows_ = window_ > 0 ? 2 * std::min(window_, capacity_) : capacity_;
-  const std::int64_t per_layer = batch * num_kv_heads * rows_ * head_dim;
-  MF_CHECK(per_layer / rows_ / head_dim == batch * num_kv_heads &&
-               per_layer <= std::numeric_limits<std::int64_t>::max() / 8 / num_layers,
-           kOp, " cache size overflows (", num_layers, " layers x [", batch, ", ", num_kv_heads, ", ", rows_, ", ",
-           head_dim, "])");
+  std::int64_t total_bytes = 1;
+  bool overflow = false;
+  for (std::int64_t f : {batch, num_kv_heads, rows_, head_dim, num_layers, std::int64_t{2 * 4}})
+    overflow = overflow || __builtin_mul_overflow(total_bytes, f, &total_bytes);
+  MF_CHECK(!overflow, kOp, " cache size overflows (", num_layers, " layers x K and V x [", batch, ", ", num_kv_heads,
+           ", ", rows_, ", ", head_dim, "] floats)");
   for (std::int64_t l = 0; l < num_layers; ++l) {
     k_.push_back(Tensor::empty({batch, num_kv_heads, rows_, head_dim}));
     v_.push_back(Tensor::empty({batch, num_kv_heads, rows_, head_dim}));

@@ -37,8 +37,10 @@ class KvCache : public KvCacheHook {
   std::int64_t past_length() const override { return past_; }
   // k, v: [B, Hkv, L, D] of positions past .. past + L - 1 -> the keys/values
   // those queries attend to, [B, Hkv, Lk, D], in position order, ending with
-  // this call's L. Every layer must be extended once per call, with the same L;
-  // past_length() advances when the last layer has been.
+  // this call's L. Views of the storage, except for a chunk of L > 1 tokens
+  // after earlier ones under a window (a packed copy of the W - 1 cached
+  // positions and the L new ones). Every layer must be extended once per call,
+  // with the same L; past_length() advances when the last layer has been.
   std::pair<Tensor, Tensor> extend(std::int64_t layer, const Tensor& k, const Tensor& v) override;
 
   // Throws a clear error unless `new_tokens` more positions fit.

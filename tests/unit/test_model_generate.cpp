@@ -438,6 +438,7 @@ TEST(ModelGenerate, HookMisuseIsRejected) {
   cache.extend(1, k, k);
   EXPECT_EQ(cache.past_length(), 3);
   expect_error([&] { KvCache(c, 0); }, "batch must be >= 1");
+  expect_error([&] { KvCache(4, 1, 1 << 20, 256, 0, std::int64_t{1} << 40); }, "cache size overflows");
   KvCacheOptions bad;
   bad.capacity = -1;
   expect_error([&] { KvCache(c, 1, bad); }, "capacity must be >= 0");
