@@ -2,6 +2,8 @@
 // registers itself here (heavy lifting may live in src/bench/).
 #pragma once
 #include <CLI/CLI.hpp>
+
+#include "cli/command.h"
 #include <functional>
 #include <string>
 #include <vector>

@@ -18,9 +18,10 @@ enum class GeluApprox : std::uint8_t {
 // ---- raw kernels over `count` contiguous floats -----------------------------
 // Fast versions: SIMD exp from kernels/vec_exp.h; sigmoid and tanh are built
 // from exp(-|v|) so nothing overflows; the erf GELU uses a fitted erfc
-// (tools/derive_kernel_polynomials.py; Phi(x) to ~8 ulp relative, also in the
-// far negative tail). Every output lane depends only on its own inputs, so the
-// results do not depend on threads or chunking. Gradients overwrite.
+// (tools/derive_kernel_polynomials.py; Phi(x) within 13 * 2^-24 relative, also
+// in the far negative tail: the bound tests/unit/test_kernels_activations.cpp
+// derives and checks). Every output lane depends only on its own inputs, so
+// the results do not depend on threads or chunking. Gradients overwrite.
 
 void gelu_forward(float* out, const float* inp, std::int64_t count, GeluApprox approx);
 // dinp = dout * gelu'(inp)

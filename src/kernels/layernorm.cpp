@@ -58,12 +58,16 @@ void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* 
     });
     const Vec mean_dnorm = simd::set1(sums[0] * inv_n), mean_dnorm_xhat = simd::set1(sums[1] * inv_n);
     simd::for_each_block(n, [&](std::int64_t i, std::int64_t c) {
-      const Vec xhat = (simd::load(x + i, c) - vm) * vs, dnorm = dnorm_at(i, c);
+      // All loads before the stores: with power-of-two n the rows sit at
+      // 4 KiB strides, and a load issued after a store to the same address
+      // bits stalls (4K aliasing; measured 2x slower with n = 1024).
+      const Vec g = simd::load(dy + i, c), xhat = (simd::load(x + i, c) - vm) * vs;
+      const Vec dnorm = weight ? g * simd::load(weight + i, c) : g;
+      const Vec dw_old = dw ? simd::load(dw + i, c) : simd::zero(), db_old = db ? simd::load(db + i, c) : simd::zero();
       // dx = rstd * (dnorm - mean(dnorm) - xhat * mean(dnorm * xhat))
       simd::store(dx + i, vs * simd::fnmadd(xhat, mean_dnorm_xhat, dnorm - mean_dnorm), c);
-      const Vec g = simd::load(dy + i, c);
-      if (dw) simd::store(dw + i, simd::fmadd(g, xhat, simd::load(dw + i, c)), c);
-      if (db) simd::store(db + i, simd::load(db + i, c) + g, c);
+      if (dw) simd::store(dw + i, simd::fmadd(g, xhat, dw_old), c);
+      if (db) simd::store(db + i, db_old + g, c);
     });
   };
   if (!dweight && !dbias) {

@@ -50,10 +50,13 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
         n, [&](std::int64_t i, std::int64_t c) { return dnorm_at(i, c) * (simd::load(x + i, c) * vs); });
     const Vec mean_dnorm_xhat = simd::set1(sum_dnorm_xhat * inv_n);
     simd::for_each_block(n, [&](std::int64_t i, std::int64_t c) {
-      const Vec xhat = simd::load(x + i, c) * vs;
+      // All loads before the stores (4K aliasing, see layernorm.cpp).
+      const Vec g = simd::load(dy + i, c), xhat = simd::load(x + i, c) * vs;
+      const Vec dnorm = weight ? g * simd::load(weight + i, c) : g;
+      const Vec dw_old = dw ? simd::load(dw + i, c) : simd::zero();
       // dx = rstd * (dnorm - xhat * mean(dnorm * xhat))
-      simd::store(dx + i, vs * simd::fnmadd(xhat, mean_dnorm_xhat, dnorm_at(i, c)), c);
-      if (dw) simd::store(dw + i, simd::fmadd(simd::load(dy + i, c), xhat, simd::load(dw + i, c)), c);
+      simd::store(dx + i, vs * simd::fnmadd(xhat, mean_dnorm_xhat, dnorm), c);
+      if (dw) simd::store(dw + i, simd::fmadd(g, xhat, dw_old), c);
     });
   };
   if (!dweight) {

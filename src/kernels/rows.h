@@ -10,9 +10,11 @@
 
 namespace mf::kernels {
 
-// Tuning table. kParallelMinWork: below this many elements per call a fork/join
-// costs more than it saves (chosen with `modformer bench kernels`, where 16K-element
-// softmax calls already gain from 2 threads).
+// Tuning table. kParallelMinWork: smaller calls run on one thread. 16K
+// elements of softmax or SiLU take ~10 us on one core (`modformer --threads 1
+// bench kernels --rows 16 --n 1024`), several times an OpenMP fork/join; not
+// tuned further, because 2-thread timings on the shared 2-core build machine
+// were dominated by preemption.
 inline constexpr std::int64_t kParallelMinWork = 1 << 14;
 // Element-wise kernels work on chunks of this many floats (a multiple of every
 // SIMD width, so chunking never changes a result).

@@ -11,7 +11,7 @@ namespace mf {
 
 // ---- raw kernels over contiguous row-major [rows, n] data ----------------
 // Fast versions: SIMD exp (kernels/vec_exp.h, < 1 ulp) and float sums with
-// 4 x kWidth partial accumulators (relative error <= simd::sum_depth(n) ulp
+// 4 x kWidth partial accumulators (relative error <= simd::sum_depth(n) * 2^-24
 // for the positive sum of exps); rows in parallel. `out` may equal `inp`,
 // `dinp` may equal `dout`. Inputs are finite or -inf (+inf / NaN give NaN).
 

@@ -83,15 +83,19 @@ std::string load_corpus_text(const std::string& path_in, std::int64_t max_bytes)
   return text;
 }
 
-TextCorpus TextCorpus::from_text(std::string text, double val_fraction, std::string source) {
+std::int64_t TextCorpus::split_point(std::int64_t n, double val_fraction) {
   MF_CHECK(val_fraction > 0 && val_fraction < 1, "[data] val_fraction must be in (0, 1) but is ", val_fraction);
+  MF_CHECK(n >= 2, "[data] a corpus of ", n, " bytes cannot be split; need at least 2");
+  const std::int64_t val = static_cast<std::int64_t>(std::ceil(val_fraction * static_cast<double>(n)));
+  return n - std::clamp<std::int64_t>(val, 1, n - 1);
+}
+
+TextCorpus TextCorpus::from_text(std::string text, double val_fraction, std::string source) {
   const std::int64_t n = static_cast<std::int64_t>(text.size());
   MF_CHECK(n >= 2, "[data] corpus '", source, "' has ", n, " bytes; need at least 2 to split");
-  std::int64_t val = static_cast<std::int64_t>(std::ceil(val_fraction * static_cast<double>(n)));
-  val = std::clamp<std::int64_t>(val, 1, n - 1);
   TextCorpus c;
+  c.train_end = split_point(n, val_fraction);
   c.bytes = std::make_shared<const std::string>(std::move(text));
-  c.train_end = n - val;
   c.source = std::move(source);
   return c;
 }

@@ -42,6 +42,8 @@ struct TextCorpus {
   // val_fraction in (0, 1): the last ceil(fraction * size) bytes are held out.
   static TextCorpus from_text(std::string text, double val_fraction = 0.01, std::string source = "text");
   static TextCorpus load(const std::string& path = "", double val_fraction = 0.01, std::int64_t max_bytes = 0);
+  // The train_end that from_text gives n bytes with val_fraction.
+  static std::int64_t split_point(std::int64_t n, double val_fraction);
 
   std::int64_t size() const { return static_cast<std::int64_t>(bytes->size()); }
   std::int64_t train_bytes() const { return train_end; }

@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <iostream>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -55,6 +54,8 @@ const std::vector<Field>& fields() {
       {"eval_windows", &TrainConfig::eval_windows, false},
       {"checkpoint_interval", &TrainConfig::checkpoint_interval, false},
       {"seed", &TrainConfig::seed, true},
+      {"data_path", &TrainConfig::data_path, false},  // the corpus itself is checked by fingerprint
+      {"val_fraction", &TrainConfig::val_fraction, true},
       {"out_dir", &TrainConfig::out_dir, false},
       {"progress", &TrainConfig::progress, false},
   };
@@ -164,6 +165,25 @@ void validate(const TrainConfig& c) {
   MF_CHECK(c.eval_interval >= 0, "[train] eval_interval must be >= 0 but is ", c.eval_interval);
   MF_CHECK(c.eval_windows >= 0, "[train] eval_windows must be >= 0 but is ", c.eval_windows);
   MF_CHECK(c.checkpoint_interval >= 0, "[train] checkpoint_interval must be >= 0 but is ", c.checkpoint_interval);
+  MF_CHECK(c.val_fraction > 0 && c.val_fraction < 1, "[train] val_fraction must be in (0, 1) but is ", c.val_fraction);
+}
+
+TrainConfig default_train_config() {
+  TrainConfig c;
+  c.steps = 1000;
+  c.batch_size = 16;
+  c.seq_len = 256;
+  c.grad_accum = 1;
+  c.lr = 2e-3;
+  c.min_lr = 2e-4;
+  c.warmup_steps = 50;
+  c.weight_decay = 0.1;
+  c.grad_clip = 1.0;
+  c.log_interval = 10;
+  c.eval_interval = 100;
+  c.eval_windows = 32;
+  c.checkpoint_interval = 100;
+  return c;
 }
 
 std::string train_config_to_json(const TrainConfig& cfg) { return config_json(cfg).dump(2); }
@@ -221,6 +241,9 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
   MF_CHECK(!cfg.out_dir.empty(), "[train] out_dir is empty");
   MF_CHECK(model.vocab_size() >= kByteVocabSize, "[train] the model's vocabulary (", model.vocab_size(),
            ") is smaller than the byte tokenizer's (", kByteVocabSize, ")");
+  MF_CHECK(corpus.train_end == TextCorpus::split_point(corpus.size(), cfg.val_fraction), "[train] the corpus '",
+           corpus.source, "' is split at byte ", corpus.train_end, " but val_fraction = ", cfg.val_fraction,
+           " puts the split at ", TextCorpus::split_point(corpus.size(), cfg.val_fraction));
   // Fail early on data that cannot hold a window (rather than after the first steps).
   train_window_offsets(corpus, cfg.seed, 0, 0, 1, cfg.seq_len);
   val_window_offsets(corpus, cfg.seq_len, 1);
@@ -228,7 +251,6 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
   fs::create_directories(cfg.out_dir, ec);
   MF_CHECK(fs::is_directory(cfg.out_dir), "[train] cannot create output folder '", cfg.out_dir, "': ", ec.message());
   const std::string metrics_path = cfg.out_dir + "/metrics.jsonl", svg_path = cfg.out_dir + "/loss.svg";
-  std::ostream& msg = std::cerr;
 
   const std::vector<Parameter*> params = model.parameters();
   AdamW opt(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
@@ -270,9 +292,7 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     std::string text;
     for (const std::string& l : keep) text += l + "\n";
     write_file_atomic(metrics_path, text);
-    if (cfg.progress) msg << "[train] resumed from " << last_ckpt << " at step " << step << "\n";
   } else {
-    if (resume && cfg.progress) msg << "[train] no checkpoint in " << cfg.out_dir << "; starting from step 0\n";
     write_file_atomic(metrics_path, std::string());
     fs::remove(svg_path, ec);
   }

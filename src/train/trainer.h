@@ -27,13 +27,17 @@ struct TrainConfig {
   std::int64_t eval_interval = 100;  // validation every this many steps (and at the end); 0 = only at the end
   std::int64_t eval_windows = 64;   // validation windows of seq_len tokens (0 = the whole split)
   std::int64_t checkpoint_interval = 200;  // 0 = only at the end
-  std::uint64_t seed = 1234;        // data order (model init is the caller's)
+  std::uint64_t seed = 1234;        // data order (and, in the CLI, model init)
+  std::string data_path;            // corpus file ("" = the dict-gcide default); informational for train()
+  double val_fraction = 0.01;       // held-out tail of the corpus; train() checks the corpus split matches
   std::string out_dir;              // metrics.jsonl, loss.svg, checkpoint/
   bool progress = true;             // progress bar and messages on stderr
 };
 
 // Throws mf::Error naming the field when a value is out of range.
 void validate(const TrainConfig& cfg);
+// What `modformer train` uses for the built-in default model and corpus.
+TrainConfig default_train_config();
 // JSON with the field names above; parsing rejects unknown fields and wrong
 // types, naming the field and `source`.
 std::string train_config_to_json(const TrainConfig& cfg);

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "core/alloc.h"
@@ -29,6 +30,26 @@ using i64 = std::int64_t;
 
 i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
 i64 ceil_div(i64 x, i64 m) { return (x + m - 1) / m; }
+
+// Below this many multiply-adds (forward) a call runs on one thread: a
+// parallel region costs a barrier, which on a loaded machine can wait a
+// whole scheduler time slice; ~40 us of single-thread work.
+constexpr i64 kParallelMinWork = i64{1} << 21;
+
+i64 total_work(const AttentionProblem& p) {
+  i64 w = 0;
+  for (i64 b = 0; b < p.batch; ++b) w += p.q_len[b] * p.k_len[b];
+  return w * p.hq * p.d;
+}
+
+// One scratch object per thread, made before the parallel region (so that
+// an allocation failure throws here, not inside OpenMP).
+template <class S>
+std::vector<std::unique_ptr<S>> make_scratch(int n, const auto& cm) {
+  std::vector<std::unique_ptr<S>> v;
+  for (int t = 0; t < n; ++t) v.push_back(std::make_unique<S>(cm));
+  return v;
+}
 
 // Aligned scratch, counted by the engine allocator so memory claims include it.
 class Buf {
@@ -121,6 +142,13 @@ struct Common {
   }
 
   bool has_global() const { return !p.global_tokens.empty(); }
+  // Forward query tiles: positions per tile, and whether the tile holding row i
+  // of entry b took the few-row kernel (whose scores the backward must reproduce).
+  i64 fwd_tile_rows() const { return std::max<i64>(1, tiles.fwd_rows / G); }
+  bool fwd_few_rows(i64 b, i64 i) const {
+    const i64 bq = fwd_tile_rows(), i0 = i / bq * bq;
+    return G * std::min(bq, p.q_len[b] - i0) <= tiles.small_rows;
+  }
   bool global_pos(i64 pos) const { return pos >= 0 && pos < static_cast<i64>(gmap.size()) && gmap[pos] != 0; }
   bool any_global_in(i64 lo, i64 hi) const {  // a global token in [lo, hi]
     auto it = std::lower_bound(p.global_tokens.begin(), p.global_tokens.end(), lo);
@@ -167,6 +195,7 @@ template <class Isa>
 struct FwdScratch {
   i64 Rp = 0;
   Buf qt, st, o, stats;  // Qt [D x Rp], S^T [keys x Rp], O [Rp x Dp], 6 lane arrays [Rp]
+  Buf qs, keys;          // few-row path: scaled Q rows [small_rows x Dp]; key lanes [3 x fwd_keys]
   std::vector<i64> lane_h, lane_i;
   float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *grow = nullptr, *slope = nullptr;
   explicit FwdScratch(const Common& cm) {
@@ -176,6 +205,8 @@ struct FwdScratch {
     st.reset(cm.tiles.fwd_keys * Rp);
     o.reset(Rp * cm.Dp);
     stats.reset(6 * Rp);
+    qs.reset(std::max<i64>(1, cm.tiles.small_rows) * cm.Dp);
+    keys.reset(3 * cm.tiles.fwd_keys);
     m = stats.data();
     l = m + Rp;
     alpha = l + Rp;
@@ -300,6 +331,116 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   }
 }
 
+// The few-row case of fwd_rows (R = G nq <= tiles.small_rows, e.g. decode):
+// S [R x keys] with keys as lanes, scores by row_dot_scores (K rows read
+// sequentially, not broadcast), per-row online softmax; same results contract.
+template <class Isa>
+void fwd_rows_small(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, i64 ka, i64 kb,
+                    FwdScratch<Isa>& sc) {
+  using I = Isa;
+  using V = typename I::V;
+  using M = typename I::M;
+  constexpr int W = I::W;
+  const AttentionProblem& p = cm.p;
+  const i64 D = cm.D, Dp = cm.Dp, R = cm.G * nq, shift = p.shift(b);
+  float* qs = sc.qs.data();
+  float* st = sc.st.data();
+  float* o = sc.o.data();
+  float* jpos = sc.keys.data();
+  float* keyok = jpos + cm.tiles.fwd_keys;
+  float* gcol = keyok + cm.tiles.fwd_keys;
+  const bool alibi = !cm.slopes.empty(), has_global = cm.has_global();
+  const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+  for (i64 r = 0; r < R; ++r) {
+    const i64 g = r / nq, i = i0 + r % nq, h = kvh * cm.G + g;
+    const float* qr = q + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+    for (i64 d = 0; d < Dp; ++d) qs[r * Dp + d] = d < D ? qr[d] * p.scale : 0.0f;
+    sc.lane_h[r] = h;
+    sc.lane_i[r] = i;
+    sc.m[r] = kNegInf;
+    sc.l[r] = 0.0f;
+  }
+  std::memset(o, 0, static_cast<std::size_t>(R * Dp) * sizeof(float));
+
+  const KvView kv = cm.kv(b, kvh);
+  const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
+  const i64 krs = p.k_row_stride;
+  for (i64 j0 = ka; j0 < kb;) {
+    const KeySeg& sg = kv.seg_of(j0);
+    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kb, sg.start + sg.len});
+    const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
+    if (kind == TileKind::Skip) {
+      j0 = j1;
+      continue;
+    }
+    const i64 nc = j1 - j0, ncp = round_up(nc, W);
+    const float* kr = sg.k + (j0 - sg.start) * krs;
+    const float* vr = sg.v + (j0 - sg.start) * krs;
+    // S[R x ncp] = (scale Q) K^T   (lanes >= nc: 0, masked below)
+    row_dot_scores<I>(R, nc, D, qs, Dp, kr, krs, st, ncp);
+    const bool masked = kind == TileKind::Edge || nc < ncp;
+    if (masked || alibi)
+      for (i64 jj = 0; jj < ncp; ++jj) {
+        const i64 j = j0 + jj;
+        jpos[jj] = static_cast<float>(j);
+        keyok[jj] = jj < nc && !cm.key_padded(b, j) ? 1.0f : 0.0f;
+        gcol[jj] = jj < nc && cm.global_pos(j) ? 1.0f : 0.0f;
+      }
+    for (i64 r = 0; r < R; ++r) {
+      const i64 ip = sc.lane_i[r] + shift;
+      const V ipv = I::set1(static_cast<float>(ip));
+      const M growm = I::mall(has_global && cm.global_pos(ip));
+      const V slv = I::set1(alibi ? cm.slopes[sc.lane_h[r]] : 0.0f);
+      float* srow = st + r * ncp;
+      V mxv = I::set1(kNegInf);
+      for (i64 v0 = 0; v0 < ncp; v0 += W) {
+        V x = I::load(srow + v0);
+        if (alibi || masked) {
+          const V jv = I::load(jpos + v0);
+          if (alibi) x = I::sub(x, I::mul(slv, I::abs(I::sub(ipv, jv))));  // - m_h |i' - j|
+          if (masked) {
+            M win = I::mall(true);
+            if (wl) win = I::mand(win, I::ge(jv, I::set1(static_cast<float>(ip - p.window_left))));
+            if (wr) win = I::mand(win, I::le(jv, I::set1(static_cast<float>(ip + p.window_right))));
+            if (has_global) win = I::mor(I::mor(win, growm), I::ge(I::load(gcol + v0), I::set1(0.5f)));
+            M vis = I::mand(win, I::ge(I::load(keyok + v0), I::set1(0.5f)));
+            if (p.causal) vis = I::mand(vis, I::le(jv, ipv));
+            x = I::select(vis, x, I::set1(kNegInf));
+          }
+        }
+        I::store(srow + v0, x);
+        mxv = I::max(mxv, x);
+      }
+      // Online softmax for row r (as in fwd_rows, horizontally).
+      const float mold = sc.m[r];
+      const float mnew = std::max(mold, I::reduce_max(mxv));
+      const float msafe = mnew == kNegInf ? 0.0f : mnew;
+      const V mv = I::set1(msafe), log2e = I::set1(kLog2e);
+      V sum = I::zero();
+      for (i64 v0 = 0; v0 < ncp; v0 += W) {
+        const V pv = I::exp2(I::mul(I::sub(I::load(srow + v0), mv), log2e));
+        I::store(srow + v0, pv);
+        sum = I::add(sum, pv);
+      }
+      const float alpha = mold == kNegInf ? 0.0f : std::exp2((mold - msafe) * kLog2e);
+      sc.l[r] = sc.l[r] * alpha + I::reduce_add(sum);
+      sc.m[r] = mnew;
+      sc.alpha[r] = alpha;
+    }
+    if (p.dropout_p > 0.0f) {
+      const float inv_keep = 1.0f / (1.0f - p.dropout_p);
+      for (i64 r = 0; r < R; ++r)
+        for (i64 jj = 0; jj < nc; ++jj) {
+          float& x = st[r * ncp + jj];
+          if (x != 0.0f) x = attention_dropout_keep(p, b, sc.lane_h[r], sc.lane_i[r], j0 + jj) ? x * inv_keep : 0.0f;
+        }
+    }
+    // O = alpha O + P V
+    tile_gemm<I, false>(R, D, nc, st, ncp, vr, krs, o, Dp, TileMode::ScaleAdd, sc.alpha);
+    j0 = j1;
+  }
+}
+
 // out = O / l, lse = m + ln l; rows with l == 0 (no visible key) get 0 and -inf.
 void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o, const float* m, const float* l,
                 float* out, float* lse) {
@@ -310,7 +451,7 @@ void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o
     float& lr = lse[p.lse_off[b] + h * p.lse_head_stride + i];
     if (l[r] > 0.0f) {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
-      lr = m[r] + std::log(l[r]);
+      lr = static_cast<float>(static_cast<double>(m[r]) + std::log(static_cast<double>(l[r])));  // one rounding
     } else {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = 0.0f;
       lr = kNegInf;
@@ -326,7 +467,7 @@ template <class Isa>
 void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
   const AttentionProblem& p = cm.p;
   const FlashTiles& t = cm.tiles;
-  const i64 bq = std::max<i64>(1, t.fwd_rows / cm.G);
+  const i64 bq = cm.fwd_tile_rows();
   const i64 Rp = round_up(cm.G * bq, Isa::W);
   const i64 slot = Rp * cm.Dp + 2 * Rp;  // one split's partial: O [Rp x Dp], m, l
 
@@ -365,19 +506,22 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
     }
 
   const i64 n_items = static_cast<i64>(items.size()), n_merges = static_cast<i64>(merges.size());
-#pragma omp parallel
+  const bool par = total_work(p) >= kParallelMinWork && n_items > 1;
+  auto scratch = make_scratch<FwdScratch<Isa>>(par ? num_threads() : 1, cm);
+#pragma omp parallel if (par)
   {
-    FwdScratch<Isa> sc(cm);
+    FwdScratch<Isa>& sc = *scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
     for (i64 it = 0; it < n_items; ++it) {
       const FwdItem& w = items[it];
       const i64 i0 = w.qt * bq, nq = std::min(bq, p.q_len[w.b] - i0);
+      const auto rows = cm.G * nq <= t.small_rows ? &fwd_rows_small<Isa> : &fwd_rows<Isa>;
       if (w.split < 0) {
-        fwd_rows<Isa>(cm, q, w.b, w.kvh, i0, nq, 0, p.k_len[w.b], sc);
+        rows(cm, q, w.b, w.kvh, i0, nq, 0, p.k_len[w.b], sc);
         write_rows(cm, w.b, w.kvh, i0, nq, sc.o.data(), sc.m, sc.l, out, lse);
       } else {
         const i64 ka = w.split * t.split_chunk, kb = std::min(p.k_len[w.b], ka + t.split_chunk);
-        fwd_rows<Isa>(cm, q, w.b, w.kvh, i0, nq, ka, kb, sc);
+        rows(cm, q, w.b, w.kvh, i0, nq, ka, kb, sc);
         float* dst = partials.data() + part_base[w.b] + (w.kvh * nsplit[w.b] + w.split) * slot;
         std::memcpy(dst, sc.o.data(), static_cast<std::size_t>(cm.G * nq * cm.Dp) * sizeof(float));
         std::memcpy(dst + Rp * cm.Dp, sc.m, static_cast<std::size_t>(Rp) * sizeof(float));
@@ -504,8 +648,10 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
       // P = exp(S + bias - lse) (visible keys only) matches the forward's normalization.
       float* qs = sc.qs.data();
       for (i64 ii = 0; ii < nq; ++ii)
-        for (i64 d = 0; d < D; ++d) qs[ii * Dp + d] = qrow[ii * qrs + d] * p.scale;
+        for (i64 d = 0; d < Dp; ++d) qs[ii * Dp + d] = d < D ? qrow[ii * qrs + d] * p.scale : 0.0f;
       tile_gemm<I, false>(nq, Bkp, D, qs, Dp, kt, Bkp, s, Bkp, TileMode::Store);
+      for (i64 ii = 0; ii < nq; ++ii)  // rows whose forward used row_dot_scores: the same sums, bit for bit
+        if (cm.fwd_few_rows(b, i0 + ii)) row_dot_scores<I>(1, nc, D, qs + ii * Dp, Dp, kr, krs, s + ii * Bkp, Bkp);
       for (i64 ii = 0; ii < nq; ++ii) {
         const i64 ip = i0 + ii + shift;
         const V nlse = I::set1(-in.lse[rbase + ii]);
@@ -575,8 +721,6 @@ template <class Isa>
 void backward_impl(const Common& cm, const float* q, const float* k, const float* v, const float* out,
                    const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   using I = Isa;
-  using V = typename I::V;
-  constexpr int W = I::W;
   const AttentionProblem& p = cm.p;
   const i64 D = cm.D, G = cm.G;
 
@@ -595,19 +739,17 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
     for (i64 h = 0; h < p.hq; ++h)
       if (p.q_len[b] > 0) bh.push_back({b, h});
   const i64 n_bh = static_cast<i64>(bh.size());
-#pragma omp parallel for schedule(dynamic, 1)
+  const bool par = total_work(p) >= kParallelMinWork;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
   for (i64 x = 0; x < n_bh; ++x) {
     const auto [b, h] = bh[x];
     for (i64 i = 0; i < p.q_len[b]; ++i) {
       const i64 off = p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
-      V acc = I::zero();
-      i64 d = 0;
-      for (; d + W <= D; d += W) acc = I::fmadd(I::load(dout + off + d), I::load(out + off + d), acc);
-      float sum = I::reduce_add(acc);
-      for (; d < D; ++d) sum += dout[off + d] * out[off + d];
+      double sum = 0;  // in double: D_i enters every dS of the row
+      for (i64 d = 0; d < D; ++d) sum += static_cast<double>(dout[off + d]) * out[off + d];
       const i64 r = in.row_base[b] + h * p.q_len[b] + i;
       const float l = lse[p.lse_off[b] + h * p.lse_head_stride + i];
-      di.data()[r] = sum;
+      di.data()[r] = static_cast<float>(sum);
       lse2.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l;
       std::memset(dq + off, 0, static_cast<std::size_t>(D) * sizeof(float));  // dq is accumulated below
     }
@@ -640,7 +782,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
       }
   }
   const i64 n_items = static_cast<i64>(items.size());
-  const int n_chunks = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), n_items)));
+  const int n_chunks = static_cast<int>(std::max<i64>(1, std::min<i64>(par ? num_threads() : 1, n_items)));
   {
     double before = 0;
     for (auto& it : items) {
@@ -675,9 +817,10 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
   for (i64 x = n_items - 1; x >= 0; --x) chunk_start[items[x].chunk] = x;
   for (int c = n_chunks - 1; c >= 0; --c) chunk_start[c] = std::min(chunk_start[c], chunk_start[c + 1]);
 
-#pragma omp parallel
+  auto scratch = make_scratch<BwdScratch<I>>(n_chunks, cm);
+#pragma omp parallel num_threads(n_chunks) if (n_chunks > 1)
   {
-    BwdScratch<I> sc(cm);
+    BwdScratch<I>& sc = *scratch[omp_get_thread_num()];
 #pragma omp for schedule(static, 1)
     for (int c = 0; c < n_chunks; ++c) {
       for (i64 x = chunk_start[c]; x < chunk_start[c + 1]; ++x) {
@@ -697,7 +840,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
   // dq rows of cut pairs = sum of the chunks' buffers in chunk order.
   for (const Shared& sh : shared) {
     const i64 lq = p.q_len[sh.b], nrows = G * lq;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (i64 r = 0; r < nrows; ++r) {
       const i64 g = r / lq, i = r % lq;
       float* dst = dq + p.q_off[sh.b] + (sh.kvh * G + g) * p.q_head_stride + i * p.q_row_stride;
@@ -794,6 +937,8 @@ const FlashTiles& flash_tiles() { return flash::g_tiles; }
 void set_flash_tiles(const FlashTiles& t) {
   for (std::int64_t x : {t.fwd_rows, t.fwd_keys, t.bwd_rows, t.bwd_keys, t.split_chunk})
     MF_CHECK(x >= 16 && x % 16 == 0 && x <= 4096, "[flash_attention] tile sizes must be multiples of 16 in [16, 4096], got ", x);
+  MF_CHECK(t.small_rows >= 0 && t.small_rows <= t.fwd_rows, "[flash_attention] small_rows must be in [0, fwd_rows], got ",
+           t.small_rows);
   MF_CHECK(t.split_min_keys >= 1, "[flash_attention] split_min_keys must be >= 1, got ", t.split_min_keys);
   flash::g_tiles = t;
 }

@@ -23,6 +23,7 @@ struct FlashTiles {
   std::int64_t fwd_keys = 64;      // keys per forward tile
   std::int64_t bwd_rows = 64;      // query rows per backward step
   std::int64_t bwd_keys = 64;      // keys per backward work item (each owns their dK, dV rows)
+  std::int64_t small_rows = 8;     // tiles with at most this many stacked rows take the few-row (decode) kernel
   std::int64_t split_chunk = 1024; // keys per split of the decode path (flash-decoding)
   std::int64_t split_min_keys = 2048;  // the decode path is taken from this many keys on
 };

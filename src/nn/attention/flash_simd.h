@@ -51,6 +51,7 @@ struct IsaScalar {
   static float reduce_add(V v) { return v; }
   static float reduce_max(V v) { return v; }
   static V exp2(V x) { return x >= kExp2Min ? std::exp2(x) : 0.0f; }
+  static V sum_lanes_transposed(const V* a) { return a[0]; }
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -107,6 +108,16 @@ struct IsaAvx2 {
     p = fmadd(p, f, set1(1.0f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(mul(p, _mm256_castsi256_ps(e)), live);
+  }
+  // Lane t of the result = sum of the lanes of a[t] (8 vectors).
+  static V sum_lanes_transposed(const V* a) {
+    V v[4], w[2];
+    for (int i = 0; i < 4; ++i)
+      v[i] = add(_mm256_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm256_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      w[i] = add(_mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                 _mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    return add(_mm256_permute2f128_ps(w[0], w[1], 0x20), _mm256_permute2f128_ps(w[0], w[1], 0x31));
   }
 };
 #endif
@@ -170,6 +181,21 @@ struct IsaAvx512 {
     p = fmadd(p, f, set1(kExp2C1));
     p = fmadd(p, f, set1(1.0f));
     return _mm512_maskz_scalef_ps(live, p, n);
+  }
+  // Lane t of the result = sum of the lanes of a[t] (16 vectors): pairs within
+  // 128-bit blocks (unpack, shuffle), then across blocks (shuffle_f32x4).
+  static V sum_lanes_transposed(const V* a) {
+    V v[8], w[4], x[2];
+    for (int i = 0; i < 8; ++i)
+      v[i] = add(_mm512_maskz_unpacklo_ps(kAll, a[2 * i], a[2 * i + 1]),
+                 _mm512_maskz_unpackhi_ps(kAll, a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)
+      w[i] = add(_mm512_maskz_shuffle_ps(kAll, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                 _mm512_maskz_shuffle_ps(kAll, v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int i = 0; i < 2; ++i)
+      x[i] = add(_mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0x88),
+                 _mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0xDD));
+    return add(_mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0x88), _mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0xDD));
   }
 };
 #endif
