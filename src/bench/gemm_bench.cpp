@@ -185,15 +185,15 @@ BatchedRow measure_batched(GemmBackend be, std::int64_t s, std::int64_t count, i
   return row;
 }
 
-std::string core_env() {
-  const char* v = std::getenv("OPENBLAS_CORETYPE");
+std::string env_or_unset(const char* name) {
+  const char* v = std::getenv(name);
   return v && *v ? v : "unset";
 }
 
 }  // namespace
 
-double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, GemmBackend backend, int reps, Trans ta,
-                            Trans tb) {
+std::vector<double> measure_sgemm_gflops_each(std::int64_t m, std::int64_t n, std::int64_t k,
+                                              const std::vector<GemmBackend>& backends, int reps, Trans ta, Trans tb) {
   MF_CHECK(m > 0 && n > 0 && k > 0, "[bench gemm] m, n, k must be positive, got ", m, "x", n, "x", k);
   MF_CHECK(reps >= 1, "[bench gemm] reps must be >= 1, got ", reps);
   std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n)),
@@ -201,15 +201,26 @@ double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, Gemm
   fill_pattern(a, 1);
   fill_pattern(b, 2);
   const std::int64_t lda = ta == Trans::N ? k : m, ldb = tb == Trans::N ? n : k;
-  auto call = [&] { gemm_using(backend, ta, tb, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), n); };
-  call();  // warmup: JIT, thread start, page faults
-  double best = 1e30;
+  auto call = [&](GemmBackend be) {
+    gemm_using(be, ta, tb, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), n);
+  };
+  for (GemmBackend be : backends) call(be);  // warmup: JIT, thread start, page faults
+  std::vector<double> best(backends.size(), 1e30);
   for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    call();
-    best = std::min(best, seconds_since(t0));
+    for (std::size_t i = 0; i < backends.size(); ++i) {
+      const auto t0 = Clock::now();
+      call(backends[i]);
+      best[i] = std::min(best[i], seconds_since(t0));
+    }
   }
-  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / best * 1e-9;
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  for (auto& t : best) t = flops / t * 1e-9;
+  return best;
+}
+
+double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, GemmBackend backend, int reps, Trans ta,
+                            Trans tb) {
+  return measure_sgemm_gflops_each(m, n, k, {backend}, reps, ta, tb)[0];
 }
 
 std::string GemmShape::label() const { return square() ? std::to_string(m) : str_cat(m, "x", n, "x", k); }
@@ -271,12 +282,16 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
     if (shapes[i].m * shapes[i].n * shapes[i].k < shapes[smallest].m * shapes[smallest].n * shapes[smallest].k)
       smallest = static_cast<std::int64_t>(i);
 
+  const double load = load_average_1min();
+  const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   std::cout << "modformer bench gemm: sgemm C[m,n] = A[m,k] B[k,n] (row-major, fp32), GFLOP/s = 2mnk / best time,\n"
             << "  best of " << opt.reps << " after 1 warmup; (ratio) = GFLOP/s / best in the row\n"
             << "cpu:       " << cpu.model_name << " (avx2 " << (cpu.avx2 ? "yes" : "no") << ", avx512f "
             << (cpu.avx512f ? "yes" : "no") << ")\n"
-            << "threads:   " << num_threads() << "\n"
-            << "openblas:  core " << here_core << " in this process (OPENBLAS_CORETYPE=" << core_env() << ")";
+            << "threads:   " << num_threads() << " (OMP_WAIT_POLICY=" << env_or_unset("OMP_WAIT_POLICY") << ")\n"
+            << "load:      " << fmt("%.2f", load) << " (1-min average) on " << cpus << " online CPUs"
+            << (load > static_cast<double>(cpus) ? ": other processes compete, expect noise" : "") << "\n"
+            << "openblas:  core " << here_core << " in this process (OPENBLAS_CORETYPE=" << env_or_unset("OPENBLAS_CORETYPE") << ")";
   if (!child_cores.empty()) {
     std::cout << "; measured in child processes with OPENBLAS_CORETYPE=";
     for (std::size_t i = 0; i < child_cores.size(); ++i) std::cout << (i ? ", " : "") << child_cores[i];
@@ -284,7 +299,11 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
   std::cout << "\n"
             << "onednn:    " << (onednn ? "built in (ignores OPENBLAS_CORETYPE)" : "not built in") << "\n"
             << "auto:      " << gemm_backend_selection() << "\n"
-            << "reproduce: modformer --threads " << num_threads() << " bench gemm --reps " << opt.reps << " --sizes";
+            << "reproduce: ";
+  for (const char* var : {"OPENBLAS_CORETYPE", "OMP_WAIT_POLICY"})
+    if (env_or_unset(var) != "unset") std::cout << var << "=" << env_or_unset(var) << " ";
+  std::cout << "modformer --threads " << num_threads() << " bench gemm --reps " << opt.reps
+            << (opt.batched ? "" : " --no-batched") << " --sizes";
   for (const auto& s : shapes) std::cout << " " << s.label();
   std::cout << "\n\n" << std::flush;
 
@@ -302,19 +321,26 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
       rows.push_back({s, column, backend, core, g, 0});
       progress.advance(1, s.label() + " " + column);
     };
-    add(columns[0], "openblas", here_core, measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::OpenBLAS, opt.reps));
+    // In-process backends with interleaved repetitions; the child processes
+    // (other OpenBLAS core types) run right after, on the same shape.
+    std::vector<GemmBackend> here{GemmBackend::OpenBLAS};
+    if (onednn) here.push_back(GemmBackend::OneDNN);
+    const std::vector<double> g = measure_sgemm_gflops_each(s.m, s.n, s.k, here, opt.reps);
+    add(columns[0], "openblas", here_core, g[0]);
+    if (onednn) add("onednn", "onednn", "", g[1]);
     for (const auto& core : child_cores) {
       const ChildResult r = run_child(opt, core, {s});
       if (lower(r.core) != lower(core)) renamed[core] = r.core;
       add("openblas[" + r.core + "]", "openblas", r.core, r.gflops[0]);
     }
-    if (onednn) add("onednn", "onednn", "", measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::OneDNN, opt.reps));
     if (static_cast<std::int64_t>(si) == smallest) {
       add("reference", "reference", "",
           measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::Reference, std::min(opt.reps, 2)));
     }
   }
   progress.finish();
+  // Columns: the OpenBLAS core types side by side, then oneDNN, then the reference.
+  std::stable_partition(columns.begin(), columns.end(), [](const std::string& c) { return c.rfind("openblas", 0) == 0; });
   for (auto& r : rows) {
     double best = 0;
     for (const auto& o : rows)

@@ -2,14 +2,16 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "cli/info.h"
 #include "core/cpu_features.h"
 #include "core/threads.h"
+#include "kernels/gemm.h"
 
-namespace {
-int run_info() {
+namespace mf::cli {
+void print_build_info(std::ostream& out) {
   const auto& f = mf::cpu_features();
   auto yn = [](bool b) { return b ? "yes" : "no"; };
-  std::cout << "modformer " << MODFORMER_VERSION << "\n"
+  out << "modformer " << MODFORMER_VERSION << "\n"
             << "build type:   " << MODFORMER_BUILD_TYPE << "\n"
             << "compiler:     g++ " << __VERSION__ << ", C++ " << __cplusplus << "\n"
             << "cpu:          " << f.model_name << "\n"
@@ -19,7 +21,14 @@ int run_info() {
             << "\n"
             << "blas:         " << mf::blas_description() << "\n"
             << "blas core:    " << mf::blas_core_name() << "\n"
+            << "gemm backend: " << mf::gemm_backend_selection() << "\n"
             << "threads:      " << mf::num_threads() << "\n";
+}
+}  // namespace mf::cli
+
+namespace {
+int run_info() {
+  mf::cli::print_build_info(std::cout);
   return 0;
 }
 }  // namespace

@@ -68,11 +68,23 @@ void set_options(AttentionProblem& p, const AttentionOptions& opt, std::int64_t 
 
 // Dense layout: q/out [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], lse [B, Hq, Lq].
 struct DenseInputs {
-  Tensor q, k, v, mask;  // contiguous
+  Tensor q, k, v, mask;  // contiguous (k and v: or strided views, see kv_view_ok)
   AttentionProblem p;
 };
 
-DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt) {
+// The forward reads k and v through the problem's strides, so a strided view
+// (e.g. the first Lk rows of a preallocated [B, Hkv, capacity, D] KV cache)
+// is used in place when its rows are unit-stride and v has k's strides. The
+// backward keeps packed k/v (dk and dv are written with the k strides).
+bool kv_view_ok(const Tensor& k, const Tensor& v) {
+  if (k.stride(3) != 1 || v.strides() != k.strides()) return false;
+  for (int i = 0; i < 3; ++i)
+    if (k.stride(i) < 0) return false;
+  return true;
+}
+
+DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt,
+                          bool kv_views = false) {
   check_float_tensor(q, "q", 4, "[B, Hq, Lq, D]");
   check_float_tensor(k, "k", 4, "[B, Hkv, Lk, D]");
   check_float_tensor(v, "v", 4, "[B, Hkv, Lk, D]");
@@ -89,8 +101,9 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
 
   DenseInputs in;
   in.q = q.contiguous();
-  in.k = k.contiguous();
-  in.v = v.contiguous();
+  const bool in_place = kv_views && kv_view_ok(k, v);
+  in.k = in_place ? k : k.contiguous();
+  in.v = in_place ? v : v.contiguous();
   AttentionProblem& p = in.p;
   p.batch = b;
   p.hq = hq;
@@ -98,14 +111,14 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
   p.d = d;
   p.q_head_stride = checked_mul(lq, d);
   p.q_row_stride = d;
-  p.k_head_stride = checked_mul(lk, d);
-  p.k_row_stride = d;
+  p.k_head_stride = in.k.stride(1);
+  p.k_row_stride = in.k.stride(2);
   p.lse_head_stride = lq;
   for (std::int64_t i = 0; i < b; ++i) {
     p.q_len.push_back(lq);
     p.k_len.push_back(lk);
     p.q_off.push_back(i * hq * lq * d);
-    p.k_off.push_back(i * hkv * lk * d);
+    p.k_off.push_back(i * in.k.stride(0));
     p.lse_off.push_back(i * hq * lq);
   }
   set_options(p, opt, lk);
@@ -254,7 +267,7 @@ std::vector<float> alibi_slopes(std::int64_t n_heads) {
 
 AttentionOutput attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt,
                                   AttentionImpl impl) {
-  const DenseInputs in = prepare_dense(q, k, v, opt);
+  const DenseInputs in = prepare_dense(q, k, v, opt, /*kv_views=*/true);
   return run_forward(in, {q.size(0), q.size(1), q.size(2)}, impl);
 }
 

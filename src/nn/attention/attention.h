@@ -48,6 +48,8 @@ struct AttentionGrads {
   Tensor dv;  // shape of v
 };
 
+// k and v may be strided views (unit-stride rows, v with k's strides, e.g.
+// a KV cache's first Lk rows): the forward reads them in place.
 AttentionOutput attention_forward(const Tensor& q,  // [B, Hq, Lq, D]
                                   const Tensor& k,  // [B, Hkv, Lk, D]
                                   const Tensor& v,  // [B, Hkv, Lk, D]

@@ -1,0 +1,105 @@
+// Fast RMSNorm (see rmsnorm.h): per row one SIMD reduction (sum of squares)
+// and one write pass; backward is two passes per row with the weight
+// gradient gathered over fixed row parts.
+#include "kernels/rmsnorm.h"
+
+#include <cmath>
+
+#include "kernels/rows.h"
+#include "kernels/simd.h"
+
+namespace mf {
+
+using simd::Vec;
+
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, std::int64_t rows,
+                     std::int64_t n, float eps) {
+  const float inv_n = 1.0f / static_cast<float>(n);
+  kernels::parallel_rows(rows, n, [&](std::int64_t r) {
+    const float* x = inp + r * n;
+    float* y = out + r * n;
+    const float ms = simd::sum_block(n, [&](std::int64_t i, std::int64_t c) {
+                       const Vec v = simd::load(x + i, c);
+                       return v * v;
+                     }) *
+                     inv_n;
+    const float s = 1.0f / std::sqrt(ms + eps);
+    const Vec vs = simd::set1(s);
+    simd::for_each_block(n, [&](std::int64_t i, std::int64_t c) {
+      Vec v = simd::load(x + i, c) * vs;
+      if (weight) v = v * simd::load(weight + i, c);
+      simd::store(y + i, v, c);
+    });
+    if (rstd) rstd[r] = s;
+  });
+}
+
+void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, std::int64_t rows, std::int64_t n) {
+  const float inv_n = 1.0f / static_cast<float>(n);
+  auto row = [&](std::int64_t r, float* dw) {
+    const float* x = inp + r * n;
+    const float* dy = dout + r * n;
+    float* dx = dinp + r * n;
+    const Vec vs = simd::set1(rstd[r]);
+    auto dnorm_at = [&](std::int64_t i, std::int64_t c) {
+      const Vec g = simd::load(dy + i, c);
+      return weight ? g * simd::load(weight + i, c) : g;
+    };
+    const float sum_dnorm_xhat = simd::sum_block(
+        n, [&](std::int64_t i, std::int64_t c) { return dnorm_at(i, c) * (simd::load(x + i, c) * vs); });
+    const Vec mean_dnorm_xhat = simd::set1(sum_dnorm_xhat * inv_n);
+    simd::for_each_block(n, [&](std::int64_t i, std::int64_t c) {
+      // All loads before the stores (4K aliasing, see layernorm.cpp).
+      const Vec g = simd::load(dy + i, c), xhat = simd::load(x + i, c) * vs;
+      const Vec dnorm = weight ? g * simd::load(weight + i, c) : g;
+      const Vec dw_old = dw ? simd::load(dw + i, c) : simd::zero();
+      // dx = rstd * (dnorm - xhat * mean(dnorm * xhat))
+      simd::store(dx + i, vs * simd::fnmadd(xhat, mean_dnorm_xhat, dnorm), c);
+      if (dw) simd::store(dw + i, simd::fmadd(g, xhat, dw_old), c);
+    });
+  };
+  if (!dweight) {
+    kernels::parallel_rows(rows, n, [&](std::int64_t r) { row(r, nullptr); });
+    return;
+  }
+  kernels::parallel_rows_accumulate<1>(rows, n, {dweight},
+                                       [&](std::int64_t r, const std::array<float*, 1>& acc) { row(r, acc[0]); });
+}
+
+// ---- tensor front doors ----------------------------------------------------
+
+RmsNormOutput rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps) {
+  constexpr const char* op = "rmsnorm_forward";
+  const kernels::RowsView v = kernels::as_rows(x, op, "x");
+  MF_CHECK(v.n >= 1, "[", op, "] tensor 'x' must have a non-empty last dimension but has shape ",
+           shape_str(x.shape()));
+  if (weight.defined()) kernels::check_vector(weight, v.n, op, "weight");
+  MF_CHECK(std::isfinite(eps) && eps >= 0.0f, "[", op, "] eps must be finite and >= 0 but is ", eps);
+  RmsNormOutput o;
+  o.out = Tensor::empty(x.shape());
+  o.rstd = Tensor::empty(kernels::leading_shape(x.shape()));
+  rmsnorm_forward(o.out.data<float>(), o.rstd.data<float>(), v.data(),
+                  weight.defined() ? weight.data<float>() : nullptr, v.rows, v.n, eps);
+  return o;
+}
+
+Tensor rmsnorm_backward(const Tensor& dout, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                        const Tensor& dweight) {
+  constexpr const char* op = "rmsnorm_backward";
+  const kernels::RowsView v = kernels::as_rows(x, op, "x");
+  MF_CHECK(v.n >= 1, "[", op, "] tensor 'x' must have a non-empty last dimension but has shape ",
+           shape_str(x.shape()));
+  kernels::check_same_shape(dout, x.shape(), op, "dout");
+  const kernels::RowsView dy = kernels::as_rows(dout, op, "dout");
+  kernels::check_same_shape(rstd, kernels::leading_shape(x.shape()), op, "rstd");
+  const Tensor s = rstd.contiguous();
+  if (weight.defined()) kernels::check_vector(weight, v.n, op, "weight");
+  if (dweight.defined()) kernels::check_vector(dweight, v.n, op, "dweight");
+  Tensor dx = Tensor::empty(x.shape());
+  rmsnorm_backward(dx.data<float>(), dweight.defined() ? dweight.data<float>() : nullptr, dy.data(), v.data(),
+                   weight.defined() ? weight.data<float>() : nullptr, s.data<float>(), v.rows, v.n);
+  return dx;
+}
+
+}  // namespace mf

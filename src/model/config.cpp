@@ -1,0 +1,433 @@
+// Strict JSON config parsing and validation (HF config.json names + ours).
+// A field is looked up in one table; anything not in it is rejected, except a
+// few informational HF fields (architectures, torch_dtype, token ids, ...),
+// which are accepted and checked where they would change the math.
+#include "model/config.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+
+namespace mf {
+
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void field_error(const std::string& source, const std::string& field, const std::string& what) {
+  fail("[config] ", source, ": field '", field, "': ", what);
+}
+
+std::string type_of(const json& v) { return v.type_name(); }
+
+std::int64_t get_int(const json& v, const std::string& source, const std::string& field, std::int64_t lo,
+                     std::int64_t hi) {
+  if (!v.is_number_integer())
+    field_error(source, field, str_cat("must be an integer but is ", type_of(v), " (", v.dump(), ")"));
+  std::int64_t x = 0;
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+      field_error(source, field, str_cat("must be in [", lo, ", ", hi, "] but is ", v.dump()));
+    x = static_cast<std::int64_t>(u);
+  } else {
+    x = v.get<std::int64_t>();
+  }
+  if (x < lo || x > hi) field_error(source, field, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
+  return x;
+}
+
+double get_double(const json& v, const std::string& source, const std::string& field) {
+  if (!v.is_number()) field_error(source, field, str_cat("must be a number but is ", type_of(v), " (", v.dump(), ")"));
+  const double x = v.get<double>();
+  if (!std::isfinite(x)) field_error(source, field, "must be finite");
+  return x;
+}
+
+bool get_bool(const json& v, const std::string& source, const std::string& field) {
+  if (!v.is_boolean()) field_error(source, field, str_cat("must be true or false but is ", type_of(v), " (", v.dump(), ")"));
+  return v.get<bool>();
+}
+
+std::string get_string(const json& v, const std::string& source, const std::string& field) {
+  if (!v.is_string()) field_error(source, field, str_cat("must be a string but is ", type_of(v), " (", v.dump(), ")"));
+  return v.get<std::string>();
+}
+
+// One table per enum: JSON name -> value (aliases allowed), value -> canonical name.
+template <typename E>
+struct EnumTable {
+  std::vector<std::pair<std::string, E>> names;  // first entry per value is canonical
+
+  E parse(const json& v, const std::string& source, const std::string& field) const {
+    const std::string s = get_string(v, source, field);
+    for (const auto& [n, e] : names)
+      if (n == s) return e;
+    std::string allowed;
+    for (const auto& [n, e] : names) allowed += (allowed.empty() ? "\"" : ", \"") + n + "\"";
+    field_error(source, field, str_cat("unknown value \"", s, "\" (expected one of ", allowed, ")"));
+  }
+  std::string name(E e) const {
+    for (const auto& [n, x] : names)
+      if (x == e) return n;
+    return "?";
+  }
+};
+
+const EnumTable<NormKind> kNormKinds{{{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}}};
+const EnumTable<NormPlacement> kPlacements{
+    {{"pre", NormPlacement::Pre}, {"post", NormPlacement::Post}, {"sandwich", NormPlacement::Sandwich}}};
+const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}}};
+const EnumTable<PositionKind> kPositions{{{"rope", PositionKind::RoPE},
+                                          {"rope_interleaved", PositionKind::RoPEInterleaved},
+                                          {"alibi", PositionKind::ALiBi},
+                                          {"sinusoidal", PositionKind::Sinusoidal},
+                                          {"learned", PositionKind::Learned},
+                                          {"none", PositionKind::None}}};
+const EnumTable<Activation> kActivations{{{"silu", Activation::SiLU},
+                                          {"swish", Activation::SiLU},
+                                          {"gelu", Activation::GELU},
+                                          {"gelu_pytorch_tanh", Activation::GELUTanh},
+                                          {"gelu_new", Activation::GELUTanh}}};
+const EnumTable<AttentionImpl> kImpls{{{"flash", AttentionImpl::Flash}, {"dense", AttentionImpl::Dense}}};
+const EnumTable<RopeScalingType> kRopeTypes{{{"default", RopeScalingType::None},
+                                             {"linear", RopeScalingType::Linear},
+                                             {"ntk", RopeScalingType::NTK},
+                                             {"dynamic", RopeScalingType::Dynamic},
+                                             {"yarn", RopeScalingType::YaRN}}};
+
+constexpr std::int64_t kMaxDim = std::int64_t{1} << 20;     // hidden/intermediate sizes
+constexpr std::int64_t kMaxVocab = std::int64_t{1} << 31;   // token ids are int32
+constexpr std::int64_t kMaxPositions = std::int64_t{1} << 24;
+
+RopeScalingConfig parse_rope_scaling_json(const json& v, const std::string& source) {
+  RopeScalingConfig r;
+  if (v.is_null()) return r;
+  if (!v.is_object())
+    field_error(source, "rope_scaling", str_cat("must be an object or null but is ", type_of(v), " (", v.dump(), ")"));
+  bool has_type = false;
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    const std::string f = "rope_scaling." + it.key();
+    const json& x = it.value();
+    if (it.key() == "type" || it.key() == "rope_type") {
+      const RopeScalingType t = kRopeTypes.parse(x, source, f);
+      if (has_type && t != r.type) field_error(source, f, "disagrees with the other of 'type'/'rope_type'");
+      r.type = t;
+      has_type = true;
+    } else if (it.key() == "factor") {
+      r.factor = get_double(x, source, f);
+    } else if (it.key() == "original_max_position_embeddings") {
+      r.original_max_position_embeddings = get_int(x, source, f, 1, kMaxPositions);
+    } else if (it.key() == "beta_fast") {
+      r.beta_fast = get_double(x, source, f);
+    } else if (it.key() == "beta_slow") {
+      r.beta_slow = get_double(x, source, f);
+    } else if (it.key() == "attention_factor") {
+      if (!x.is_null()) r.attention_factor = get_double(x, source, f);
+    } else {
+      field_error(source, f,
+                  "unknown field (expected type/rope_type, factor, original_max_position_embeddings, beta_fast, "
+                  "beta_slow, attention_factor)");
+    }
+  }
+  if (!has_type) field_error(source, "rope_scaling.type", "missing (give 'type' or 'rope_type')");
+  return r;
+}
+
+json rope_scaling_to_json(const RopeScalingConfig& r) {
+  if (r.type == RopeScalingType::None) return nullptr;
+  json j;
+  j["rope_type"] = kRopeTypes.name(r.type);
+  j["type"] = kRopeTypes.name(r.type);  // older HF versions read "type"
+  j["factor"] = r.factor;
+  if (r.original_max_position_embeddings > 0)
+    j["original_max_position_embeddings"] = r.original_max_position_embeddings;
+  if (r.type == RopeScalingType::YaRN) {
+    j["beta_fast"] = r.beta_fast;
+    j["beta_slow"] = r.beta_slow;
+    if (r.attention_factor > 0) j["attention_factor"] = r.attention_factor;
+  }
+  return j;
+}
+
+}  // namespace
+
+std::string norm_kind_name(NormKind k) { return kNormKinds.name(k); }
+std::string norm_placement_name(NormPlacement p) { return kPlacements.name(p); }
+std::string ffn_kind_name(FfnKind k) { return kFfnKinds.name(k); }
+std::string position_kind_name(PositionKind p) { return kPositions.name(p); }
+std::string activation_name(Activation a) {
+  return a == Activation::GELUTanh ? "gelu_pytorch_tanh" : kActivations.name(a);
+}
+std::string rope_scaling_type_name(RopeScalingType t) { return kRopeTypes.name(t); }
+
+ModelConfig config_from_json(const json& j, const std::string& source) {
+  MF_CHECK(j.is_object(), "[config] ", source, ": must be a JSON object but is ", j.type_name());
+  ModelConfig c;
+  std::set<std::string> seen;
+  const std::string& s = source;
+  using Setter = std::function<void(const json&, const std::string&)>;
+  auto ignore_info = [&](const json& v, const std::string& f) {
+    if (f == "architectures") {
+      if (!v.is_array()) field_error(s, f, "must be a list of strings");
+      for (const auto& a : v)
+        if (!a.is_string()) field_error(s, f, "must be a list of strings");
+    } else if (f == "torch_dtype") {
+      const std::string d = get_string(v, s, f);
+      if (d != "float32" && d != "bfloat16" && d != "float16")
+        field_error(s, f, "must be \"float32\", \"bfloat16\" or \"float16\" but is \"" + d + "\"");
+    } else if (f == "transformers_version" || f == "_name_or_path") {
+      get_string(v, s, f);
+    } else if (f == "use_cache") {
+      get_bool(v, s, f);
+    } else if (f == "pretraining_tp") {
+      if (get_int(v, s, f, 1, 1 << 20) != 1) field_error(s, f, "only 1 is supported (no tensor-parallel slicing)");
+    } else if (f == "attention_dropout") {
+      if (get_double(v, s, f) != 0.0) field_error(s, f, "only 0 is supported");
+    } else {  // bos/eos/pad token ids: null, an int, or (eos) a list of ints
+      auto check_id = [&](const json& x) {
+        if (!x.is_null()) get_int(x, s, f, 0, kMaxVocab - 1);
+      };
+      if (v.is_array()) {
+        for (const auto& x : v) check_id(x);
+      } else {
+        check_id(v);
+      }
+    }
+  };
+  const std::map<std::string, Setter> table = {
+      {"model_type",
+       [&](const json& v, const std::string& f) {
+         c.model_type = get_string(v, s, f);
+         if (c.model_type != "llama" && c.model_type != "modformer")
+           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\" or \"modformer\")");
+       }},
+      {"vocab_size", [&](const json& v, const std::string& f) { c.vocab_size = get_int(v, s, f, 1, kMaxVocab); }},
+      {"hidden_size", [&](const json& v, const std::string& f) { c.hidden_size = get_int(v, s, f, 1, kMaxDim); }},
+      {"intermediate_size",
+       [&](const json& v, const std::string& f) { c.intermediate_size = get_int(v, s, f, 1, kMaxDim); }},
+      {"num_hidden_layers",
+       [&](const json& v, const std::string& f) { c.num_hidden_layers = get_int(v, s, f, 1, 1 << 16); }},
+      {"num_attention_heads",
+       [&](const json& v, const std::string& f) { c.num_attention_heads = get_int(v, s, f, 1, 1 << 16); }},
+      {"num_key_value_heads",
+       [&](const json& v, const std::string& f) {
+         if (!v.is_null()) c.num_key_value_heads = get_int(v, s, f, 1, 1 << 16);
+       }},
+      {"head_dim",
+       [&](const json& v, const std::string& f) {
+         if (!v.is_null()) c.head_dim = get_int(v, s, f, 1, kMaxDim);
+       }},
+      {"rms_norm_eps", [&](const json& v, const std::string& f) { c.rms_norm_eps = get_double(v, s, f); }},
+      {"layer_norm_eps", [&](const json& v, const std::string& f) { c.layer_norm_eps = get_double(v, s, f); }},
+      {"rope_theta", [&](const json& v, const std::string& f) { c.rope_theta = get_double(v, s, f); }},
+      {"rope_scaling", [&](const json& v, const std::string&) { c.rope_scaling = parse_rope_scaling_json(v, s); }},
+      {"max_position_embeddings",
+       [&](const json& v, const std::string& f) { c.max_position_embeddings = get_int(v, s, f, 1, kMaxPositions); }},
+      {"tie_word_embeddings", [&](const json& v, const std::string& f) { c.tie_word_embeddings = get_bool(v, s, f); }},
+      {"sliding_window",
+       [&](const json& v, const std::string& f) {
+         c.sliding_window = v.is_null() ? 0 : get_int(v, s, f, 1, kMaxPositions);
+       }},
+      {"hidden_act", [&](const json& v, const std::string& f) { c.hidden_act = kActivations.parse(v, s, f); }},
+      {"attention_bias", [&](const json& v, const std::string& f) { c.attention_bias = get_bool(v, s, f); }},
+      {"mlp_bias", [&](const json& v, const std::string& f) { c.mlp_bias = get_bool(v, s, f); }},
+      {"norm", [&](const json& v, const std::string& f) { c.norm = kNormKinds.parse(v, s, f); }},
+      {"norm_placement", [&](const json& v, const std::string& f) { c.norm_placement = kPlacements.parse(v, s, f); }},
+      {"ffn", [&](const json& v, const std::string& f) { c.ffn = kFfnKinds.parse(v, s, f); }},
+      {"ffn_chunk_size",
+       [&](const json& v, const std::string& f) { c.ffn_chunk_size = get_int(v, s, f, 0, kMaxPositions); }},
+      {"position", [&](const json& v, const std::string& f) { c.position = kPositions.parse(v, s, f); }},
+      {"attention_impl", [&](const json& v, const std::string& f) { c.attention_impl = kImpls.parse(v, s, f); }},
+      {"gradient_checkpointing",
+       [&](const json& v, const std::string& f) { c.gradient_checkpointing = get_bool(v, s, f); }},
+      {"initializer_range", [&](const json& v, const std::string& f) { c.initializer_range = get_double(v, s, f); }},
+      {"architectures", ignore_info},
+      {"torch_dtype", ignore_info},
+      {"transformers_version", ignore_info},
+      {"_name_or_path", ignore_info},
+      {"use_cache", ignore_info},
+      {"pretraining_tp", ignore_info},
+      {"attention_dropout", ignore_info},
+      {"bos_token_id", ignore_info},
+      {"eos_token_id", ignore_info},
+      {"pad_token_id", ignore_info},
+  };
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const auto h = table.find(it.key());
+    if (h == table.end()) {
+      field_error(s, it.key(),
+                  "unknown field (known: model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, "
+                  "num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, layer_norm_eps, rope_theta, "
+                  "rope_scaling, max_position_embeddings, tie_word_embeddings, sliding_window, hidden_act, "
+                  "attention_bias, mlp_bias, norm, norm_placement, ffn, ffn_chunk_size, position, attention_impl, "
+                  "gradient_checkpointing, initializer_range)");
+    }
+    h->second(it.value(), it.key());
+    seen.insert(it.key());
+  }
+  for (const char* required :
+       {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}) {
+    if (!seen.count(required)) field_error(s, required, "missing (required)");
+  }
+  // Dependent defaults, as in HF: KV heads = heads, head_dim = hidden / heads.
+  if (!seen.count("num_key_value_heads") || j["num_key_value_heads"].is_null())
+    c.num_key_value_heads = c.num_attention_heads;
+  if (!seen.count("head_dim") || j["head_dim"].is_null()) {
+    if (c.hidden_size % c.num_attention_heads != 0)
+      field_error(s, "num_attention_heads",
+                  str_cat(c.num_attention_heads, " does not divide hidden_size ", c.hidden_size,
+                          " (give head_dim explicitly for such a model)"));
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (!seen.count("hidden_act")) c.hidden_act = c.ffn == FfnKind::SwiGLU ? Activation::SiLU : Activation::GELU;
+  validate_config(c, s);
+  return c;
+}
+
+void validate_config(const ModelConfig& c, const std::string& s) {
+  auto in_range = [&](const char* f, std::int64_t x, std::int64_t lo, std::int64_t hi) {
+    if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
+  };
+  if (c.model_type != "llama" && c.model_type != "modformer")
+    field_error(s, "model_type", "unknown value \"" + c.model_type + "\" (expected \"llama\" or \"modformer\")");
+  in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
+  in_range("hidden_size", c.hidden_size, 1, kMaxDim);
+  in_range("intermediate_size", c.intermediate_size, 1, kMaxDim);
+  in_range("num_hidden_layers", c.num_hidden_layers, 1, 1 << 16);
+  in_range("num_attention_heads", c.num_attention_heads, 1, 1 << 16);
+  in_range("num_key_value_heads", c.num_key_value_heads, 1, c.num_attention_heads);
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    field_error(s, "num_key_value_heads",
+                str_cat(c.num_key_value_heads, " does not divide num_attention_heads ", c.num_attention_heads));
+  if (c.head_dim < 8 || c.head_dim > 256 || c.head_dim % 8 != 0)
+    field_error(s, "head_dim", str_cat("must be a multiple of 8 in [8, 256] (the attention kernels' limit) but is ",
+                                       c.head_dim));
+  if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) field_error(s, "rms_norm_eps", "must be in (0, 1)");
+  if (!(c.layer_norm_eps > 0 && c.layer_norm_eps < 1)) field_error(s, "layer_norm_eps", "must be in (0, 1)");
+  if (!(c.rope_theta > 1 && std::isfinite(c.rope_theta))) field_error(s, "rope_theta", "must be > 1");
+  in_range("max_position_embeddings", c.max_position_embeddings, 1, kMaxPositions);
+  in_range("sliding_window", c.sliding_window, 0, kMaxPositions);
+  in_range("ffn_chunk_size", c.ffn_chunk_size, 0, kMaxPositions);
+  if (!(c.initializer_range > 0 && c.initializer_range <= 1)) field_error(s, "initializer_range", "must be in (0, 1]");
+
+  if (c.is_llama()) {
+    // LlamaForCausalLM has exactly one architecture; every other switch needs model_type "modformer".
+    auto need = [&](bool ok, const char* field, const std::string& what) {
+      if (!ok)
+        field_error(s, field, "model_type \"llama\" requires " + what + " (use model_type \"modformer\" otherwise)");
+    };
+    need(c.norm == NormKind::RMSNorm, "norm", "norm \"rmsnorm\"");
+    need(c.norm_placement == NormPlacement::Pre, "norm_placement", "norm_placement \"pre\"");
+    need(c.ffn == FfnKind::SwiGLU, "ffn", "ffn \"swiglu\"");
+    need(c.position == PositionKind::RoPE, "position", "position \"rope\" (rotate-half)");
+    need(c.sliding_window == 0, "sliding_window", "no sliding_window");
+    if (c.rope_scaling.type == RopeScalingType::NTK)
+      field_error(s, "rope_scaling.type",
+                  "\"ntk\" (static NTK-aware) is our own name, unknown to LlamaForCausalLM; use model_type "
+                  "\"modformer\", or \"dynamic\" / \"linear\" / \"yarn\"");
+  }
+
+  const RopeScalingConfig& r = c.rope_scaling;
+  if (r.type != RopeScalingType::None) {
+    if (!c.uses_rope())
+      field_error(s, "rope_scaling",
+                  "is only meaningful with position \"rope\" or \"rope_interleaved\" but position is \"" +
+                      position_kind_name(c.position) + "\"");
+    if (!(r.factor >= 1)) field_error(s, "rope_scaling.factor", str_cat("must be >= 1 but is ", r.factor));
+    if (r.original_max_position_embeddings > c.max_position_embeddings)
+      field_error(s, "rope_scaling.original_max_position_embeddings",
+                  str_cat(r.original_max_position_embeddings, " exceeds max_position_embeddings ",
+                          c.max_position_embeddings));
+    if (r.type == RopeScalingType::YaRN) {
+      if (!(r.beta_fast > r.beta_slow && r.beta_slow > 0))
+        field_error(s, "rope_scaling.beta_fast", "YaRN needs beta_fast > beta_slow > 0");
+      if (r.attention_factor < 0) field_error(s, "rope_scaling.attention_factor", "must be > 0");
+    }
+  }
+
+  // Which activation each FFN takes.
+  if (c.ffn == FfnKind::SwiGLU && c.hidden_act != Activation::SiLU)
+    field_error(s, "hidden_act", "ffn \"swiglu\" needs hidden_act \"silu\" but it is \"" +
+                                     activation_name(c.hidden_act) + "\" (use ffn \"geglu\" or \"mlp\")");
+  if (c.ffn == FfnKind::GeGLU && c.hidden_act == Activation::SiLU)
+    field_error(s, "hidden_act", "ffn \"geglu\" needs hidden_act \"gelu\" or \"gelu_pytorch_tanh\" but it is \"silu\"");
+
+}
+
+json config_to_json(const ModelConfig& c) {
+  json j;
+  if (c.is_llama()) j["architectures"] = json::array({"LlamaForCausalLM"});
+  j["model_type"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j["head_dim"] = c.head_dim;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["layer_norm_eps"] = c.layer_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["rope_scaling"] = rope_scaling_to_json(c.rope_scaling);
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
+  j["hidden_act"] = activation_name(c.hidden_act);
+  j["attention_bias"] = c.attention_bias;
+  j["mlp_bias"] = c.mlp_bias;
+  j["norm"] = norm_kind_name(c.norm);
+  j["norm_placement"] = norm_placement_name(c.norm_placement);
+  j["ffn"] = ffn_kind_name(c.ffn);
+  j["ffn_chunk_size"] = c.ffn_chunk_size;
+  j["position"] = position_kind_name(c.position);
+  j["attention_impl"] = kImpls.name(c.attention_impl);
+  j["gradient_checkpointing"] = c.gradient_checkpointing;
+  j["initializer_range"] = c.initializer_range;
+  j["torch_dtype"] = "float32";
+  return j;
+}
+
+std::string config_to_string(const ModelConfig& c) { return config_to_json(c).dump(2) + "\n"; }
+
+ModelConfig config_from_string(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail("[config] ", source, ": invalid JSON: ", e.what());
+  }
+  return config_from_json(j, source);
+}
+
+ModelConfig load_config(const std::string& path) { return config_from_string(read_file(path), path); }
+
+void save_config(const std::string& path, const ModelConfig& c) { write_file_atomic(path, config_to_string(c)); }
+
+ModelConfig default_config() {
+  // Llama-style (RoPE, GQA, RMSNorm pre-norm, SwiGLU) over bytes. Sizing: see
+  // docs in default_config's comment block in config.h and the report.
+  ModelConfig c;
+  c.model_type = "llama";
+  c.vocab_size = 256;
+  c.hidden_size = 256;
+  c.intermediate_size = 768;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.max_position_embeddings = 1024;
+  c.tie_word_embeddings = false;
+  c.rms_norm_eps = 1e-5;
+  c.attention_impl = AttentionImpl::Flash;
+  validate_config(c, "default_config");
+  return c;
+}
+
+}  // namespace mf

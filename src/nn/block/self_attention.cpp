@@ -1,0 +1,122 @@
+// Self-attention sublayer. Projections produce token-major [N, H*D] rows;
+// RoPE rotates them in place ([B, L, H*D] layout) and the kernels read them
+// as varlen [N, H, D] (equal-length sequences), so nothing is transposed.
+// With a KV cache the call goes through [B, H, L, D] (the cache's layout).
+#include "nn/block/self_attention.h"
+
+#include "nn/linear.h"
+
+namespace mf {
+
+namespace {
+
+constexpr const char* kOp = "[self_attention]";
+
+Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
+Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
+
+// [N, H*D] token-major rows -> contiguous [B, H, L, D].
+Tensor to_heads(const Tensor& rows, std::int64_t b, std::int64_t l, std::int64_t h, std::int64_t d) {
+  return rows.reshape({b, l, h, d}).permute({0, 2, 1, 3}).contiguous();
+}
+
+// [B, H, L, D] -> contiguous [N, H*D].
+Tensor from_heads(const Tensor& t) {
+  const std::int64_t b = t.size(0), h = t.size(1), l = t.size(2), d = t.size(3);
+  return t.permute({0, 2, 1, 3}).contiguous().reshape({b * l, h * d});
+}
+
+void check_params(const SelfAttentionParams& p, const Tensor& x, const AttentionCall& call) {
+  MF_CHECK(p.q && p.k && p.v && p.o, kOp, " the q, k, v and o projections are required");
+  MF_CHECK(x.dim() == 2 && x.dtype() == DType::F32 && x.is_contiguous(), kOp,
+           " input must be a contiguous float32 [B*L, C] tensor but has shape ", shape_str(x.shape()));
+  MF_CHECK(call.batch >= 1 && call.seq_len >= 1 && x.size(0) == call.batch * call.seq_len, kOp, " input has ",
+           x.size(0), " rows but batch ", call.batch, " x seq_len ", call.seq_len, " were given");
+  const std::int64_t c = x.size(1), qd = p.num_heads * p.head_dim, kd = p.num_kv_heads * p.head_dim;
+  p.q->value.check_shape({qd, c}, "self_attention", p.q->name.c_str());
+  p.k->value.check_shape({kd, c}, "self_attention", p.k->name.c_str());
+  p.v->value.check_shape({kd, c}, "self_attention", p.v->name.c_str());
+  p.o->value.check_shape({c, qd}, "self_attention", p.o->name.c_str());
+  MF_CHECK(!(p.rope && p.alibi), kOp, " RoPE and ALiBi are exclusive");
+}
+
+// B sequences of L rows each, packed.
+VarlenSeqlens seqlens(std::int64_t b, std::int64_t l) {
+  VarlenSeqlens s;
+  for (std::int64_t i = 0; i <= b; ++i) s.cu_seqlens_q.push_back(i * l);
+  s.cu_seqlens_k = s.cu_seqlens_q;
+  return s;
+}
+
+RopeArgs rope_args(std::int64_t heads, std::int64_t offset) {
+  RopeArgs a;
+  a.layout = RopeLayout::BL_HD;
+  a.num_heads = heads;
+  a.positions.offset = offset;
+  return a;
+}
+
+}  // namespace
+
+AttentionOptions self_attention_options(const SelfAttentionParams& p) {
+  AttentionOptions opt;
+  opt.causal = true;
+  opt.alibi = p.alibi;
+  if (p.sliding_window > 0) opt.window_left = p.sliding_window - 1;
+  return opt;
+}
+
+void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor& x, const SelfAttentionParams& p,
+                            const AttentionCall& call) {
+  check_params(p, x, call);
+  const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim;
+  const std::int64_t past = call.past;
+  MF_CHECK(past == 0 || call.cache != nullptr, kOp, " a past length of ", past, " needs a KV cache");
+  Tensor ql = linear_forward(x, p.q->value, bias_of(p.q_bias));  // [N, Hq*D]
+  Tensor kl = linear_forward(x, p.k->value, bias_of(p.k_bias));  // [N, Hkv*D]
+  Tensor vl = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, Hkv*D]
+  if (p.rope) {
+    rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, past));
+    rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, past));
+  }
+  if (call.cache) {  // generation: [B, H, L, D] through the cache; nothing kept for a backward
+    const Tensor q = to_heads(ql, b, l, p.num_heads, d);
+    auto [k, v] = call.cache->extend(call.layer, to_heads(kl, b, l, p.num_kv_heads, d),
+                                     to_heads(vl, b, l, p.num_kv_heads, d));
+    const AttentionOutput a = attention_forward(q, k, v, self_attention_options(p), p.impl);
+    s = SelfAttentionSaved{};
+    linear_forward(y, from_heads(a.out), p.o->value, bias_of(p.o_bias));
+    return;
+  }
+  s.q = ql.reshape({b * l, p.num_heads, d});
+  s.k = kl.reshape({b * l, p.num_kv_heads, d});
+  s.v = vl.reshape({b * l, p.num_kv_heads, d});
+  AttentionOutput a = attention_varlen_forward(s.q, s.k, s.v, seqlens(b, l), self_attention_options(p), p.impl);
+  s.out = a.out;
+  s.lse = a.lse;
+  linear_forward(y, s.out.reshape({b * l, p.num_heads * d}), p.o->value, bias_of(p.o_bias));
+}
+
+void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const SelfAttentionSaved& s,
+                             const SelfAttentionParams& p, const AttentionCall& call) {
+  check_params(p, x, call);
+  MF_CHECK(call.cache == nullptr, kOp, " backward through a KV cache is not supported (generation is forward only)");
+  MF_CHECK(s.out.defined(), kOp, " backward called without the forward's saved activations");
+  const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim, n = b * l;
+  // Output projection: dmerged = dy Wo, dWo += dy^T merged.
+  Tensor dmerged = Tensor::empty({n, p.num_heads * d});
+  linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, s.out.reshape({n, p.num_heads * d}), p.o->value);
+  const AttentionGrads g = attention_varlen_backward(s.q, s.k, s.v, s.out, s.lse, dmerged.reshape({n, p.num_heads, d}),
+                                                     seqlens(b, l), self_attention_options(p), p.impl);
+  Tensor dq = g.dq.reshape({n, p.num_heads * d}), dk = g.dk.reshape({n, p.num_kv_heads * d}),
+         dv = g.dv.reshape({n, p.num_kv_heads * d});
+  if (p.rope) {  // RoPE^T: rotation by the negative angles
+    rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, 0));
+    rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, 0));
+  }
+  linear_backward(dx, p.q->grad, bias_grad_of(p.q_bias), dq, x, p.q->value);
+  linear_backward(dx, p.k->grad, bias_grad_of(p.k_bias), dk, x, p.k->value, /*accumulate_din=*/true);
+  linear_backward(dx, p.v->grad, bias_grad_of(p.v_bias), dv, x, p.v->value, /*accumulate_din=*/true);
+}
+
+}  // namespace mf

@@ -1,0 +1,59 @@
+// SwiGLU / GeGLU feed-forward: three projections and the fused gated
+// activation from src/kernels/activations.h.
+#include "nn/ffn/gated_ffn.h"
+
+#include "kernels/activations.h"
+#include "nn/linear.h"
+
+namespace mf {
+
+namespace {
+
+Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
+Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
+
+}  // namespace
+
+void gated_activation_forward(const Tensor& h, const Tensor& gate, const Tensor& up, Activation act) {
+  const std::int64_t n = gate.numel();
+  if (act == Activation::SiLU)
+    swiglu_forward(h.data<float>(), gate.data<float>(), up.data<float>(), n);
+  else
+    geglu_forward(h.data<float>(), gate.data<float>(), up.data<float>(), n,
+                  act == Activation::GELU ? GeluApprox::Erf : GeluApprox::Tanh);
+}
+
+void gated_ffn_preactivations(FfnSaved& saved, const Tensor& in, const FfnParams& p) {
+  saved.gate = linear_forward(in, p.gate->value, bias_of(p.gate_bias));  // [N, I]
+  saved.up = linear_forward(in, p.up->value, bias_of(p.up_bias));        // [N, I]
+}
+
+void gated_ffn_forward(const Tensor& out, FfnSaved& saved, const Tensor& in, const FfnParams& p) {
+  gated_ffn_preactivations(saved, in, p);
+  Tensor h = Tensor::empty(saved.gate.shape());  // act(gate) * up
+  gated_activation_forward(h, saved.gate, saved.up, p.act);
+  linear_forward(out, h, p.down->value, bias_of(p.down_bias));
+}
+
+void gated_ffn_backward(const Tensor& din, const Tensor& dout, const Tensor& in, const FfnSaved& saved,
+                        const FfnParams& p) {
+  const Tensor& g = saved.gate;
+  const Tensor& u = saved.up;
+  const std::int64_t count = g.numel();
+  Tensor h = Tensor::empty(g.shape());  // recomputed act(g) * u
+  gated_activation_forward(h, g, u, p.act);
+  Tensor dh = Tensor::empty(g.shape());
+  linear_backward(dh, p.down->grad, bias_grad_of(p.down_bias), dout, h, p.down->value);
+  // dg = dh * u * act'(g); du = dh * act(g) (h's storage is reused for du)
+  Tensor dg = Tensor::empty(g.shape());
+  Tensor du = h;
+  if (p.act == Activation::SiLU)
+    swiglu_backward(dg.data<float>(), du.data<float>(), dh.data<float>(), g.data<float>(), u.data<float>(), count);
+  else
+    geglu_backward(dg.data<float>(), du.data<float>(), dh.data<float>(), g.data<float>(), u.data<float>(), count,
+                   p.act == Activation::GELU ? GeluApprox::Erf : GeluApprox::Tanh);
+  linear_backward(din, p.gate->grad, bias_grad_of(p.gate_bias), dg, in, p.gate->value);
+  linear_backward(din, p.up->grad, bias_grad_of(p.up_bias), du, in, p.up->value, /*accumulate_din=*/true);
+}
+
+}  // namespace mf
