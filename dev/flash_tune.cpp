@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   set_num_threads(1);
   const std::int64_t L = atoi(argv[1]), d = atoi(argv[2]), H = 1;
   AttentionOptions o; o.causal = atoi(argv[3]);
+  if (getenv("MF_WL")) o.window_left = atoi(getenv("MF_WL"));
   const int rounds = atoi(argv[4]);
   std::vector<FlashTiles> cfgs;
   for (int a = 5; a < argc; ++a) {
@@ -27,7 +28,9 @@ int main(int argc, char** argv) {
   }
   Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3), dout = randn({1, H, L, d}, 4);
   AttentionOutput f = attention_forward(q, k, v, o);
-  const double fl = 4.0 * d * H * (o.causal ? L * (L + 1) / 2.0 : double(L) * L);
+  double pairs = 0;
+  for (std::int64_t i = 0; i < L; ++i) pairs += o.causal ? (o.window_left >= 0 ? std::min<std::int64_t>(i, o.window_left) + 1 : i + 1) : L;
+  const double fl = 4.0 * d * H * pairs;
   std::vector<double> tf(cfgs.size(), 1e30), tb(cfgs.size(), 1e30);
   for (int r = 0; r < rounds; ++r)
     for (size_t c = 0; c < cfgs.size(); ++c) {

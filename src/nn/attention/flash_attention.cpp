@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/alloc.h"
@@ -115,6 +116,20 @@ struct Common {
   Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
       : p(prob), tiles(flash_tiles()), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
         slopes(prob.alibi_slopes), k(kp), v(vp), dec_seg(seg) {
+    // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
+    // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
+    // shrink to ~span / 4 (at least 16) to keep windowed time proportional to density.
+    const bool left_bounded = p.window_left >= 0, right_bounded = p.causal || p.window_right >= 0;
+    if (left_bounded && right_bounded) {
+      const i64 span = p.window_left + 1 + (p.causal ? 0 : p.window_right);
+      i64 t = 16;
+      while (t * 2 <= span / 4) t *= 2;
+      tiles.fwd_rows = std::min(tiles.fwd_rows, t);
+      tiles.fwd_keys = std::min(tiles.fwd_keys, t);
+      tiles.bwd_rows = std::min(tiles.bwd_rows, t);
+      tiles.bwd_keys = std::min(tiles.bwd_keys, t);
+      tiles.small_rows = std::min(tiles.small_rows, tiles.fwd_rows);
+    }
     if (!p.global_tokens.empty()) {
       i64 max_k = 0;
       for (i64 b = 0; b < p.batch; ++b) max_k = std::max(max_k, p.k_len[b]);
@@ -172,6 +187,33 @@ struct Common {
     const bool full = (!p.causal || j1 - 1 <= ip_lo) && (!wl || j0 >= ip_hi - p.window_left) &&
                       (!wr || j1 - 1 <= ip_lo + p.window_right) && npad == 0;
     return full ? TileKind::Full : TileKind::Edge;
+  }
+
+  // First key tile start (on the grid ka + n * step) that rows [ip_lo, ip_hi] may see:
+  // the window's left edge when there are no global tokens, else ka.
+  i64 first_key(i64 ip_lo, i64 ka, i64 step) const {
+    if (has_global() || p.window_left < 0) return ka;
+    const i64 lo = ip_lo - p.window_left;
+    return lo <= ka ? ka : ka + (lo - ka) / step * step;
+  }
+  // One past the last key rows [.., ip_hi] may see (causal / right window), at most kb.
+  i64 end_key(i64 ip_hi, i64 kb) const {
+    i64 e = kb;
+    if (p.causal) e = std::min(e, ip_hi + 1);
+    if (!has_global() && p.window_right >= 0) e = std::min(e, ip_hi + p.window_right + 1);
+    return std::max<i64>(e, 0);
+  }
+  // Query rows [i_begin, i_end) of entry b (on the grid of `step`) that may see keys [j0, j1).
+  std::pair<i64, i64> query_range(i64 b, i64 j0, i64 j1, i64 step) const {
+    const i64 shift = p.shift(b), lq = p.q_len[b];
+    i64 lo = 0, hi = lq;  // rows
+    if (p.causal) lo = std::max(lo, j0 - shift);
+    if (!has_global()) {
+      if (p.window_right >= 0) lo = std::max(lo, j0 - p.window_right - shift);
+      if (p.window_left >= 0) hi = std::min(hi, j1 - 1 + p.window_left - shift + 1);
+    }
+    lo = std::max<i64>(0, std::min(lo, lq)) / step * step;
+    return {lo, std::max(lo, std::min(hi, lq))};
   }
 
   KvView kv(i64 b, i64 kvh) const {
@@ -264,9 +306,10 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
   const i64 krs = p.k_row_stride;
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
-  for (i64 j0 = ka; j0 < kb;) {
+  const i64 kend = cm.end_key(ip_hi, kb);
+  for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
     const KeySeg& sg = kv.seg_of(j0);
-    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kb, sg.start + sg.len});
+    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kend, sg.start + sg.len});
     const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
@@ -365,9 +408,10 @@ void fwd_rows_small(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i6
   const KvView kv = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
   const i64 krs = p.k_row_stride;
-  for (i64 j0 = ka; j0 < kb;) {
+  const i64 kend = cm.end_key(ip_hi, kb);
+  for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
     const KeySeg& sg = kv.seg_of(j0);
-    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kb, sg.start + sg.len});
+    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kend, sg.start + sg.len});
     const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
@@ -634,7 +678,8 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
   for (i64 g = 0; g < cm.G; ++g) {
     const i64 h = kvh * cm.G + g;
     const float sl = alibi ? cm.slopes[h] : 0.0f;
-    for (i64 i0 = 0; i0 < lq; i0 += sc.Bq) {
+    const auto [qa, qb] = cm.query_range(b, j0, j1, sc.Bq);
+    for (i64 i0 = qa; i0 < qb; i0 += sc.Bq) {
       const i64 nq = std::min(sc.Bq, lq - i0);
       const TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
       if (kind == TileKind::Skip) continue;
@@ -769,7 +814,8 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
     for (i64 t = 0; t < nt; ++t) {
       const i64 j0 = t * bk, j1 = std::min(p.k_len[b], j0 + bk);
       double c = 0.1;  // packing
-      for (i64 i0 = 0; i0 < p.q_len[b]; i0 += bq) {
+      const auto [qa, qb] = cm.query_range(b, j0, j1, bq);
+      for (i64 i0 = qa; i0 < qb; i0 += bq) {
         const TileKind kind = cm.classify(b, i0 + p.shift(b), std::min(i0 + bq, p.q_len[b]) - 1 + p.shift(b), j0, j1);
         c += kind == TileKind::Skip ? 0.0 : kind == TileKind::Full ? 1.0 : 1.3;
       }
