@@ -192,8 +192,8 @@ std::string env_or_unset(const char* name) {
 
 }  // namespace
 
-double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, GemmBackend backend, int reps, Trans ta,
-                            Trans tb) {
+std::vector<double> measure_sgemm_gflops_each(std::int64_t m, std::int64_t n, std::int64_t k,
+                                              const std::vector<GemmBackend>& backends, int reps, Trans ta, Trans tb) {
   MF_CHECK(m > 0 && n > 0 && k > 0, "[bench gemm] m, n, k must be positive, got ", m, "x", n, "x", k);
   MF_CHECK(reps >= 1, "[bench gemm] reps must be >= 1, got ", reps);
   std::vector<float> a(static_cast<std::size_t>(m * k)), b(static_cast<std::size_t>(k * n)),
@@ -201,15 +201,26 @@ double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, Gemm
   fill_pattern(a, 1);
   fill_pattern(b, 2);
   const std::int64_t lda = ta == Trans::N ? k : m, ldb = tb == Trans::N ? n : k;
-  auto call = [&] { gemm_using(backend, ta, tb, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), n); };
-  call();  // warmup: JIT, thread start, page faults
-  double best = 1e30;
+  auto call = [&](GemmBackend be) {
+    gemm_using(be, ta, tb, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), n);
+  };
+  for (GemmBackend be : backends) call(be);  // warmup: JIT, thread start, page faults
+  std::vector<double> best(backends.size(), 1e30);
   for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    call();
-    best = std::min(best, seconds_since(t0));
+    for (std::size_t i = 0; i < backends.size(); ++i) {
+      const auto t0 = Clock::now();
+      call(backends[i]);
+      best[i] = std::min(best[i], seconds_since(t0));
+    }
   }
-  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / best * 1e-9;
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  for (auto& t : best) t = flops / t * 1e-9;
+  return best;
+}
+
+double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, GemmBackend backend, int reps, Trans ta,
+                            Trans tb) {
+  return measure_sgemm_gflops_each(m, n, k, {backend}, reps, ta, tb)[0];
 }
 
 std::string GemmShape::label() const { return square() ? std::to_string(m) : str_cat(m, "x", n, "x", k); }
@@ -310,19 +321,26 @@ int run_gemm_bench(const GemmBenchOptions& opt) {
       rows.push_back({s, column, backend, core, g, 0});
       progress.advance(1, s.label() + " " + column);
     };
-    add(columns[0], "openblas", here_core, measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::OpenBLAS, opt.reps));
+    // In-process backends with interleaved repetitions; the child processes
+    // (other OpenBLAS core types) run right after, on the same shape.
+    std::vector<GemmBackend> here{GemmBackend::OpenBLAS};
+    if (onednn) here.push_back(GemmBackend::OneDNN);
+    const std::vector<double> g = measure_sgemm_gflops_each(s.m, s.n, s.k, here, opt.reps);
+    add(columns[0], "openblas", here_core, g[0]);
+    if (onednn) add("onednn", "onednn", "", g[1]);
     for (const auto& core : child_cores) {
       const ChildResult r = run_child(opt, core, {s});
       if (lower(r.core) != lower(core)) renamed[core] = r.core;
       add("openblas[" + r.core + "]", "openblas", r.core, r.gflops[0]);
     }
-    if (onednn) add("onednn", "onednn", "", measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::OneDNN, opt.reps));
     if (static_cast<std::int64_t>(si) == smallest) {
       add("reference", "reference", "",
           measure_sgemm_gflops(s.m, s.n, s.k, GemmBackend::Reference, std::min(opt.reps, 2)));
     }
   }
   progress.finish();
+  // Columns: the OpenBLAS core types side by side, then oneDNN, then the reference.
+  std::stable_partition(columns.begin(), columns.end(), [](const std::string& c) { return c.rfind("openblas", 0) == 0; });
   for (auto& r : rows) {
     double best = 0;
     for (const auto& o : rows)

@@ -14,6 +14,12 @@ namespace mf::bench {
 // fixed pseudo-random data: one warmup call, then the best of `reps`.
 double measure_sgemm_gflops(std::int64_t m, std::int64_t n, std::int64_t k, GemmBackend backend = GemmBackend::Auto,
                             int reps = 5, Trans ta = Trans::N, Trans tb = Trans::N);
+// The same for several backends on one set of buffers, their repetitions
+// interleaved (rep 1 of each, rep 2 of each, ...) so that a noisy machine
+// affects them alike. Returns GFLOP/s in the order of `backends`.
+std::vector<double> measure_sgemm_gflops_each(std::int64_t m, std::int64_t n, std::int64_t k,
+                                              const std::vector<GemmBackend>& backends, int reps = 5,
+                                              Trans ta = Trans::N, Trans tb = Trans::N);
 
 struct GemmShape {
   std::int64_t m, n, k;

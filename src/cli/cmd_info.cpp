@@ -4,6 +4,7 @@
 #include "cli/command.h"
 #include "core/cpu_features.h"
 #include "core/threads.h"
+#include "kernels/gemm.h"
 
 namespace {
 int run_info() {
@@ -19,6 +20,7 @@ int run_info() {
             << "\n"
             << "blas:         " << mf::blas_description() << "\n"
             << "blas core:    " << mf::blas_core_name() << "\n"
+            << "gemm backend: " << mf::gemm_backend_selection() << "\n"
             << "threads:      " << mf::num_threads() << "\n";
   return 0;
 }

@@ -36,11 +36,7 @@ Operand as_operand(const Tensor& t, Trans trans) {
     o.ld = std::max<std::int64_t>(1, cols);
   }
   o.data = o.holder.data<float>();
-  o.batch_stride = o.holder.dim() == 3 ? o.holder.stride(0) : 0;
-  if (o.holder.dim() == 3 && o.holder.size(0) > 1 && o.batch_stride < 0) {
-    o.holder = o.holder.contiguous();
-    return as_operand(o.holder, trans);
-  }
+  o.batch_stride = o.holder.dim() == 3 ? o.holder.stride(0) : 0;  // 0 for a 2-D operand: broadcast
   return o;
 }
 

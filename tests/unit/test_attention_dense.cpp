@@ -352,9 +352,11 @@ TEST(AttentionDense, GradcheckEveryOptionCombination) {
     const auto f = run_fwd(s, q, k, v);
     const auto g = run_bwd(s, q, k, v, f, w);
     auto loss = [&] { return mf::testing::weighted_sum(run_fwd(s, q, k, v).out, w); };
-    const auto r = mf::testing::gradcheck(loss, {q, k, v}, {g.dq, g.dk, g.dv});
+    mf::testing::GradcheckOptions go;
+    go.max_checks_per_input = 32;
+    const auto r = mf::testing::gradcheck(loss, {q, k, v}, {g.dq, g.dk, g.dv}, go);
     EXPECT_TRUE(r.ok) << r.report;
-    EXPECT_GT(r.checked, 100);
+    EXPECT_EQ(r.checked, 96);
   }
 }
 
@@ -444,7 +446,19 @@ TEST(AttentionDense, DropoutToZeroEqualsNoDropout) {
 
 TEST(AttentionDense, DeterministicAcrossRunsAndThreadCounts) {
   const int before = num_threads();
-  Spec s = option_grid().back();
+  // Large enough for the kernels to go parallel (small calls run on one thread).
+  Spec s;
+  s.hq = 8;
+  s.hkv = 2;
+  s.d = 64;
+  s.lq = {48, 48};
+  s.lk = {64, 64};
+  s.opt.causal = true;
+  s.opt.window_left = 20;
+  s.opt.global_tokens = {3};
+  s.opt.alibi = true;
+  s.opt.dropout_p = 0.2f;
+  s.opt.dropout_seed = 1;
   Tensor q = randn(s.q_shape(), 1), k = randn(s.k_shape(), 2), v = randn(s.k_shape(), 3);
   Tensor dout = randn(s.q_shape(), 4);
   std::vector<std::vector<float>> results;

@@ -23,14 +23,25 @@ double dot(const float* a, const float* b, std::int64_t n) {
   return s;
 }
 
+// Below this many multiply-adds in total a call runs on one thread: a
+// parallel region costs a barrier, which on a loaded machine can wait a whole
+// scheduler time slice (measured: tiny calls 200x slower with 2 threads).
+constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 18;
+
+std::int64_t total_work(const AttentionProblem& p) {
+  std::int64_t w = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) w += p.q_len[b] * p.k_len[b];
+  return w * p.hq * p.d;
+}
+
 // Runs body(t) for t in [0, n) in parallel; an exception thrown by a task
 // (e.g. std::bad_alloc for a score matrix too large) is rethrown after the
 // loop instead of terminating the program from inside the OpenMP region.
 template <typename Body>
-void parallel_tasks(std::int64_t n, const char* op, const Body& body) {
+void parallel_tasks(std::int64_t n, std::int64_t work, const char* op, const Body& body) {
   bool failed = false;
   std::string message;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (work >= kParallelMinWork)
   for (std::int64_t t = 0; t < n; ++t) {
     try {
       body(t);
@@ -113,7 +124,7 @@ void apply_dropout(const AttentionProblem& p, std::int64_t b, std::int64_t h, st
 void dense_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
                              float* lse) {
   const std::int64_t d = p.d;
-  parallel_tasks(p.batch * p.hq, "[dense_attention_forward]", [&](std::int64_t t) {
+  parallel_tasks(p.batch * p.hq, total_work(p), "[dense_attention_forward]", [&](std::int64_t t) {
     const std::int64_t b = t / p.hq, h = t % p.hq;
     const std::int64_t lq = p.q_len[b], lk = p.k_len[b];
     const float* vh = v + p.k_off[b] + (h / p.group()) * p.k_head_stride;
@@ -148,7 +159,7 @@ void dense_attention_forward(const AttentionProblem& p, const float* q, const fl
 void dense_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   const std::int64_t d = p.d;
-  parallel_tasks(p.batch * p.hkv, "[dense_attention_backward]", [&](std::int64_t t) {
+  parallel_tasks(p.batch * p.hkv, 2 * total_work(p), "[dense_attention_backward]", [&](std::int64_t t) {
     const std::int64_t b = t / p.hkv, kvh = t % p.hkv;
     const std::int64_t lq = p.q_len[b], lk = p.k_len[b];
     const std::int64_t kbase = p.k_off[b] + kvh * p.k_head_stride;
