@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <limits>
 #include <string>
@@ -23,6 +24,7 @@
 #include "nn/attention/flash_decode.h"
 #include "nn/attention/flash_tiles.h"
 #include "testing/gradcheck.h"
+#include "../support/fixtures.h"
 
 using namespace mf;
 
@@ -733,4 +735,96 @@ TEST(FlashAttention, LongSequenceMemoryIsLinear) {
   EXPECT_LE(extra, 8 * tensor_bytes) << "peak extra bytes " << extra;
   EXPECT_LT(extra, std::int64_t{64} << 20);
   for (float x : std::vector<float>{f.out.at({0, 0, L - 1, 0}), g.dq.at({0, 0, L - 1, 0})}) EXPECT_TRUE(std::isfinite(x));
+}
+
+// ------------------------------------------------------------ PyTorch fixtures
+
+namespace {
+
+std::vector<std::int64_t> ints(const Tensor& t) {
+  const Tensor c = t.to(DType::I64).contiguous();
+  const std::int64_t* p = c.data<std::int64_t>();
+  return std::vector<std::int64_t>(p, p + c.numel());
+}
+
+// The fixture's problem as a Spec (for the float32-loop baseline) and its tensors.
+Spec spec_from_fixture(const std::string& name, const SafetensorsContents& fx) {
+  const auto& t = fx.tensors;
+  Spec s;
+  s.name = name;
+  const Tensor& q = t.at("q");
+  const Tensor& k = t.at("k");
+  s.varlen = t.count("cu_seqlens_q") != 0;
+  s.opt.causal = ints(t.at("causal"))[0] != 0;
+  s.opt.window_left = ints(t.at("window_left"))[0];
+  s.opt.window_right = ints(t.at("window_right"))[0];
+  s.opt.alibi = ints(t.at("alibi"))[0] != 0;
+  s.opt.scale = t.at("scale").to_vector()[0];
+  s.opt.global_tokens = ints(t.at("global_tokens"));
+  if (s.varlen) {
+    s.hq = q.size(1);
+    s.hkv = k.size(1);
+    s.d = q.size(2);
+    const auto cq = ints(t.at("cu_seqlens_q")), ck = ints(t.at("cu_seqlens_k"));
+    s.lq.clear();
+    s.lk.clear();
+    for (std::size_t b = 0; b + 1 < cq.size(); ++b) {
+      s.lq.push_back(cq[b + 1] - cq[b]);
+      s.lk.push_back(ck[b + 1] - ck[b]);
+    }
+  } else {
+    s.hq = q.size(1);
+    s.hkv = k.size(1);
+    s.d = q.size(3);
+    s.lq.assign(static_cast<std::size_t>(q.size(0)), q.size(2));
+    s.lk.assign(static_cast<std::size_t>(q.size(0)), k.size(2));
+    if (t.count("key_padding_mask")) {
+      const auto m = ints(t.at("key_padding_mask"));
+      s.mask.assign(m.begin(), m.end());
+    }
+  }
+  return s;
+}
+
+std::vector<double> doubles(const Tensor& t) {
+  const auto f = t.to_vector();
+  return {f.begin(), f.end()};
+}
+
+}  // namespace
+
+// flash (every SIMD path, default and tiny tiles) == PyTorch float64 fixtures,
+// within 2x the float32 loop's error against the same fixture (+ the floor).
+TEST(FlashAttention, MatchesPyTorchFixtures) {
+  FlashKnobs knobs;
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
+    const std::string f = e.path().filename().string();
+    if (f.rfind("attention_", 0) == 0 && e.path().extension() == ".safetensors") names.push_back(e.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  ASSERT_GE(names.size(), 20u);
+  for (const std::string& name : names) {
+    const auto fx = mf::testing::load_fixture(name);
+    const Spec s = spec_from_fixture(name, fx);
+    const auto& t = fx.tensors;
+    const Tensor &q = t.at("q"), &k = t.at("k"), &v = t.at("v"), &dout = t.at("dout");
+    const auto base = naive<float>(s, q.to_vector(), k.to_vector(), v.to_vector(), dout.to_vector());
+    const auto ref_out = doubles(t.at("out")), ref_lse = doubles(t.at("lse"));
+    const auto ref_dq = doubles(t.at("dq")), ref_dk = doubles(t.at("dk")), ref_dv = doubles(t.at("dv"));
+    for (FlashIsa isa : isas()) {
+      set_flash_isa(isa);
+      for (bool tiny : {true, false}) {
+        set_flash_tiles(tiny ? tiny_tiles() : knobs.tiles);
+        SCOPED_TRACE(name + " isa=" + flash_isa_name(isa) + (tiny ? " tiles=16" : " tiles=default"));
+        const auto f = run_fwd(s, q, k, v);
+        expect_close("out", f.out.to_vector(), ref_out, max_err_t(base.out, ref_out));
+        expect_close("lse", f.lse.to_vector(), ref_lse, max_err_t(base.lse, ref_lse));
+        const auto g = run_bwd(s, q, k, v, f, dout);
+        expect_close("dq", g.dq.to_vector(), ref_dq, max_err_t(base.dq, ref_dq));
+        expect_close("dk", g.dk.to_vector(), ref_dk, max_err_t(base.dk, ref_dk));
+        expect_close("dv", g.dv.to_vector(), ref_dv, max_err_t(base.dv, ref_dv));
+      }
+    }
+  }
 }

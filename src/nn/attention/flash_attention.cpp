@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "core/alloc.h"
@@ -29,6 +30,26 @@ using i64 = std::int64_t;
 
 i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
 i64 ceil_div(i64 x, i64 m) { return (x + m - 1) / m; }
+
+// Below this many multiply-adds (forward) a call runs on one thread: a
+// parallel region costs a barrier, which on a loaded machine can wait a
+// whole scheduler time slice; ~40 us of single-thread work.
+constexpr i64 kParallelMinWork = i64{1} << 21;
+
+i64 total_work(const AttentionProblem& p) {
+  i64 w = 0;
+  for (i64 b = 0; b < p.batch; ++b) w += p.q_len[b] * p.k_len[b];
+  return w * p.hq * p.d;
+}
+
+// One scratch object per thread, made before the parallel region (so that
+// an allocation failure throws here, not inside OpenMP).
+template <class S>
+std::vector<std::unique_ptr<S>> make_scratch(int n, const auto& cm) {
+  std::vector<std::unique_ptr<S>> v;
+  for (int t = 0; t < n; ++t) v.push_back(std::make_unique<S>(cm));
+  return v;
+}
 
 // Aligned scratch, counted by the engine allocator so memory claims include it.
 class Buf {
@@ -365,9 +386,11 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
     }
 
   const i64 n_items = static_cast<i64>(items.size()), n_merges = static_cast<i64>(merges.size());
-#pragma omp parallel
+  const bool par = total_work(p) >= kParallelMinWork && n_items > 1;
+  auto scratch = make_scratch<FwdScratch<Isa>>(par ? num_threads() : 1, cm);
+#pragma omp parallel if (par)
   {
-    FwdScratch<Isa> sc(cm);
+    FwdScratch<Isa>& sc = *scratch[omp_get_thread_num()];
 #pragma omp for schedule(dynamic, 1)
     for (i64 it = 0; it < n_items; ++it) {
       const FwdItem& w = items[it];
@@ -595,7 +618,8 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
     for (i64 h = 0; h < p.hq; ++h)
       if (p.q_len[b] > 0) bh.push_back({b, h});
   const i64 n_bh = static_cast<i64>(bh.size());
-#pragma omp parallel for schedule(dynamic, 1)
+  const bool par = total_work(p) >= kParallelMinWork;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
   for (i64 x = 0; x < n_bh; ++x) {
     const auto [b, h] = bh[x];
     for (i64 i = 0; i < p.q_len[b]; ++i) {
@@ -640,7 +664,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
       }
   }
   const i64 n_items = static_cast<i64>(items.size());
-  const int n_chunks = static_cast<int>(std::max<i64>(1, std::min<i64>(num_threads(), n_items)));
+  const int n_chunks = static_cast<int>(std::max<i64>(1, std::min<i64>(par ? num_threads() : 1, n_items)));
   {
     double before = 0;
     for (auto& it : items) {
@@ -675,9 +699,10 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
   for (i64 x = n_items - 1; x >= 0; --x) chunk_start[items[x].chunk] = x;
   for (int c = n_chunks - 1; c >= 0; --c) chunk_start[c] = std::min(chunk_start[c], chunk_start[c + 1]);
 
-#pragma omp parallel
+  auto scratch = make_scratch<BwdScratch<I>>(n_chunks, cm);
+#pragma omp parallel num_threads(n_chunks) if (n_chunks > 1)
   {
-    BwdScratch<I> sc(cm);
+    BwdScratch<I>& sc = *scratch[omp_get_thread_num()];
 #pragma omp for schedule(static, 1)
     for (int c = 0; c < n_chunks; ++c) {
       for (i64 x = chunk_start[c]; x < chunk_start[c + 1]; ++x) {
@@ -697,7 +722,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
   // dq rows of cut pairs = sum of the chunks' buffers in chunk order.
   for (const Shared& sh : shared) {
     const i64 lq = p.q_len[sh.b], nrows = G * lq;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (i64 r = 0; r < nrows; ++r) {
       const i64 g = r / lq, i = r % lq;
       float* dst = dq + p.q_off[sh.b] + (sh.kvh * G + g) * p.q_head_stride + i * p.q_row_stride;

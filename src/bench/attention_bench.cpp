@@ -1,0 +1,554 @@
+// The exact-attention benchmark (see attention_bench.h). Every figure that is
+// compared is measured in this run: sgemm at the shapes of attention's two
+// products (QK^T: L x L x d, PV: L x d x L) for each GEMM backend, and the
+// memory bandwidth for the decode rows. FLOPs count only unmasked work:
+// forward 4 d x (visible pairs) per head, backward 2.5x that.
+#include "bench/attention_bench.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "bench/gemm_bench.h"
+#include "core/alloc.h"
+#include "core/cpu_features.h"
+#include "core/error.h"
+#include "core/json_report.h"
+#include "core/progress.h"
+#include "core/rng.h"
+#include "core/svg_plot.h"
+#include "core/threads.h"
+#include "kernels/gemm.h"
+#include "nn/attention/attention.h"
+#include "nn/attention/flash_attention.h"
+#include "nn/attention/flash_simd.h"
+
+namespace mf::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using i64 = std::int64_t;
+
+#if defined(MF_FLASH_HAVE_AVX512)
+using BestIsa = flash::IsaAvx512;
+#elif defined(MF_FLASH_HAVE_AVX2)
+using BestIsa = flash::IsaAvx2;
+#else
+using BestIsa = flash::IsaScalar;
+#endif
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Best wall time of fn over reps runs after one warmup (`before` runs untimed before each).
+double best_time(int reps, const std::function<void()>& fn, const std::function<void()>& before = {}) {
+  if (before) before();
+  fn();
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    if (before) before();
+    const auto t0 = Clock::now();
+    fn();
+    best = std::min(best, seconds_since(t0));
+  }
+  return best;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string core_env() {
+  const char* v = std::getenv("OPENBLAS_CORETYPE");
+  return v && *v ? v : "unset";
+}
+
+// OpenBLAS sgemm under another core type: the gemm benchmark's child mode
+// (`bench gemm --child-openblas-only`) re-executed with OPENBLAS_CORETYPE set.
+struct ChildSgemm {
+  std::string core;
+  std::vector<double> gflops;
+};
+ChildSgemm child_sgemm(const std::string& self_exe, const std::string& coretype,
+                       const std::vector<std::array<i64, 3>>& shapes, int reps) {
+  ChildSgemm r;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink(self_exe, ec);
+  const std::string path = ec ? self_exe : exe.string();
+  std::string cmd = "OPENBLAS_CORETYPE=" + coretype + " MODFORMER_THREADS=" + std::to_string(num_threads()) + " '" +
+                    path + "' bench gemm --child-openblas-only --reps " + std::to_string(reps) + " --sizes";
+  for (const auto& s : shapes) cmd += str_cat(" ", s[0], "x", s[1], "x", s[2]);
+  FILE* f = ::popen(cmd.c_str(), "r");
+  MF_CHECK(f != nullptr, "[bench attention] cannot run '", cmd, "'");
+  std::string out;
+  char buf[4096];
+  for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, got);
+  const int status = ::pclose(f);
+  MF_CHECK(status == 0, "[bench attention] the OPENBLAS_CORETYPE=", coretype, " sgemm child failed (status ", status,
+           "); output: ", out);
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string tag, kind;
+    ls >> tag >> kind;
+    if (tag != "MFGEMM") continue;
+    if (kind == "core") ls >> r.core;
+    if (kind == "row") {
+      i64 m = 0, n = 0, k = 0;
+      double g = 0;
+      ls >> m >> n >> k >> g;
+      r.gflops.push_back(g);
+    }
+  }
+  MF_CHECK(!r.core.empty() && r.gflops.size() == shapes.size(), "[bench attention] cannot parse the sgemm child's "
+                                                                 "output: ", out);
+  return r;
+}
+
+// The unfused baseline, one head at a time: S = Q K^T (gemm), P = softmax(scale S)
+// (vectorized exp, rows in parallel, causal columns zeroed), O = P V (gemm).
+void unfused_attention(i64 heads, i64 L, i64 d, bool causal, const float* q, const float* k, const float* v,
+                       float* o, float* s) {
+  using I = BestIsa;
+  using V = I::V;
+  constexpr int W = I::W;
+  const float c = flash::kLog2e / std::sqrt(static_cast<float>(d));
+  for (i64 h = 0; h < heads; ++h) {
+    const float* qh = q + h * L * d;
+    const float* kh = k + h * L * d;
+    const float* vh = v + h * L * d;
+    gemm(Trans::N, Trans::T, L, L, d, 1.0f, qh, d, kh, d, 0.0f, s, L);
+#pragma omp parallel for schedule(static)
+    for (i64 i = 0; i < L; ++i) {
+      float* row = s + i * L;
+      const i64 n = causal ? i + 1 : L;
+      const i64 nv = n / W * W;
+      V mx = I::set1(flash::kNegInf);
+      for (i64 j = 0; j < nv; j += W) mx = I::max(mx, I::load(row + j));
+      float m = I::reduce_max(mx);
+      for (i64 j = nv; j < n; ++j) m = std::max(m, row[j]);
+      const V mc = I::set1(m * c), cv = I::set1(c);
+      V sum = I::zero();
+      for (i64 j = 0; j < nv; j += W) {
+        const V p = I::exp2(I::fmadd(I::load(row + j), cv, I::sub(I::zero(), mc)));
+        I::store(row + j, p);
+        sum = I::add(sum, p);
+      }
+      float tot = I::reduce_add(sum);
+      for (i64 j = nv; j < n; ++j) {
+        row[j] = std::exp2(row[j] * c - m * c);
+        tot += row[j];
+      }
+      const V inv = I::set1(1.0f / tot);
+      for (i64 j = 0; j < nv; j += W) I::store(row + j, I::mul(I::load(row + j), inv));
+      for (i64 j = nv; j < n; ++j) row[j] /= tot;
+      for (i64 j = n; j < L; ++j) row[j] = 0.0f;
+    }
+    gemm(Trans::N, Trans::N, L, d, L, 1.0f, s, L, vh, d, 0.0f, o + h * L * d, d);
+  }
+}
+
+// Memory read bandwidth: all threads sum disjoint parts of a buffer far larger than the caches.
+double measure_read_bandwidth(int reps) {
+  const i64 n = i64{1} << 28;  // 1 GiB of floats
+  Tensor buf = Tensor::empty({n});
+  float* p = buf.data<float>();
+#pragma omp parallel for schedule(static)
+  for (i64 i = 0; i < n; ++i) p[i] = 1.0f;
+  volatile float sink = 0;
+  const double t = best_time(reps, [&] {
+    float total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+    for (i64 blk = 0; blk < n / 4096; ++blk) {
+      using I = BestIsa;
+      I::V a0 = I::zero(), a1 = I::zero(), a2 = I::zero(), a3 = I::zero();
+      const float* x = p + blk * 4096;
+      for (i64 j = 0; j < 4096; j += 4 * I::W) {
+        a0 = I::add(a0, I::load(x + j));
+        a1 = I::add(a1, I::load(x + j + I::W));
+        a2 = I::add(a2, I::load(x + j + 2 * I::W));
+        a3 = I::add(a3, I::load(x + j + 3 * I::W));
+      }
+      total += I::reduce_add(I::add(I::add(a0, a1), I::add(a2, a3)));
+    }
+    sink = total;
+  });
+  (void)sink;
+  return static_cast<double>(n) * 4.0 / t;
+}
+
+// Evicts the last-level cache (decode rows read a cold KV cache, as in generation).
+void flush_caches(std::vector<float>& scratch) {
+  float s = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+  for (i64 i = 0; i < static_cast<i64>(scratch.size()); i += 16) {
+    scratch[i] += 1.0f;
+    s += scratch[i];
+  }
+  volatile float sink = s;
+  (void)sink;
+}
+
+i64 heads_for(i64 L) { return std::max<i64>(2, 16384 / L); }
+
+// Visible (query, key) pairs of an L x L self-attention: causal with a left window w (< 0: none), or full.
+double visible_pairs(i64 L, bool causal, i64 w) {
+  if (!causal) return static_cast<double>(L) * static_cast<double>(L);
+  double n = 0;
+  for (i64 i = 0; i < L; ++i) n += static_cast<double>(w < 0 ? i + 1 : std::min(i, w) + 1);
+  return n;
+}
+
+struct SgemmPair {  // best GFLOP/s over backends of the two products (QK^T and PV) together
+  double gflops = 0;
+  std::string backend;
+  std::map<std::string, double> by_backend;
+};
+
+}  // namespace
+
+AttentionBenchOptions quick_attention_bench_options() {
+  AttentionBenchOptions o;
+  o.lengths = {1024, 4096};
+  o.reps = 2;
+  o.dense_max_len = 1024;
+  o.decode_lengths = {4096, 16384};
+  o.window_len = 4096;
+  return o;
+}
+
+int run_attention_bench(const AttentionBenchOptions& opt) {
+  MF_CHECK(opt.reps >= 1 && opt.reps <= 100, "[bench attention] --reps must be in [1, 100], got ", opt.reps);
+  for (i64 L : opt.lengths) MF_CHECK(L >= 16 && L <= 65536, "[bench attention] lengths must be in [16, 65536], got ", L);
+  for (i64 d : opt.dims)
+    MF_CHECK(d >= 8 && d <= 256 && d % 8 == 0, "[bench attention] head dims must be multiples of 8 in [8, 256], got ", d);
+  auto has = [&](const char* s) { return std::find(opt.sections.begin(), opt.sections.end(), s) != opt.sections.end(); };
+  for (const auto& s : opt.sections)
+    MF_CHECK(s == "main" || s == "decode" || s == "window" || s == "tune", "[bench attention] unknown section '", s,
+             "' (main, decode, window, tune)");
+  const auto& cpu = cpu_features();
+  const bool onednn = gemm_backend_available(GemmBackend::OneDNN);
+  const bool child = !opt.self_exe.empty() && cpu.avx512f && blas_core_name() != "SkylakeX";
+  const FlashTiles& tiles = flash_tiles();
+
+  std::cout << "modformer bench attention: exact attention, fp32, B = 1, Hq = Hkv = max(2, 16384 / L) heads\n"
+            << "  (decode: Hq = 32), best of " << opt.reps << " after 1 warmup; FLOPs count unmasked work only:\n"
+            << "  forward 4 d (visible pairs) per head, backward 2.5x that; %sgemm = GFLOP/s / best sgemm GFLOP/s\n"
+            << "  over backends at the same shapes (L x L x d and L x d x L, combined) in this run\n"
+            << "cpu:       " << cpu.model_name << " (avx512f " << (cpu.avx512f ? "yes" : "no") << ")\n"
+            << "threads:   " << num_threads() << "\n"
+            << "openblas:  core " << blas_core_name() << " in this process (OPENBLAS_CORETYPE=" << core_env() << ")"
+            << (child ? "; also OPENBLAS_CORETYPE=SkylakeX in a child process" : "") << "\n"
+            << "onednn:    " << (onednn ? "built in" : "not built in") << "\n"
+            << "gemm:      " << gemm_backend_selection() << " (the unfused baseline uses it)\n"
+            << "flash:     " << flash_isa_name(flash_isa()) << " kernels; tiles fwd " << tiles.fwd_rows << " rows x "
+            << tiles.fwd_keys << " keys, bwd " << tiles.bwd_rows << " rows x " << tiles.bwd_keys
+            << " keys, split-KV chunk " << tiles.split_chunk << " from " << tiles.split_min_keys << " keys\n"
+            << "reproduce: modformer --threads " << num_threads() << " bench attention --reps " << opt.reps
+            << " --lengths";
+  for (i64 L : opt.lengths) std::cout << " " << L;
+  std::cout << " --dims";
+  for (i64 d : opt.dims) std::cout << " " << d;
+  std::cout << " --sections";
+  for (const auto& s : opt.sections) std::cout << " " << s;
+  std::cout << "\n\n" << std::flush;
+
+  const nlohmann::json env = run_environment_json();
+  nlohmann::json records = nlohmann::json::array();
+  auto record = [&](nlohmann::json j) {
+    nlohmann::json r = env;
+    r.update(j);
+    records.push_back(r);
+  };
+
+  i64 cells = 0;
+  if (has("main")) cells += static_cast<i64>(opt.dims.size() * opt.lengths.size() * 3);
+  if (has("decode")) cells += static_cast<i64>(opt.decode_lengths.size()) + 1;
+  if (has("window")) cells += 5;
+  if (has("tune")) cells += 16;
+  ProgressBar::Options popt;
+  popt.unit = "cell";
+  ProgressBar progress("bench attention", cells, popt);
+
+  std::vector<PlotSeries> plot;
+  auto series = [&](const std::string& name) -> PlotSeries& {
+    for (auto& s : plot)
+      if (s.name == name) return s;
+    plot.push_back({name, {}, {}});
+    return plot.back();
+  };
+
+  // ------------------------------------------------------------ main table
+  struct MainRow {
+    i64 d, L, heads;
+    bool causal;
+    double t_fwd, t_bwd, t_unfused, t_dense_fwd, gf_fwd, gf_fb, sgemm, peak_bytes;
+    std::string sgemm_backend;
+  };
+  std::vector<MainRow> main_rows;
+  if (has("main")) {
+    for (i64 d : opt.dims)
+      for (i64 L : opt.lengths) {
+        const i64 H = heads_for(L);
+        // sgemm at this (L, d): each backend, the two products' combined GFLOP/s.
+        SgemmPair sg;
+        auto consider = [&](const std::string& name, double g1, double g2) {
+          const double g = 2.0 / (1.0 / g1 + 1.0 / g2);
+          sg.by_backend[name] = g;
+          if (g > sg.gflops) {
+            sg.gflops = g;
+            sg.backend = name;
+          }
+        };
+        consider("openblas[" + blas_core_name() + "]", measure_sgemm_gflops(L, L, d, GemmBackend::OpenBLAS, opt.reps),
+                 measure_sgemm_gflops(L, d, L, GemmBackend::OpenBLAS, opt.reps));
+        if (onednn)
+          consider("onednn", measure_sgemm_gflops(L, L, d, GemmBackend::OneDNN, opt.reps),
+                   measure_sgemm_gflops(L, d, L, GemmBackend::OneDNN, opt.reps));
+        if (child) {
+          const auto r = child_sgemm(opt.self_exe, "SkylakeX", {{L, L, d}, {L, d, L}}, opt.reps);
+          consider("openblas[" + r.core + "]", r.gflops[0], r.gflops[1]);
+        }
+        progress.advance(1, str_cat("sgemm L=", L, " d=", d));
+        for (bool causal : {false, true}) {
+          Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3),
+                 dout = randn({1, H, L, d}, 4);
+          AttentionOptions ao;
+          ao.causal = causal;
+          MainRow row{d, L, H, causal, 0, 0, 0, 0, 0, 0, sg.gflops, 0, sg.backend};
+          AttentionOutput f;
+          row.t_fwd = best_time(opt.reps, [&] { f = attention_forward(q, k, v, ao); });
+          row.t_bwd = best_time(opt.reps, [&] { attention_backward(q, k, v, f.out, f.lse, dout, ao); });
+          {
+            f = AttentionOutput{};
+            const i64 before = memory_stats().current_bytes;
+            reset_peak_memory();
+            f = attention_forward(q, k, v, ao);
+            attention_backward(q, k, v, f.out, f.lse, dout, ao);
+            row.peak_bytes = static_cast<double>(memory_stats().peak_bytes - before);
+          }
+          const double pairs = visible_pairs(L, causal, -1);
+          const double fwd_flops = 4.0 * static_cast<double>(d * H) * pairs;
+          row.gf_fwd = fwd_flops / row.t_fwd * 1e-9;
+          row.gf_fb = 3.5 * fwd_flops / (row.t_fwd + row.t_bwd) * 1e-9;
+          if (L <= opt.unfused_max_len) {
+            Tensor o = Tensor::empty({1, H, L, d}), s = Tensor::empty({L, L});
+            row.t_unfused = best_time(opt.reps, [&] {
+              unfused_attention(H, L, d, causal, q.data<float>(), k.data<float>(), v.data<float>(), o.data<float>(),
+                                s.data<float>());
+            });
+          }
+          if (L <= opt.dense_max_len)
+            row.t_dense_fwd = best_time(1, [&] { attention_forward(q, k, v, ao, AttentionImpl::Dense); });
+          main_rows.push_back(row);
+          progress.advance(1, str_cat("L=", L, " d=", d, causal ? " causal" : ""));
+          record({{"bench", "attention"}, {"section", "main"}, {"d", d}, {"L", L}, {"heads", H}, {"causal", causal},
+                  {"flash_fwd_s", row.t_fwd}, {"flash_bwd_s", row.t_bwd}, {"flash_fwd_gflops", row.gf_fwd},
+                  {"flash_fwd_bwd_gflops", row.gf_fb}, {"sgemm_best_gflops", sg.gflops},
+                  {"sgemm_best_backend", sg.backend}, {"sgemm_by_backend", sg.by_backend},
+                  {"fwd_frac_sgemm", row.gf_fwd / sg.gflops}, {"fwd_bwd_frac_sgemm", row.gf_fb / sg.gflops},
+                  {"bwd_over_fwd", row.t_bwd / row.t_fwd},
+                  {"unfused_s", row.t_unfused > 0 ? nlohmann::json(row.t_unfused) : nlohmann::json()},
+                  {"unfused_over_flash_fwd", row.t_unfused > 0 ? nlohmann::json(row.t_unfused / row.t_fwd) : nlohmann::json()},
+                  {"dense_fwd_s", row.t_dense_fwd > 0 ? nlohmann::json(row.t_dense_fwd) : nlohmann::json()},
+                  {"peak_extra_bytes_fwd_bwd", row.peak_bytes},
+                  {"peak_extra_bytes_per_token", row.peak_bytes / static_cast<double>(L)}});
+          if (!causal) {
+            const std::string sfx = str_cat(" d=", d);
+            series("flash fwd" + sfx).x.push_back(static_cast<double>(L));
+            series("flash fwd" + sfx).y.push_back(row.t_fwd / static_cast<double>(H) * 1e3);
+            series("flash fwd+bwd" + sfx).x.push_back(static_cast<double>(L));
+            series("flash fwd+bwd" + sfx).y.push_back((row.t_fwd + row.t_bwd) / static_cast<double>(H) * 1e3);
+            if (row.t_unfused > 0) {
+              series("unfused fwd" + sfx).x.push_back(static_cast<double>(L));
+              series("unfused fwd" + sfx).y.push_back(row.t_unfused / static_cast<double>(H) * 1e3);
+            }
+            if (row.t_dense_fwd > 0) {
+              series("dense fwd" + sfx).x.push_back(static_cast<double>(L));
+              series("dense fwd" + sfx).y.push_back(row.t_dense_fwd / static_cast<double>(H) * 1e3);
+            }
+          }
+        }
+      }
+  }
+
+  // ------------------------------------------------------------ decode
+  struct DecodeRow {
+    i64 L, hkv;
+    double t, gbs;
+  };
+  std::vector<DecodeRow> decode_rows;
+  double bandwidth = 0;
+  if (has("decode")) {
+    bandwidth = measure_read_bandwidth(opt.reps);
+    progress.advance(1, "bandwidth");
+    std::vector<float> scratch(static_cast<std::size_t>(64) << 20, 0.0f);  // 256 MiB, evicts L3
+    const i64 hq = 32, d = 128;
+    for (i64 L : opt.decode_lengths) {
+      for (i64 hkv : {i64{32}, i64{8}}) {
+        Tensor q = randn({1, hq, 1, d}, 5), k = randn({1, hkv, L, d}, 6), v = randn({1, hkv, L, d}, 7);
+        AttentionOptions ao;
+        ao.causal = true;
+        const double t = best_time(opt.reps, [&] { attention_forward(q, k, v, ao); }, [&] { flush_caches(scratch); });
+        const double bytes = 2.0 * static_cast<double>(hkv * L * d) * 4.0;
+        decode_rows.push_back({L, hkv, t, bytes / t});
+        record({{"bench", "attention"}, {"section", "decode"}, {"L", L}, {"hq", hq}, {"hkv", hkv}, {"d", d},
+                {"seconds", t}, {"kv_bytes", bytes}, {"kv_bytes_per_s", bytes / t},
+                {"read_bandwidth_bytes_per_s", bandwidth}, {"frac_bandwidth", bytes / t / bandwidth}});
+      }
+      progress.advance(1, str_cat("decode L=", L));
+    }
+  }
+
+  // ------------------------------------------------------------ window
+  struct WindowRow {
+    i64 w;
+    double t, density, ratio;
+  };
+  std::vector<WindowRow> window_rows;
+  double t_full_window = 0;
+  if (has("window")) {
+    const i64 L = opt.window_len, d = 64, H = 2;
+    Tensor q = randn({1, H, L, d}, 8), k = randn({1, H, L, d}, 9), v = randn({1, H, L, d}, 10);
+    t_full_window = best_time(opt.reps, [&] { attention_forward(q, k, v, AttentionOptions{}); });
+    progress.advance(1, "window full");
+    for (i64 w : {i64{128}, i64{512}, i64{2048}, i64{-1}}) {
+      AttentionOptions ao;
+      ao.causal = true;
+      ao.window_left = w;
+      const double t = best_time(opt.reps, [&] { attention_forward(q, k, v, ao); });
+      const double density = visible_pairs(L, true, w) / (static_cast<double>(L) * static_cast<double>(L));
+      window_rows.push_back({w, t, density, t / (density * t_full_window)});
+      record({{"bench", "attention"}, {"section", "window"}, {"L", L}, {"d", d}, {"heads", H}, {"causal", true},
+              {"window_left", w}, {"seconds", t}, {"full_seconds", t_full_window}, {"density", density},
+              {"time_over_density_x_full", t / (density * t_full_window)}});
+      progress.advance(1, str_cat("window ", w));
+    }
+  }
+
+  // ------------------------------------------------------------ tune
+  struct TuneRow {
+    std::string what;
+    i64 d, rows, keys;
+    double t;
+  };
+  std::vector<TuneRow> tune_rows;
+  if (has("tune")) {
+    const FlashTiles saved = flash_tiles();
+    const i64 L = 4096, H = 4;
+    for (i64 d : {i64{64}, i64{128}}) {
+      Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3),
+             dout = randn({1, H, L, d}, 4);
+      for (auto [rows, keys] : std::vector<std::pair<i64, i64>>{{32, 64}, {64, 32}, {64, 64}, {64, 128}, {128, 64}}) {
+        FlashTiles t = saved;
+        t.fwd_rows = rows;
+        t.fwd_keys = keys;
+        set_flash_tiles(t);
+        tune_rows.push_back({"fwd", d, rows, keys, best_time(opt.reps, [&] { attention_forward(q, k, v, {}); })});
+        progress.advance(1, str_cat("tune fwd ", rows, "x", keys));
+      }
+      set_flash_tiles(saved);
+      const AttentionOutput f = attention_forward(q, k, v, {});
+      for (auto [rows, keys] : std::vector<std::pair<i64, i64>>{{64, 32}, {64, 64}, {32, 64}}) {
+        FlashTiles t = saved;
+        t.bwd_rows = rows;
+        t.bwd_keys = keys;
+        set_flash_tiles(t);
+        tune_rows.push_back(
+            {"bwd", d, rows, keys, best_time(opt.reps, [&] { attention_backward(q, k, v, f.out, f.lse, dout, {}); })});
+        progress.advance(1, str_cat("tune bwd ", rows, "x", keys));
+      }
+      set_flash_tiles(saved);
+    }
+  }
+  progress.finish();
+
+  // ------------------------------------------------------------ report
+  if (!main_rows.empty()) {
+    std::printf("%4s %6s %3s %6s | %9s %7s %5s | %9s %7s %5s | %7s | %9s %7s | %9s | %8s %-18s | %8s %7s\n", "d", "L",
+                "H", "causal", "fwd ms", "GF/s", "%sg", "f+b ms", "GF/s", "%sg", "bwd/fwd", "unfus ms", "unf/fl",
+                "dense ms", "sgemm", "(best backend)", "peak MiB", "KiB/tok");
+    for (const auto& r : main_rows) {
+      std::printf("%4" PRId64 " %6" PRId64 " %3" PRId64 " %6s | %9.2f %7.1f %4.0f%% | %9.2f %7.1f %4.0f%% | %7.2f | %9s %7s | %9s | %8.1f %-18s | %8.1f %7.2f\n",
+                  r.d, r.L, r.heads, r.causal ? "yes" : "no", r.t_fwd * 1e3, r.gf_fwd, 100 * r.gf_fwd / r.sgemm,
+                  (r.t_fwd + r.t_bwd) * 1e3, r.gf_fb, 100 * r.gf_fb / r.sgemm, r.t_bwd / r.t_fwd,
+                  r.t_unfused > 0 ? fmt("%.2f", r.t_unfused * 1e3).c_str() : "-",
+                  r.t_unfused > 0 ? fmt("%.2fx", r.t_unfused / r.t_fwd).c_str() : "-",
+                  r.t_dense_fwd > 0 ? fmt("%.1f", r.t_dense_fwd * 1e3).c_str() : "-", r.sgemm,
+                  ("(" + r.sgemm_backend + ")").c_str(), r.peak_bytes / 1048576.0,
+                  r.peak_bytes / 1024.0 / static_cast<double>(r.L));
+    }
+    // Causal efficiency relative to non-causal (same d, L).
+    std::printf("\ncausal efficiency (causal GF/s / non-causal GF/s, forward):");
+    for (const auto& r : main_rows)
+      if (r.causal)
+        for (const auto& n : main_rows)
+          if (!n.causal && n.d == r.d && n.L == r.L) std::printf(" d%" PRId64 "/L%" PRId64 " %.2f", r.d, r.L, r.gf_fwd / n.gf_fwd);
+    std::printf("\n");
+  }
+  if (!decode_rows.empty()) {
+    std::printf("\ndecode: 1 query, Hq = 32, d = 128, causal; KV read once per call (L3 flushed before each run);\n"
+                "measured read bandwidth %.1f GB/s (%d threads summing 1 GiB)\n",
+                bandwidth * 1e-9, num_threads());
+    std::printf("%7s %5s %10s %10s %8s %13s\n", "L", "Hkv", "ms", "GB/s", "%bw", "t(32/8)/t(32/32)");
+    for (const auto& r : decode_rows) {
+      std::string ratio = "";
+      if (r.hkv == 8)
+        for (const auto& o : decode_rows)
+          if (o.L == r.L && o.hkv == 32) ratio = fmt("%.3f", r.t / o.t);
+      std::printf("%7" PRId64 " %5" PRId64 " %10.3f %10.1f %7.0f%% %13s\n", r.L, r.hkv, r.t * 1e3, r.gbs * 1e-9,
+                  100 * r.gbs / bandwidth, ratio.c_str());
+    }
+  }
+  if (!window_rows.empty()) {
+    std::printf("\nwindow: L = %" PRId64 ", d = 64, 2 heads, causal + left window; full = non-causal %.2f ms;\n"
+                "ratio = time / (density x full time), density = visible pairs / L^2\n",
+                opt.window_len, t_full_window * 1e3);
+    std::printf("%8s %10s %9s %7s\n", "window", "ms", "density", "ratio");
+    for (const auto& r : window_rows)
+      std::printf("%8s %10.2f %9.4f %7.2f\n", r.w < 0 ? "none" : std::to_string(r.w).c_str(), r.t * 1e3, r.density,
+                  r.ratio);
+  }
+  if (!tune_rows.empty()) {
+    std::printf("\ntune: L = 4096, 4 heads, non-causal; tile sizes (rows x keys) -> ms\n");
+    for (const auto& r : tune_rows) {
+      std::printf("%s d=%" PRId64 " %4" PRId64 " x %4" PRId64 " %9.2f ms\n", r.what.c_str(), r.d, r.rows, r.keys,
+                  r.t * 1e3);
+      record({{"bench", "attention"}, {"section", "tune"}, {"pass", r.what}, {"d", r.d}, {"rows", r.rows},
+              {"keys", r.keys}, {"seconds", r.t}});
+    }
+  }
+  std::fflush(stdout);
+
+  if (!opt.json_path.empty()) {
+    write_json_file(opt.json_path, records);
+    std::cout << "wrote " << opt.json_path << "\n";
+  }
+  if (!opt.svg_path.empty() && !plot.empty()) {
+    PlotOptions po;
+    po.title = str_cat("exact attention per head, non-causal, ", num_threads(), " threads, ", cpu.model_name);
+    po.x_label = "L (tokens)";
+    po.y_label = "ms per head";
+    po.log_x = true;
+    po.log_y = true;
+    for (i64 L : opt.lengths) po.x_ticks.push_back(static_cast<double>(L));
+    write_svg_line_chart(opt.svg_path, plot, po);
+    std::cout << "wrote " << opt.svg_path << "\n";
+  }
+  return 0;
+}
+
+}  // namespace mf::bench
