@@ -237,6 +237,7 @@ template <class Isa>
 struct FwdScratch {
   i64 Rp = 0;
   Buf qt, st, o, stats;  // Qt [D x Rp], S^T [keys x Rp], O [Rp x Dp], 6 lane arrays [Rp]
+  Buf colmax;            // [Rp] per-lane max of a tile's scores
   Buf qs, keys;          // few-row path: scaled Q rows [small_rows x Dp]; key lanes [3 x fwd_keys]
   std::vector<i64> lane_h, lane_i;
   float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *grow = nullptr, *slope = nullptr;
@@ -247,6 +248,7 @@ struct FwdScratch {
     st.reset(cm.tiles.fwd_keys * Rp);
     o.reset(Rp * cm.Dp);
     stats.reset(6 * Rp);
+    colmax.reset(Rp);
     qs.reset(std::max<i64>(1, cm.tiles.small_rows) * cm.Dp);
     keys.reset(3 * cm.tiles.fwd_keys);
     m = stats.data();
@@ -319,14 +321,18 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     const float* kr = sg.k + (j0 - sg.start) * krs;
     const float* vr = sg.v + (j0 - sg.start) * krs;
     // S^T[nc x Rp] = K[j0:j1] Qt
-    tile_gemm<I, false>(nc, Rp, D, kr, krs, qt, Rp, st, Rp, TileMode::Store);
     const bool edge = kind == TileKind::Edge;
+    const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
+    float* colmax = sc.colmax.data();
+    if (plain) std::fill(colmax, colmax + Rp, kNegInf);
+    tile_gemm<I, false>(nc, Rp, D, kr, krs, qt, Rp, st, Rp, TileMode::Store, nullptr, plain ? colmax : nullptr);
     for (i64 v0 = 0; v0 < Rp; v0 += W) {
       const V ipv = I::load(sc.ipos + v0);
       const M growm = I::ge(I::load(sc.grow + v0), I::set1(0.5f));
       const V slv = I::load(sc.slope + v0);
       V mx = I::set1(kNegInf);
-      for (i64 jj = 0; jj < nc; ++jj) {
+      if (plain) mx = I::load(colmax + v0);
+      for (i64 jj = 0; jj < nc && !plain; ++jj) {
         float* sp = st + jj * Rp + v0;
         V s = I::load(sp);
         const i64 j = j0 + jj;

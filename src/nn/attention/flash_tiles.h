@@ -41,9 +41,11 @@ struct Blocking<IsaAvx512> {
 
 // One MR x (NV vectors) block of C over the full K. ACOL: A(m, k) = a[k * lda + m]
 // (column layout), else a[m * lda + k]. TAIL: the last vector holds tail_n lanes.
+// col_max (optional, full vectors only): col_max[n] = max(col_max[n], max_m C[m, n]).
 template <class Isa, int MR, int NV, bool ACOL, bool TAIL>
 inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, const float* b, std::int64_t ldb,
-                       float* c, std::int64_t ldc, int tail_n, TileMode mode, const float* row_scale) {
+                       float* c, std::int64_t ldc, int tail_n, TileMode mode, const float* row_scale,
+                       float* col_max) {
   using I = Isa;
   using V = typename I::V;
   V acc[MR][NV];
@@ -77,10 +79,16 @@ inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, con
       else
         I::store(cp, acc[m][v]);
     }
+  if (col_max != nullptr)
+    for (int v = 0; v < NV; ++v) {
+      V mx = I::load(col_max + v * I::W);
+      for (int m = 0; m < MR; ++m) mx = I::max(mx, acc[m][v]);
+      I::store(col_max + v * I::W, mx);
+    }
 }
 
 using MicroFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t,
-                         int, TileMode, const float*);
+                         int, TileMode, const float*, float*);
 
 template <class Isa, int NV, bool ACOL, bool TAIL, std::size_t... MRs>
 constexpr auto micro_table(std::index_sequence<MRs...>) {
@@ -92,23 +100,23 @@ constexpr auto micro_table(std::index_sequence<MRs...>) {
 template <class Isa, int NV, bool ACOL, bool TAIL>
 inline void tile_gemm_nv(std::int64_t m_len, std::int64_t k_len, const float* a, std::int64_t lda, const float* b,
                          std::int64_t ldb, float* c, std::int64_t ldc, int tail_n, TileMode mode,
-                         const float* row_scale) {
+                         const float* row_scale, float* col_max) {
   constexpr int kMR = Blocking<Isa>::mr(NV);
   static constexpr auto table = micro_table<Isa, NV, ACOL, TAIL>(std::make_index_sequence<kMR>{});
   std::int64_t m0 = 0;
   for (; m0 + kMR <= m_len; m0 += kMR)
     micro_tile<Isa, kMR, NV, ACOL, TAIL>(k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc, ldc, tail_n,
-                                         mode, row_scale == nullptr ? nullptr : row_scale + m0);
+                                         mode, row_scale == nullptr ? nullptr : row_scale + m0, col_max);
   if (m0 < m_len)
     table[static_cast<std::size_t>(m_len - m0 - 1)](k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc,
                                                      ldc, tail_n, mode,
-                                                     row_scale == nullptr ? nullptr : row_scale + m0);
+                                                     row_scale == nullptr ? nullptr : row_scale + m0, col_max);
 }
 
 template <class Isa, bool ACOL>
 void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const float* a, std::int64_t lda,
                const float* b, std::int64_t ldb, float* c, std::int64_t ldc, TileMode mode,
-               const float* row_scale = nullptr) {
+               const float* row_scale = nullptr, float* col_max = nullptr) {
   constexpr int W = Isa::W;
   constexpr int kMaxNV = Blocking<Isa>::kMaxNV;
   if (m_len <= 0 || n_len <= 0) return;
@@ -119,13 +127,14 @@ void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const
     const bool tail = v0 + nv == nvec && tail_n != W;
     const float* bb = b + v0 * W;
     float* cc = c + v0 * W;
+    float* cm = col_max == nullptr ? nullptr : col_max + v0 * W;
 #define MF_FLASH_NV_CASE(NVC)                                                                                    \
   case NVC:                                                                                                      \
     if constexpr (NVC <= kMaxNV) {                                                                               \
       if (tail)                                                                                                  \
-        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);    \
+        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale, cm); \
       else                                                                                                       \
-        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);   \
+        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale, cm); \
     }                                                                                                            \
     break;
     switch (nv) {
