@@ -4,6 +4,7 @@
 // transposed copies) and B rows are vector loads; N may end in a partial
 // vector (masked loads/stores), so head dims that are multiples of 8 work.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -54,11 +55,12 @@ inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, con
       for (int v = 0; v < NV; ++v) acc[m][v] = I::zero();
   } else {
     for (int m = 0; m < MR; ++m) {
-      const V s = mode == TileMode::ScaleAdd ? I::set1(row_scale[m]) : I::set1(1.0f);
+      const bool scaled = mode == TileMode::ScaleAdd && row_scale != nullptr;
+      const V s = scaled ? I::set1(row_scale[m]) : I::set1(1.0f);
       for (int v = 0; v < NV; ++v) {
         const float* cp = c + m * ldc + v * I::W;
         V x = (TAIL && v == NV - 1) ? I::load_n(cp, tail_n) : I::load(cp);
-        acc[m][v] = mode == TileMode::ScaleAdd ? I::mul(x, s) : x;
+        acc[m][v] = scaled ? I::mul(x, s) : x;
       }
     }
   }
@@ -125,25 +127,33 @@ void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const
   for (std::int64_t v0 = 0; v0 < nvec; v0 += kMaxNV) {
     const int nv = static_cast<int>(nvec - v0 < kMaxNV ? nvec - v0 : kMaxNV);
     const bool tail = v0 + nv == nvec && tail_n != W;
-    const float* bb = b + v0 * W;
-    float* cc = c + v0 * W;
-    float* cm = col_max == nullptr ? nullptr : col_max + v0 * W;
+    // K is cut into blocks whose B chunk (kc rows x nv vectors) fits in half of L1 (16 KiB);
+    // later blocks add into C.
+    const std::int64_t kc = std::max<std::int64_t>(16, 16384 / (nv * W * 4));
+    for (std::int64_t k0 = 0; k0 == 0 || k0 < k_len; k0 += kc) {  // k_len == 0: one empty block (C = 0)
+      const std::int64_t kn = std::min(kc, k_len - k0);
+      const float* bb = b + k0 * ldb + v0 * W;
+      const float* aa = ACOL ? a + k0 * lda : a + k0;
+      const TileMode md = k0 == 0 ? mode : TileMode::Add;
+      float* cc = c + v0 * W;
+      float* cm = (col_max == nullptr || k0 + kn < k_len) ? nullptr : col_max + v0 * W;
 #define MF_FLASH_NV_CASE(NVC)                                                                                    \
   case NVC:                                                                                                      \
     if constexpr (NVC <= kMaxNV) {                                                                               \
       if (tail)                                                                                                  \
-        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale, cm); \
+        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, kn, aa, lda, bb, ldb, cc, ldc, tail_n, md, row_scale, cm);           \
       else                                                                                                       \
-        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale, cm); \
+        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, kn, aa, lda, bb, ldb, cc, ldc, tail_n, md, row_scale, cm);          \
     }                                                                                                            \
     break;
-    switch (nv) {
-      MF_FLASH_NV_CASE(1)
-      MF_FLASH_NV_CASE(2)
-      MF_FLASH_NV_CASE(3)
-      MF_FLASH_NV_CASE(4)
-      default:
-        break;
+      switch (nv) {
+        MF_FLASH_NV_CASE(1)
+        MF_FLASH_NV_CASE(2)
+        MF_FLASH_NV_CASE(3)
+        MF_FLASH_NV_CASE(4)
+        default:
+          break;
+      }
     }
 #undef MF_FLASH_NV_CASE
   }
