@@ -782,8 +782,8 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
     in.row_base[b] = rows;
     rows += p.hq * p.q_len[b];
   }
-  Buf lse2(rows), di(rows);
-  in.lse = lse2.data();
+  Buf lse_rows(rows), di(rows);
+  in.lse = lse_rows.data();
   in.di = di.data();
   std::vector<std::pair<i64, i64>> bh;  // (b, h) with rows
   for (i64 b = 0; b < p.batch; ++b)
@@ -801,7 +801,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
       const i64 r = in.row_base[b] + h * p.q_len[b] + i;
       const float l = lse[p.lse_off[b] + h * p.lse_head_stride + i];
       di.data()[r] = static_cast<float>(sum);
-      lse2.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l;
+      lse_rows.data()[r] = l == kNegInf ? std::numeric_limits<float>::infinity() : l;
       std::memset(dq + off, 0, static_cast<std::size_t>(D) * sizeof(float));  // dq is accumulated below
     }
   }

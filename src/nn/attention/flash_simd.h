@@ -14,7 +14,6 @@ namespace mf::flash {
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
 
 // 2^f ~ 1 + f (c1 + f (c2 + f (c3 + f (c4 + f c5)))) on |f| <= 1/2, minimax in
 // relative error (tools/derive_flash_exp2.py): < 1.9e-7 evaluated in float32.
