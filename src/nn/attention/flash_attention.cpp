@@ -426,6 +426,15 @@ void fwd_rows_small(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i6
     const i64 nc = j1 - j0, ncp = round_up(nc, W);
     const float* kr = sg.k + (j0 - sg.start) * krs;
     const float* vr = sg.v + (j0 - sg.start) * krs;
+    {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
+       // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
+      const i64 ja = j1 - sg.start, jb = std::min(ja + cm.tiles.fwd_keys, sg.len);
+      for (i64 jj = ja; jj < jb; ++jj)
+        for (i64 d = 0; d < D; d += 16) {
+          _mm_prefetch(reinterpret_cast<const char*>(sg.k + jj * krs + d), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(sg.v + jj * krs + d), _MM_HINT_T0);
+        }
+    }
     // S[R x ncp] = (scale Q) K^T   (lanes >= nc: 0, masked below)
     row_dot_scores<I>(R, nc, D, qs, Dp, kr, krs, st, ncp);
     const bool masked = kind == TileKind::Edge || nc < ncp;
