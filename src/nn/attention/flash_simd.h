@@ -22,6 +22,14 @@ inline constexpr float kExp2C1 = 0.6931470036506653f, kExp2C2 = 0.24022242426872
                        kExp2C5 = 0.001326472731307149f;
 inline constexpr float kExp2Min = -125.0f;  // below: 2^x is treated as 0
 
+// dst[c * ldd + t] = scale * rows[t][c] for t < W (rows: W pointers), c < n_cols <= W:
+// the plain loop; AVX-512 overrides it with an in-register transpose.
+template <int W>
+inline void transpose_rows_plain(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+  for (int t = 0; t < W; ++t)
+    for (int c = 0; c < n_cols; ++c) dst[c * ldd + t] = scale * rows[t][c];
+}
+
 struct IsaScalar {
   static constexpr int W = 1;
   static constexpr const char* kName = "scalar";
@@ -52,6 +60,9 @@ struct IsaScalar {
   static float reduce_max(V v) { return v; }
   static V exp2(V x) { return x >= kExp2Min ? std::exp2(x) : 0.0f; }
   static V sum_lanes_transposed(const V* a) { return a[0]; }
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    transpose_rows_plain<W>(rows, n_cols, scale, dst, ldd);
+  }
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -117,6 +128,9 @@ struct IsaAvx2 {
       w[i] = add(_mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                  _mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
     return add(_mm256_permute2f128_ps(w[0], w[1], 0x20), _mm256_permute2f128_ps(w[0], w[1], 0x31));
+  }
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    transpose_rows_plain<W>(rows, n_cols, scale, dst, ldd);
   }
 };
 #endif
@@ -194,6 +208,35 @@ struct IsaAvx512 {
       x[i] = add(_mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0x88),
                  _mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0xDD));
     return add(_mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0x88), _mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0xDD));
+  }
+  // 16 x 16 transpose in 4 butterfly stages: stage b swaps bit b of the row and
+  // lane indices with two-source permutes (64 permutes per block).
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    V r[16];
+    const V sv = set1(scale);
+    for (int t = 0; t < 16; ++t) r[t] = mul(load_n(rows[t], n_cols), sv);
+    // Stage b, lane c: take lane c & ~m (first result) or c | m (second) from row t
+    // (c's bit b clear) or row t | m (set, + 16 selects permutex2var's second source).
+    alignas(64) static constexpr std::int32_t kIdx[4][2][16] = {
+        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+         {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+         {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+         {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}}};
+    for (int bit = 0; bit < 4; ++bit) {
+      const int m = 1 << bit;
+      const __m512i va = _mm512_load_si512(kIdx[bit][0]), vb = _mm512_load_si512(kIdx[bit][1]);
+      for (int t = 0; t < 16; ++t) {
+        if (t & m) continue;
+        const V a = r[t], b = r[t | m];
+        r[t] = _mm512_permutex2var_ps(a, va, b);
+        r[t | m] = _mm512_permutex2var_ps(a, vb, b);
+      }
+    }
+    for (int c = 0; c < n_cols; ++c) store(dst + c * ldd, r[c]);
   }
 };
 #endif
