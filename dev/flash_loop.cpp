@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   const std::int64_t L = atoi(argv[2]), d = atoi(argv[3]), H = 1;
   AttentionOptions o;
   o.causal = atoi(argv[4]);
+  if (getenv("MF_WL")) o.window_left = atoi(getenv("MF_WL"));
   const int iters = atoi(argv[5]);
   Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3), dout = randn({1, H, L, d}, 4);
   AttentionOutput f = attention_forward(q, k, v, o);

@@ -393,7 +393,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   std::vector<DecodeRow> decode_rows;
   double bandwidth = 0;
   if (has("decode")) {
-    bandwidth = measure_read_bandwidth(opt.reps);
+    bandwidth = measure_read_bandwidth(std::max(opt.reps, 5));
     progress.advance(1, "bandwidth");
     std::vector<float> scratch(static_cast<std::size_t>(64) << 20, 0.0f);  // 256 MiB, evicts L3
     const i64 hq = 32, d = 128;

@@ -67,10 +67,19 @@ void check_tile_gemm(std::uint64_t seed) {
     for (auto& x : c) x = rng.normal();
     for (auto& x : scale) x = rng.uniform();
     std::vector<float> got = c;
+    // col_max (full vectors only): running max over the rows of C.
+    const bool with_max = n % Isa::W == 0;
+    std::vector<float> colmax(n, -1e30f);
+    float* cmx = with_max ? colmax.data() : nullptr;
     if (acol)
-      flash::tile_gemm<Isa, true>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data());
+      flash::tile_gemm<Isa, true>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data(), cmx);
     else
-      flash::tile_gemm<Isa, false>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data());
+      flash::tile_gemm<Isa, false>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data(), cmx);
+    for (std::int64_t j = 0; j < n && with_max; ++j) {
+      float mx = -1e30f;
+      for (std::int64_t i = 0; i < m; ++i) mx = std::max(mx, got[i * ldc + j]);
+      ASSERT_EQ(colmax[j], mx) << Isa::kName << " column max " << j;
+    }
     for (std::int64_t i = 0; i < m; ++i)
       for (std::int64_t j = 0; j < ldc; ++j) {
         if (j >= n) {  // padding beyond N is never touched

@@ -16,8 +16,11 @@ FlashIsa flash_isa();                   // the path in use (resolved)
 bool flash_isa_available(FlashIsa isa);
 std::string flash_isa_name(FlashIsa isa);
 
-// Tile sizes (one table). Defaults chosen by `modformer bench attention --tune`
-// on the 2-core Cascade Lake development machine (see bench_attention.cpp).
+// Tile sizes (one table). Defaults chosen with `modformer bench attention
+// --sections tune` and dev/flash_tune.cpp on the 2-core Cascade Lake
+// development machine: 64 x 64 was within noise of the best of 32..128 for
+// d = 64 and 128 (forward and backward); the register blocking per ISA is in
+// flash_tiles.h. Narrow sliding windows shrink the tiles (flash_attention.cpp).
 struct FlashTiles {
   std::int64_t fwd_rows = 64;      // stacked query rows (GQA heads x positions) per forward tile
   std::int64_t fwd_keys = 64;      // keys per forward tile

@@ -1,7 +1,7 @@
 // SIMD vocabulary of the flash attention kernels: one struct per instruction
 // set (AVX-512, AVX2+FMA, scalar) with the same static functions, so every
 // kernel is written once as a template on the ISA and all three are tested.
-// exp2 is a degree-6 polynomial on [-1/2, 1/2] scaled by 2^n; inputs below
+// exp2 is a degree-5 polynomial on [-1/2, 1/2] scaled by 2^n; inputs below
 // -125 give exactly 0 (no denormals, -inf -> 0), which masking relies on.
 #pragma once
 #include <immintrin.h>
@@ -14,13 +14,21 @@ namespace mf::flash {
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 inline constexpr float kLog2e = 1.4426950408889634f;
-inline constexpr float kLn2 = 0.6931471805599453f;
 
-// Taylor coefficients of 2^f = e^(f ln 2) (relative error < 2e-7 on |f| <= 1/2).
-inline constexpr float kExp2C1 = 0.6931471805599453f, kExp2C2 = 0.2402265069591007f,
-                       kExp2C3 = 0.05550410866482158f, kExp2C4 = 0.009618129107628477f,
-                       kExp2C5 = 0.0013333558146428443f, kExp2C6 = 0.00015403530393381606f;
+// 2^f ~ 1 + f (c1 + f (c2 + f (c3 + f (c4 + f c5)))) on |f| <= 1/2, minimax in
+// relative error (tools/derive_flash_exp2.py): < 1.9e-7 evaluated in float32.
+inline constexpr float kExp2C1 = 0.6931470036506653f, kExp2C2 = 0.24022242426872253f,
+                       kExp2C3 = 0.05550733581185341f, kExp2C4 = 0.009671512991189957f,
+                       kExp2C5 = 0.001326472731307149f;
 inline constexpr float kExp2Min = -125.0f;  // below: 2^x is treated as 0
+
+// dst[c * ldd + t] = scale * rows[t][c] for t < W (rows: W pointers), c < n_cols <= W:
+// the plain loop; AVX-512 overrides it with an in-register transpose.
+template <int W>
+inline void transpose_rows_plain(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+  for (int t = 0; t < W; ++t)
+    for (int c = 0; c < n_cols; ++c) dst[c * ldd + t] = scale * rows[t][c];
+}
 
 struct IsaScalar {
   static constexpr int W = 1;
@@ -52,6 +60,9 @@ struct IsaScalar {
   static float reduce_max(V v) { return v; }
   static V exp2(V x) { return x >= kExp2Min ? std::exp2(x) : 0.0f; }
   static V sum_lanes_transposed(const V* a) { return a[0]; }
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    transpose_rows_plain<W>(rows, n_cols, scale, dst, ldd);
+  }
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -100,8 +111,7 @@ struct IsaAvx2 {
     x = _mm256_min_ps(_mm256_max_ps(x, set1(kExp2Min)), set1(127.0f));
     const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = sub(x, n);
-    V p = fmadd(set1(kExp2C6), f, set1(kExp2C5));
-    p = fmadd(p, f, set1(kExp2C4));
+    V p = fmadd(set1(kExp2C5), f, set1(kExp2C4));
     p = fmadd(p, f, set1(kExp2C3));
     p = fmadd(p, f, set1(kExp2C2));
     p = fmadd(p, f, set1(kExp2C1));
@@ -118,6 +128,9 @@ struct IsaAvx2 {
       w[i] = add(_mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                  _mm256_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
     return add(_mm256_permute2f128_ps(w[0], w[1], 0x20), _mm256_permute2f128_ps(w[0], w[1], 0x31));
+  }
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    transpose_rows_plain<W>(rows, n_cols, scale, dst, ldd);
   }
 };
 #endif
@@ -171,11 +184,10 @@ struct IsaAvx512 {
   }
   static V exp2(V x) {
     const M live = ge(x, set1(kExp2Min));
-    x = _mm512_maskz_min_ps(kAll, x, set1(127.0f));
+    // No upper clamp: scalef overflows to +inf by itself (softmax inputs are <= 0 anyway).
     const V n = _mm512_maskz_roundscale_ps(kAll, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = sub(x, n);
-    V p = fmadd(set1(kExp2C6), f, set1(kExp2C5));
-    p = fmadd(p, f, set1(kExp2C4));
+    V p = fmadd(set1(kExp2C5), f, set1(kExp2C4));
     p = fmadd(p, f, set1(kExp2C3));
     p = fmadd(p, f, set1(kExp2C2));
     p = fmadd(p, f, set1(kExp2C1));
@@ -196,6 +208,35 @@ struct IsaAvx512 {
       x[i] = add(_mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0x88),
                  _mm512_maskz_shuffle_f32x4(kAll, w[2 * i], w[2 * i + 1], 0xDD));
     return add(_mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0x88), _mm512_maskz_shuffle_f32x4(kAll, x[0], x[1], 0xDD));
+  }
+  // 16 x 16 transpose in 4 butterfly stages: stage b swaps bit b of the row and
+  // lane indices with two-source permutes (64 permutes per block).
+  static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
+    V r[16];
+    const V sv = set1(scale);
+    for (int t = 0; t < 16; ++t) r[t] = mul(load_n(rows[t], n_cols), sv);
+    // Stage b, lane c: take lane c & ~m (first result) or c | m (second) from row t
+    // (c's bit b clear) or row t | m (set, + 16 selects permutex2var's second source).
+    alignas(64) static constexpr std::int32_t kIdx[4][2][16] = {
+        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+         {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+         {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+         {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}}};
+    for (int bit = 0; bit < 4; ++bit) {
+      const int m = 1 << bit;
+      const __m512i va = _mm512_load_si512(kIdx[bit][0]), vb = _mm512_load_si512(kIdx[bit][1]);
+      for (int t = 0; t < 16; ++t) {
+        if (t & m) continue;
+        const V a = r[t], b = r[t | m];
+        r[t] = _mm512_permutex2var_ps(a, va, b);
+        r[t | m] = _mm512_permutex2var_ps(a, vb, b);
+      }
+    }
+    for (int c = 0; c < n_cols; ++c) store(dst + c * ldd, r[c]);
   }
 };
 #endif

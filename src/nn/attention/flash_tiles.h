@@ -4,6 +4,7 @@
 // transposed copies) and B rows are vector loads; N may end in a partial
 // vector (masked loads/stores), so head dims that are multiples of 8 work.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <utility>
@@ -35,15 +36,18 @@ struct Blocking<IsaAvx2> {
 template <>
 struct Blocking<IsaAvx512> {
   static constexpr int kMaxNV = 4;
-  static constexpr int mr(int nv) { return nv == 1 ? 16 : nv == 2 ? 12 : nv == 3 ? 8 : 6; }
+  // nv = 2 takes 8 rows (not 12): it divides the 16/32/64-key tiles of narrow windows.
+  static constexpr int mr(int nv) { return nv == 1 ? 16 : nv == 2 ? 8 : nv == 3 ? 8 : 6; }
 };
 #endif
 
 // One MR x (NV vectors) block of C over the full K. ACOL: A(m, k) = a[k * lda + m]
 // (column layout), else a[m * lda + k]. TAIL: the last vector holds tail_n lanes.
+// col_max (optional, full vectors only): col_max[n] = max(col_max[n], max_m C[m, n]).
 template <class Isa, int MR, int NV, bool ACOL, bool TAIL>
 inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, const float* b, std::int64_t ldb,
-                       float* c, std::int64_t ldc, int tail_n, TileMode mode, const float* row_scale) {
+                       float* c, std::int64_t ldc, int tail_n, TileMode mode, const float* row_scale,
+                       float* col_max) {
   using I = Isa;
   using V = typename I::V;
   V acc[MR][NV];
@@ -52,11 +56,12 @@ inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, con
       for (int v = 0; v < NV; ++v) acc[m][v] = I::zero();
   } else {
     for (int m = 0; m < MR; ++m) {
-      const V s = mode == TileMode::ScaleAdd ? I::set1(row_scale[m]) : I::set1(1.0f);
+      const bool scaled = mode == TileMode::ScaleAdd && row_scale != nullptr;
+      const V s = scaled ? I::set1(row_scale[m]) : I::set1(1.0f);
       for (int v = 0; v < NV; ++v) {
         const float* cp = c + m * ldc + v * I::W;
         V x = (TAIL && v == NV - 1) ? I::load_n(cp, tail_n) : I::load(cp);
-        acc[m][v] = mode == TileMode::ScaleAdd ? I::mul(x, s) : x;
+        acc[m][v] = scaled ? I::mul(x, s) : x;
       }
     }
   }
@@ -77,10 +82,16 @@ inline void micro_tile(std::int64_t k_len, const float* a, std::int64_t lda, con
       else
         I::store(cp, acc[m][v]);
     }
+  if (col_max != nullptr)
+    for (int v = 0; v < NV; ++v) {
+      V mx = I::load(col_max + v * I::W);
+      for (int m = 0; m < MR; ++m) mx = I::max(mx, acc[m][v]);
+      I::store(col_max + v * I::W, mx);
+    }
 }
 
 using MicroFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t,
-                         int, TileMode, const float*);
+                         int, TileMode, const float*, float*);
 
 template <class Isa, int NV, bool ACOL, bool TAIL, std::size_t... MRs>
 constexpr auto micro_table(std::index_sequence<MRs...>) {
@@ -92,23 +103,23 @@ constexpr auto micro_table(std::index_sequence<MRs...>) {
 template <class Isa, int NV, bool ACOL, bool TAIL>
 inline void tile_gemm_nv(std::int64_t m_len, std::int64_t k_len, const float* a, std::int64_t lda, const float* b,
                          std::int64_t ldb, float* c, std::int64_t ldc, int tail_n, TileMode mode,
-                         const float* row_scale) {
+                         const float* row_scale, float* col_max) {
   constexpr int kMR = Blocking<Isa>::mr(NV);
   static constexpr auto table = micro_table<Isa, NV, ACOL, TAIL>(std::make_index_sequence<kMR>{});
   std::int64_t m0 = 0;
   for (; m0 + kMR <= m_len; m0 += kMR)
     micro_tile<Isa, kMR, NV, ACOL, TAIL>(k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc, ldc, tail_n,
-                                         mode, row_scale == nullptr ? nullptr : row_scale + m0);
+                                         mode, row_scale == nullptr ? nullptr : row_scale + m0, col_max);
   if (m0 < m_len)
     table[static_cast<std::size_t>(m_len - m0 - 1)](k_len, ACOL ? a + m0 : a + m0 * lda, lda, b, ldb, c + m0 * ldc,
                                                      ldc, tail_n, mode,
-                                                     row_scale == nullptr ? nullptr : row_scale + m0);
+                                                     row_scale == nullptr ? nullptr : row_scale + m0, col_max);
 }
 
 template <class Isa, bool ACOL>
 void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const float* a, std::int64_t lda,
                const float* b, std::int64_t ldb, float* c, std::int64_t ldc, TileMode mode,
-               const float* row_scale = nullptr) {
+               const float* row_scale = nullptr, float* col_max = nullptr) {
   constexpr int W = Isa::W;
   constexpr int kMaxNV = Blocking<Isa>::kMaxNV;
   if (m_len <= 0 || n_len <= 0) return;
@@ -117,24 +128,33 @@ void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const
   for (std::int64_t v0 = 0; v0 < nvec; v0 += kMaxNV) {
     const int nv = static_cast<int>(nvec - v0 < kMaxNV ? nvec - v0 : kMaxNV);
     const bool tail = v0 + nv == nvec && tail_n != W;
-    const float* bb = b + v0 * W;
-    float* cc = c + v0 * W;
+    // K is cut into blocks whose B chunk (kc rows x nv vectors) fits in half of L1 (16 KiB);
+    // later blocks add into C.
+    const std::int64_t kc = std::max<std::int64_t>(16, 16384 / (nv * W * 4));
+    for (std::int64_t k0 = 0; k0 == 0 || k0 < k_len; k0 += kc) {  // k_len == 0: one empty block (C = 0)
+      const std::int64_t kn = std::min(kc, k_len - k0);
+      const float* bb = b + k0 * ldb + v0 * W;
+      const float* aa = ACOL ? a + k0 * lda : a + k0;
+      const TileMode md = k0 == 0 ? mode : TileMode::Add;
+      float* cc = c + v0 * W;
+      float* cm = (col_max == nullptr || k0 + kn < k_len) ? nullptr : col_max + v0 * W;
 #define MF_FLASH_NV_CASE(NVC)                                                                                    \
   case NVC:                                                                                                      \
     if constexpr (NVC <= kMaxNV) {                                                                               \
       if (tail)                                                                                                  \
-        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);    \
+        tile_gemm_nv<Isa, NVC, ACOL, true>(m_len, kn, aa, lda, bb, ldb, cc, ldc, tail_n, md, row_scale, cm);           \
       else                                                                                                       \
-        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, k_len, a, lda, bb, ldb, cc, ldc, tail_n, mode, row_scale);   \
+        tile_gemm_nv<Isa, NVC, ACOL, false>(m_len, kn, aa, lda, bb, ldb, cc, ldc, tail_n, md, row_scale, cm);          \
     }                                                                                                            \
     break;
-    switch (nv) {
-      MF_FLASH_NV_CASE(1)
-      MF_FLASH_NV_CASE(2)
-      MF_FLASH_NV_CASE(3)
-      MF_FLASH_NV_CASE(4)
-      default:
-        break;
+      switch (nv) {
+        MF_FLASH_NV_CASE(1)
+        MF_FLASH_NV_CASE(2)
+        MF_FLASH_NV_CASE(3)
+        MF_FLASH_NV_CASE(4)
+        default:
+          break;
+      }
     }
 #undef MF_FLASH_NV_CASE
   }
