@@ -162,6 +162,41 @@ class LlamaTwin(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def load_safetensors(model, path):
+    """Copies the float32 tensors of a safetensors file (our checkpoint names =
+    Hugging Face Llama's) into the twin; every parameter must be present."""
+    import struct
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    base = 8 + n
+    params = dict(model.named_parameters())
+    loaded = set()
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        ours = name[len("model."):] if name.startswith("model.") else name
+        if ours not in params:
+            raise ValueError("tensor '%s' has no twin parameter" % name)
+        if meta["dtype"] != "F32":
+            raise ValueError("tensor '%s' is %s; only F32 is read" % (name, meta["dtype"]))
+        b, e = meta["data_offsets"]
+        t = torch.frombuffer(bytearray(raw[base + b:base + e]), dtype=torch.float32).view(meta["shape"])
+        with torch.no_grad():
+            params[ours].copy_(t)
+        loaded.add(ours)
+    missing = set(params) - loaded
+    if missing:
+        raise ValueError("parameters missing from '%s': %s" % (path, sorted(missing)))
+
+
+def check_tokens(vocab, B, L):
+    """Deterministic tokens and targets shared with the C++ test: id(b, i) = (131 b + 31 i + 7) mod vocab."""
+    ids = torch.tensor([[(131 * b + 31 * i + 7) % vocab for i in range(L + 1)] for b in range(B)])
+    return ids[:, :L], ids[:, 1:]
+
+
 def param_groups(model, weight_decay):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -193,6 +228,8 @@ def main():
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--count-params", action="store_true", help="print the parameter count and exit")
+    ap.add_argument("--check-loss", metavar="SAFETENSORS",
+                    help="load these weights, print the loss of check_tokens(vocab, batch, seq_len) and exit")
     a = ap.parse_args()
 
     try:
@@ -205,6 +242,19 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     if a.count_params:
         print(json.dumps({"ok": True, "parameters": n_params}))
+        return 0
+    if a.check_loss:
+        try:
+            load_safetensors(model, a.check_loss)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            print(json.dumps({"ok": False, "error": "weights '%s': %s" % (a.check_loss, e)}))
+            return 2
+        L = a.seq_len
+        cos, sin = model.rope(L)
+        tokens, targets = check_tokens(c["vocab_size"], a.batch_size, L)
+        with torch.no_grad():
+            loss = model(tokens, targets, cos, sin, model.mask(L))
+        print(json.dumps({"ok": True, "parameters": n_params, "loss": loss.item()}))
         return 0
     if a.threads > 0:
         torch.set_num_threads(a.threads)

@@ -184,6 +184,17 @@ std::int64_t peak_rss_bytes() {
 
 }  // namespace
 
+json run_train_script(const std::string& python, const std::string& script, const std::vector<std::string>& args,
+                      std::string& reason) {
+  if (script.empty()) {
+    reason = "bench/train_pytorch.py not found (looked beside the executable and in ./bench; pass --script)";
+    return json();
+  }
+  std::vector<std::string> all{script};
+  all.insert(all.end(), args.begin(), args.end());
+  return run_script(python, all, reason);
+}
+
 std::string find_train_script(const std::string& explicit_path) {
   if (!explicit_path.empty()) {
     MF_CHECK(fs::is_regular_file(explicit_path), "[bench train] --script '", explicit_path, "' does not exist");
@@ -316,13 +327,9 @@ ComponentTimes measure_components(const ModelConfig& cfg, std::int64_t batch, st
 PytorchRun run_pytorch_twin(const std::string& python, const std::string& script, const std::string& config_json_path,
                             std::int64_t batch, std::int64_t seq_len, int threads, int warmup, int steps) {
   PytorchRun r;
-  if (script.empty()) {
-    r.reason = "bench/train_pytorch.py not found (looked beside the executable and in ./bench; pass --script)";
-    return r;
-  }
   const TrainConfig tc = default_train_config();
-  json j = run_script(python,
-                      {script, "--config", config_json_path, "--batch-size", std::to_string(batch), "--seq-len",
+  json j = run_train_script(python, script,
+                      {"--config", config_json_path, "--batch-size", std::to_string(batch), "--seq-len",
                        std::to_string(seq_len), "--threads", std::to_string(threads), "--warmup",
                        std::to_string(warmup), "--steps", std::to_string(steps), "--lr", str_cat(tc.lr),
                        "--weight-decay", str_cat(tc.weight_decay), "--grad-clip", str_cat(tc.grad_clip), "--seed",
@@ -349,9 +356,8 @@ PytorchRun run_pytorch_twin(const std::string& python, const std::string& script
 
 std::int64_t pytorch_parameter_count(const std::string& python, const std::string& script,
                                      const std::string& config_json_path) {
-  MF_CHECK(!script.empty(), "[bench train] bench/train_pytorch.py not found");
   std::string reason;
-  const json j = run_script(python, {script, "--config", config_json_path, "--count-params"}, reason);
+  const json j = run_train_script(python, script, {"--config", config_json_path, "--count-params"}, reason);
   MF_CHECK(!j.is_null() && j.contains("parameters"), "[bench train] PyTorch parameter count: ", reason);
   return j["parameters"].get<std::int64_t>();
 }

@@ -78,6 +78,12 @@ ComponentTimes measure_components(const ModelConfig& cfg, std::int64_t batch, st
 // a missing interpreter, torch or script (available = false, reason says why).
 PytorchRun run_pytorch_twin(const std::string& python, const std::string& script, const std::string& config_json_path,
                             std::int64_t batch, std::int64_t seq_len, int threads, int warmup, int steps);
+// Runs `python script args...` (stdout and stderr captured); returns the
+// script's last JSON line when it has "ok": true, else null with `reason` set
+// (interpreter missing, torch not importable, config refused, crash).
+nlohmann::json run_train_script(const std::string& python, const std::string& script,
+                                const std::vector<std::string>& args, std::string& reason);
+
 // The twin's parameter count for a config (--count-params); throws with the
 // reason when it cannot be obtained.
 std::int64_t pytorch_parameter_count(const std::string& python, const std::string& script,
