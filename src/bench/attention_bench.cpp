@@ -64,6 +64,21 @@ double best_time(int reps, const std::function<void()>& fn, const std::function<
   return best;
 }
 
+// The best time of each of several calls, measured in interleaved rounds
+// (call 1, call 2, ..., then again) after one warmup round, so that a drift in
+// clock speed or a noisy neighbour affects every compared call alike.
+std::vector<double> best_times_interleaved(int reps, const std::vector<std::function<void()>>& fns) {
+  for (const auto& f : fns) f();
+  std::vector<double> best(fns.size(), 1e30);
+  for (int r = 0; r < reps; ++r)
+    for (std::size_t i = 0; i < fns.size(); ++i) {
+      const auto t0 = Clock::now();
+      fns[i]();
+      best[i] = std::min(best[i], seconds_since(t0));
+    }
+  return best;
+}
+
 std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
@@ -247,7 +262,8 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   std::cout << "modformer bench attention: exact attention, fp32, B = 1, Hq = Hkv = max(2, 16384 / L) heads\n"
             << "  (decode: Hq = 32), best of " << opt.reps << " after 1 warmup; FLOPs count unmasked work only:\n"
             << "  forward 4 d (visible pairs) per head, backward 2.5x that; %sgemm = GFLOP/s / best sgemm GFLOP/s\n"
-            << "  over backends at the same shapes (L x L x d and L x d x L, combined) in this run\n"
+            << "  over backends at the same shapes (L x L x d and L x d x L, combined) in this run;\n"
+            << "  each cell's flash forward, backward, unfused baseline and sgemm calls are timed in interleaved rounds\n"
             << "cpu:       " << cpu.model_name << " (avx512f " << (cpu.avx512f ? "yes" : "no") << ")\n"
             << "threads:   " << num_threads() << "\n"
             << "openblas:  core " << blas_core_name() << " in this process (OPENBLAS_CORETYPE=" << core_env() << ")"
@@ -299,11 +315,18 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
     std::string sgemm_backend;
   };
   std::vector<MainRow> main_rows;
+  double sgemm_peak = 0;  // best square sgemm (2048^3) over backends in this run: the machine's GEMM ceiling
   if (has("main")) {
+    std::vector<GemmBackend> bes{GemmBackend::OpenBLAS};
+    if (onednn) bes.push_back(GemmBackend::OneDNN);
+    for (double g : measure_sgemm_gflops_each(2048, 2048, 2048, bes, opt.reps)) sgemm_peak = std::max(sgemm_peak, g);
     for (i64 d : opt.dims)
       for (i64 L : opt.lengths) {
         const i64 H = heads_for(L);
-        // sgemm at this (L, d): each backend, the two products' combined GFLOP/s.
+        // sgemm at this (L, d): each backend, the two products' combined GFLOP/s,
+        // on the attention's own operands, interleaved with the flash and unfused calls.
+        std::vector<std::pair<std::string, GemmBackend>> backends{{"openblas[" + blas_core_name() + "]", GemmBackend::OpenBLAS}};
+        if (onednn) backends.push_back({"onednn", GemmBackend::OneDNN});
         SgemmPair sg;
         auto consider = [&](const std::string& name, double g1, double g2) {
           const double g = 2.0 / (1.0 / g1 + 1.0 / g2);
@@ -313,11 +336,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
             sg.backend = name;
           }
         };
-        consider("openblas[" + blas_core_name() + "]", measure_sgemm_gflops(L, L, d, GemmBackend::OpenBLAS, opt.reps),
-                 measure_sgemm_gflops(L, d, L, GemmBackend::OpenBLAS, opt.reps));
-        if (onednn)
-          consider("onednn", measure_sgemm_gflops(L, L, d, GemmBackend::OneDNN, opt.reps),
-                   measure_sgemm_gflops(L, d, L, GemmBackend::OneDNN, opt.reps));
+        const double gemm_flops = 2.0 * static_cast<double>(L) * static_cast<double>(L) * static_cast<double>(d);
         if (child) {
           const auto r = child_sgemm(opt.self_exe, "SkylakeX", {{L, L, d}, {L, d, L}}, opt.reps);
           consider("openblas[" + r.core + "]", r.gflops[0], r.gflops[1]);
@@ -328,10 +347,40 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
                  dout = randn({1, H, L, d}, 4);
           AttentionOptions ao;
           ao.causal = causal;
-          MainRow row{d, L, H, causal, 0, 0, 0, 0, 0, 0, sg.gflops, 0, sg.backend};
-          AttentionOutput f;
-          row.t_fwd = best_time(opt.reps, [&] { f = attention_forward(q, k, v, ao); });
-          row.t_bwd = best_time(opt.reps, [&] { attention_backward(q, k, v, f.out, f.lse, dout, ao); });
+          MainRow row{d, L, H, causal, 0, 0, 0, 0, 0, 0, 0, 0, ""};
+          AttentionOutput f = attention_forward(q, k, v, ao);
+          const bool unfused = L <= opt.unfused_max_len;
+          Tensor o = Tensor::empty({1, H, L, d}), s = Tensor::empty({L, L});
+          std::vector<std::function<void()>> calls{
+              [&] { f = attention_forward(q, k, v, ao); },
+              [&] { attention_backward(q, k, v, f.out, f.lse, dout, ao); }};
+          if (unfused)
+            calls.push_back([&] {
+              unfused_attention(H, L, d, causal, q.data<float>(), k.data<float>(), v.data<float>(), o.data<float>(),
+                                s.data<float>());
+            });
+          if (!causal)  // sgemm once per (L, d): QK^T and PV of head 0 on each backend
+            for (const auto& be : backends) {
+              calls.push_back([&, be] {
+                gemm_using(be.second, Trans::N, Trans::T, L, L, d, 1.0f, q.data<float>(), d, k.data<float>(), d, 0.0f,
+                           s.data<float>(), L);
+              });
+              calls.push_back([&, be] {
+                gemm_using(be.second, Trans::N, Trans::N, L, d, L, 1.0f, s.data<float>(), L, v.data<float>(), d, 0.0f,
+                           o.data<float>(), d);
+              });
+            }
+          const std::vector<double> t = best_times_interleaved(opt.reps, calls);
+          row.t_fwd = t[0];
+          row.t_bwd = t[1];
+          if (unfused) row.t_unfused = t[2];
+          if (!causal)
+            for (std::size_t i = 0; i < backends.size(); ++i) {
+              const std::size_t at = (unfused ? 3 : 2) + 2 * i;
+              consider(backends[i].first, gemm_flops / t[at] * 1e-9, gemm_flops / t[at + 1] * 1e-9);
+            }
+          row.sgemm = sg.gflops;
+          row.sgemm_backend = sg.backend;
           {
             f = AttentionOutput{};
             const i64 before = memory_stats().current_bytes;
@@ -344,13 +393,6 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
           const double fwd_flops = 4.0 * static_cast<double>(d * H) * pairs;
           row.gf_fwd = fwd_flops / row.t_fwd * 1e-9;
           row.gf_fb = 3.5 * fwd_flops / (row.t_fwd + row.t_bwd) * 1e-9;
-          if (L <= opt.unfused_max_len) {
-            Tensor o = Tensor::empty({1, H, L, d}), s = Tensor::empty({L, L});
-            row.t_unfused = best_time(opt.reps, [&] {
-              unfused_attention(H, L, d, causal, q.data<float>(), k.data<float>(), v.data<float>(), o.data<float>(),
-                                s.data<float>());
-            });
-          }
           if (L <= opt.dense_max_len)
             row.t_dense_fwd = best_time(1, [&] { attention_forward(q, k, v, ao, AttentionImpl::Dense); });
           main_rows.push_back(row);
@@ -359,7 +401,9 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
                   {"flash_fwd_s", row.t_fwd}, {"flash_bwd_s", row.t_bwd}, {"flash_fwd_gflops", row.gf_fwd},
                   {"flash_fwd_bwd_gflops", row.gf_fb}, {"sgemm_best_gflops", sg.gflops},
                   {"sgemm_best_backend", sg.backend}, {"sgemm_by_backend", sg.by_backend},
-                  {"fwd_frac_sgemm", row.gf_fwd / sg.gflops}, {"fwd_bwd_frac_sgemm", row.gf_fb / sg.gflops},
+                  {"fwd_frac_sgemm", row.gf_fwd / sg.gflops},
+                  {"sgemm_peak_gflops", sgemm_peak}, {"fwd_frac_sgemm_peak", row.gf_fwd / sgemm_peak},
+                  {"fwd_bwd_frac_sgemm_peak", row.gf_fb / sgemm_peak}, {"fwd_bwd_frac_sgemm", row.gf_fb / sg.gflops},
                   {"bwd_over_fwd", row.t_bwd / row.t_fwd},
                   {"unfused_s", row.t_unfused > 0 ? nlohmann::json(row.t_unfused) : nlohmann::json()},
                   {"unfused_over_flash_fwd", row.t_unfused > 0 ? nlohmann::json(row.t_unfused / row.t_fwd) : nlohmann::json()},
@@ -478,13 +522,14 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
 
   // ------------------------------------------------------------ report
   if (!main_rows.empty()) {
-    std::printf("%4s %6s %3s %6s | %9s %7s %5s | %9s %7s %5s | %7s | %9s %7s | %9s | %8s %-18s | %8s %7s\n", "d", "L",
-                "H", "causal", "fwd ms", "GF/s", "%sg", "f+b ms", "GF/s", "%sg", "bwd/fwd", "unfus ms", "unf/fl",
+    std::printf("sgemm peak: %.1f GFLOP/s (2048^3, best backend, this run); %%pk = fraction of it\n", sgemm_peak);
+    std::printf("%4s %6s %3s %6s | %9s %7s %5s %5s | %9s %7s %5s | %7s | %9s %7s | %9s | %8s %-18s | %8s %7s\n", "d", "L",
+                "H", "causal", "fwd ms", "GF/s", "%sg", "%pk", "f+b ms", "GF/s", "%sg", "bwd/fwd", "unfus ms", "unf/fl",
                 "dense ms", "sgemm", "(best backend)", "peak MiB", "KiB/tok");
     for (const auto& r : main_rows) {
-      std::printf("%4" PRId64 " %6" PRId64 " %3" PRId64 " %6s | %9.2f %7.1f %4.0f%% | %9.2f %7.1f %4.0f%% | %7.2f | %9s %7s | %9s | %8.1f %-18s | %8.1f %7.2f\n",
+      std::printf("%4" PRId64 " %6" PRId64 " %3" PRId64 " %6s | %9.2f %7.1f %4.0f%% %4.0f%% | %9.2f %7.1f %4.0f%% | %7.2f | %9s %7s | %9s | %8.1f %-18s | %8.1f %7.2f\n",
                   r.d, r.L, r.heads, r.causal ? "yes" : "no", r.t_fwd * 1e3, r.gf_fwd, 100 * r.gf_fwd / r.sgemm,
-                  (r.t_fwd + r.t_bwd) * 1e3, r.gf_fb, 100 * r.gf_fb / r.sgemm, r.t_bwd / r.t_fwd,
+                  100 * r.gf_fwd / sgemm_peak, (r.t_fwd + r.t_bwd) * 1e3, r.gf_fb, 100 * r.gf_fb / r.sgemm, r.t_bwd / r.t_fwd,
                   r.t_unfused > 0 ? fmt("%.2f", r.t_unfused * 1e3).c_str() : "-",
                   r.t_unfused > 0 ? fmt("%.2fx", r.t_unfused / r.t_fwd).c_str() : "-",
                   r.t_dense_fwd > 0 ? fmt("%.1f", r.t_dense_fwd * 1e3).c_str() : "-", r.sgemm,

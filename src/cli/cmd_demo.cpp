@@ -95,7 +95,7 @@ int run_demo(const DemoArgs& a) {
 std::function<int()> setup_demo(CLI::App& app) {
   auto a = std::make_shared<DemoArgs>();
   app.add_option("--out", a->out, "Folder of the demo training run (must not hold one already)");
-  app.add_option("--steps", a->steps, "Training steps (the full default run, `modformer train`, takes 420)")
+  app.add_option("--steps", a->steps, "Training steps (the full default run, `modformer train`, takes 1600)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--sample-tokens", a->sample_tokens, "Bytes to generate at the end")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}));

@@ -332,6 +332,15 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     const i64 nc = j1 - j0;
     const float* kr = sg.k + (j0 - sg.start) * krs;
     const float* vr = sg.v + (j0 - sg.start) * krs;
+    {  // The next key tile's K and V rows into L2 while this one computes (a head's K and V
+       // outgrow L2 from a few thousand keys on).
+      const i64 ja = j1 - sg.start, jb = std::min(ja + cm.tiles.fwd_keys, sg.len);
+      for (i64 jj = ja; jj < jb; ++jj)
+        for (i64 d = 0; d < D; d += 16) {
+          _mm_prefetch(reinterpret_cast<const char*>(sg.k + jj * krs + d), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(sg.v + jj * krs + d), _MM_HINT_T1);
+        }
+    }
     // S^T[nc x Rp] = K[j0:j1] Qt
     const bool edge = kind == TileKind::Edge;
     const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
