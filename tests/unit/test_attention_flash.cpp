@@ -415,6 +415,21 @@ std::vector<Spec> option_grid() {
     s.opt.causal = true;
     s.opt.window_left = 17;
   });
+  add("window_9_4_alibi_padding_gqa4", [](Spec& s) {  // a narrow window's one-tile reach, element masks
+    s.hq = 8;
+    s.hkv = 2;
+    s.opt.window_left = 9;
+    s.opt.window_right = 4;
+    s.opt.alibi = true;
+    for (int b = 0; b < 2; ++b)
+      for (int j = 0; j < 45; ++j) s.mask.push_back((j * 5 + b) % 7 == 0 ? 0 : 1);
+  });
+  add("causal_left250_long", [](Spec& s) {  // reach over 256 keys: grid-aligned key tiles
+    s.lq = {300, 300};
+    s.lk = {310, 310};
+    s.opt.causal = true;
+    s.opt.window_left = 250;
+  });
   add("globals_window", [](Spec& s) {
     s.opt.window_left = 3;
     s.opt.window_right = 1;

@@ -205,8 +205,10 @@ void check_backward_tensors(const Tensor& q, const Tensor& out, const Tensor& ls
 
 AttentionOutput run_forward(const DenseInputs& in, const Shape& lse_shape, AttentionImpl impl) {
   AttentionOutput r;
-  r.out = Tensor::zeros(in.q.shape());
-  r.lse = Tensor::zeros(lse_shape);
+  // The flash forward writes every row of out and lse (rows that see no key get 0 and -inf).
+  const bool writes_all = impl == AttentionImpl::Flash;
+  r.out = writes_all ? Tensor::empty(in.q.shape()) : Tensor::zeros(in.q.shape());
+  r.lse = writes_all ? Tensor::empty(lse_shape) : Tensor::zeros(lse_shape);
   const float* q = in.q.data<float>();
   const float* k = in.k.data<float>();
   const float* v = in.v.data<float>();

@@ -7,9 +7,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -112,6 +114,8 @@ struct Common {
   const float* k;
   const float* v;
   const KvCacheSegment* dec_seg;  // decode: the cache's two segments (else null)
+  bool fwd_whole_reach = false;   // a forward key tile covers a row tile's whole window reach
+  static constexpr i64 kMaxReachKeys = 256;
 
   Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
       : p(prob), tiles(flash_tiles()), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
@@ -119,6 +123,9 @@ struct Common {
     // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
     // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
     // shrink to ~span / 4 (at least 16) to keep windowed time proportional to density.
+    // When a forward row tile's whole reach (its positions + span - 1 keys) fits in
+    // kMaxReachKeys, it is one key tile starting at the window's left edge: one pass of the
+    // online softmax and one long P V product per row tile instead of several short ones.
     const bool left_bounded = p.window_left >= 0, right_bounded = p.causal || p.window_right >= 0;
     if (left_bounded && right_bounded) {
       const i64 span = p.window_left + 1 + (p.causal ? 0 : p.window_right);
@@ -129,6 +136,11 @@ struct Common {
       tiles.bwd_rows = std::min(tiles.bwd_rows, t);
       tiles.bwd_keys = std::min(tiles.bwd_keys, t);
       tiles.small_rows = std::min(tiles.small_rows, tiles.fwd_rows);
+      const i64 reach = round_up(std::max<i64>(1, tiles.fwd_rows / G) + span - 1, 16);
+      if (p.global_tokens.empty() && reach <= kMaxReachKeys) {
+        tiles.fwd_keys = reach;
+        fwd_whole_reach = true;
+      }
     }
     if (!p.global_tokens.empty()) {
       i64 max_k = 0;
@@ -194,6 +206,7 @@ struct Common {
   i64 first_key(i64 ip_lo, i64 ka, i64 step) const {
     if (has_global() || p.window_left < 0) return ka;
     const i64 lo = ip_lo - p.window_left;
+    if (fwd_whole_reach) return std::max(lo, ka);
     return lo <= ka ? ka : ka + (lo - ka) / step * step;
   }
   // One past the last key rows [.., ip_hi] may see (causal / right window), at most kb.
@@ -240,6 +253,8 @@ struct FwdScratch {
   Buf colmax;            // [Rp] per-lane max of a tile's scores
   Buf qs, keys;          // few-row path: scaled Q rows [small_rows x Dp]; key lanes [3 x fwd_keys]
   std::vector<i64> lane_h, lane_i;
+  std::vector<i64> blk_lo, blk_hi;  // per W-lane block: lowest and highest position of its rows
+  std::vector<std::array<i64, 4>> rng;  // per W-lane block of a tile: ea, ee, ba, bb (see fwd_rows)
   std::vector<const float*> qrows;
   float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *grow = nullptr, *slope = nullptr;
   explicit FwdScratch(const Common& cm) {
@@ -260,6 +275,9 @@ struct FwdScratch {
     slope = grow + Rp;
     lane_h.resize(Rp);
     lane_i.resize(Rp);
+    blk_lo.resize(Rp / Isa::W);
+    blk_hi.resize(Rp / Isa::W);
+    rng.resize(Rp / Isa::W);
     qrows.resize(Rp);
   }
 };
@@ -314,14 +332,26 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     sc.m[r] = kNegInf;
     sc.l[r] = 0.0f;
   }
+  for (i64 v0 = 0; v0 < Rp; v0 += W) {  // lanes >= R are never visible: left out of the bounds
+    i64 lo = std::numeric_limits<i64>::max(), hi = std::numeric_limits<i64>::min();
+    for (i64 r = v0; r < std::min(v0 + W, R); ++r) {
+      lo = std::min(lo, sc.lane_i[r] + shift);
+      hi = std::max(hi, sc.lane_i[r] + shift);
+    }
+    sc.blk_lo[v0 / W] = lo;
+    sc.blk_hi[v0 / W] = hi;
+  }
   bool first = true;  // the first computed tile stores O (no zeroing pass); none computed: zeroed at the end
 
   const KvView kv = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
   const i64 krs = p.k_row_stride;
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
-  const i64 kend = cm.end_key(ip_hi, kb);
-  for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
+  const i64 kend = cm.end_key(ip_hi, kb), kfirst = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys);
+  // A short key range (a narrow window) was mostly read by the neighbouring query tile and is
+  // still cached; only long ranges are worth prefetching.
+  const bool long_range = (kend - kfirst) * D >= (i64{1} << 16);
+  for (i64 j0 = kfirst; j0 < kend;) {
     const KeySeg& sg = kv.seg_of(j0);
     const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kend, sg.start + sg.len});
     const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
@@ -332,8 +362,8 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     const i64 nc = j1 - j0;
     const float* kr = sg.k + (j0 - sg.start) * krs;
     const float* vr = sg.v + (j0 - sg.start) * krs;
-    {  // The next key tile's K and V rows into L2 while this one computes (a head's K and V
-       // outgrow L2 from a few thousand keys on).
+    if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
+                       // head's K and V outgrow L2 from a few thousand keys on).
       const i64 ja = j1 - sg.start, jb = std::min(ja + cm.tiles.fwd_keys, sg.len);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
@@ -344,26 +374,74 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     // S^T[nc x Rp] = K[j0:j1] Qt
     const bool edge = kind == TileKind::Edge;
     const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
+    const bool pad_tile = edge && cm.padded_in(b, j0, j1) > 0;
+    // Per lane block: keys [ea, ee) of the tile may be seen by some of its rows and keys
+    // [ba, bb) by all of them (key padding aside); no row sees the others, so their scores
+    // are neither computed nor read. Full tiles and global tokens: the whole tile.
+    const i64 nblk = Rp / W;
+    bool same = true;  // every block has the same [ea, ee)
+    for (i64 v = 0; v < nblk; ++v) {
+      i64 ea = 0, ee = nc, ba = 0, bb = nc;
+      if (edge && !has_global) {
+        const i64 plo = sc.blk_lo[v], phi = sc.blk_hi[v];
+        const auto at = [&](i64 j) { return std::clamp<i64>(j - j0, 0, nc); };
+        i64 vis_end = j0 + nc, all_end = j0 + nc;
+        if (p.causal) {
+          vis_end = std::min(vis_end, phi + 1);
+          all_end = std::min(all_end, plo + 1);
+        }
+        if (wr) {
+          vis_end = std::min(vis_end, phi + p.window_right + 1);
+          all_end = std::min(all_end, plo + p.window_right + 1);
+        }
+        if (wl) {
+          ea = at(plo - p.window_left);
+          ba = at(phi - p.window_left);
+        }
+        ee = std::max(ea, at(vis_end));
+        bb = std::min(ee, std::max(ba, at(all_end)));
+        ba = std::min(ba, bb);
+      }
+      sc.rng[v] = {ea, ee, ba, bb};
+      same = same && ea == sc.rng[0][0] && ee == sc.rng[0][1];
+    }
+    // S^T[nc x Rp] = K[j0:j1] Qt: keys every block needs at full width, the rest per block.
     float* colmax = sc.colmax.data();
     if (plain) std::fill(colmax, colmax + Rp, kNegInf);
-    tile_gemm<I, false>(nc, Rp, D, kr, krs, qt, Rp, st, Rp, TileMode::Store, nullptr, plain ? colmax : nullptr);
+    i64 ca = 0, cb = nc;
+    for (i64 v = 0; v < nblk; ++v) {
+      ca = std::max(ca, sc.rng[v][0]);
+      cb = std::min(cb, sc.rng[v][1]);
+    }
+    cb = std::max(ca, cb);
+    if (cb > ca)
+      tile_gemm<I, false>(cb - ca, Rp, D, kr + ca * krs, krs, qt, Rp, st + ca * Rp, Rp, TileMode::Store, nullptr,
+                          plain ? colmax : nullptr);
+    for (i64 v = 0; v < nblk && !same; ++v) {
+      const i64 ea = sc.rng[v][0], ee = sc.rng[v][1];
+      for (auto [a, z] : {std::pair{ea, std::min(ee, ca)}, std::pair{std::max(ea, cb), ee}})
+        if (z > a) tile_gemm<I, false>(z - a, W, D, kr + a * krs, krs, qt + v * W, Rp, st + a * Rp + v * W, Rp,
+                                       TileMode::Store);
+    }
     for (i64 v0 = 0; v0 < Rp; v0 += W) {
       const V ipv = I::load(sc.ipos + v0);
       const M growm = I::ge(I::load(sc.grow + v0), I::set1(0.5f));
       const V slv = I::load(sc.slope + v0);
       V mx = I::set1(kNegInf);
       if (plain) mx = I::load(colmax + v0);
-      for (i64 jj = 0; jj < nc && !plain; ++jj) {
+      const auto [ea, ee, ba, bb] = sc.rng[v0 / W];
+      for (i64 jj = ea; jj < ee && !plain; ++jj) {
         float* sp = st + jj * Rp + v0;
         V s = I::load(sp);
         const i64 j = j0 + jj;
         const float jf = static_cast<float>(j);
         if (alibi) s = I::sub(s, I::mul(slv, I::abs(I::sub(ipv, I::set1(jf)))));  // - m_h |i' - j|
-        if (edge) {
-          M vis = I::mall(!cm.key_padded(b, j));
+        const bool padded = pad_tile && cm.key_padded(b, j);
+        if (edge && (jj < ba || jj >= bb || padded || has_global)) {
+          M vis = I::mall(!padded);
           if (wl) vis = I::mand(vis, I::le(ipv, I::set1(static_cast<float>(j + p.window_left))));
           if (wr) vis = I::mand(vis, I::ge(ipv, I::set1(static_cast<float>(j - p.window_right))));
-          if (has_global && !cm.key_padded(b, j)) vis = I::mor(vis, cm.global_pos(j) ? I::mall(true) : growm);
+          if (has_global && !padded) vis = I::mor(vis, cm.global_pos(j) ? I::mall(true) : growm);
           if (p.causal) vis = I::mand(vis, I::ge(ipv, I::set1(jf)));
           s = I::select(vis, s, I::set1(kNegInf));
         }
@@ -377,7 +455,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
       const V log2e = I::set1(kLog2e);
       const V alpha = I::exp2(I::mul(I::sub(mold, msafe), log2e));
       V sum = I::zero();
-      for (i64 jj = 0; jj < nc; ++jj) {
+      for (i64 jj = ea; jj < ee; ++jj) {
         float* sp = st + jj * Rp + v0;
         const V pv = I::exp2(I::mul(I::sub(I::load(sp), msafe), log2e));
         I::store(sp, pv);
@@ -389,14 +467,24 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     }
     if (p.dropout_p > 0.0f) {  // O uses dropout(P); l (hence LSE) does not
       const float inv_keep = 1.0f / (1.0f - p.dropout_p);
-      for (i64 jj = 0; jj < nc; ++jj)
-        for (i64 r = 0; r < R; ++r) {
+      for (i64 r = 0; r < R; ++r)
+        for (i64 jj = sc.rng[r / W][0]; jj < sc.rng[r / W][1]; ++jj) {
           float& x = st[jj * Rp + r];
           if (x != 0.0f) x = attention_dropout_keep(p, b, sc.lane_h[r], sc.lane_i[r], j0 + jj) ? x * inv_keep : 0.0f;
         }
     }
-    // O = alpha O + P V   (P^T is S^T: A in column layout)
-    tile_gemm<I, true>(R, D, nc, st, Rp, vr, krs, o, Dp, first ? TileMode::Store : TileMode::ScaleAdd, sc.alpha);
+    // O = alpha O + P V   (P^T is S^T: A in column layout), over each block's keys [ea, ee)
+    const TileMode mode = first ? TileMode::Store : TileMode::ScaleAdd;
+    if (same) {
+      const i64 ea = sc.rng[0][0], ee = sc.rng[0][1];
+      tile_gemm<I, true>(R, D, ee - ea, st + ea * Rp, Rp, vr + ea * krs, krs, o, Dp, mode, sc.alpha);
+    } else {
+      for (i64 v0 = 0; v0 < R; v0 += W) {
+        const i64 ea = sc.rng[v0 / W][0], ee = sc.rng[v0 / W][1];
+        tile_gemm<I, true>(std::min<i64>(W, R - v0), D, ee - ea, st + ea * Rp + v0, Rp, vr + ea * krs, krs,
+                           o + v0 * Dp, Dp, mode, sc.alpha + v0);
+      }
+    }
     first = false;
     j0 = j1;
   }

@@ -43,7 +43,7 @@ struct IsaScalar {
   static void store_n(float* p, V v, int n) {
     if (n > 0) *p = v;
   }
-  static V fmadd(V a, V b, V c) { return a * b + c; }
+  static V fmadd(V a, V b, V c) { return std::fma(a, b, c); }  // one rounding in every instantiation
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
