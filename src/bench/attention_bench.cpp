@@ -67,11 +67,17 @@ double best_time(int reps, const std::function<void()>& fn, const std::function<
 // The best time of each of several calls, measured in interleaved rounds
 // (call 1, call 2, ..., then again) after one warmup round, so that a drift in
 // clock speed or a noisy neighbour affects every compared call alike.
-std::vector<double> best_times_interleaved(int reps, const std::vector<std::function<void()>>& fns) {
-  for (const auto& f : fns) f();
+// `before` runs untimed before each call.
+std::vector<double> best_times_interleaved(int reps, const std::vector<std::function<void()>>& fns,
+                                           const std::function<void()>& before = {}) {
+  for (const auto& f : fns) {
+    if (before) before();
+    f();
+  }
   std::vector<double> best(fns.size(), 1e30);
   for (int r = 0; r < reps; ++r)
     for (std::size_t i = 0; i < fns.size(); ++i) {
+      if (before) before();
       const auto t0 = Clock::now();
       fns[i]();
       best[i] = std::min(best[i], seconds_since(t0));
@@ -442,11 +448,23 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
     std::vector<float> scratch(static_cast<std::size_t>(64) << 20, 0.0f);  // 256 MiB, evicts L3
     const i64 hq = 32, d = 128;
     for (i64 L : opt.decode_lengths) {
-      for (i64 hkv : {i64{32}, i64{8}}) {
-        Tensor q = randn({1, hq, 1, d}, 5), k = randn({1, hkv, L, d}, 6), v = randn({1, hkv, L, d}, 7);
-        AttentionOptions ao;
-        ao.causal = true;
-        const double t = best_time(opt.reps, [&] { attention_forward(q, k, v, ao); }, [&] { flush_caches(scratch); });
+      // 32/32 and 32/8 heads timed in interleaved rounds (their ratio is a target).
+      const std::array<i64, 2> hkvs{32, 8};
+      std::vector<Tensor> ks, vs;
+      for (i64 hkv : hkvs) {
+        ks.push_back(randn({1, hkv, L, d}, 6));
+        vs.push_back(randn({1, hkv, L, d}, 7));
+      }
+      const Tensor q = randn({1, hq, 1, d}, 5);
+      AttentionOptions ao;
+      ao.causal = true;
+      const std::vector<double> times = best_times_interleaved(
+          opt.reps,
+          {[&] { attention_forward(q, ks[0], vs[0], ao); }, [&] { attention_forward(q, ks[1], vs[1], ao); }},
+          [&] { flush_caches(scratch); });
+      for (std::size_t c = 0; c < hkvs.size(); ++c) {
+        const i64 hkv = hkvs[c];
+        const double t = times[c];
         const double bytes = 2.0 * static_cast<double>(hkv * L * d) * 4.0;
         decode_rows.push_back({L, hkv, t, bytes / t});
         record({{"bench", "attention"}, {"section", "decode"}, {"L", L}, {"hq", hq}, {"hkv", hkv}, {"d", d},
@@ -467,13 +485,22 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   if (has("window")) {
     const i64 L = opt.window_len, d = 64, H = 2;
     Tensor q = randn({1, H, L, d}, 8), k = randn({1, H, L, d}, 9), v = randn({1, H, L, d}, 10);
-    t_full_window = best_time(opt.reps, [&] { attention_forward(q, k, v, AttentionOptions{}); });
+    // The full call and every window timed in interleaved rounds: the ratios compare like with like.
+    const std::array<i64, 4> windows{128, 512, 2048, -1};
+    std::vector<std::function<void()>> calls{[&] { attention_forward(q, k, v, AttentionOptions{}); }};
+    for (i64 w : windows)
+      calls.push_back([&q, &k, &v, w] {
+        AttentionOptions ao;
+        ao.causal = true;
+        ao.window_left = w;
+        attention_forward(q, k, v, ao);
+      });
+    const std::vector<double> times = best_times_interleaved(opt.reps, calls);
+    t_full_window = times[0];
     progress.advance(1, "window full");
-    for (i64 w : {i64{128}, i64{512}, i64{2048}, i64{-1}}) {
-      AttentionOptions ao;
-      ao.causal = true;
-      ao.window_left = w;
-      const double t = best_time(opt.reps, [&] { attention_forward(q, k, v, ao); });
+    for (std::size_t c = 0; c < windows.size(); ++c) {
+      const i64 w = windows[c];
+      const double t = times[c + 1];
       const double density = visible_pairs(L, true, w) / (static_cast<double>(L) * static_cast<double>(L));
       window_rows.push_back({w, t, density, t / (density * t_full_window)});
       record({{"bench", "attention"}, {"section", "window"}, {"L", L}, {"d", d}, {"heads", H}, {"causal", true},
