@@ -164,7 +164,10 @@ void tile_gemm(std::int64_t m_len, std::int64_t n_len, std::int64_t k_len, const
 // decode case, where broadcasting K would use one lane in 16):
 // s[r * lds + j] = sum_d q[r * ldq + d] k[j * ldk + d] for j < nk, r < rows;
 // lanes j in [nk, round_up(nk, W)) are set to 0. q rows must be zero-padded
-// to a multiple of W; k rows are read only up to d.
+// to a multiple of W; k rows are read only up to d. Rows go in pairs that
+// share each K load (GQA decode: the query heads of one KV head); every
+// (row, key) sum is the same sequence of operations whatever the pairing, so
+// one row alone (the backward) reproduces it bit for bit.
 template <class Isa>
 void row_dot_scores(std::int64_t rows, std::int64_t nk, std::int64_t d, const float* q, std::int64_t ldq,
                     const float* k, std::int64_t ldk, float* s, std::int64_t lds) {
@@ -173,36 +176,56 @@ void row_dot_scores(std::int64_t rows, std::int64_t nk, std::int64_t d, const fl
   constexpr int W = I::W;
   const std::int64_t dfull = d / W * W;
   const int dtail = static_cast<int>(d - dfull);
-  constexpr int G = W < 8 ? W : 8;  // keys per pass: G row pointers and accumulators live in registers
+  constexpr int G = W < 8 ? W : 8;  // keys per pass: G row pointers and 2 G accumulators live in registers
   for (std::int64_t j0 = 0; j0 < nk; j0 += W) {
     const int nb = static_cast<int>(nk - j0 < W ? nk - j0 : W);
     const float* kb = k + j0 * ldk;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      V acc[W];
-      for (int t = 0; t < W; ++t) acc[t] = I::zero();
-      const float* qr = q + r * ldq;
+    for (std::int64_t r = 0; r < rows; r += 2) {
+      const bool pair = r + 1 < rows;
+      V acc0[W], acc1[W];
+      for (int t = 0; t < W; ++t) acc0[t] = acc1[t] = I::zero();
+      const float* q0 = q + r * ldq;
+      const float* q1 = pair ? q0 + ldq : q0;
       for (int t0 = 0; t0 < nb; t0 += G) {
         const float* kp[G];
         for (int t = 0; t < G; ++t) kp[t] = kb + (t0 + t < nb ? t0 + t : t0) * ldk;  // rows past nb: never summed
         const int ng = nb - t0 < G ? nb - t0 : G;
         std::int64_t c = 0;
-        if (ng == G) {
+        if (pair && ng == G) {
           for (; c < dfull; c += W) {
-            const V qv = I::load(qr + c);
-            for (int t = 0; t < G; ++t) acc[t0 + t] = I::fmadd(I::load(kp[t] + c), qv, acc[t0 + t]);
+            const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
+            for (int t = 0; t < G; ++t) {
+              const V kv = I::load(kp[t] + c);
+              acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
+              acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
+            }
+          }
+        } else if (ng == G) {
+          for (; c < dfull; c += W) {
+            const V qv = I::load(q0 + c);
+            for (int t = 0; t < G; ++t) acc0[t0 + t] = I::fmadd(I::load(kp[t] + c), qv, acc0[t0 + t]);
           }
         } else {
           for (; c < dfull; c += W) {
-            const V qv = I::load(qr + c);
-            for (int t = 0; t < ng; ++t) acc[t0 + t] = I::fmadd(I::load(kp[t] + c), qv, acc[t0 + t]);
+            const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
+            for (int t = 0; t < ng; ++t) {
+              const V kv = I::load(kp[t] + c);
+              acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
+              if (pair) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
+            }
           }
         }
         if (dtail > 0) {
-          const V qv = I::load(qr + c);
-          for (int t = 0; t < ng; ++t) acc[t0 + t] = I::fmadd(I::load_n(kp[t] + c, dtail), qv, acc[t0 + t]);
+          const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
+          for (int t = 0; t < ng; ++t) {
+            const V kv = I::load_n(kp[t] + c, dtail);
+            acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
+            if (pair) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
+          }
         }
       }
-      I::store(s + r * lds + j0, I::sum_lanes_transposed(acc));
+      I::store(s + r * lds + j0, I::sum_lanes_transposed(acc0));
+      if (pair) I::store(s + (r + 1) * lds + j0, I::sum_lanes_transposed(acc1));
     }
   }
 }
