@@ -17,6 +17,7 @@
 #include "nn/attention/attention.h"
 #include "nn/attention/attention_problem.h"
 #include "testing/gradcheck.h"
+#include "../support/attention_spec.h"
 
 using namespace mf;
 
@@ -24,52 +25,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// One problem: batched ([B, H, L, D], equal lengths) or varlen (packed rows).
-struct Spec {
-  std::string name;
-  bool varlen = false;
-  std::int64_t hq = 4, hkv = 2, d = 8;
-  std::vector<std::int64_t> lq{5, 5}, lk{7, 7};  // per batch entry
-  AttentionOptions opt;
-  std::vector<std::int32_t> mask;  // [B, Lk] key padding (batched only), empty = none
-
-  std::int64_t batch() const { return static_cast<std::int64_t>(lq.size()); }
-  std::int64_t cu(const std::vector<std::int64_t>& l, std::int64_t b) const {
-    std::int64_t s = 0;
-    for (std::int64_t x = 0; x < b; ++x) s += l[x];
-    return s;
-  }
-  std::int64_t total_q() const { return cu(lq, batch()); }
-  std::int64_t total_k() const { return cu(lk, batch()); }
-  Shape q_shape() const { return varlen ? Shape{total_q(), hq, d} : Shape{batch(), hq, lq[0], d}; }
-  Shape k_shape() const { return varlen ? Shape{total_k(), hkv, d} : Shape{batch(), hkv, lk[0], d}; }
-  Shape lse_shape() const { return varlen ? Shape{hq, total_q()} : Shape{batch(), hq, lq[0]}; }
-  std::int64_t q_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
-    return varlen ? ((cu(lq, b) + i) * hq + h) * d : ((b * hq + h) * lq[0] + i) * d;
-  }
-  std::int64_t k_at(std::int64_t b, std::int64_t g, std::int64_t j) const {
-    return varlen ? ((cu(lk, b) + j) * hkv + g) * d : ((b * hkv + g) * lk[0] + j) * d;
-  }
-  std::int64_t lse_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
-    return varlen ? h * total_q() + cu(lq, b) + i : (b * hq + h) * lq[0] + i;
-  }
-  VarlenSeqlens seqlens() const {
-    VarlenSeqlens s;
-    for (std::int64_t b = 0; b <= batch(); ++b) {
-      s.cu_seqlens_q.push_back(cu(lq, b));
-      s.cu_seqlens_k.push_back(cu(lk, b));
-    }
-    return s;
-  }
-  AttentionOptions options() const {
-    AttentionOptions o = opt;
-    if (!mask.empty()) {
-      o.key_padding_mask = Tensor::empty({batch(), lk[0]}, DType::I32);
-      std::copy(mask.begin(), mask.end(), o.key_padding_mask.data<std::int32_t>());
-    }
-    return o;
-  }
-};
+using Spec = mf::testing::AttentionSpec;
 
 // ALiBi slopes written independently from the paper's code: geometric with
 // start = ratio = 2^(-8/n) for a power of two, else interleaved.
@@ -98,48 +54,34 @@ Naive naive_forward(const Spec& s, const std::vector<double>& q, const std::vect
   const AttentionOptions& o = s.opt;
   const double scale = o.scale > 0 ? o.scale : 1.0 / std::sqrt(static_cast<double>(s.d));
   const std::vector<double> slopes = o.alibi ? paper_slopes(s.hq) : std::vector<double>{};
-  auto is_global = [&](std::int64_t pos) {
-    for (auto g : o.global_tokens)
-      if (g == pos) return true;
-    return false;
-  };
   Naive r;
   r.out.assign(q.size(), 0.0);
   r.lse.assign(static_cast<std::size_t>(s.hq * s.total_q()), -kInf);
-  for (std::int64_t b = 0; b < s.batch(); ++b) {
-    const std::int64_t lq = s.lq[b], lk = s.lk[b];
-    for (std::int64_t h = 0; h < s.hq; ++h) {
-      const std::int64_t g = h / (s.hq / s.hkv);
-      for (std::int64_t i = 0; i < lq; ++i) {
-        const std::int64_t ip = i + lk - lq;
-        std::vector<double> sc(lk, -kInf);
-        double mx = -kInf;
-        for (std::int64_t j = 0; j < lk; ++j) {
-          bool win = (o.window_left < 0 || j >= ip - o.window_left) && (o.window_right < 0 || j <= ip + o.window_right);
-          bool vis = (win || is_global(ip) || is_global(j)) && (!o.causal || j <= ip) &&
-                     (s.mask.empty() || s.mask[b * lk + j] != 0);
-          if (!vis) continue;
-          double dotv = 0;
-          for (std::int64_t x = 0; x < s.d; ++x) dotv += q[s.q_at(b, h, i) + x] * k[s.k_at(b, g, j) + x];
-          sc[j] = scale * dotv - (o.alibi ? slopes[h] * std::fabs(static_cast<double>(ip - j)) : 0.0);
-          mx = std::max(mx, sc[j]);
-        }
-        if (mx == -kInf) continue;  // no visible key: O = 0, LSE = -inf
-        double sum = 0;
-        for (std::int64_t j = 0; j < lk; ++j) sum += std::exp(sc[j] - mx);
-        const double lse = mx + std::log(sum);
-        r.lse[s.lse_at(b, h, i)] = lse;
-        for (std::int64_t j = 0; j < lk; ++j) {
-          double pj = std::exp(sc[j] - lse);
-          if (o.dropout_p > 0) {
-            const bool keep = rng_uniform(o.dropout_seed, b * s.hq + h, i * lk + j) >= o.dropout_p;
-            pj = keep ? pj / (1.0 - o.dropout_p) : 0.0;
-          }
-          for (std::int64_t x = 0; x < s.d; ++x) r.out[s.q_at(b, h, i) + x] += pj * v[s.k_at(b, g, j) + x];
-        }
-      }
+  s.for_each_query_row([&](const Spec::Row& row) {
+    const auto [b, h, g, i, ip, lk] = row;
+    std::vector<double> sc(lk, -kInf);
+    double mx = -kInf;
+    for (std::int64_t j = 0; j < lk; ++j) {
+      if (!s.visible(b, ip, j)) continue;
+      double dotv = 0;
+      for (std::int64_t x = 0; x < s.d; ++x) dotv += q[s.q_at(b, h, i) + x] * k[s.k_at(b, g, j) + x];
+      sc[j] = scale * dotv - (o.alibi ? slopes[h] * std::fabs(static_cast<double>(ip - j)) : 0.0);
+      mx = std::max(mx, sc[j]);
     }
-  }
+    if (mx == -kInf) return;  // no visible key: O = 0, LSE = -inf
+    double sum = 0;
+    for (std::int64_t j = 0; j < lk; ++j) sum += std::exp(sc[j] - mx);
+    const double lse = mx + std::log(sum);
+    r.lse[s.lse_at(b, h, i)] = lse;
+    for (std::int64_t j = 0; j < lk; ++j) {
+      double pj = std::exp(sc[j] - lse);
+      if (o.dropout_p > 0) {
+        const bool keep = rng_uniform(o.dropout_seed, b * s.hq + h, i * lk + j) >= o.dropout_p;
+        pj = keep ? pj / (1.0 - o.dropout_p) : 0.0;
+      }
+      for (std::int64_t x = 0; x < s.d; ++x) r.out[s.q_at(b, h, i) + x] += pj * v[s.k_at(b, g, j) + x];
+    }
+  });
   return r;
 }
 
@@ -149,14 +91,11 @@ std::vector<double> to_double(const Tensor& t) {
 }
 
 AttentionOutput run_fwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v) {
-  return s.varlen ? attention_varlen_forward(q, k, v, s.seqlens(), s.options(), AttentionImpl::Dense)
-                  : attention_forward(q, k, v, s.options(), AttentionImpl::Dense);
+  return mf::testing::run_attention_forward(s, q, k, v, AttentionImpl::Dense);
 }
 AttentionGrads run_bwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOutput& f,
                        const Tensor& dout) {
-  return s.varlen ? attention_varlen_backward(q, k, v, f.out, f.lse, dout, s.seqlens(), s.options(),
-                                              AttentionImpl::Dense)
-                  : attention_backward(q, k, v, f.out, f.lse, dout, s.options(), AttentionImpl::Dense);
+  return mf::testing::run_attention_backward(s, q, k, v, f, dout, AttentionImpl::Dense);
 }
 
 double max_abs(const std::vector<double>& a) {
@@ -167,57 +106,51 @@ double max_abs(const std::vector<double>& a) {
 
 // The grid of option combinations (small shapes) that every check runs on.
 std::vector<Spec> option_grid() {
-  std::vector<Spec> g;
-  auto add = [&](const std::string& name, const std::function<void(Spec&)>& f) {
-    Spec s;
-    s.name = name;
-    f(s);
-    g.push_back(s);
-  };
-  add("plain_gqa2", [](Spec&) {});
-  add("mha", [](Spec& s) { s.hkv = 4; });
-  add("mqa", [](Spec& s) { s.hkv = 1; });
-  add("causal", [](Spec& s) { s.opt.causal = true; });
-  add("causal_lq_gt_lk_empty_rows", [](Spec& s) {
+  mf::testing::SpecGrid<Spec> g;
+  g.add("plain_gqa2", [](Spec&) {});
+  g.add("mha", [](Spec& s) { s.hkv = 4; });
+  g.add("mqa", [](Spec& s) { s.hkv = 1; });
+  g.add("causal", [](Spec& s) { s.opt.causal = true; });
+  g.add("causal_lq_gt_lk_empty_rows", [](Spec& s) {
     s.lq = {7, 7};
     s.lk = {5, 5};
     s.opt.causal = true;
   });
-  add("window_2_1", [](Spec& s) {
+  g.add("window_2_1", [](Spec& s) {
     s.opt.window_left = 2;
     s.opt.window_right = 1;
   });
-  add("window_0_0", [](Spec& s) {
+  g.add("window_0_0", [](Spec& s) {
     s.opt.window_left = 0;
     s.opt.window_right = 0;
   });
-  add("causal_left3", [](Spec& s) {
+  g.add("causal_left3", [](Spec& s) {
     s.opt.causal = true;
     s.opt.window_left = 3;
   });
-  add("globals_window", [](Spec& s) {
+  g.add("globals_window", [](Spec& s) {
     s.opt.window_left = 1;
     s.opt.window_right = 1;
     s.opt.global_tokens = {0, 4};
   });
-  add("alibi_causal_h6", [](Spec& s) {
+  g.add("alibi_causal_h6", [](Spec& s) {
     s.hq = 6;
     s.hkv = 3;
     s.opt.alibi = true;
     s.opt.causal = true;
   });
-  add("scale", [](Spec& s) { s.opt.scale = 0.7f; });
-  add("key_padding", [](Spec& s) { s.mask = {1, 1, 0, 1, 1, 0, 1, /*b1*/ 0, 1, 1, 1, 0, 0, 0}; });
-  add("padding_empty_row", [](Spec& s) {
+  g.add("scale", [](Spec& s) { s.opt.scale = 0.7f; });
+  g.add("key_padding", [](Spec& s) { s.mask = {1, 1, 0, 1, 1, 0, 1, /*b1*/ 0, 1, 1, 1, 0, 0, 0}; });
+  g.add("padding_empty_row", [](Spec& s) {
     s.opt.window_left = 0;
     s.opt.window_right = 0;
     s.mask = {1, 1, 1, 0, 1, 1, 1, /*b1*/ 1, 1, 1, 1, 1, 0, 1};
   });
-  add("dropout", [](Spec& s) {
+  g.add("dropout", [](Spec& s) {
     s.opt.dropout_p = 0.3f;
     s.opt.dropout_seed = 42;
   });
-  add("everything", [](Spec& s) {
+  g.add("everything", [](Spec& s) {
     s.hq = 8;
     s.hkv = 2;
     s.d = 16;
@@ -231,12 +164,12 @@ std::vector<Spec> option_grid() {
     s.opt.dropout_seed = 7;
     s.mask = {1, 1, 1, 1, 0, 1, 1, /*b1*/ 1, 0, 1, 1, 1, 1, 1};
   });
-  add("varlen", [](Spec& s) {
+  g.add("varlen", [](Spec& s) {
     s.varlen = true;
     s.lq = {3, 6, 1};
     s.lk = {5, 6, 4};
   });
-  add("varlen_causal_alibi_dropout_empty_seq", [](Spec& s) {
+  g.add("varlen_causal_alibi_dropout_empty_seq", [](Spec& s) {
     s.varlen = true;
     s.lq = {4, 2, 3};
     s.lk = {6, 0, 3};
@@ -245,7 +178,7 @@ std::vector<Spec> option_grid() {
     s.opt.dropout_p = 0.2f;
     s.opt.dropout_seed = 3;
   });
-  return g;
+  return g.specs();
 }
 
 void expect_error(const std::function<void()>& f, const std::string& needle) {

@@ -24,6 +24,7 @@
 #include "nn/attention/flash_decode.h"
 #include "nn/attention/flash_tiles.h"
 #include "testing/gradcheck.h"
+#include "../support/attention_spec.h"
 #include "../support/fixtures.h"
 
 using namespace mf;
@@ -148,50 +149,8 @@ TEST(FlashTiles, Exp2IsAccurateAndZeroBelowRange) {
 
 // ------------------------------------------------------------ naive reference
 
-struct Spec {
-  std::string name;
-  bool varlen = false;
-  std::int64_t hq = 4, hkv = 2, d = 8;
-  std::vector<std::int64_t> lq{5, 5}, lk{7, 7};
-  AttentionOptions opt;
-  std::vector<std::int32_t> mask;  // [B, Lk] (batched only)
-  float qmul = 1.0f;               // logits scale-up (x30 cases)
-
-  std::int64_t batch() const { return static_cast<std::int64_t>(lq.size()); }
-  static std::int64_t cu(const std::vector<std::int64_t>& l, std::int64_t b) {
-    std::int64_t s = 0;
-    for (std::int64_t x = 0; x < b; ++x) s += l[x];
-    return s;
-  }
-  std::int64_t total_q() const { return cu(lq, batch()); }
-  std::int64_t total_k() const { return cu(lk, batch()); }
-  Shape q_shape() const { return varlen ? Shape{total_q(), hq, d} : Shape{batch(), hq, lq[0], d}; }
-  Shape k_shape() const { return varlen ? Shape{total_k(), hkv, d} : Shape{batch(), hkv, lk[0], d}; }
-  std::int64_t q_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
-    return varlen ? ((cu(lq, b) + i) * hq + h) * d : ((b * hq + h) * lq[0] + i) * d;
-  }
-  std::int64_t k_at(std::int64_t b, std::int64_t g, std::int64_t j) const {
-    return varlen ? ((cu(lk, b) + j) * hkv + g) * d : ((b * hkv + g) * lk[0] + j) * d;
-  }
-  std::int64_t lse_at(std::int64_t b, std::int64_t h, std::int64_t i) const {
-    return varlen ? h * total_q() + cu(lq, b) + i : (b * hq + h) * lq[0] + i;
-  }
-  VarlenSeqlens seqlens() const {
-    VarlenSeqlens s;
-    for (std::int64_t b = 0; b <= batch(); ++b) {
-      s.cu_seqlens_q.push_back(cu(lq, b));
-      s.cu_seqlens_k.push_back(cu(lk, b));
-    }
-    return s;
-  }
-  AttentionOptions options() const {
-    AttentionOptions o = opt;
-    if (!mask.empty()) {
-      o.key_padding_mask = Tensor::empty({batch(), lk[0]}, DType::I32);
-      std::copy(mask.begin(), mask.end(), o.key_padding_mask.data<std::int32_t>());
-    }
-    return o;
-  }
+struct Spec : mf::testing::AttentionSpec {
+  float qmul = 1.0f;  // logits scale-up (x30 cases)
 };
 
 // The semantics of attention.h per element, in precision T, materializing
@@ -211,9 +170,6 @@ Naive<T> naive(const Spec& s, const std::vector<float>& qf, const std::vector<fl
   const AttentionOptions& o = s.opt;
   const T scale = o.scale > 0 ? static_cast<T>(o.scale) : static_cast<T>(1.0 / std::sqrt(static_cast<double>(s.d)));
   const std::vector<float> slopes = o.alibi ? alibi_slopes(s.hq) : std::vector<float>{};
-  auto is_global = [&](std::int64_t pos) {
-    return std::find(o.global_tokens.begin(), o.global_tokens.end(), pos) != o.global_tokens.end();
-  };
   Naive<T> r;
   r.out.assign(qf.size(), T(0));
   r.dq.assign(qf.size(), T(0));
@@ -223,75 +179,63 @@ Naive<T> naive(const Spec& s, const std::vector<float>& qf, const std::vector<fl
   r.dk_mag.assign(kf.size(), T(0));
   r.lse.assign(static_cast<std::size_t>(s.hq * s.total_q()), static_cast<T>(-kInf));
   const std::int64_t D = s.d;
-  for (std::int64_t b = 0; b < s.batch(); ++b) {
-    const std::int64_t lq = s.lq[b], lk = s.lk[b];
-    for (std::int64_t h = 0; h < s.hq; ++h) {
-      const std::int64_t g = h / (s.hq / s.hkv);
-      for (std::int64_t i = 0; i < lq; ++i) {
-        const std::int64_t ip = i + lk - lq;
-        std::vector<T> sc(lk, static_cast<T>(-kInf)), p(lk, T(0)), keep(lk, T(0));
-        T mx = static_cast<T>(-kInf);
-        const float* qi = &qf[s.q_at(b, h, i)];
-        for (std::int64_t j = 0; j < lk; ++j) {
-          const bool win =
-              (o.window_left < 0 || j >= ip - o.window_left) && (o.window_right < 0 || j <= ip + o.window_right);
-          const bool vis = (win || is_global(ip) || is_global(j)) && (!o.causal || j <= ip) &&
-                           (s.mask.empty() || s.mask[b * lk + j] != 0);
-          if (!vis) continue;
-          T dot = 0;
-          for (std::int64_t x = 0; x < D; ++x) dot += static_cast<T>(qi[x]) * static_cast<T>(kf[s.k_at(b, g, j) + x]);
-          sc[j] = scale * dot - (o.alibi ? static_cast<T>(slopes[h]) * static_cast<T>(std::abs(ip - j)) : T(0));
-          mx = std::max(mx, sc[j]);
-        }
-        if (mx == static_cast<T>(-kInf)) continue;
-        T sum = 0;
-        for (std::int64_t j = 0; j < lk; ++j) sum += std::exp(sc[j] - mx);
-        const T lse = mx + std::log(sum);
-        r.lse[s.lse_at(b, h, i)] = lse;
-        T* oi = &r.out[s.q_at(b, h, i)];
-        for (std::int64_t j = 0; j < lk; ++j) {
-          p[j] = std::exp(sc[j] - lse);
-          keep[j] = T(1);
-          if (o.dropout_p > 0)
-            keep[j] = rng_uniform(o.dropout_seed, static_cast<std::uint64_t>(b * s.hq + h),
-                                  static_cast<std::uint64_t>(i * lk + j)) >= o.dropout_p
-                          ? T(1) / (T(1) - static_cast<T>(o.dropout_p))
-                          : T(0);
-          for (std::int64_t x = 0; x < D; ++x) oi[x] += p[j] * keep[j] * static_cast<T>(vf[s.k_at(b, g, j) + x]);
-        }
-        // Backward: dV += Z^T dO, dP = dO V^T, dS = P (keep dP - Di), dQ = scale dS K, dK = scale dS^T Q.
-        const float* doi = &dof[s.q_at(b, h, i)];
-        T di = 0;
-        for (std::int64_t x = 0; x < D; ++x) di += static_cast<T>(doi[x]) * oi[x];
-        for (std::int64_t j = 0; j < lk; ++j) {
-          if (p[j] == T(0)) continue;
-          T dp = 0;
-          for (std::int64_t x = 0; x < D; ++x) dp += static_cast<T>(doi[x]) * static_cast<T>(vf[s.k_at(b, g, j) + x]);
-          const T ds = p[j] * (keep[j] * dp - di) * scale;
-          const T ds_mag = p[j] * (std::abs(keep[j] * dp) + std::abs(di)) * scale;
-          for (std::int64_t x = 0; x < D; ++x) {
-            r.dv[s.k_at(b, g, j) + x] += p[j] * keep[j] * static_cast<T>(doi[x]);
-            r.dq[s.q_at(b, h, i) + x] += ds * static_cast<T>(kf[s.k_at(b, g, j) + x]);
-            r.dk[s.k_at(b, g, j) + x] += ds * static_cast<T>(qi[x]);
-            r.dq_mag[s.q_at(b, h, i) + x] += ds_mag * std::abs(static_cast<T>(kf[s.k_at(b, g, j) + x]));
-            r.dk_mag[s.k_at(b, g, j) + x] += ds_mag * std::abs(static_cast<T>(qi[x]));
-          }
-        }
+  s.for_each_query_row([&](const Spec::Row& row) {
+    const auto [b, h, g, i, ip, lk] = row;
+    std::vector<T> sc(lk, static_cast<T>(-kInf)), p(lk, T(0)), keep(lk, T(0));
+    T mx = static_cast<T>(-kInf);
+    const float* qi = &qf[s.q_at(b, h, i)];
+    for (std::int64_t j = 0; j < lk; ++j) {
+      if (!s.visible(b, ip, j)) continue;
+      T dot = 0;
+      for (std::int64_t x = 0; x < D; ++x) dot += static_cast<T>(qi[x]) * static_cast<T>(kf[s.k_at(b, g, j) + x]);
+      sc[j] = scale * dot - (o.alibi ? static_cast<T>(slopes[h]) * static_cast<T>(std::abs(ip - j)) : T(0));
+      mx = std::max(mx, sc[j]);
+    }
+    if (mx == static_cast<T>(-kInf)) return;
+    T sum = 0;
+    for (std::int64_t j = 0; j < lk; ++j) sum += std::exp(sc[j] - mx);
+    const T lse = mx + std::log(sum);
+    r.lse[s.lse_at(b, h, i)] = lse;
+    T* oi = &r.out[s.q_at(b, h, i)];
+    for (std::int64_t j = 0; j < lk; ++j) {
+      p[j] = std::exp(sc[j] - lse);
+      keep[j] = T(1);
+      if (o.dropout_p > 0)
+        keep[j] = rng_uniform(o.dropout_seed, static_cast<std::uint64_t>(b * s.hq + h),
+                              static_cast<std::uint64_t>(i * lk + j)) >= o.dropout_p
+                      ? T(1) / (T(1) - static_cast<T>(o.dropout_p))
+                      : T(0);
+      for (std::int64_t x = 0; x < D; ++x) oi[x] += p[j] * keep[j] * static_cast<T>(vf[s.k_at(b, g, j) + x]);
+    }
+    // Backward: dV += Z^T dO, dP = dO V^T, dS = P (keep dP - Di), dQ = scale dS K, dK = scale dS^T Q.
+    const float* doi = &dof[s.q_at(b, h, i)];
+    T di = 0;
+    for (std::int64_t x = 0; x < D; ++x) di += static_cast<T>(doi[x]) * oi[x];
+    for (std::int64_t j = 0; j < lk; ++j) {
+      if (p[j] == T(0)) continue;
+      T dp = 0;
+      for (std::int64_t x = 0; x < D; ++x) dp += static_cast<T>(doi[x]) * static_cast<T>(vf[s.k_at(b, g, j) + x]);
+      const T ds = p[j] * (keep[j] * dp - di) * scale;
+      const T ds_mag = p[j] * (std::abs(keep[j] * dp) + std::abs(di)) * scale;
+      for (std::int64_t x = 0; x < D; ++x) {
+        r.dv[s.k_at(b, g, j) + x] += p[j] * keep[j] * static_cast<T>(doi[x]);
+        r.dq[s.q_at(b, h, i) + x] += ds * static_cast<T>(kf[s.k_at(b, g, j) + x]);
+        r.dk[s.k_at(b, g, j) + x] += ds * static_cast<T>(qi[x]);
+        r.dq_mag[s.q_at(b, h, i) + x] += ds_mag * std::abs(static_cast<T>(kf[s.k_at(b, g, j) + x]));
+        r.dk_mag[s.k_at(b, g, j) + x] += ds_mag * std::abs(static_cast<T>(qi[x]));
       }
     }
-  }
+  });
   return r;
 }
 
 AttentionOutput run_fwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v,
                         AttentionImpl impl = AttentionImpl::Flash) {
-  return s.varlen ? attention_varlen_forward(q, k, v, s.seqlens(), s.options(), impl)
-                  : attention_forward(q, k, v, s.options(), impl);
+  return mf::testing::run_attention_forward(s, q, k, v, impl);
 }
 AttentionGrads run_bwd(const Spec& s, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOutput& f,
                        const Tensor& dout, AttentionImpl impl = AttentionImpl::Flash) {
-  return s.varlen ? attention_varlen_backward(q, k, v, f.out, f.lse, dout, s.seqlens(), s.options(), impl)
-                  : attention_backward(q, k, v, f.out, f.lse, dout, s.options(), impl);
+  return mf::testing::run_attention_backward(s, q, k, v, f, dout, impl);
 }
 
 struct Inputs {
@@ -373,49 +317,44 @@ void check_spec(const Spec& s, std::uint64_t seed, bool backward = true) {
 // Every option, on lengths that cross tiles (with 16-wide test tiles) and
 // are not multiples of them.
 std::vector<Spec> option_grid() {
-  std::vector<Spec> g;
-  auto add = [&](const std::string& name, const std::function<void(Spec&)>& f) {
-    Spec s;
-    s.name = name;
-    s.lq = {37, 37};
-    s.lk = {45, 45};
-    f(s);
-    g.push_back(s);
-  };
-  add("plain_gqa2", [](Spec&) {});
-  add("mha_d24", [](Spec& s) {
+  Spec base;
+  base.lq = {37, 37};
+  base.lk = {45, 45};
+  mf::testing::SpecGrid<Spec> g(base);
+  g.add("plain_gqa2", [](Spec&) {});
+  g.add("mha_d24", [](Spec& s) {
     s.hkv = 4;
     s.d = 24;
   });
-  add("mqa_d80", [](Spec& s) {
+  g.add("mqa_d80", [](Spec& s) {
     s.hkv = 1;
     s.d = 80;
   });
-  add("causal", [](Spec& s) { s.opt.causal = true; });
-  add("causal_lq_gt_lk_empty_rows", [](Spec& s) {
+  g.add("causal", [](Spec& s) { s.opt.causal = true; });
+  g.add("causal_lq_gt_lk_empty_rows", [](Spec& s) {
     s.lq = {50, 50};
     s.lk = {21, 21};
     s.opt.causal = true;
   });
-  add("lq_gt_lk", [](Spec& s) {
+  g.add("lq_gt_lk", [](Spec& s) {
     s.lq = {40, 40};
     s.lk = {19, 19};
   });
-  add("window_2_1", [](Spec& s) {
+  g.add("window_2_1", [](Spec& s) {
     s.opt.window_left = 2;
     s.opt.window_right = 1;
   });
-  add("window_0_0", [](Spec& s) {
+  g.add("window_0_0", [](Spec& s) {
     s.opt.window_left = 0;
     s.opt.window_right = 0;
   });
-  add("window_left_only_20", [](Spec& s) { s.opt.window_left = 20; });
-  add("window_right_only_3", [](Spec& s) { s.opt.window_right = 3; });
-  add("causal_left17", [](Spec& s) {
+  g.add("window_left_only_20", [](Spec& s) { s.opt.window_left = 20; });
+  g.add("window_right_only_3", [](Spec& s) { s.opt.window_right = 3; });
+  g.add("causal_left17", [](Spec& s) {
     s.opt.causal = true;
     s.opt.window_left = 17;
   });
-  add("window_9_4_alibi_padding_gqa4", [](Spec& s) {  // a narrow window's one-tile reach, element masks
+  g.add("window_9_4_alibi_padding_gqa4", [](Spec& s) {  // a narrow window's one-tile reach, element masks
     s.hq = 8;
     s.hkv = 2;
     s.opt.window_left = 9;
@@ -424,55 +363,55 @@ std::vector<Spec> option_grid() {
     for (int b = 0; b < 2; ++b)
       for (int j = 0; j < 45; ++j) s.mask.push_back((j * 5 + b) % 7 == 0 ? 0 : 1);
   });
-  add("causal_left250_long", [](Spec& s) {  // reach over 256 keys: grid-aligned key tiles
+  g.add("causal_left250_long", [](Spec& s) {  // reach over 256 keys: grid-aligned key tiles
     s.lq = {300, 300};
     s.lk = {310, 310};
     s.opt.causal = true;
     s.opt.window_left = 250;
   });
-  add("globals_window", [](Spec& s) {
+  g.add("globals_window", [](Spec& s) {
     s.opt.window_left = 3;
     s.opt.window_right = 1;
     s.opt.global_tokens = {0, 20, 44};
   });
-  add("globals_causal_window", [](Spec& s) {
+  g.add("globals_causal_window", [](Spec& s) {
     s.opt.causal = true;
     s.opt.window_left = 2;
     s.opt.global_tokens = {5, 30};
   });
-  add("alibi_pow2_h8_causal", [](Spec& s) {
+  g.add("alibi_pow2_h8_causal", [](Spec& s) {
     s.hq = 8;
     s.hkv = 2;
     s.opt.alibi = true;
     s.opt.causal = true;
   });
-  add("alibi_h6", [](Spec& s) {
+  g.add("alibi_h6", [](Spec& s) {
     s.hq = 6;
     s.hkv = 3;
     s.opt.alibi = true;
   });
-  add("scale", [](Spec& s) { s.opt.scale = 0.7f; });
-  add("key_padding", [](Spec& s) {
+  g.add("scale", [](Spec& s) { s.opt.scale = 0.7f; });
+  g.add("key_padding", [](Spec& s) {
     for (int b = 0; b < 2; ++b)
       for (int j = 0; j < 45; ++j) s.mask.push_back((j * 7 + b * 3) % 5 == 0 ? 0 : 1);
     for (int j = 16; j < 32; ++j) s.mask[j] = 0;  // a whole 16-key tile padded in entry 0
   });
-  add("padding_empty_rows", [](Spec& s) {
+  g.add("padding_empty_rows", [](Spec& s) {
     s.opt.window_left = 0;
     s.opt.window_right = 0;
     for (int b = 0; b < 2; ++b)
       for (int j = 0; j < 45; ++j) s.mask.push_back(b == 1 || j % 3 != 0 ? 1 : 0);
   });
-  add("all_padded", [](Spec& s) { s.mask.assign(90, 0); });
-  add("dropout", [](Spec& s) {
+  g.add("all_padded", [](Spec& s) { s.mask.assign(90, 0); });
+  g.add("dropout", [](Spec& s) {
     s.opt.dropout_p = 0.3f;
     s.opt.dropout_seed = 42;
   });
-  add("logits_x30_causal", [](Spec& s) {
+  g.add("logits_x30_causal", [](Spec& s) {
     s.qmul = 30.0f;
     s.opt.causal = true;
   });
-  add("everything", [](Spec& s) {
+  g.add("everything", [](Spec& s) {
     s.hq = 8;
     s.hkv = 2;
     s.d = 16;
@@ -487,12 +426,12 @@ std::vector<Spec> option_grid() {
     for (int b = 0; b < 2; ++b)
       for (int j = 0; j < 45; ++j) s.mask.push_back(j % 11 == 4 ? 0 : 1);
   });
-  add("varlen", [](Spec& s) {
+  g.add("varlen", [](Spec& s) {
     s.varlen = true;
     s.lq = {3, 40, 1, 17};
     s.lk = {5, 40, 33, 0};
   });
-  add("varlen_causal_alibi_window_dropout", [](Spec& s) {
+  g.add("varlen_causal_alibi_window_dropout", [](Spec& s) {
     s.varlen = true;
     s.hq = 6;
     s.hkv = 2;
@@ -504,7 +443,7 @@ std::vector<Spec> option_grid() {
     s.opt.dropout_p = 0.2f;
     s.opt.dropout_seed = 3;
   });
-  return g;
+  return g.specs();
 }
 
 // 16-wide tiles, so that small shapes cross many tiles; small_rows picks the

@@ -15,27 +15,16 @@
 #include "core/atomic_file.h"
 #include "model/config.h"
 #include "model/transformer.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
+using mf::testing::tiny_llama_config;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kPython = "/usr/bin/python3";
 const std::string kScript = std::string(MODFORMER_FIXTURES_DIR) + "/../../bench/train_pytorch.py";
-
-ModelConfig tiny_llama() {
-  ModelConfig c;  // llama: RoPE, GQA, RMSNorm pre-norm, SwiGLU
-  c.vocab_size = 256;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  return c;
-}
 
 std::string temp_dir(const std::string& tag) {
   const fs::path d = fs::temp_directory_path() / ("mf_bench_train_" + std::to_string(::getpid()) + "_" + tag);
@@ -49,7 +38,7 @@ std::string temp_dir(const std::string& tag) {
 std::string twin_unavailable() {
   static const std::string why = [] {
     const std::string dir = temp_dir("probe");
-    save_config(dir + "/tiny.json", tiny_llama());
+    save_config(dir + "/tiny.json", tiny_llama_config());
     std::string reason;
     const nlohmann::json j =
         bench::run_train_script(kPython, kScript, {"--config", dir + "/tiny.json", "--count-params"}, reason);
@@ -66,7 +55,7 @@ std::string twin_unavailable() {
 
 TEST(BenchTrain, CliRunsTinyConfigAndWritesJson) {
   const std::string dir = temp_dir("cli");
-  save_config(dir + "/tiny.json", tiny_llama());
+  save_config(dir + "/tiny.json", tiny_llama_config());
   const std::string out = dir + "/bench.json";
   const std::string cmd = std::string(MODFORMER_CLI_PATH) + " --threads 1 bench train --config " + dir +
                           "/tiny.json --batch-size 2 --seq-len 16 --warmup 1 --steps 2 --no-pytorch --no-progress"
@@ -77,7 +66,7 @@ TEST(BenchTrain, CliRunsTinyConfigAndWritesJson) {
   EXPECT_EQ(j.at("batch_size"), 2);
   EXPECT_EQ(j.at("seq_len"), 16);
   EXPECT_EQ(j.at("threads"), 1);
-  EXPECT_EQ(j.at("parameters").at("modformer").get<std::int64_t>(), Transformer(tiny_llama(), 0).num_parameters());
+  EXPECT_EQ(j.at("parameters").at("modformer").get<std::int64_t>(), Transformer(tiny_llama_config(), 0).num_parameters());
   const nlohmann::json& m = j.at("modformer");
   EXPECT_GT(m.at("tokens_per_s").get<double>(), 0);
   const nlohmann::json& ph = m.at("phases");
@@ -102,9 +91,9 @@ TEST(BenchTrain, CliRunsTinyConfigAndWritesJson) {
 }
 
 TEST(BenchTrain, BadOptionsAreNamed) {
-  EXPECT_THROW(bench::measure_modformer_training(tiny_llama(), 2, 65, 0, 1, false), Error);  // > max positions
+  EXPECT_THROW(bench::measure_modformer_training(tiny_llama_config(), 2, 65, 0, 1, false), Error);  // > max positions
   try {
-    bench::measure_modformer_training(tiny_llama(), 0, 8, 0, 1, false);
+    bench::measure_modformer_training(tiny_llama_config(), 0, 8, 0, 1, false);
     FAIL() << "batch 0 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("[bench train] batch (0)"), std::string::npos) << e.what();
@@ -120,10 +109,10 @@ TEST(BenchTrain, PytorchTwinHasOurParameterCount) {
   if (const std::string why = twin_unavailable(); !why.empty())
     GTEST_SKIP() << "PyTorch twin not runnable here (CI installs python3-torch): " << why;
   std::vector<ModelConfig> configs;
-  ModelConfig tied = tiny_llama();  // tied embeddings: counted once on both sides
+  ModelConfig tied = tiny_llama_config();  // tied embeddings: counted once on both sides
   tied.tie_word_embeddings = true;
   configs.push_back(tied);
-  ModelConfig mqa = tiny_llama();  // MQA, biases, head_dim * heads != hidden
+  ModelConfig mqa = tiny_llama_config();  // MQA, biases, head_dim * heads != hidden
   mqa.num_key_value_heads = 1;
   mqa.head_dim = 16;
   mqa.attention_bias = true;
@@ -146,7 +135,7 @@ TEST(BenchTrain, PytorchTwinComputesOurLossForOurWeights) {
   const std::string dir = temp_dir("loss");
   std::vector<double> losses;
   for (const bool window : {false, true}) {  // the twin's mask must match ours with a sliding window too
-    ModelConfig c = tiny_llama();
+    ModelConfig c = tiny_llama_config();
     if (window) {
       c.model_type = "modformer";  // "llama" has no sliding window
       c.sliding_window = 5;
@@ -186,7 +175,7 @@ TEST(BenchTrain, PytorchTwinRefusesWhatItDoesNotModel) {
   if (const std::string why = twin_unavailable(); !why.empty())
     GTEST_SKIP() << "PyTorch twin not runnable here (CI installs python3-torch): " << why;
   const std::string dir = temp_dir("refuse");
-  ModelConfig c = tiny_llama();
+  ModelConfig c = tiny_llama_config();
   c.model_type = "modformer";
   c.norm = NormKind::LayerNorm;
   save_config(dir + "/ln.json", c);

@@ -12,26 +12,15 @@
 #include "nn/block/decoder_block.h"
 #include "nn/norm/norm.h"
 #include "testing/gradcheck.h"
+#include "../support/parameters.h"
+#include "../support/threads.h"
 
 using namespace mf;
+using mf::testing::ScopedThreads;
 
 namespace {
 
-struct SingleThread {
-  int prev = num_threads();
-  SingleThread() { set_num_threads(1); }
-  ~SingleThread() { set_num_threads(prev); }
-};
-
-struct Params {
-  std::vector<std::unique_ptr<Parameter>> owned;
-  std::uint64_t seed = 0;
-  Parameter* make(const std::string& name, const Shape& shape, float mean, float scale) {
-    Tensor v = randn(shape, seed, owned.size());
-    for (float& x : std::span(v.data<float>(), v.numel())) x = mean + scale * x;
-    owned.push_back(std::make_unique<Parameter>(name, v, true));
-    return owned.back().get();
-  }
+struct Params : mf::testing::OwnedParameters {
   NormParams norm(NormKind kind, std::int64_t c) {
     NormParams n;
     n.kind = kind;
@@ -40,22 +29,12 @@ struct Params {
     if (kind == NormKind::LayerNorm) n.bias = make("norm.bias", {c}, 0.0f, 0.2f);
     return n;
   }
-  std::vector<Tensor> values() const {
-    std::vector<Tensor> v;
-    for (const auto& q : owned) v.push_back(q->value);
-    return v;
-  }
-  std::vector<Tensor> grads() const {
-    std::vector<Tensor> v;
-    for (const auto& q : owned) v.push_back(q->grad);
-    return v;
-  }
 };
 
 }  // namespace
 
 TEST(NormModule, BackwardMatchesFiniteDifferences) {
-  SingleThread one;
+  ScopedThreads one(1);
   for (NormKind kind : {NormKind::RMSNorm, NormKind::LayerNorm}) {
     Params ps;
     ps.seed = 3;
@@ -151,7 +130,7 @@ struct BlockFixture {
 class BlockPlacements : public ::testing::TestWithParam<BlockCase> {};
 
 TEST_P(BlockPlacements, BackwardMatchesFiniteDifferences) {
-  SingleThread one;
+  ScopedThreads one(1);
   BlockFixture f(GetParam());
   const std::int64_t B = 2, L = 5, N = B * L, C = BlockFixture::C;
   const AttentionCall call{B, L, 0, nullptr};

@@ -16,8 +16,11 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "train/data.h"
+#include "../support/threads.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
+using mf::testing::ScopedThreads;
 
 namespace {
 
@@ -51,21 +54,8 @@ RunResult run_cli(const std::string& args, const std::filesystem::path& dir) {
   return r;
 }
 
-struct Threads {
-  int prev = num_threads();
-  explicit Threads(int n) { set_num_threads(n); }
-  ~Threads() { set_num_threads(prev); }
-};
-
 ModelConfig tiny_byte_config() {
-  ModelConfig c;  // Llama-style over bytes, tiny
-  c.vocab_size = 256;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
+  ModelConfig c = mf::testing::tiny_llama_config();
   c.max_position_embeddings = 48;
   c.initializer_range = 0.3;  // peaked enough that greedy output is not a single repeated byte
   validate_config(c, "tiny_byte_config");
@@ -102,7 +92,7 @@ TEST_F(CliGenerate, StreamsTheLibraryGreedyTextAndReportsTokensPerSecond) {
     BackendGuard() { set_gemm_backend(GemmBackend::OpenBLAS); }
     ~BackendGuard() { set_gemm_backend(prev); }
   } backend;
-  Threads one(1);
+  ScopedThreads one(1);
   auto model = load_checkpoint(model_);
   GenerateOptions g;
   g.max_new_tokens = 20;

@@ -12,49 +12,30 @@
 #include "core/threads.h"
 #include "nn/ffn/ffn.h"
 #include "testing/gradcheck.h"
+#include "../support/parameters.h"
+#include "../support/threads.h"
 
 using namespace mf;
+using mf::testing::ScopedThreads;
 
 namespace {
 
-struct SingleThread {
-  int prev = num_threads();
-  SingleThread() { set_num_threads(1); }
-  ~SingleThread() { set_num_threads(prev); }
-};
-
-struct FfnFixture {
-  std::vector<std::unique_ptr<Parameter>> owned;
+struct FfnFixture : mf::testing::OwnedParameters {
   FfnParams p;
 
-  FfnFixture(FfnKind kind, Activation act, bool bias, std::int64_t c, std::int64_t i, std::uint64_t seed) {
-    auto make = [&](const std::string& name, const Shape& shape, float scale) {
-      Tensor v = randn(shape, seed, owned.size());
-      for (float& x : std::span(v.data<float>(), v.numel())) x *= scale;
-      owned.push_back(std::make_unique<Parameter>(name, v, true));
-      return owned.back().get();
-    };
+  FfnFixture(FfnKind kind, Activation act, bool bias, std::int64_t c, std::int64_t i, std::uint64_t param_seed) {
+    seed = param_seed;
     p.kind = kind;
     p.act = act;
     const float ws = 1.0f / std::sqrt(static_cast<float>(c));
-    if (kind != FfnKind::MLP) p.gate = make("gate", {i, c}, ws);
-    p.up = make("up", {i, c}, ws);
-    p.down = make("down", {c, i}, 1.0f / std::sqrt(static_cast<float>(i)));
+    if (kind != FfnKind::MLP) p.gate = make("gate", {i, c}, 0.0f, ws);
+    p.up = make("up", {i, c}, 0.0f, ws);
+    p.down = make("down", {c, i}, 0.0f, 1.0f / std::sqrt(static_cast<float>(i)));
     if (bias) {
-      if (kind != FfnKind::MLP) p.gate_bias = make("gate_bias", {i}, 0.3f);
-      p.up_bias = make("up_bias", {i}, 0.3f);
-      p.down_bias = make("down_bias", {c}, 0.3f);
+      if (kind != FfnKind::MLP) p.gate_bias = make("gate_bias", {i}, 0.0f, 0.3f);
+      p.up_bias = make("up_bias", {i}, 0.0f, 0.3f);
+      p.down_bias = make("down_bias", {c}, 0.0f, 0.3f);
     }
-  }
-  std::vector<Tensor> values() const {
-    std::vector<Tensor> v;
-    for (const auto& q : owned) v.push_back(q->value);
-    return v;
-  }
-  std::vector<Tensor> grads() const {
-    std::vector<Tensor> v;
-    for (const auto& q : owned) v.push_back(q->grad);
-    return v;
   }
   void zero_grads() {
     for (auto& q : owned) q->grad.fill(0.0f);
@@ -72,7 +53,7 @@ struct Case {
 class FfnKinds : public ::testing::TestWithParam<Case> {};
 
 TEST_P(FfnKinds, BackwardMatchesFiniteDifferences) {
-  SingleThread one;
+  ScopedThreads one(1);
   const Case k = GetParam();
   const std::int64_t n = 5, c = 12, i = 20;
   FfnFixture f(k.kind, k.act, k.bias, c, i, 7);

@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "../support/bounds.h"
+#include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/threads.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/activations.h"
@@ -148,15 +150,6 @@ void check_gated(Act a, std::int64_t count, const std::string& what) {
 
 const Act kActs[] = {Act::Silu, Act::GeluTanh, Act::GeluErf};
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 }  // namespace
 
 TEST(KernelsActivations, FastMatchesReferenceOnAwkwardSizes) {
@@ -214,11 +207,9 @@ TEST(KernelsActivations, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(KernelsActivations, DeterministicAcrossRunsAndThreads) {
-  const int saved = num_threads();
   const std::int64_t count = 5 * kernels::kElementwiseChunk + 3;
   const std::vector<float> x = inputs(count, 801), up = random_normal(count, 802), dy = random_normal(count, 803);
-  auto run = [&](int threads) {
-    set_num_threads(threads);
+  mt::expect_same_bits_across_threads([&] {
     std::vector<float> all, a(count), b(count);
     for (Act act : kActs) {
       run_fast(act, false, a.data(), nullptr, x.data(), count);
@@ -231,11 +222,7 @@ TEST(KernelsActivations, DeterministicAcrossRunsAndThreads) {
     geglu_backward(a.data(), b.data(), dy.data(), x.data(), up.data(), count, GeluApprox::Erf);
     all.insert(all.end(), b.begin(), b.end());
     return all;
-  };
-  const auto a = run(2), b = run(2), c = run(1);
-  set_num_threads(saved);
-  EXPECT_TRUE(mt::same_bits(a, b)) << "same threads, different bits";
-  EXPECT_TRUE(mt::same_bits(a, c)) << "1 vs 2 threads, different bits";
+  });
 }
 
 TEST(KernelsActivations, TensorFrontDoors) {
@@ -251,13 +238,13 @@ TEST(KernelsActivations, TensorFrontDoors) {
     return msg.find(part) != std::string::npos ? ::testing::AssertionSuccess()
                                                : ::testing::AssertionFailure() << "'" << msg << "' lacks '" << part << "'";
   };
-  EXPECT_TRUE(has(message_of([&] { geglu_forward(x, Tensor::zeros({3, 2}), GeluApprox::Tanh); }),
+  EXPECT_TRUE(has(mt::error_of([&] { geglu_forward(x, Tensor::zeros({3, 2}), GeluApprox::Tanh); }),
                   "[geglu_forward] tensor 'up' must have shape [2, 3] but has [3, 2]"));
-  EXPECT_TRUE(has(message_of([&] { gelu_forward(x, static_cast<GeluApprox>(7)); }),
+  EXPECT_TRUE(has(mt::error_of([&] { gelu_forward(x, static_cast<GeluApprox>(7)); }),
                   "[gelu_forward] unknown GELU approximation 7"));
-  EXPECT_TRUE(has(message_of([&] { silu_backward(x, Tensor::zeros({2, 3}, DType::I64)); }),
+  EXPECT_TRUE(has(mt::error_of([&] { silu_backward(x, Tensor::zeros({2, 3}, DType::I64)); }),
                   "[silu_backward] tensor 'x' must be float32 but is int64"));
-  EXPECT_TRUE(has(message_of([&] { swiglu_backward(Tensor(), x, x); }), "[swiglu_backward] tensor 'dout' is undefined"));
+  EXPECT_TRUE(has(mt::error_of([&] { swiglu_backward(Tensor(), x, x); }), "[swiglu_backward] tensor 'dout' is undefined"));
 }
 
 // PyTorch 1.13 fixtures (float64 math, stored as float32): F.gelu (both

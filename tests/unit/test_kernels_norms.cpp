@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "../support/bounds.h"
+#include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/threads.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/layernorm.h"
@@ -215,15 +217,6 @@ void check_rmsnorm(std::int64_t rows, std::int64_t n, bool affine, const std::st
   EXPECT_TRUE(within_bounds(dx2, mt::to_double(dx_ref), B.dx, "rmsnorm dx, no param grads " + what));
 }
 
-std::string message_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 }  // namespace
 
 TEST(KernelsLayerNorm, FastMatchesReferenceOnAwkwardShapes) {
@@ -275,12 +268,10 @@ TEST(KernelsRmsNorm, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(KernelsNorms, DeterministicAcrossRunsAndThreads) {
-  const int saved = num_threads();
   const std::int64_t rows = 67, n = 1000;  // parallel, and rows not a multiple of the parts
   const std::vector<float> x = random_normal(rows * n, 301, 2.0f), dy = random_normal(rows * n, 302);
   const std::vector<float> w = random_normal(n, 303), b = random_normal(n, 304);
-  auto run = [&](int threads) {
-    set_num_threads(threads);
+  mt::expect_same_bits_across_threads([&] {
     std::vector<float> out(x.size()), mean(rows), rstd(rows), dx(x.size()), dw(n, 0.5f), db(n, 0.25f);
     layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, n, 1e-5f);
     layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
@@ -291,11 +282,7 @@ TEST(KernelsNorms, DeterministicAcrossRunsAndThreads) {
     rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, n);
     for (const auto* v : {&out, &rstd, &dx, &dw}) all.insert(all.end(), v->begin(), v->end());
     return all;
-  };
-  const auto a = run(2), b2 = run(2), c = run(1);
-  set_num_threads(saved);
-  EXPECT_TRUE(mt::same_bits(a, b2)) << "same threads, different bits";
-  EXPECT_TRUE(mt::same_bits(a, c)) << "1 vs 2 threads, different bits";
+  });
 }
 
 TEST(KernelsNorms, TensorFrontDoorsFlattenLeadingDims) {
@@ -323,24 +310,24 @@ TEST(KernelsNorms, FrontDoorErrorsNameOpAndTensor) {
     return msg.find(part) != std::string::npos ? ::testing::AssertionSuccess()
                                                : ::testing::AssertionFailure() << "'" << msg << "' lacks '" << part << "'";
   };
-  EXPECT_TRUE(has(message_of([&] { rmsnorm_forward(x, Tensor::zeros({8, 1}), 1e-6f); }),
+  EXPECT_TRUE(has(mt::error_of([&] { rmsnorm_forward(x, Tensor::zeros({8, 1}), 1e-6f); }),
                   "[rmsnorm_forward] tensor 'weight' must have 1 dimension but has 2"));
-  EXPECT_TRUE(has(message_of([&] { layernorm_forward(x, Tensor::zeros({8}), Tensor::zeros({7}), 1e-5f); }),
+  EXPECT_TRUE(has(mt::error_of([&] { layernorm_forward(x, Tensor::zeros({8}), Tensor::zeros({7}), 1e-5f); }),
                   "[layernorm_forward] tensor 'bias' must have shape [8] but has [7]"));
-  EXPECT_TRUE(has(message_of([&] { layernorm_forward(x, Tensor(), Tensor(), -1.0f); }),
+  EXPECT_TRUE(has(mt::error_of([&] { layernorm_forward(x, Tensor(), Tensor(), -1.0f); }),
                   "[layernorm_forward] eps must be finite and >= 0"));
-  EXPECT_TRUE(has(message_of([&] { rmsnorm_forward(Tensor::zeros({4, 0}), Tensor(), 1e-6f); }),
+  EXPECT_TRUE(has(mt::error_of([&] { rmsnorm_forward(Tensor::zeros({4, 0}), Tensor(), 1e-6f); }),
                   "[rmsnorm_forward] tensor 'x' must have a non-empty last dimension"));
-  EXPECT_TRUE(has(message_of([&] { layernorm_forward(Tensor::zeros({4, 8}, DType::F16), Tensor(), Tensor(), 1e-5f); }),
+  EXPECT_TRUE(has(mt::error_of([&] { layernorm_forward(Tensor::zeros({4, 8}, DType::F16), Tensor(), Tensor(), 1e-5f); }),
                   "[layernorm_forward] tensor 'x' must be float32 but is float16"));
   const auto ln = layernorm_forward(x, Tensor(), Tensor(), 1e-5f);
-  EXPECT_TRUE(has(message_of([&] { layernorm_backward(x, x, Tensor(), Tensor::zeros({8}), ln.rstd, Tensor(), Tensor()); }),
+  EXPECT_TRUE(has(mt::error_of([&] { layernorm_backward(x, x, Tensor(), Tensor::zeros({8}), ln.rstd, Tensor(), Tensor()); }),
                   "[layernorm_backward] tensor 'mean' must have shape [4] but has [8]"));
-  EXPECT_TRUE(has(message_of([&] { layernorm_backward(x, x, Tensor(), ln.mean, ln.rstd, Tensor::zeros({9}), Tensor()); }),
+  EXPECT_TRUE(has(mt::error_of([&] { layernorm_backward(x, x, Tensor(), ln.mean, ln.rstd, Tensor::zeros({9}), Tensor()); }),
                   "[layernorm_backward] tensor 'dweight' must have shape [8] but has [9]"));
-  EXPECT_TRUE(has(message_of([&] { rmsnorm_backward(Tensor::zeros({4, 7}), x, Tensor(), ln.rstd, Tensor()); }),
+  EXPECT_TRUE(has(mt::error_of([&] { rmsnorm_backward(Tensor::zeros({4, 7}), x, Tensor(), ln.rstd, Tensor()); }),
                   "[rmsnorm_backward] tensor 'dout' must have shape [4, 8] but has [4, 7]"));
-  EXPECT_TRUE(has(message_of([&] { rmsnorm_backward(x, x, Tensor(), ln.rstd, Tensor::zeros({16}).slice(0, 0, 16).reshape({2, 8})); }),
+  EXPECT_TRUE(has(mt::error_of([&] { rmsnorm_backward(x, x, Tensor(), ln.rstd, Tensor::zeros({16}).slice(0, 0, 16).reshape({2, 8})); }),
                   "[rmsnorm_backward] tensor 'dweight' must have 1 dimension but has 2"));
 }
 

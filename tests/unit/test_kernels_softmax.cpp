@@ -14,6 +14,7 @@
 #include "kernels/softmax.h"
 #include "../support/bounds.h"
 #include "../support/fixtures.h"
+#include "../support/threads.h"
 #include "testing/gradcheck.h"
 
 using namespace mf;
@@ -219,11 +220,9 @@ TEST(KernelsSoftmax, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(KernelsSoftmax, DeterministicAcrossRunsAndThreads) {
-  const int saved = num_threads();
   const std::int64_t rows = 64, n = 1000;  // large enough to run in parallel
   const std::vector<float> x = random_normal(rows * n, 31, 4.0f), dy = random_normal(rows * n, 32);
-  auto run = [&](int threads) {
-    set_num_threads(threads);
+  mt::expect_same_bits_across_threads([&] {
     std::vector<float> y(x.size()), dx(x.size()), ly(x.size()), ldx(x.size());
     softmax_forward(y.data(), x.data(), rows, n);
     softmax_backward(dx.data(), dy.data(), y.data(), rows, n);
@@ -233,11 +232,7 @@ TEST(KernelsSoftmax, DeterministicAcrossRunsAndThreads) {
     y.insert(y.end(), ly.begin(), ly.end());
     y.insert(y.end(), ldx.begin(), ldx.end());
     return y;
-  };
-  const auto a = run(2), b = run(2), c = run(1);
-  set_num_threads(saved);
-  EXPECT_TRUE(mt::same_bits(a, b)) << "same threads, different bits";
-  EXPECT_TRUE(mt::same_bits(a, c)) << "1 vs 2 threads, different bits";
+  });
 }
 
 TEST(KernelsSoftmax, TensorFrontDoor) {

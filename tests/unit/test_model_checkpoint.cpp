@@ -14,8 +14,11 @@
 #include "core/threads.h"
 #include "kernels/gemm.h"
 #include "model/checkpoint.h"
+#include "../support/errors.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
+using mf::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -28,15 +31,8 @@ fs::path temp_dir(const std::string& name) {
 }
 
 ModelConfig small_llama() {
-  ModelConfig c;  // model_type llama
+  ModelConfig c = mf::testing::tiny_llama_config();
   c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
   c.attention_impl = AttentionImpl::Dense;
   return c;
 }
@@ -45,15 +41,6 @@ Tensor tokens_2x6() {
   Tensor t = Tensor::empty({2, 6}, DType::I32);
   for (int i = 0; i < 12; ++i) t.data<std::int32_t>()[i] = (i * 7 + 3) % 50;
   return t;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

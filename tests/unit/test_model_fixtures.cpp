@@ -9,16 +9,12 @@
 #include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "../support/fixtures.h"
+#include "../support/threads.h"
 
 using namespace mf;
+using mf::testing::ScopedThreads;
 
 namespace {
-
-struct SingleThread {  // tiny shapes: fork/join overhead would dominate
-  int prev = num_threads();
-  SingleThread() { set_num_threads(1); }
-  ~SingleThread() { set_num_threads(prev); }
-};
 
 struct Fixture {
   ModelConfig cfg;
@@ -62,7 +58,7 @@ class ModelFixtures : public ::testing::TestWithParam<std::tuple<std::string, At
 }  // namespace
 
 TEST_P(ModelFixtures, LogitsLossAndEveryGradientMatchTorch) {
-  SingleThread one;
+  ScopedThreads one(1);
   const auto& [name, impl] = GetParam();
   const Fixture f = load(name);
   Transformer m(f.cfg, 123);

@@ -18,31 +18,16 @@
 #include "model/transformer.h"
 #include "nn/attention/attention.h"
 #include "nn/attention/flash_attention.h"
+#include "../support/threads.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
+namespace mt = mf::testing;
 
 namespace {
 
-struct Threads {
-  int prev = num_threads();
-  explicit Threads(int n) { set_num_threads(n); }
-  ~Threads() { set_num_threads(prev); }
-};
-
 ModelConfig tiny(const std::string& kind, AttentionImpl impl = AttentionImpl::Dense) {
-  ModelConfig c;
-  c.model_type = "modformer";
-  c.vocab_size = 23;
-  c.hidden_size = 32;
-  c.intermediate_size = 40;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  c.attention_impl = impl;
-  c.initializer_range = 0.2;
-  c.rms_norm_eps = 1e-5;
+  ModelConfig c = mt::tiny_modformer_config(impl);
   if (kind == "llama") {  // RoPE rotate-half, GQA 4:2, RMSNorm, SwiGLU, HF names
     c.model_type = "llama";
   } else if (kind == "alibi") {
@@ -58,13 +43,7 @@ ModelConfig tiny(const std::string& kind, AttentionImpl impl = AttentionImpl::De
     c.sliding_window = 4;
     c.position = PositionKind::ALiBi;
   } else if (kind == "learned") {  // post-norm LayerNorm, GELU MLP, learned positions, biases, tied
-    c.norm = NormKind::LayerNorm;
-    c.norm_placement = NormPlacement::Post;
-    c.ffn = FfnKind::MLP;
-    c.hidden_act = Activation::GELU;
-    c.position = PositionKind::Learned;
-    c.attention_bias = c.mlp_bias = true;
-    c.tie_word_embeddings = true;
+    mt::use_post_norm_gelu_learned(c);
   } else {
     ADD_FAILURE() << "unknown kind " << kind;
   }
@@ -73,13 +52,6 @@ ModelConfig tiny(const std::string& kind, AttentionImpl impl = AttentionImpl::De
 }
 
 const char* const kKinds[] = {"llama", "alibi", "window", "window_alibi", "learned"};
-
-Tensor int_tensor(const Shape& shape, std::uint64_t seed, std::int64_t vocab) {
-  Tensor t = Tensor::empty(shape, DType::I32);
-  Rng rng(seed);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(vocab));
-  return t;
-}
 
 // Feeds tok [B, L] through `cache` in chunks of the given sizes (summing to
 // L) and returns the logits of every position, [B, L, V].
@@ -132,7 +104,7 @@ const char* impl_name(AttentionImpl i) { return i == AttentionImpl::Dense ? "den
 // The attention front door reads a cache's strided views in place (same bits
 // as a packed copy, no copy of the keys).
 TEST(ModelGenerate, FrontDoorReadsStridedKvViewsInPlace) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   for (AttentionImpl impl : impls()) {
     const Tensor store_k = randn({2, 2, 50, 16}, 1), store_v = randn({2, 2, 50, 16}, 2);
     const Tensor q = randn({2, 4, 3, 16}, 3);
@@ -167,11 +139,11 @@ TEST(ModelGenerate, FrontDoorReadsStridedKvViewsInPlace) {
 // The test: for each model kind, implementation and chunking, the logits of
 // every position through the cache equal one full forward.
 TEST(ModelGenerate, CachedDecodingEqualsFullForward) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   for (const char* kind : kKinds)
     for (AttentionImpl impl : impls()) {
       Transformer m(tiny(kind, impl), 7);
-      const Tensor tok = int_tensor({2, 24}, 11, 23);
+      const Tensor tok = mt::random_tokens({2, 24}, 11, 23);
       const Tensor full = m.logits(tok);
       const float tol = logit_tolerance(m.config(), full);
       std::vector<Tensor> got;
@@ -191,7 +163,7 @@ TEST(ModelGenerate, CachedDecodingEqualsFullForward) {
 // are merged): forced here with small split sizes, against the full forward
 // (whose 40 query rows take the ordinary tiled path).
 TEST(ModelGenerate, FlashDecodingSplitPathEqualsFullForward) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   struct TilesGuard {
     FlashTiles prev = flash_tiles();
     ~TilesGuard() { set_flash_tiles(prev); }
@@ -202,7 +174,7 @@ TEST(ModelGenerate, FlashDecodingSplitPathEqualsFullForward) {
   set_flash_tiles(t);
   for (const char* kind : {"llama", "alibi", "learned"}) {
     Transformer m(tiny(kind, AttentionImpl::Flash), 7);
-    const Tensor tok = int_tensor({1, 40}, 3, 23);
+    const Tensor tok = mt::random_tokens({1, 40}, 3, 23);
     const Tensor full = m.logits(tok);
     KvCache cache(m.config(), 1);
     std::vector<std::int64_t> chunks = {8};
@@ -215,10 +187,10 @@ TEST(ModelGenerate, FlashDecodingSplitPathEqualsFullForward) {
 // Negative control: the comparison above can fail. Dropping the cached past
 // (positions restart) or mis-ordering the ring is far above the tolerance.
 TEST(ModelGenerate, BrokenCacheIsDetected) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   for (const char* kind : kKinds) {
     Transformer m(tiny(kind), 7);
-    const Tensor tok = int_tensor({1, 16}, 5, 23);
+    const Tensor tok = mt::random_tokens({1, 16}, 5, 23);
     const Tensor full = m.logits(tok);
     const float tol = logit_tolerance(m.config(), full);
     KvCache cache(m.config(), 1);
@@ -232,7 +204,7 @@ TEST(ModelGenerate, BrokenCacheIsDetected) {
 // Sliding window: storage is 2W rows whatever the capacity, the ring wraps
 // many times, and decode steps read views of the ring (no copies).
 TEST(ModelGenerate, WindowRingIsBoundedAndDecodeReturnsViews) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   const ModelConfig c = tiny("window");
   KvCacheOptions o;
   o.capacity = 1000;
@@ -282,7 +254,7 @@ TEST(ModelGenerate, WindowRingIsBoundedAndDecodeReturnsViews) {
 // A full cache hands out the first past + L rows as a view; a decode step
 // allocates far less than the cache (no copy of past keys).
 TEST(ModelGenerate, DecodeStepDoesNotCopyTheCache) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   ModelConfig c = tiny("llama");
   c.max_position_embeddings = 512;
   Transformer m(c, 3);
@@ -290,8 +262,8 @@ TEST(ModelGenerate, DecodeStepDoesNotCopyTheCache) {
     KvCacheOptions o;
     o.copy_out = copy_out;
     KvCache cache(c, 1, o);
-    m.logits(int_tensor({1, 400}, 2, 23), &cache);
-    const Tensor step = int_tensor({1, 1}, 3, 23);
+    m.logits(mt::random_tokens({1, 400}, 2, 23), &cache);
+    const Tensor step = mt::random_tokens({1, 1}, 3, 23);
     reset_peak_memory();
     const std::int64_t before = memory_stats().current_bytes;
     m.logits(step, &cache);
@@ -307,7 +279,7 @@ TEST(ModelGenerate, DecodeStepDoesNotCopyTheCache) {
 // Greedy generation is deterministic and equals the argmax of a full forward
 // over the growing sequence (no cache), token after token.
 TEST(ModelGenerate, GreedyIsDeterministicAndMatchesFullForwardArgmax) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   for (const char* kind : {"llama", "window", "learned"}) {
     Transformer m(tiny(kind), 9);
     const std::vector<std::int32_t> prompt = {3, 1, 4, 1, 5, 9, 2};
@@ -347,7 +319,7 @@ TEST(ModelGenerate, SeededSamplingIsDeterministicAndStreams) {
   std::vector<std::int32_t> streamed;
   GenerateResult a;
   {
-    Threads one(1);
+    mt::ScopedThreads one(1);
     a = generate(m, prompt, g, [&](std::int32_t t) { streamed.push_back(t); });
   }
   EXPECT_EQ(streamed, a.tokens);
@@ -355,10 +327,10 @@ TEST(ModelGenerate, SeededSamplingIsDeterministicAndStreams) {
   EXPECT_GT(a.prefill_tokens_per_s(), 0.0);
   EXPECT_GT(a.decode_tokens_per_s(), 0.0);
   {
-    Threads two(2);
+    mt::ScopedThreads two(2);
     EXPECT_EQ(generate(m, prompt, g).tokens, a.tokens);
   }
-  Threads one(1);
+  mt::ScopedThreads one(1);
   g.seed = 43;
   EXPECT_NE(generate(m, prompt, g).tokens, a.tokens);
   g.sampling.temperature = 0.0f;  // greedy ignores the seed
@@ -379,7 +351,7 @@ void expect_error(const std::function<void()>& f, const std::string& part) {
 }  // namespace
 
 TEST(ModelGenerate, CapacityErrorsAreClear) {
-  Threads one(1);
+  mt::ScopedThreads one(1);
   Transformer m(tiny("llama"), 1);  // max_position_embeddings 64
   GenerateOptions g;
   g.sampling.temperature = 0.0f;
@@ -404,20 +376,20 @@ TEST(ModelGenerate, CapacityErrorsAreClear) {
   KvCacheOptions o;
   o.capacity = 6;
   KvCache cache(m.config(), 1, o);
-  m.logits(int_tensor({1, 4}, 1, 23), &cache);
-  expect_error([&] { m.logits(int_tensor({1, 3}, 1, 23), &cache); },
+  m.logits(mt::random_tokens({1, 4}, 1, 23), &cache);
+  expect_error([&] { m.logits(mt::random_tokens({1, 3}, 1, 23), &cache); },
                "needs positions 4..6 but the cache holds at most 6 positions");
   EXPECT_EQ(cache.past_length(), 4);
-  m.logits(int_tensor({1, 2}, 1, 23), &cache);  // still usable: exactly full
+  m.logits(mt::random_tokens({1, 2}, 1, 23), &cache);  // still usable: exactly full
   EXPECT_EQ(cache.remaining(), 0);
-  expect_error([&] { m.logits(int_tensor({1, 1}, 1, 23), &cache); }, "holds at most 6 positions");
+  expect_error([&] { m.logits(mt::random_tokens({1, 1}, 1, 23), &cache); }, "holds at most 6 positions");
 
   // A window bounds storage, not positions: the capacity still caps them.
   KvCache wc(tiny("window"), 1, o);
   EXPECT_EQ(wc.storage_rows(), 6);
   Transformer wm(tiny("window"), 1);
-  wm.logits(int_tensor({1, 6}, 1, 23), &wc);
-  expect_error([&] { wm.logits(int_tensor({1, 1}, 1, 23), &wc); }, "holds at most 6 positions");
+  wm.logits(mt::random_tokens({1, 6}, 1, 23), &wc);
+  expect_error([&] { wm.logits(mt::random_tokens({1, 1}, 1, 23), &wc); }, "holds at most 6 positions");
 }
 
 TEST(ModelGenerate, HookMisuseIsRejected) {

@@ -12,39 +12,18 @@
 #include "core/threads.h"
 #include "model/transformer.h"
 #include "testing/gradcheck.h"
+#include "../support/threads.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
+namespace mt = mf::testing;
 
 namespace {
 
-struct SingleThread {  // tiny shapes: fork/join overhead would dominate
-  int prev = num_threads();
-  SingleThread() { set_num_threads(1); }
-  ~SingleThread() { set_num_threads(prev); }
-};
-
 ModelConfig tiny(const std::string& kind) {
-  ModelConfig c;
-  c.model_type = "modformer";
-  c.vocab_size = 23;
-  c.hidden_size = 32;
-  c.intermediate_size = 40;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
-  c.attention_impl = AttentionImpl::Dense;
-  c.initializer_range = 0.2;
-  c.rms_norm_eps = 1e-5;
+  ModelConfig c = mt::tiny_modformer_config(AttentionImpl::Dense);
   if (kind == "post_gelu_learned") {
-    c.norm = NormKind::LayerNorm;
-    c.norm_placement = NormPlacement::Post;
-    c.ffn = FfnKind::MLP;
-    c.hidden_act = Activation::GELU;
-    c.position = PositionKind::Learned;
-    c.attention_bias = c.mlp_bias = true;
-    c.tie_word_embeddings = true;
+    mt::use_post_norm_gelu_learned(c);
   } else if (kind == "alibi_sandwich_geglu") {
     c.norm_placement = NormPlacement::Sandwich;
     c.ffn = FfnKind::GeGLU;
@@ -66,18 +45,11 @@ ModelConfig tiny(const std::string& kind) {
   return c;
 }
 
-Tensor int_tensor(const Shape& shape, std::uint64_t seed, std::int64_t vocab) {
-  Tensor t = Tensor::empty(shape, DType::I32);
-  Rng rng(seed);
-  for (std::int64_t i = 0; i < t.numel(); ++i) t.data<std::int32_t>()[i] = static_cast<std::int32_t>(rng.below(vocab));
-  return t;
-}
-
 }  // namespace
 
 TEST(ModelTransformer, SmokeLossAndGrad) {
   Transformer m(tiny("llama_like"), 1);
-  Tensor tok = int_tensor({2, 7}, 1, 23), tgt = int_tensor({2, 7}, 2, 23);
+  Tensor tok = mt::random_tokens({2, 7}, 1, 23), tgt = mt::random_tokens({2, 7}, 2, 23);
   const double l = m.loss(tok, tgt, true);
   EXPECT_NEAR(l, std::log(23.0), 1.0);
 }
@@ -85,9 +57,9 @@ TEST(ModelTransformer, SmokeLossAndGrad) {
 class ModelKinds : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ModelKinds, GradientsMatchFiniteDifferences) {
-  SingleThread one;
+  mt::ScopedThreads one(1);
   Transformer m(tiny(GetParam()), 3);
-  Tensor tok = int_tensor({2, 6}, 4, 23), tgt = int_tensor({2, 6}, 5, 23);
+  Tensor tok = mt::random_tokens({2, 6}, 4, 23), tgt = mt::random_tokens({2, 6}, 5, 23);
   tgt.data<std::int32_t>()[3] = -1;  // an ignored target
   for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
   m.loss(tok, tgt, true);
@@ -132,7 +104,7 @@ TEST(ModelTransformer, DeterministicAcrossRunsAndInit) {
     Transformer a(tiny("llama_like"), 9), b(tiny("llama_like"), 9), c(tiny("llama_like"), 10);
     EXPECT_TRUE(bitwise_equal(a.parameters()[3]->value, b.parameters()[3]->value));
     EXPECT_FALSE(bitwise_equal(a.parameters()[3]->value, c.parameters()[3]->value));
-    Tensor tok = int_tensor({2, 11}, 1, 23), tgt = int_tensor({2, 11}, 2, 23);
+    Tensor tok = mt::random_tokens({2, 11}, 1, 23), tgt = mt::random_tokens({2, 11}, 2, 23);
     double la = 0, lb = 0;
     const auto ga = grads_of(a, tok, tgt, &la);
     const auto gb = grads_of(b, tok, tgt, &lb);
@@ -150,7 +122,7 @@ TEST(ModelTransformer, GradientCheckpointingSameGradientsLessMemory) {
   cfg.num_hidden_layers = 4;
   cfg.intermediate_size = 96;
   Transformer m(cfg, 5);
-  Tensor tok = int_tensor({2, 48}, 1, 23), tgt = int_tensor({2, 48}, 2, 23);
+  Tensor tok = mt::random_tokens({2, 48}, 1, 23), tgt = mt::random_tokens({2, 48}, 2, 23);
   double l0 = 0, l1 = 0;
   reset_peak_memory();
   std::int64_t base = memory_stats().current_bytes;
@@ -178,10 +150,10 @@ TEST(ModelTransformer, GradientCheckpointingSameGradientsLessMemory) {
 }
 
 TEST(ModelTransformer, LossEqualsCrossEntropyOfLogits) {
-  SingleThread one;
+  mt::ScopedThreads one(1);
   for (const char* kind : {"llama_like", "post_gelu_learned"}) {
     Transformer m(tiny(kind), 2);
-    Tensor tok = int_tensor({2, 7}, 3, 23), tgt = int_tensor({2, 7}, 4, 23);
+    Tensor tok = mt::random_tokens({2, 7}, 3, 23), tgt = mt::random_tokens({2, 7}, 4, 23);
     tgt.data<std::int32_t>()[5] = -1;
     const Tensor lg = m.logits(tok);
     ASSERT_EQ(lg.shape(), (Shape{2, 7, 23}));
@@ -235,11 +207,11 @@ class ConcatCache : public KvCacheHook {
 // The attention hook is enough for incremental decoding: prefix then the
 // rest through a cache gives the logits of one full forward.
 TEST(ModelTransformer, KvCacheHookReproducesFullForward) {
-  SingleThread one;
+  mt::ScopedThreads one(1);
   for (const char* kind : {"llama_like", "post_gelu_learned", "alibi_sandwich_geglu", "window_rope_interleaved",
                            "sinusoidal_mlp_chunked"}) {
     Transformer m(tiny(kind), 4);
-    Tensor tok = int_tensor({2, 9}, 8, 23);
+    Tensor tok = mt::random_tokens({2, 9}, 8, 23);
     const Tensor full = m.logits(tok);
     ConcatCache cache(2);
     Tensor part1 = tok.slice(1, 0, 5).contiguous(), part2 = tok.slice(1, 5, 8).contiguous(),
@@ -257,7 +229,7 @@ TEST(ModelTransformer, KvCacheHookReproducesFullForward) {
 
 TEST(ModelTransformer, RejectsBadInputNamingThePosition) {
   Transformer m(tiny("post_gelu_learned"), 1);
-  Tensor tok = int_tensor({2, 5}, 1, 23), tgt = int_tensor({2, 5}, 2, 23);
+  Tensor tok = mt::random_tokens({2, 5}, 1, 23), tgt = mt::random_tokens({2, 5}, 2, 23);
   tok.data<std::int32_t>()[7] = 23;
   try {
     m.logits(tok);
@@ -274,10 +246,10 @@ TEST(ModelTransformer, RejectsBadInputNamingThePosition) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("target id 99 at position [0, 1]"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(m.loss(tok, int_tensor({2, 4}, 2, 23), false), Error);  // shape mismatch
-  EXPECT_THROW(m.logits(int_tensor({10}, 2, 23)), Error);              // not [B, L]
+  EXPECT_THROW(m.loss(tok, mt::random_tokens({2, 4}, 2, 23), false), Error);  // shape mismatch
+  EXPECT_THROW(m.logits(mt::random_tokens({10}, 2, 23)), Error);              // not [B, L]
   try {
-    m.logits(int_tensor({1, 65}, 2, 23));  // learned table has 64 positions
+    m.logits(mt::random_tokens({1, 65}, 2, 23));  // learned table has 64 positions
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("max_position_embeddings 64"), std::string::npos) << e.what();
@@ -295,7 +267,7 @@ TEST(ModelTransformer, FlashMatchesDenseOnLongerSequences) {
     cfg.max_position_embeddings = 256;
     if (std::string(kind) == "window_rope_interleaved") cfg.sliding_window = 37;
     Transformer m(cfg, 6);
-    Tensor tok = int_tensor({2, 150}, 1, 23), tgt = int_tensor({2, 150}, 2, 23);
+    Tensor tok = mt::random_tokens({2, 150}, 1, 23), tgt = mt::random_tokens({2, 150}, 2, 23);
     double ld = 0, lf = 0;
     m.set_attention_impl(AttentionImpl::Dense);
     const auto gd = grads_of(m, tok, tgt, &ld);

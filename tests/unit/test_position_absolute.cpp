@@ -11,9 +11,11 @@
 #include "nn/position/learned_position.h"
 #include "nn/position/sinusoidal.h"
 #include "testing/gradcheck.h"
+#include "../support/errors.h"
 #include "../support/fixtures.h"
 
 using namespace mf;
+using mf::testing::error_of;
 
 namespace {
 constexpr double kU = std::numeric_limits<float>::epsilon() / 2;
@@ -22,15 +24,6 @@ Tensor ids_tensor(const Shape& shape, const std::vector<std::int32_t>& v) {
   Tensor t = Tensor::empty(shape, DType::I32);
   std::copy(v.begin(), v.end(), t.data<std::int32_t>());
   return t;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 }  // namespace
 

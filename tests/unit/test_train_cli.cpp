@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "train/trainer.h"
+#include "../support/tiny_models.h"
 
 using namespace mf;
 namespace fs = std::filesystem;
@@ -21,15 +22,8 @@ namespace fs = std::filesystem;
 namespace {
 
 ModelConfig tiny_llama() {
-  ModelConfig c;  // model_type llama: RoPE, GQA, RMSNorm, SwiGLU
-  c.vocab_size = 256;
-  c.hidden_size = 32;
+  ModelConfig c = mf::testing::tiny_llama_config();
   c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.max_position_embeddings = 64;
   return c;
 }
 

@@ -10,8 +10,10 @@
 #include <set>
 
 #include "train/data.h"
+#include "../support/errors.h"
 
 using namespace mf;
+using mf::testing::error_of;
 
 namespace {
 
@@ -32,15 +34,6 @@ std::string sample_text(std::size_t n) {
   for (std::size_t i = 0; s.size() < n; ++i) s += "line " + std::to_string(i * 7919 % 1000) + " of text\n";
   s.resize(n);
   return s;
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

@@ -17,8 +17,10 @@
 #include "nn/loss/softmax_cross_entropy.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
+#include "../support/errors.h"
 
 using namespace mf;
+using mf::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -136,15 +138,6 @@ std::vector<nlohmann::json> metric_lines(const std::string& dir) {
 
 std::int64_t checkpoint_step(const std::string& dir) {
   return nlohmann::json::parse(read_file(dir + "/checkpoint/trainer_state.json"))["step"].get<std::int64_t>();
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no mf::Error)";
 }
 
 }  // namespace
