@@ -20,7 +20,7 @@
 namespace {
 
 struct DemoArgs {
-  std::string out = "runs/demo";
+  std::string out;  // empty: the first of runs/demo, runs/demo-2, ... that holds no run
   std::int64_t steps = 400;  // about 3 minutes on 2 cores (val ~2.5 bits/byte)
   std::int64_t sample_tokens = 300;
   std::string prompt = "The meaning of ";
@@ -55,13 +55,17 @@ int run_demo(const DemoArgs& a) {
   if (a.skip_train) return 0;
 
   namespace fs = std::filesystem;
+  std::string out = a.out;
+  if (out.empty())  // running the demo again keeps the earlier runs
+    for (int n = 1; out.empty() || fs::exists(fs::path(out) / "checkpoint"); ++n)
+      out = n == 1 ? "runs/demo" : "runs/demo-" + std::to_string(n);
   mf::TrainConfig tc = mf::default_train_config();
   tc.steps = a.steps;
-  tc.out_dir = a.out;
+  tc.out_dir = out;
   mf::validate(tc);
-  fs::create_directories(a.out);
-  MF_CHECK(!fs::exists(fs::path(a.out) / "checkpoint"), "[demo] '", a.out,
-           "' already holds a training run; remove it or pass --out DIR");
+  fs::create_directories(out);
+  MF_CHECK(!fs::exists(fs::path(out) / "checkpoint"), "[demo] '", out,
+           "' already holds a training run; remove it or pass another --out DIR");
   const mf::ModelConfig cfg = mf::default_config();
   mf::Transformer model(cfg, tc.seed);
   const mf::TextCorpus corpus = mf::TextCorpus::load(tc.data_path, tc.val_fraction);
@@ -73,7 +77,7 @@ int run_demo(const DemoArgs& a) {
   const mf::TrainResult r = mf::train(model, corpus, tc);
   std::cout << "validation: " << r.val.loss << " nats/byte = " << r.val.bpb << " bits per byte (" << r.val.tokens
             << " bytes); training " << static_cast<std::int64_t>(r.tokens_per_s) << " tokens/s\n"
-            << "curve: " << a.out << "/loss.svg, metrics: " << a.out << "/metrics.jsonl, checkpoint: " << a.out
+            << "curve: " << out << "/loss.svg, metrics: " << out << "/metrics.jsonl, checkpoint: " << out
             << "/checkpoint\n";
 
   mf::GenerateOptions g;
@@ -94,7 +98,9 @@ int run_demo(const DemoArgs& a) {
 
 std::function<int()> setup_demo(CLI::App& app) {
   auto a = std::make_shared<DemoArgs>();
-  app.add_option("--out", a->out, "Folder of the demo training run (must not hold one already)");
+  app.add_option("--out", a->out,
+                 "Folder of the demo training run (must not hold one already; default: the first of runs/demo, "
+                 "runs/demo-2, ... that holds none)");
   app.add_option("--steps", a->steps, "Training steps (the full default run, `modformer train`, takes 1600)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   app.add_option("--sample-tokens", a->sample_tokens, "Bytes to generate at the end")

@@ -2,20 +2,17 @@
 // `modformer init`: streamed text equals the library's greedy generation, tokens/s
 // on stderr, and clear non-zero exits for bad input.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
-#include <unistd.h>
 
 #include "core/threads.h"
 #include "kernels/gemm.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "train/data.h"
+#include "../support/cli.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -24,34 +21,12 @@ using mf::testing::ScopedThreads;
 
 namespace {
 
-struct RunResult {
-  int rc = -1;
-  std::string out, err;
-};
+using RunResult = mf::testing::CliResult;
 
-std::string read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
+// One GEMM backend in the CLI and in this process: the same bits, and no
+// backend measurement at each start.
 RunResult run_cli(const std::string& args, const std::filesystem::path& dir) {
-  const std::string err_path = (dir / "stderr.txt").string();
-  // One GEMM backend in the CLI and in this process: the same bits, and no
-  // backend measurement at each start.
-  const std::string cmd =
-      "MODFORMER_GEMM_BACKEND=openblas " + std::string(MODFORMER_CLI_PATH) + " --threads 1 " + args + " 2>" + err_path;
-  RunResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.err = read_all(err_path);
-  return r;
+  return mf::testing::run_cli("--threads 1 " + args, dir, "MODFORMER_GEMM_BACKEND=openblas");
 }
 
 ModelConfig tiny_byte_config() {
