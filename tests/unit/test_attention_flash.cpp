@@ -411,6 +411,11 @@ std::vector<Spec> option_grid() {
     s.qmul = 30.0f;
     s.opt.causal = true;
   });
+  g.add("logits_x30_last_tile_few_rows", [](Spec& s) {  // only the last forward tile (1 row) is few-row
+    s.lq = {33, 33};
+    s.qmul = 30.0f;
+    s.opt.causal = true;
+  });
   g.add("everything", [](Spec& s) {
     s.hq = 8;
     s.hkv = 2;

@@ -227,9 +227,11 @@ AttentionGrads run_backward(const DenseInputs& in, const Tensor& out, const Tens
                             AttentionImpl impl) {
   const Tensor oc = out.contiguous(), lc = lse.contiguous(), dc = dout.contiguous();
   AttentionGrads g;
-  g.dq = Tensor::zeros(in.q.shape());
-  g.dk = Tensor::zeros(in.k.shape());
-  g.dv = Tensor::zeros(in.v.shape());
+  // The flash backward writes every element of dq, dk and dv.
+  const bool writes_all = impl == AttentionImpl::Flash;
+  g.dq = writes_all ? Tensor::empty(in.q.shape()) : Tensor::zeros(in.q.shape());
+  g.dk = writes_all ? Tensor::empty(in.k.shape()) : Tensor::zeros(in.k.shape());
+  g.dv = writes_all ? Tensor::empty(in.v.shape()) : Tensor::zeros(in.v.shape());
   const float* q = in.q.data<float>();
   const float* k = in.k.data<float>();
   const float* v = in.v.data<float>();

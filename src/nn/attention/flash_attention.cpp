@@ -115,6 +115,7 @@ struct Common {
   const float* v;
   const KvCacheSegment* dec_seg;  // decode: the cache's two segments (else null)
   bool fwd_whole_reach = false;   // a forward key tile covers a row tile's whole window reach
+  bool bwd_whole_reach = false;   // a backward row step covers a key tile's whole window reach
   static constexpr i64 kMaxReachKeys = 256;
 
   Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
@@ -140,6 +141,12 @@ struct Common {
       if (p.global_tokens.empty() && reach <= kMaxReachKeys) {
         tiles.fwd_keys = reach;
         fwd_whole_reach = true;
+      }
+      // The backward likewise: a key tile's query rows (tile keys + span - 1 positions) in one step.
+      const i64 rows_reach = round_up(tiles.bwd_keys + span - 1, 16);
+      if (p.global_tokens.empty() && rows_reach <= kMaxReachKeys) {
+        tiles.bwd_rows = rows_reach;
+        bwd_whole_reach = true;
       }
     }
     if (!p.global_tokens.empty()) {
@@ -169,12 +176,16 @@ struct Common {
   }
 
   bool has_global() const { return !p.global_tokens.empty(); }
-  // Forward query tiles: positions per tile, and whether the tile holding row i
-  // of entry b took the few-row kernel (whose scores the backward must reproduce).
+  // Forward query tiles: positions per tile, and the first row of entry b from
+  // which the forward took the few-row kernel (whose scores the backward must
+  // reproduce): every row when a whole tile is few rows, else at most the last,
+  // partial tile's.
   i64 fwd_tile_rows() const { return std::max<i64>(1, tiles.fwd_rows / G); }
-  bool fwd_few_rows(i64 b, i64 i) const {
-    const i64 bq = fwd_tile_rows(), i0 = i / bq * bq;
-    return G * std::min(bq, p.q_len[b] - i0) <= tiles.small_rows;
+  i64 fwd_few_rows_from(i64 b) const {
+    const i64 bq = fwd_tile_rows(), lq = p.q_len[b];
+    if (G * bq <= tiles.small_rows || lq == 0) return 0;
+    const i64 last = (lq - 1) / bq * bq;
+    return G * (lq - last) <= tiles.small_rows ? last : lq;
   }
   bool global_pos(i64 pos) const { return pos >= 0 && pos < static_cast<i64>(gmap.size()) && gmap[pos] != 0; }
   bool any_global_in(i64 lo, i64 hi) const {  // a global token in [lo, hi]
@@ -225,7 +236,8 @@ struct Common {
       if (p.window_right >= 0) lo = std::max(lo, j0 - p.window_right - shift);
       if (p.window_left >= 0) hi = std::min(hi, j1 - 1 + p.window_left - shift + 1);
     }
-    lo = std::max<i64>(0, std::min(lo, lq)) / step * step;
+    lo = std::max<i64>(0, std::min(lo, lq));
+    if (!bwd_whole_reach) lo = lo / step * step;
     return {lo, std::max(lo, std::min(hi, lq))};
   }
 
@@ -786,12 +798,20 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
   float *s = sc.s.data(), *pb = sc.pb.data(), *dp = sc.dp.data(), *pd = sc.pd.data(), *mf = sc.mf.data();
   const bool alibi = !cm.slopes.empty(), has_global = cm.has_global(), dropout = p.dropout_p > 0.0f;
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+  const i64 few_from = cm.fwd_few_rows_from(b);
 
-  // K^T, V^T [D x Bkp] (zero beyond nc); key lanes: position, usable (in range, not padded), global.
-  for (i64 d = 0; d < D; ++d)
-    for (i64 jj = 0; jj < Bkp; ++jj) {
-      kt[d * Bkp + jj] = jj < nc ? kr[jj * krs + d] : 0.0f;
-      vt[d * Bkp + jj] = jj < nc ? vr[jj * krs + d] : 0.0f;
+  // K^T, V^T [D x Bkp] (zero beyond nc), W x W blocks transposed in registers; key lanes:
+  // position, usable (in range, not padded), global.
+  static const float zeros[16] = {};
+  for (const auto& [src, dst] : {std::pair{kr, kt}, std::pair{vr, vt}})
+    for (i64 j = 0; j < Bkp; j += W) {
+      const float* rows[W];
+      for (int t = 0; t < W; ++t) rows[t] = j + t < nc ? src + (j + t) * krs : zeros;
+      for (i64 d0 = 0; d0 < D; d0 += W) {
+        const float* shifted[W];
+        for (int t = 0; t < W; ++t) shifted[t] = rows[t] == zeros ? zeros : rows[t] + d0;
+        I::transpose_rows(shifted, static_cast<int>(std::min<i64>(W, D - d0)), 1.0f, dst + d0 * Bkp + j, Bkp);
+      }
     }
   for (i64 jj = 0; jj < Bkp; ++jj) {
     const i64 j = j0 + jj;
@@ -808,7 +828,7 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
     const float sl = alibi ? cm.slopes[h] : 0.0f;
     const auto [qa, qb] = cm.query_range(b, j0, j1, sc.Bq);
     for (i64 i0 = qa; i0 < qb; i0 += sc.Bq) {
-      const i64 nq = std::min(sc.Bq, lq - i0);
+      const i64 nq = std::min(sc.Bq, qb - i0);
       const TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
       if (kind == TileKind::Skip) continue;
       const bool masked = kind == TileKind::Edge || nc < Bkp;
@@ -823,8 +843,9 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
       for (i64 ii = 0; ii < nq; ++ii)
         for (i64 d = 0; d < Dp; ++d) qs[ii * Dp + d] = d < D ? qrow[ii * qrs + d] * p.scale : 0.0f;
       tile_gemm<I, false>(nq, Bkp, D, qs, Dp, kt, Bkp, s, Bkp, TileMode::Store);
-      for (i64 ii = 0; ii < nq; ++ii)  // rows whose forward used row_dot_scores: the same sums, bit for bit
-        if (cm.fwd_few_rows(b, i0 + ii)) row_dot_scores<I>(1, nc, D, qs + ii * Dp, Dp, kr, krs, s + ii * Bkp, Bkp);
+      // Rows whose forward used row_dot_scores: the same sums, bit for bit.
+      for (i64 ii = std::max<i64>(0, few_from - i0); ii < nq; ++ii)
+        row_dot_scores<I>(1, nc, D, qs + ii * Dp, Dp, kr, krs, s + ii * Bkp, Bkp);
       for (i64 ii = 0; ii < nq; ++ii) {
         const i64 ip = i0 + ii + shift;
         const V nlse = I::set1(-in.lse[rbase + ii]);
@@ -944,7 +965,7 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
       double c = 0.1;  // packing
       const auto [qa, qb] = cm.query_range(b, j0, j1, bq);
       for (i64 i0 = qa; i0 < qb; i0 += bq) {
-        const TileKind kind = cm.classify(b, i0 + p.shift(b), std::min(i0 + bq, p.q_len[b]) - 1 + p.shift(b), j0, j1);
+        const TileKind kind = cm.classify(b, i0 + p.shift(b), std::min(i0 + bq, qb) - 1 + p.shift(b), j0, j1);
         c += kind == TileKind::Skip ? 0.0 : kind == TileKind::Full ? 1.0 : 1.3;
       }
       tcost[t] = c * static_cast<double>(G);
