@@ -300,7 +300,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   if (has("main")) cells += static_cast<i64>(opt.dims.size() * opt.lengths.size() * 3);
   if (has("decode")) cells += static_cast<i64>(opt.decode_lengths.size()) + 1;
   if (has("window")) cells += 5;
-  if (has("tune")) cells += 16;
+  if (has("tune")) cells += static_cast<i64>(opt.dims.size()) * 9;  // 6 forward and 3 backward tile shapes per d
   ProgressBar::Options popt;
   popt.unit = "cell";
   ProgressBar progress("bench attention", cells, popt);
@@ -534,28 +534,40 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   if (has("tune")) {
     const FlashTiles saved = flash_tiles();
     const i64 L = 4096, H = 4;
-    for (i64 d : {i64{64}, i64{128}}) {
+    for (i64 d : opt.dims) {
       Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3),
              dout = randn({1, H, L, d}, 4);
-      for (auto [rows, keys] : std::vector<std::pair<i64, i64>>{{32, 64}, {64, 32}, {64, 64}, {64, 128}, {128, 64}}) {
-        FlashTiles t = saved;
-        t.fwd_rows = rows;
-        t.fwd_keys = keys;
-        set_flash_tiles(t);
-        tune_rows.push_back({"fwd", d, rows, keys, best_time(opt.reps, [&] { attention_forward(q, k, v, {}); })});
-        progress.advance(1, str_cat("tune fwd ", rows, "x", keys));
-      }
+      // Every tile shape of a pass timed in interleaved rounds (tiles set inside each call).
+      const std::vector<std::pair<i64, i64>> fwd_shapes{{64, 64}, {128, 64}, {192, 64}, {256, 64}, {192, 32}, {192, 128}};
+      std::vector<std::function<void()>> calls;
+      for (auto [rows, keys] : fwd_shapes)
+        calls.push_back([&, rows, keys] {
+          FlashTiles t = saved;
+          t.fwd_rows = rows;
+          t.fwd_keys = keys;
+          set_flash_tiles(t);
+          attention_forward(q, k, v, {});
+        });
+      std::vector<double> times = best_times_interleaved(opt.reps, calls);
+      for (std::size_t i = 0; i < fwd_shapes.size(); ++i)
+        tune_rows.push_back({"fwd", d, fwd_shapes[i].first, fwd_shapes[i].second, times[i]});
+      progress.advance(static_cast<i64>(fwd_shapes.size()), str_cat("tune fwd d=", d));
       set_flash_tiles(saved);
       const AttentionOutput f = attention_forward(q, k, v, {});
-      for (auto [rows, keys] : std::vector<std::pair<i64, i64>>{{64, 32}, {64, 64}, {32, 64}}) {
-        FlashTiles t = saved;
-        t.bwd_rows = rows;
-        t.bwd_keys = keys;
-        set_flash_tiles(t);
-        tune_rows.push_back(
-            {"bwd", d, rows, keys, best_time(opt.reps, [&] { attention_backward(q, k, v, f.out, f.lse, dout, {}); })});
-        progress.advance(1, str_cat("tune bwd ", rows, "x", keys));
-      }
+      const std::vector<std::pair<i64, i64>> bwd_shapes{{64, 32}, {64, 64}, {32, 64}};
+      calls.clear();
+      for (auto [rows, keys] : bwd_shapes)
+        calls.push_back([&, rows, keys] {
+          FlashTiles t = saved;
+          t.bwd_rows = rows;
+          t.bwd_keys = keys;
+          set_flash_tiles(t);
+          attention_backward(q, k, v, f.out, f.lse, dout, {});
+        });
+      times = best_times_interleaved(opt.reps, calls);
+      for (std::size_t i = 0; i < bwd_shapes.size(); ++i)
+        tune_rows.push_back({"bwd", d, bwd_shapes[i].first, bwd_shapes[i].second, times[i]});
+      progress.advance(static_cast<i64>(bwd_shapes.size()), str_cat("tune bwd d=", d));
       set_flash_tiles(saved);
     }
   }

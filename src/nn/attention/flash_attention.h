@@ -17,12 +17,14 @@ bool flash_isa_available(FlashIsa isa);
 std::string flash_isa_name(FlashIsa isa);
 
 // Tile sizes (one table). Defaults chosen with `modformer bench attention
-// --sections tune` and dev/flash_tune.cpp on the 2-core Cascade Lake
-// development machine: 64 x 64 was within noise of the best of 32..128 for
-// d = 64 and 128 (forward and backward); the register blocking per ISA is in
+// --sections tune` (interleaved rounds) on the 2-core Cascade Lake
+// development machine: forward 192 rows x 64 keys took 0.90-0.95x the time of
+// 64 x 64 at d = 128 and 0.94-0.95x at d = 64 (L 1024-4096, causal or not,
+// GQA, the training shape), since each K/V tile serves more rows; backward
+// 64 x 64 was the best of 32..64. The register blocking per ISA is in
 // flash_tiles.h. Narrow sliding windows shrink the tiles (flash_attention.cpp).
 struct FlashTiles {
-  std::int64_t fwd_rows = 64;      // stacked query rows (GQA heads x positions) per forward tile
+  std::int64_t fwd_rows = 192;     // stacked query rows (GQA heads x positions) per forward tile
   std::int64_t fwd_keys = 64;      // keys per forward tile
   std::int64_t bwd_rows = 64;      // query rows per backward step
   std::int64_t bwd_keys = 64;      // keys per backward work item (each owns their dK, dV rows)
