@@ -538,37 +538,29 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
       Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3),
              dout = randn({1, H, L, d}, 4);
       // Every tile shape of a pass timed in interleaved rounds (tiles set inside each call).
-      const std::vector<std::pair<i64, i64>> fwd_shapes{{64, 64}, {128, 64}, {192, 64}, {256, 64}, {192, 32}, {192, 128}};
-      std::vector<std::function<void()>> calls;
-      for (auto [rows, keys] : fwd_shapes)
-        calls.push_back([&, rows, keys] {
-          FlashTiles t = saved;
-          t.fwd_rows = rows;
-          t.fwd_keys = keys;
-          set_flash_tiles(t);
-          attention_forward(q, k, v, {});
-        });
-      std::vector<double> times = best_times_interleaved(opt.reps, calls);
-      for (std::size_t i = 0; i < fwd_shapes.size(); ++i)
-        tune_rows.push_back({"fwd", d, fwd_shapes[i].first, fwd_shapes[i].second, times[i]});
-      progress.advance(static_cast<i64>(fwd_shapes.size()), str_cat("tune fwd d=", d));
-      set_flash_tiles(saved);
+      using Shapes = std::vector<std::pair<i64, i64>>;
+      auto tune = [&](const char* pass, const Shapes& shapes, i64 FlashTiles::*rows_of, i64 FlashTiles::*keys_of,
+                      const std::function<void()>& call) {
+        std::vector<std::function<void()>> calls;
+        for (auto [rows, keys] : shapes)
+          calls.push_back([&, rows, keys] {
+            FlashTiles t = saved;
+            t.*rows_of = rows;
+            t.*keys_of = keys;
+            set_flash_tiles(t);
+            call();
+          });
+        const std::vector<double> times = best_times_interleaved(opt.reps, calls);
+        set_flash_tiles(saved);
+        for (std::size_t i = 0; i < shapes.size(); ++i)
+          tune_rows.push_back({pass, d, shapes[i].first, shapes[i].second, times[i]});
+        progress.advance(static_cast<i64>(shapes.size()), str_cat("tune ", pass, " d=", d));
+      };
+      tune("fwd", Shapes{{64, 64}, {128, 64}, {192, 64}, {256, 64}, {192, 32}, {192, 128}}, &FlashTiles::fwd_rows,
+           &FlashTiles::fwd_keys, [&] { attention_forward(q, k, v, {}); });
       const AttentionOutput f = attention_forward(q, k, v, {});
-      const std::vector<std::pair<i64, i64>> bwd_shapes{{64, 32}, {64, 64}, {32, 64}};
-      calls.clear();
-      for (auto [rows, keys] : bwd_shapes)
-        calls.push_back([&, rows, keys] {
-          FlashTiles t = saved;
-          t.bwd_rows = rows;
-          t.bwd_keys = keys;
-          set_flash_tiles(t);
-          attention_backward(q, k, v, f.out, f.lse, dout, {});
-        });
-      times = best_times_interleaved(opt.reps, calls);
-      for (std::size_t i = 0; i < bwd_shapes.size(); ++i)
-        tune_rows.push_back({"bwd", d, bwd_shapes[i].first, bwd_shapes[i].second, times[i]});
-      progress.advance(static_cast<i64>(bwd_shapes.size()), str_cat("tune bwd d=", d));
-      set_flash_tiles(saved);
+      tune("bwd", Shapes{{64, 32}, {64, 64}, {32, 64}}, &FlashTiles::bwd_rows, &FlashTiles::bwd_keys,
+           [&] { attention_backward(q, k, v, f.out, f.lse, dout, {}); });
     }
   }
   progress.finish();
