@@ -492,34 +492,46 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   // ------------------------------------------------------------ window
   struct WindowRow {
     i64 w;
-    double t, density, ratio;
+    double t, density, ratio, t_bwd, ratio_bwd;
   };
   std::vector<WindowRow> window_rows;
-  double t_full_window = 0;
+  double t_full_window = 0, t_full_window_bwd = 0;
   if (has("window")) {
     const i64 L = opt.window_len, d = 64, H = 2;
-    Tensor q = randn({1, H, L, d}, 8), k = randn({1, H, L, d}, 9), v = randn({1, H, L, d}, 10);
-    // The full call and every window timed in interleaved rounds: the ratios compare like with like.
+    Tensor q = randn({1, H, L, d}, 8), k = randn({1, H, L, d}, 9), v = randn({1, H, L, d}, 10),
+           dout = randn({1, H, L, d}, 11);
+    // The full call and every window, forward and backward, timed in interleaved rounds: the
+    // ratios compare like with like.
     const std::array<i64, 4> windows{128, 512, 2048, -1};
-    std::vector<std::function<void()>> calls{[&] { attention_forward(q, k, v, AttentionOptions{}); }};
-    for (i64 w : windows)
-      calls.push_back([&q, &k, &v, w] {
-        AttentionOptions ao;
-        ao.causal = true;
-        ao.window_left = w;
-        attention_forward(q, k, v, ao);
-      });
+    std::vector<AttentionOptions> opts{AttentionOptions{}};
+    for (i64 w : windows) {
+      AttentionOptions ao;
+      ao.causal = true;
+      ao.window_left = w;
+      opts.push_back(ao);
+    }
+    std::vector<AttentionOutput> fwd;
+    for (const auto& ao : opts) fwd.push_back(attention_forward(q, k, v, ao));
+    std::vector<std::function<void()>> calls;
+    for (const auto& ao : opts) calls.push_back([&] { attention_forward(q, k, v, ao); });
+    for (std::size_t c = 0; c < opts.size(); ++c)
+      calls.push_back([&, c] { attention_backward(q, k, v, fwd[c].out, fwd[c].lse, dout, opts[c]); });
     const std::vector<double> times = best_times_interleaved(opt.reps, calls);
+    const std::size_t nb = opts.size();  // backward times follow the forward ones
     t_full_window = times[0];
+    t_full_window_bwd = times[nb];
     progress.advance(1, "window full");
     for (std::size_t c = 0; c < windows.size(); ++c) {
       const i64 w = windows[c];
-      const double t = times[c + 1];
+      const double t = times[c + 1], tb = times[nb + c + 1];
       const double density = visible_pairs(L, true, w) / (static_cast<double>(L) * static_cast<double>(L));
-      window_rows.push_back({w, t, density, t / (density * t_full_window)});
+      window_rows.push_back(
+          {w, t, density, t / (density * t_full_window), tb, tb / (density * t_full_window_bwd)});
       record({{"bench", "attention"}, {"section", "window"}, {"L", L}, {"d", d}, {"heads", H}, {"causal", true},
               {"window_left", w}, {"seconds", t}, {"full_seconds", t_full_window}, {"density", density},
-              {"time_over_density_x_full", t / (density * t_full_window)}});
+              {"time_over_density_x_full", t / (density * t_full_window)}, {"bwd_seconds", tb},
+              {"bwd_full_seconds", t_full_window_bwd},
+              {"bwd_time_over_density_x_full", tb / (density * t_full_window_bwd)}});
       progress.advance(1, str_cat("window ", w));
     }
   }
@@ -606,13 +618,13 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
     }
   }
   if (!window_rows.empty()) {
-    std::printf("\nwindow: L = %" PRId64 ", d = 64, 2 heads, causal + left window; full = non-causal %.2f ms;\n"
-                "ratio = time / (density x full time), density = visible pairs / L^2\n",
-                opt.window_len, t_full_window * 1e3);
-    std::printf("%8s %10s %9s %7s\n", "window", "ms", "density", "ratio");
+    std::printf("\nwindow: L = %" PRId64 ", d = 64, 2 heads, causal + left window; full = non-causal, forward %.2f ms, "
+                "backward %.2f ms;\nratio = time / (density x full time), density = visible pairs / L^2\n",
+                opt.window_len, t_full_window * 1e3, t_full_window_bwd * 1e3);
+    std::printf("%8s %9s %10s %7s %10s %7s\n", "window", "density", "fwd ms", "ratio", "bwd ms", "ratio");
     for (const auto& r : window_rows)
-      std::printf("%8s %10.2f %9.4f %7.2f\n", r.w < 0 ? "none" : std::to_string(r.w).c_str(), r.t * 1e3, r.density,
-                  r.ratio);
+      std::printf("%8s %9.4f %10.2f %7.2f %10.2f %7.2f\n", r.w < 0 ? "none" : std::to_string(r.w).c_str(), r.density,
+                  r.t * 1e3, r.ratio, r.t_bwd * 1e3, r.ratio_bwd);
   }
   if (!tune_rows.empty()) {
     std::printf("\ntune: L = 4096, 4 heads, non-causal; tile sizes (rows x keys) -> ms\n");
