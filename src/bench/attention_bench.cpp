@@ -254,6 +254,10 @@ AttentionBenchOptions quick_attention_bench_options() {
 int run_attention_bench(const AttentionBenchOptions& opt) {
   MF_CHECK(opt.reps >= 1 && opt.reps <= 100, "[bench attention] --reps must be in [1, 100], got ", opt.reps);
   for (i64 L : opt.lengths) MF_CHECK(L >= 16 && L <= 65536, "[bench attention] lengths must be in [16, 65536], got ", L);
+  for (i64 L : opt.decode_lengths)
+    MF_CHECK(L >= 16 && L <= (i64{1} << 20), "[bench attention] decode lengths must be in [16, 1048576], got ", L);
+  MF_CHECK(opt.window_len >= 16 && opt.window_len <= 65536, "[bench attention] --window-len must be in [16, 65536], got ",
+           opt.window_len);
   for (i64 d : opt.dims)
     MF_CHECK(d >= 8 && d <= 256 && d % 8 == 0, "[bench attention] head dims must be multiples of 8 in [8, 256], got ", d);
   auto has = [&](const char* s) { return std::find(opt.sections.begin(), opt.sections.end(), s) != opt.sections.end(); };
