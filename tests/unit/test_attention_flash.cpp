@@ -411,8 +411,11 @@ std::vector<Spec> option_grid() {
     s.qmul = 30.0f;
     s.opt.causal = true;
   });
-  g.add("logits_x30_last_tile_few_rows", [](Spec& s) {  // only the last forward tile (1 row) is few-row
-    s.lq = {33, 33};
+  // Default tiles (192 stacked rows, GQA 2: 96 positions): the last forward tile holds
+  // 1 row x 2 heads <= small_rows, so only it takes the few-row kernel.
+  g.add("logits_x30_last_tile_few_rows", [](Spec& s) {
+    s.lq = {97, 97};
+    s.lk = {100, 100};
     s.qmul = 30.0f;
     s.opt.causal = true;
   });

@@ -7,7 +7,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -88,6 +87,10 @@ class Buf {
   i64 n_ = 0;
 };
 
+struct KeyRanges {  // key offsets within a tile: [ea, ee) seen by some rows, [ba, bb) by all
+  i64 ea, ee, ba, bb;
+};
+
 enum class TileKind { Skip, Full, Edge };  // Full: every (row, key) visible; Edge: element masks needed
 
 // Keys [start, start + len) of one (batch, KV head), stored contiguously (row stride k_row_stride).
@@ -137,17 +140,15 @@ struct Common {
       tiles.bwd_rows = std::min(tiles.bwd_rows, t);
       tiles.bwd_keys = std::min(tiles.bwd_keys, t);
       tiles.small_rows = std::min(tiles.small_rows, tiles.fwd_rows);
-      const i64 reach = round_up(std::max<i64>(1, tiles.fwd_rows / G) + span - 1, 16);
-      if (p.global_tokens.empty() && reach <= kMaxReachKeys) {
-        tiles.fwd_keys = reach;
-        fwd_whole_reach = true;
-      }
       // The backward likewise: a key tile's query rows (tile keys + span - 1 positions) in one step.
-      const i64 rows_reach = round_up(tiles.bwd_keys + span - 1, 16);
-      if (p.global_tokens.empty() && rows_reach <= kMaxReachKeys) {
-        tiles.bwd_rows = rows_reach;
-        bwd_whole_reach = true;
-      }
+      const auto whole_reach = [&](i64 tile, i64& other_side) {
+        const i64 reach = round_up(tile + span - 1, 16);
+        if (!p.global_tokens.empty() || reach > kMaxReachKeys) return false;
+        other_side = reach;
+        return true;
+      };
+      fwd_whole_reach = whole_reach(std::max<i64>(1, tiles.fwd_rows / G), tiles.fwd_keys);
+      bwd_whole_reach = whole_reach(tiles.bwd_keys, tiles.bwd_rows);
     }
     if (!p.global_tokens.empty()) {
       i64 max_k = 0;
@@ -220,6 +221,28 @@ struct Common {
     if (fwd_whole_reach) return std::max(lo, ka);
     return lo <= ka ? ka : ka + (lo - ka) / step * step;
   }
+  // Of keys [j0, j0 + nc) against rows at positions [plo, phi] (no global tokens): keys
+  // [ea, ee) may be seen by some row and keys [ba, bb) by every row (key padding aside);
+  // no row sees the others. Offsets from j0; ea <= ba <= bb <= ee.
+  KeyRanges lane_keys(i64 plo, i64 phi, i64 j0, i64 nc) const {
+    const auto at = [&](i64 j) { return std::clamp<i64>(j - j0, 0, nc); };
+    i64 vis_end = j0 + nc, all_end = j0 + nc, ea = 0, ba = 0;
+    if (p.causal) {
+      vis_end = std::min(vis_end, phi + 1);
+      all_end = std::min(all_end, plo + 1);
+    }
+    if (p.window_right >= 0) {
+      vis_end = std::min(vis_end, phi + p.window_right + 1);
+      all_end = std::min(all_end, plo + p.window_right + 1);
+    }
+    if (p.window_left >= 0) {
+      ea = at(plo - p.window_left);
+      ba = at(phi - p.window_left);
+    }
+    const i64 ee = std::max(ea, at(vis_end));
+    const i64 bb = std::min(ee, std::max(ba, at(all_end)));
+    return {ea, ee, std::min(ba, bb), bb};
+  }
   // One past the last key rows [.., ip_hi] may see (causal / right window), at most kb.
   i64 end_key(i64 ip_hi, i64 kb) const {
     i64 e = kb;
@@ -256,6 +279,26 @@ struct Common {
   }
 };
 
+// dst[d * ldd + r] = scale * row(r)[d] for r < n (a multiple of W; row(r) == nullptr: a
+// zero row) and d < D, in W x W blocks transposed in registers.
+template <class Isa, class RowFn>
+void pack_transposed(RowFn row, i64 n, i64 D, float scale, float* dst, i64 ldd) {
+  constexpr int W = Isa::W;
+  static const float zeros[16] = {};
+  for (i64 r0 = 0; r0 < n; r0 += W) {
+    const float* rows[W];
+    for (int t = 0; t < W; ++t) {
+      const float* r = row(r0 + t);
+      rows[t] = r != nullptr ? r : zeros;
+    }
+    for (i64 d0 = 0; d0 < D; d0 += W) {
+      const float* shifted[W];
+      for (int t = 0; t < W; ++t) shifted[t] = rows[t] == zeros ? zeros : rows[t] + d0;
+      Isa::transpose_rows(shifted, static_cast<int>(std::min<i64>(W, D - d0)), scale, dst + d0 * ldd + r0, ldd);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <class Isa>
@@ -266,7 +309,7 @@ struct FwdScratch {
   Buf qs, keys;          // few-row path: scaled Q rows [small_rows x Dp]; key lanes [3 x fwd_keys]
   std::vector<i64> lane_h, lane_i;
   std::vector<i64> blk_lo, blk_hi;  // per W-lane block: lowest and highest position of its rows
-  std::vector<std::array<i64, 4>> rng;  // per W-lane block of a tile: ea, ee, ba, bb (see fwd_rows)
+  std::vector<KeyRanges> rng;       // per W-lane block of a tile (Common::lane_keys)
   std::vector<const float*> qrows;
   float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *grow = nullptr, *slope = nullptr;
   explicit FwdScratch(const Common& cm) {
@@ -314,7 +357,6 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   const bool alibi = !cm.slopes.empty(), has_global = cm.has_global();
 
   // Qt[d][r] = scale * q(h_r, i_r, d), and the per-lane row facts. Lanes >= R: zero query, never visible.
-  static const float zeros[16] = {};
   const float** qrows = sc.qrows.data();  // row r = g * nq + ii (no divisions per row)
   for (i64 g = 0, r = 0; g < cm.G; ++g)
     for (i64 ii = 0; ii < nq; ++ii, ++r) {
@@ -326,15 +368,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
       sc.lane_h[r] = h;
       sc.lane_i[r] = i;
     }
-  for (i64 r0 = 0; r0 < Rp; r0 += W) {  // W x W blocks transposed in registers
-    const float* rows[W];
-    for (int t = 0; t < W; ++t) rows[t] = r0 + t < R ? qrows[r0 + t] : zeros;
-    for (i64 d0 = 0; d0 < D; d0 += W) {
-      const float* shifted[W];
-      for (int t = 0; t < W; ++t) shifted[t] = rows[t] == zeros ? zeros : rows[t] + d0;
-      I::transpose_rows(shifted, static_cast<int>(std::min<i64>(W, D - d0)), p.scale, qt + d0 * Rp + r0, Rp);
-    }
-  }
+  pack_transposed<I>([&](i64 r) { return r < R ? qrows[r] : nullptr; }, Rp, D, p.scale, qt, Rp);
   for (i64 r = R; r < Rp; ++r) {
     sc.ipos[r] = -1e30f;
     sc.grow[r] = 0.0f;
@@ -383,54 +417,31 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
           _mm_prefetch(reinterpret_cast<const char*>(sg.v + jj * krs + d), _MM_HINT_T1);
         }
     }
-    // S^T[nc x Rp] = K[j0:j1] Qt
     const bool edge = kind == TileKind::Edge;
     const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
     const bool pad_tile = edge && cm.padded_in(b, j0, j1) > 0;
     // Per lane block: keys [ea, ee) of the tile may be seen by some of its rows and keys
     // [ba, bb) by all of them (key padding aside); no row sees the others, so their scores
     // are neither computed nor read. Full tiles and global tokens: the whole tile.
+    // [ca, cb): the keys every block needs.
     const i64 nblk = Rp / W;
     bool same = true;  // every block has the same [ea, ee)
+    i64 ca = 0, cb = nc;
     for (i64 v = 0; v < nblk; ++v) {
-      i64 ea = 0, ee = nc, ba = 0, bb = nc;
-      if (edge && !has_global) {
-        const i64 plo = sc.blk_lo[v], phi = sc.blk_hi[v];
-        const auto at = [&](i64 j) { return std::clamp<i64>(j - j0, 0, nc); };
-        i64 vis_end = j0 + nc, all_end = j0 + nc;
-        if (p.causal) {
-          vis_end = std::min(vis_end, phi + 1);
-          all_end = std::min(all_end, plo + 1);
-        }
-        if (wr) {
-          vis_end = std::min(vis_end, phi + p.window_right + 1);
-          all_end = std::min(all_end, plo + p.window_right + 1);
-        }
-        if (wl) {
-          ea = at(plo - p.window_left);
-          ba = at(phi - p.window_left);
-        }
-        ee = std::max(ea, at(vis_end));
-        bb = std::min(ee, std::max(ba, at(all_end)));
-        ba = std::min(ba, bb);
-      }
-      sc.rng[v] = {ea, ee, ba, bb};
-      same = same && ea == sc.rng[0][0] && ee == sc.rng[0][1];
+      sc.rng[v] = edge && !has_global ? cm.lane_keys(sc.blk_lo[v], sc.blk_hi[v], j0, nc) : KeyRanges{0, nc, 0, nc};
+      same = same && sc.rng[v].ea == sc.rng[0].ea && sc.rng[v].ee == sc.rng[0].ee;
+      ca = std::max(ca, sc.rng[v].ea);
+      cb = std::min(cb, sc.rng[v].ee);
     }
+    cb = std::max(ca, cb);
     // S^T[nc x Rp] = K[j0:j1] Qt: keys every block needs at full width, the rest per block.
     float* colmax = sc.colmax.data();
     if (plain) std::fill(colmax, colmax + Rp, kNegInf);
-    i64 ca = 0, cb = nc;
-    for (i64 v = 0; v < nblk; ++v) {
-      ca = std::max(ca, sc.rng[v][0]);
-      cb = std::min(cb, sc.rng[v][1]);
-    }
-    cb = std::max(ca, cb);
     if (cb > ca)
       tile_gemm<I, false>(cb - ca, Rp, D, kr + ca * krs, krs, qt, Rp, st + ca * Rp, Rp, TileMode::Store, nullptr,
                           plain ? colmax : nullptr);
     for (i64 v = 0; v < nblk && !same; ++v) {
-      const i64 ea = sc.rng[v][0], ee = sc.rng[v][1];
+      const i64 ea = sc.rng[v].ea, ee = sc.rng[v].ee;
       for (auto [a, z] : {std::pair{ea, std::min(ee, ca)}, std::pair{std::max(ea, cb), ee}})
         if (z > a) tile_gemm<I, false>(z - a, W, D, kr + a * krs, krs, qt + v * W, Rp, st + a * Rp + v * W, Rp,
                                        TileMode::Store);
@@ -480,7 +491,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     if (p.dropout_p > 0.0f) {  // O uses dropout(P); l (hence LSE) does not
       const float inv_keep = 1.0f / (1.0f - p.dropout_p);
       for (i64 r = 0; r < R; ++r)
-        for (i64 jj = sc.rng[r / W][0]; jj < sc.rng[r / W][1]; ++jj) {
+        for (i64 jj = sc.rng[r / W].ea; jj < sc.rng[r / W].ee; ++jj) {
           float& x = st[jj * Rp + r];
           if (x != 0.0f) x = attention_dropout_keep(p, b, sc.lane_h[r], sc.lane_i[r], j0 + jj) ? x * inv_keep : 0.0f;
         }
@@ -488,11 +499,11 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
     // O = alpha O + P V   (P^T is S^T: A in column layout), over each block's keys [ea, ee)
     const TileMode mode = first ? TileMode::Store : TileMode::ScaleAdd;
     if (same) {
-      const i64 ea = sc.rng[0][0], ee = sc.rng[0][1];
+      const i64 ea = sc.rng[0].ea, ee = sc.rng[0].ee;
       tile_gemm<I, true>(R, D, ee - ea, st + ea * Rp, Rp, vr + ea * krs, krs, o, Dp, mode, sc.alpha);
     } else {
       for (i64 v0 = 0; v0 < R; v0 += W) {
-        const i64 ea = sc.rng[v0 / W][0], ee = sc.rng[v0 / W][1];
+        const i64 ea = sc.rng[v0 / W].ea, ee = sc.rng[v0 / W].ee;
         tile_gemm<I, true>(std::min<i64>(W, R - v0), D, ee - ea, st + ea * Rp + v0, Rp, vr + ea * krs, krs,
                            o + v0 * Dp, Dp, mode, sc.alpha + v0);
       }
@@ -800,19 +811,9 @@ void bwd_item(const Common& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, i64
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
   const i64 few_from = cm.fwd_few_rows_from(b);
 
-  // K^T, V^T [D x Bkp] (zero beyond nc), W x W blocks transposed in registers; key lanes:
-  // position, usable (in range, not padded), global.
-  static const float zeros[16] = {};
+  // K^T, V^T [D x Bkp] (zero beyond nc); key lanes: position, usable (in range, not padded), global.
   for (const auto& [src, dst] : {std::pair{kr, kt}, std::pair{vr, vt}})
-    for (i64 j = 0; j < Bkp; j += W) {
-      const float* rows[W];
-      for (int t = 0; t < W; ++t) rows[t] = j + t < nc ? src + (j + t) * krs : zeros;
-      for (i64 d0 = 0; d0 < D; d0 += W) {
-        const float* shifted[W];
-        for (int t = 0; t < W; ++t) shifted[t] = rows[t] == zeros ? zeros : rows[t] + d0;
-        I::transpose_rows(shifted, static_cast<int>(std::min<i64>(W, D - d0)), 1.0f, dst + d0 * Bkp + j, Bkp);
-      }
-    }
+    pack_transposed<I>([&, src = src](i64 j) { return j < nc ? src + j * krs : nullptr; }, Bkp, D, 1.0f, dst, Bkp);
   for (i64 jj = 0; jj < Bkp; ++jj) {
     const i64 j = j0 + jj;
     sc.jpos[jj] = static_cast<float>(j);

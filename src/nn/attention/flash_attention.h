@@ -16,13 +16,15 @@ FlashIsa flash_isa();                   // the path in use (resolved)
 bool flash_isa_available(FlashIsa isa);
 std::string flash_isa_name(FlashIsa isa);
 
-// Tile sizes (one table). Defaults chosen with `modformer bench attention
-// --sections tune` (interleaved rounds) on the 2-core Cascade Lake
-// development machine: forward 192 rows x 64 keys took 0.90-0.95x the time of
-// 64 x 64 at d = 128 and 0.94-0.95x at d = 64 (L 1024-4096, causal or not,
-// GQA, the training shape), since each K/V tile serves more rows; backward
-// 64 x 64 was the best of 32..64. The register blocking per ISA is in
-// flash_tiles.h. Narrow sliding windows shrink the tiles (flash_attention.cpp).
+// Tile sizes (one table). Defaults chosen on the 2-core Cascade Lake
+// development machine, in interleaved rounds: forward 192 rows x 64 keys
+// (each K/V tile serves more rows) took 0.90-0.97x the time of 64 x 64 over
+// three runs of `dev/tile_rows_probe 8 64 192` (L 1024-4096, d 64 and 128,
+// causal or not, the default training batch; 0.94-1.04x for GQA 32/8), and
+// 0.91-0.94x in `modformer bench attention --sections tune --reps 10`
+// (L 4096); backward 64 x 64 is within noise of 32 x 64 there. The register
+// blocking per ISA is in flash_tiles.h. Narrow sliding windows shrink the
+// tiles (flash_attention.cpp).
 struct FlashTiles {
   std::int64_t fwd_rows = 192;     // stacked query rows (GQA heads x positions) per forward tile
   std::int64_t fwd_keys = 64;      // keys per forward tile

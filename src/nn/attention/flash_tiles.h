@@ -186,43 +186,37 @@ void row_dot_scores(std::int64_t rows, std::int64_t nk, std::int64_t d, const fl
       for (int t = 0; t < W; ++t) acc0[t] = acc1[t] = I::zero();
       const float* q0 = q + r * ldq;
       const float* q1 = pair ? q0 + ldq : q0;
-      for (int t0 = 0; t0 < nb; t0 += G) {
-        const float* kp[G];
-        for (int t = 0; t < G; ++t) kp[t] = kb + (t0 + t < nb ? t0 + t : t0) * ldk;  // rows past nb: never summed
-        const int ng = nb - t0 < G ? nb - t0 : G;
+      // One pass over d for keys [t0, t0 + ng): FULL (ng == G, a constant: unrolled) or the last, shorter
+      // group; PAIR: rows r and r + 1 share each K load.
+      const auto pass = [&]<bool PAIR, bool FULL>(const float* const* kp, int t0, int ng) {
+        const int n = FULL ? G : ng;
         std::int64_t c = 0;
-        if (pair && ng == G) {
-          for (; c < dfull; c += W) {
-            const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
-            for (int t = 0; t < G; ++t) {
-              const V kv = I::load(kp[t] + c);
-              acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
-              acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
-            }
-          }
-        } else if (ng == G) {
-          for (; c < dfull; c += W) {
-            const V qv = I::load(q0 + c);
-            for (int t = 0; t < G; ++t) acc0[t0 + t] = I::fmadd(I::load(kp[t] + c), qv, acc0[t0 + t]);
-          }
-        } else {
-          for (; c < dfull; c += W) {
-            const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
-            for (int t = 0; t < ng; ++t) {
-              const V kv = I::load(kp[t] + c);
-              acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
-              if (pair) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
-            }
+        for (; c < dfull; c += W) {
+          const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
+          for (int t = 0; t < n; ++t) {
+            const V kv = I::load(kp[t] + c);
+            acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
+            if constexpr (PAIR) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
           }
         }
         if (dtail > 0) {
           const V qv0 = I::load(q0 + c), qv1 = I::load(q1 + c);
-          for (int t = 0; t < ng; ++t) {
+          for (int t = 0; t < n; ++t) {
             const V kv = I::load_n(kp[t] + c, dtail);
             acc0[t0 + t] = I::fmadd(kv, qv0, acc0[t0 + t]);
-            if (pair) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
+            if constexpr (PAIR) acc1[t0 + t] = I::fmadd(kv, qv1, acc1[t0 + t]);
           }
         }
+      };
+      for (int t0 = 0; t0 < nb; t0 += G) {
+        const float* kp[G];
+        for (int t = 0; t < G; ++t) kp[t] = kb + (t0 + t < nb ? t0 + t : t0) * ldk;  // rows past nb: never summed
+        const int ng = nb - t0 < G ? nb - t0 : G;
+        if (pair)
+          ng == G ? pass.template operator()<true, true>(kp, t0, ng) : pass.template operator()<true, false>(kp, t0, ng);
+        else
+          ng == G ? pass.template operator()<false, true>(kp, t0, ng)
+                  : pass.template operator()<false, false>(kp, t0, ng);
       }
       I::store(s + r * lds + j0, I::sum_lanes_transposed(acc0));
       if (pair) I::store(s + (r + 1) * lds + j0, I::sum_lanes_transposed(acc1));
