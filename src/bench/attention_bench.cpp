@@ -50,20 +50,6 @@ using BestIsa = flash::IsaScalar;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Best wall time of fn over reps runs after one warmup (`before` runs untimed before each).
-double best_time(int reps, const std::function<void()>& fn, const std::function<void()>& before = {}) {
-  if (before) before();
-  fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    if (before) before();
-    const auto t0 = Clock::now();
-    fn();
-    best = std::min(best, seconds_since(t0));
-  }
-  return best;
-}
-
 // The best time of each of several calls, measured in interleaved rounds
 // (call 1, call 2, ..., then again) after one warmup round, so that a drift in
 // clock speed or a noisy neighbour affects every compared call alike.
@@ -83,6 +69,11 @@ std::vector<double> best_times_interleaved(int reps, const std::vector<std::func
       best[i] = std::min(best[i], seconds_since(t0));
     }
   return best;
+}
+
+// Best wall time of fn over reps runs after one warmup (`before` runs untimed before each).
+double best_time(int reps, const std::function<void()>& fn, const std::function<void()>& before = {}) {
+  return best_times_interleaved(reps, {fn}, before)[0];
 }
 
 std::string fmt(const char* f, double v) {
