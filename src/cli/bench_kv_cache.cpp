@@ -19,7 +19,6 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "model/config.h"
-#include "model/kv_cache.h"
 #include "model/transformer.h"
 
 namespace {
@@ -69,20 +68,20 @@ struct Timing {
 // Prefills ctx - steps tokens, then decodes `steps` tokens one at a time
 // (ending at position ctx - 1); best of reps for each phase.
 Timing time_context(mf::Transformer& m, std::int64_t ctx, std::int64_t steps, int reps, bool copy_out) {
-  mf::KvCacheOptions o;
+  mf::GenerationOptions o;
   o.capacity = ctx;
   o.copy_out = copy_out;
-  mf::KvCache cache(m.config(), 1, o);
+  const std::unique_ptr<mf::GenerationState> cache = m.new_generation_state(o);
   const mf::Tensor prompt = random_tokens(ctx - steps, m.vocab_size(), 1);
   const mf::Tensor step = random_tokens(1, m.vocab_size(), 2);
   Timing t;
   for (int r = 0; r < reps; ++r) {
-    cache.reset();
+    cache->reset();
     double t0 = now_s();
-    m.logits(prompt, &cache);
+    m.logits(prompt, cache.get());
     t.prefill_s = std::min(t.prefill_s, now_s() - t0);
     t0 = now_s();
-    for (std::int64_t s = 0; s < steps; ++s) m.logits(step, &cache);
+    for (std::int64_t s = 0; s < steps; ++s) m.logits(step, cache.get());
     t.decode_s = std::min(t.decode_s, now_s() - t0);
   }
   return t;

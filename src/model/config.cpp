@@ -13,6 +13,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "nn/mixer/mixer_registry.h"
 
 namespace mf {
 
@@ -248,6 +249,22 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
       {"gradient_checkpointing",
        [&](const json& v, const std::string& f) { c.gradient_checkpointing = get_bool(v, s, f); }},
       {"initializer_range", [&](const json& v, const std::string& f) { c.initializer_range = get_double(v, s, f); }},
+      {"token_mixer", [&](const json& v, const std::string& f) { c.token_mixer = get_string(v, s, f); }},
+      {"layer_types",
+       [&](const json& v, const std::string& f) {
+         c.layer_types.clear();
+         if (v.is_null()) return;
+         if (!v.is_array()) field_error(s, f, str_cat("must be a list of mixer names but is ", type_of(v)));
+         for (std::size_t i = 0; i < v.size(); ++i) c.layer_types.push_back(get_string(v[i], s, str_cat(f, "[", i, "]")));
+       }},
+      {"is_decoder", [&](const json& v, const std::string& f) { c.is_decoder = get_bool(v, s, f); }},
+      {"num_labels", [&](const json& v, const std::string& f) { c.num_labels = get_int(v, s, f, 0, 1 << 20); }},
+      {"classifier_pooling",
+       [&](const json& v, const std::string& f) {
+         c.classifier_pooling = get_string(v, s, f);
+         if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
+           field_error(s, f, "unknown value \"" + c.classifier_pooling + "\" (expected \"mean\" or \"first\")");
+       }},
       {"architectures", ignore_info},
       {"torch_dtype", ignore_info},
       {"transformers_version", ignore_info},
@@ -261,13 +278,19 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
   };
   for (auto it = j.begin(); it != j.end(); ++it) {
     const auto h = table.find(it.key());
+    if (h == table.end() && (find_token_mixer(it.key()) || find_channel_mixer(it.key()))) {
+      c.mixer_options[it.key()] = it.value();  // a mixer's options object, checked below
+      continue;
+    }
     if (h == table.end()) {
       field_error(s, it.key(),
                   "unknown field (known: model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, "
                   "num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, layer_norm_eps, rope_theta, "
                   "rope_scaling, max_position_embeddings, tie_word_embeddings, sliding_window, hidden_act, "
                   "attention_bias, mlp_bias, norm, norm_placement, ffn, ffn_chunk_size, position, attention_impl, "
-                  "gradient_checkpointing, initializer_range)");
+                  "gradient_checkpointing, initializer_range, token_mixer, layer_types, is_decoder, num_labels, "
+                  "classifier_pooling, and a mixer's options object under its name: " +
+                      token_mixer_names() + ")");
     }
     h->second(it.value(), it.key());
     seen.insert(it.key());
@@ -287,8 +310,28 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
   if (!seen.count("hidden_act")) c.hidden_act = c.ffn == FfnKind::SwiGLU ? Activation::SiLU : Activation::GELU;
+  // Complete each options object against its mixer's schema (errors name the option).
+  for (auto& [name, given] : c.mixer_options) {
+    const TokenMixerEntry* t = find_token_mixer(name);
+    const auto& schema = t ? t->options : channel_mixer_entry(name).options;
+    given = parse_options(schema, given, "[config] " + s + ": ", name);
+  }
   validate_config(c, s);
   return c;
+}
+
+std::string ModelConfig::layer_mixer(std::int64_t i) const {
+  if (!layer_types.empty()) return layer_types.at(static_cast<std::size_t>(i));
+  if (!token_mixer.empty()) return token_mixer;
+  return sliding_window > 0 ? "sliding_attention" : "full_attention";
+}
+
+json ModelConfig::options_of(const std::string& mixer) const {
+  const auto it = mixer_options.find(mixer);
+  if (it != mixer_options.end()) return it->second;
+  const TokenMixerEntry* t = find_token_mixer(mixer);
+  const auto& schema = t ? t->options : channel_mixer_entry(mixer).options;
+  return parse_options(schema, nullptr, "[config] ", mixer);
 }
 
 void validate_config(const ModelConfig& c, const std::string& s) {
@@ -328,6 +371,10 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     need(c.ffn == FfnKind::SwiGLU, "ffn", "ffn \"swiglu\"");
     need(c.position == PositionKind::RoPE, "position", "position \"rope\" (rotate-half)");
     need(c.sliding_window == 0, "sliding_window", "no sliding_window");
+    need(c.is_decoder, "is_decoder", "a decoder (is_decoder true)");
+    for (std::int64_t i = 0; i < c.num_hidden_layers; ++i)
+      need(c.layer_mixer(i) == "full_attention", c.layer_types.empty() ? "token_mixer" : "layer_types",
+           "every layer's token mixer to be \"full_attention\"");
     if (c.rope_scaling.type == RopeScalingType::NTK)
       field_error(s, "rope_scaling.type",
                   "\"ntk\" (static NTK-aware) is our own name, unknown to LlamaForCausalLM; use model_type "
@@ -351,6 +398,47 @@ void validate_config(const ModelConfig& c, const std::string& s) {
       if (r.attention_factor < 0) field_error(s, "rope_scaling.attention_factor", "must be > 0");
     }
   }
+
+  // Blocks from mixers: every layer's token mixer exists, can run as the
+  // model needs (causal in decoders, bidirectional in encoders), and finds
+  // the model fields it needs; options objects belong to a mixer in use.
+  if (!c.layer_types.empty() && static_cast<std::int64_t>(c.layer_types.size()) != c.num_hidden_layers)
+    field_error(s, "layer_types",
+                str_cat("has ", c.layer_types.size(), " entries but num_hidden_layers is ", c.num_hidden_layers,
+                        " (one per layer)"));
+  if (!c.token_mixer.empty() && !find_token_mixer(c.token_mixer))
+    field_error(s, "token_mixer", "unknown token mixer \"" + c.token_mixer + "\" (known: " + token_mixer_names() + ")");
+  std::set<std::string> used;
+  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string name = c.layer_mixer(i);
+    const std::string field = c.layer_types.empty() ? std::string("token_mixer") : str_cat("layer_types[", i, "]");
+    const TokenMixerEntry* e = find_token_mixer(name);
+    if (!e) field_error(s, field, "unknown token mixer \"" + name + "\" (known: " + token_mixer_names() + ")");
+    const std::string why = e->limits.empty() ? std::string() : " (" + e->limits + ")";
+    if (c.is_decoder && !e->caps.causal)
+      field_error(s, field, "mixer \"" + name + "\" cannot run causally, but is_decoder is true" + why);
+    if (!c.is_decoder && !e->caps.bidirectional)
+      field_error(s, field, "mixer \"" + name + "\" cannot run bidirectionally, but is_decoder is false" + why);
+    if (name == "sliding_attention" && c.sliding_window == 0)
+      field_error(s, field, "mixer \"sliding_attention\" needs the model's sliding_window (> 0)");
+    used.insert(name);
+  }
+  used.insert(ffn_kind_name(c.ffn));
+  for (const auto& [name, opts] : c.mixer_options)
+    if (!used.count(name)) field_error(s, name, "options for mixer \"" + name + "\", which no layer uses");
+  if (c.is_decoder) {
+    if (c.num_labels != 0)
+      field_error(s, "num_labels", "is for encoder classifiers (is_decoder false); a decoder has an LM head");
+  } else {
+    if (c.num_labels < 2)
+      field_error(s, "num_labels",
+                  str_cat("an encoder (is_decoder false) is a sequence classifier and needs num_labels >= 2, but it is ",
+                          c.num_labels, " (a masked-LM encoder head is not offered)"));
+    if (c.tie_word_embeddings)
+      field_error(s, "tie_word_embeddings", "an encoder classifier has no LM head to tie");
+  }
+  if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
+    field_error(s, "classifier_pooling", "must be \"mean\" or \"first\"");
 
   // Which activation each FFN takes.
   if (c.ffn == FfnKind::SwiGLU && c.hidden_act != Activation::SiLU)
@@ -390,6 +478,18 @@ json config_to_json(const ModelConfig& c) {
   j["attention_impl"] = kImpls.name(c.attention_impl);
   j["gradient_checkpointing"] = c.gradient_checkpointing;
   j["initializer_range"] = c.initializer_range;
+  if (!c.token_mixer.empty()) j["token_mixer"] = c.token_mixer;
+  if (!c.layer_types.empty()) j["layer_types"] = c.layer_types;
+  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {  // every used mixer's options, complete
+    const std::string name = c.layer_mixer(i);
+    if (!token_mixer_entry(name).options.empty()) j[name] = c.options_of(name);
+  }
+  for (const auto& [name, opts] : c.mixer_options) j[name] = opts;
+  j["is_decoder"] = c.is_decoder;
+  if (!c.is_decoder) {
+    j["num_labels"] = c.num_labels;
+    j["classifier_pooling"] = c.classifier_pooling;
+  }
   j["torch_dtype"] = "float32";
   return j;
 }

@@ -4,24 +4,24 @@
 // impossible combinations are errors that name the field.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 #include "nn/attention/attention.h"
+#include "nn/ffn/ffn.h"
+#include "nn/norm/norm.h"
 
 namespace mf {
 
-enum class NormKind { RMSNorm, LayerNorm };
 // pre: x + f(norm(x)) (GPT-2/Llama); post: norm(x + f(x)) (original
 // Transformer, BERT); sandwich: x + norm_b(f(norm_a(x))) (CogView, Gemma 2).
 enum class NormPlacement { Pre, Post, Sandwich };
-enum class FfnKind { SwiGLU, GeGLU, MLP };
 // rope: rotate-half pairs (i, i + D/2) as in GPT-NeoX/Llama; rope_interleaved:
 // pairs (2i, 2i + 1) as in the RoFormer paper.
 enum class PositionKind { RoPE, RoPEInterleaved, ALiBi, Sinusoidal, Learned, None };
-// silu (= swish); gelu (erf); gelu_tanh (HF "gelu_new" / "gelu_pytorch_tanh").
-enum class Activation { SiLU, GELU, GELUTanh };
 enum class RopeScalingType { None, Linear, NTK, Dynamic, YaRN };
 
 struct RopeScalingConfig {
@@ -60,12 +60,30 @@ struct ModelConfig {
   AttentionImpl attention_impl = AttentionImpl::Flash;
   bool gradient_checkpointing = false;
   double initializer_range = 0.02;
+  // Blocks from mixers (src/nn/mixer/): the token mixer of every layer, or
+  // one per layer in layer_types (Hugging Face's field, as in Gemma 3 and
+  // Qwen3-Next: "full_attention", "sliding_attention", "fnet", ...). Empty
+  // token_mixer: "sliding_attention" when sliding_window is set, else
+  // "full_attention". Each mixer's options sit in an object under its name
+  // ("linformer": {"k": 128}), parsed against its schema (every option set).
+  std::string token_mixer;
+  std::vector<std::string> layer_types;
+  std::map<std::string, nlohmann::json> mixer_options;
+  // Encoders: is_decoder false gives bidirectional blocks and a pooled
+  // sequence-classification head of num_labels classes instead of the LM head.
+  bool is_decoder = true;
+  std::int64_t num_labels = 0;
+  std::string classifier_pooling = "mean";  // "mean" over non-padding tokens, or "first"
 
   std::int64_t q_dim() const { return num_attention_heads * head_dim; }
   std::int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   double norm_eps() const { return norm == NormKind::RMSNorm ? rms_norm_eps : layer_norm_eps; }
   bool uses_rope() const { return position == PositionKind::RoPE || position == PositionKind::RoPEInterleaved; }
   bool is_llama() const { return model_type == "llama"; }
+  // The token mixer of layer i (layer_types[i], else token_mixer or its default).
+  std::string layer_mixer(std::int64_t i) const;
+  // A mixer's options object (complete; {} for a mixer without options).
+  nlohmann::json options_of(const std::string& mixer) const;
 };
 
 // Parses and validates; `source` (a file name or "<default>") prefixes errors.

@@ -51,17 +51,17 @@ GenerateResult generate(Transformer& model, const std::vector<std::int32_t>& pro
   for (std::int64_t i = 0; i < n_prompt; ++i)
     MF_CHECK(prompt[i] >= 0 && prompt[i] < cfg.vocab_size, kOp, " prompt token ", prompt[i], " at position ", i,
              " is out of range [0, ", cfg.vocab_size, ")");
-  KvCacheOptions copt;
-  copt.capacity = opt.capacity;
-  KvCache cache(cfg, 1, copt);
+  GenerationOptions gopt;
+  gopt.capacity = opt.capacity;
+  const std::unique_ptr<GenerationState> cache = model.new_generation_state(gopt);
   // The last new token is sampled but never fed back.
   const std::int64_t needed = n_prompt + opt.max_new_tokens - 1;
-  MF_CHECK(n_prompt <= cache.capacity(), kOp, " the prompt has ", n_prompt, " tokens but the context holds ",
-           cache.capacity(), " positions (max_position_embeddings ", cfg.max_position_embeddings, ")");
-  MF_CHECK(needed <= cache.capacity(), kOp, " a prompt of ", n_prompt, " tokens plus ", opt.max_new_tokens,
-           " new tokens needs ", needed, " positions but the context holds ", cache.capacity(),
+  MF_CHECK(n_prompt <= cache->capacity(), kOp, " the prompt has ", n_prompt, " tokens but the context holds ",
+           cache->capacity(), " positions (max_position_embeddings ", cfg.max_position_embeddings, ")");
+  MF_CHECK(needed <= cache->capacity(), kOp, " a prompt of ", n_prompt, " tokens plus ", opt.max_new_tokens,
+           " new tokens needs ", needed, " positions but the context holds ", cache->capacity(),
            " (max_position_embeddings ", cfg.max_position_embeddings, "); ask for at most ",
-           cache.capacity() - n_prompt + 1, " new tokens");
+           cache->capacity() - n_prompt + 1, " new tokens");
 
   GenerateResult r;
   r.prompt_tokens = n_prompt;
@@ -73,7 +73,7 @@ GenerateResult generate(Transformer& model, const std::vector<std::int32_t>& pro
   const std::int64_t chunk = opt.prefill_chunk > 0 ? opt.prefill_chunk : n_prompt;
   Tensor logits;
   for (std::int64_t s = 0; s < n_prompt; s += chunk)
-    logits = model.logits(token_row(prompt.data() + s, std::min(chunk, n_prompt - s)), &cache);
+    logits = model.logits(token_row(prompt.data() + s, std::min(chunk, n_prompt - s)), cache.get());
   std::int32_t next = sample_last(logits, opt.sampling, rng);
   r.prefill_seconds = seconds_since(t0);
   r.tokens.push_back(next);
@@ -81,7 +81,7 @@ GenerateResult generate(Transformer& model, const std::vector<std::int32_t>& pro
 
   for (std::int64_t step = 1; step < opt.max_new_tokens; ++step) {
     t0 = std::chrono::steady_clock::now();
-    logits = model.logits(token_row(&next, 1), &cache);
+    logits = model.logits(token_row(&next, 1), cache.get());
     next = sample_last(logits, opt.sampling, rng);
     r.decode_seconds += seconds_since(t0);
     r.tokens.push_back(next);

@@ -1,6 +1,7 @@
-// Autoregressive generation with a KV cache: the prompt is prefilled in one
-// call (the flash kernel over all prompt rows), then one token per step goes
-// through the cache (few query rows against many cached keys: the attention
+// Autoregressive generation with the model's per-layer generation states (KV
+// caches for attention layers): the prompt is prefilled in one call (the
+// flash kernel over all prompt rows), then one token per step goes through
+// the states (few query rows against many cached keys: the attention
 // front door takes the flash-decoding split-KV path for long contexts).
 // Sampling: src/model/sampling.h, one counter-based draw per token.
 #pragma once
@@ -8,7 +9,6 @@
 #include <functional>
 #include <vector>
 
-#include "model/kv_cache.h"
 #include "model/sampling.h"
 #include "model/transformer.h"
 

@@ -1,18 +1,20 @@
-// The decoder LM: parameter table, forward (embeddings -> blocks -> final
-// norm), LM head (fused chunked cross-entropy for the loss, a plain GEMM for
-// logits) and the backward through all of it, with optional per-block
-// gradient checkpointing (recompute in the backward).
+// The transformer: parameters (through the mixers' registrations), forward
+// (embeddings -> blocks -> final norm), the heads (LM head through the fused
+// chunked cross-entropy, or a pooled classifier), generation states, and the
+// backward through all of it, with optional per-block gradient checkpointing.
 #include "model/transformer.h"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
 
 #include "core/alloc.h"
-#include "core/rng.h"
 #include "model/checkpoint.h"
 #include "nn/embedding.h"
 #include "nn/linear.h"
 #include "nn/loss/lm_head_cross_entropy.h"
+#include "nn/mixer/mixer_registry.h"
 #include "nn/position/learned_position.h"
 #include "nn/position/sinusoidal.h"
 
@@ -66,158 +68,125 @@ RopeConfig rope_config(const ModelConfig& c) {
 
 }  // namespace
 
-std::vector<ParamSpec> transformer_parameter_specs(const ModelConfig& c) {
-  std::vector<ParamSpec> out;
-  const std::int64_t C = c.hidden_size, I = c.intermediate_size;
-  auto norm = [&](const std::string& base) {
-    out.push_back({base + ".weight", {C}, ParamInit::Ones, false});
-    if (c.norm == NormKind::LayerNorm) out.push_back({base + ".bias", {C}, ParamInit::Zeros, false});
-  };
-  auto linear = [&](const std::string& base, std::int64_t o, std::int64_t i, bool bias) {
-    out.push_back({base + ".weight", {o, i}, ParamInit::Normal, true});
-    if (bias) out.push_back({base + ".bias", {o}, ParamInit::Zeros, false});
-  };
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, C}, ParamInit::Normal, false});
-  if (c.position == PositionKind::Learned)
-    out.push_back({"model.embed_positions.weight", {c.max_position_embeddings, C}, ParamInit::Normal, false});
-  const NormNames nn = norm_names(c.norm_placement);
-  for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = layer_prefix(l);
-    if (nn.attn_in) norm(p + nn.attn_in);
-    linear(p + "self_attn.q_proj", c.q_dim(), C, c.attention_bias);
-    linear(p + "self_attn.k_proj", c.kv_dim(), C, c.attention_bias);
-    linear(p + "self_attn.v_proj", c.kv_dim(), C, c.attention_bias);
-    linear(p + "self_attn.o_proj", C, c.q_dim(), c.attention_bias);
-    if (nn.attn_out) norm(p + nn.attn_out);
-    if (nn.attn_post) norm(p + nn.attn_post);
-    if (nn.ffn_in) norm(p + nn.ffn_in);
-    if (c.ffn != FfnKind::MLP) linear(p + "mlp.gate_proj", I, C, c.mlp_bias);
-    linear(p + "mlp.up_proj", I, C, c.mlp_bias);
-    linear(p + "mlp.down_proj", C, I, c.mlp_bias);
-    if (nn.ffn_out) norm(p + nn.ffn_out);
-    if (nn.ffn_post) norm(p + nn.ffn_post);
-  }
-  if (c.norm_placement != NormPlacement::Post) norm("model.norm");
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, C}, ParamInit::Normal, true});
-  return out;
-}
-
-Transformer::Transformer(const ModelConfig& cfg, std::uint64_t seed) : cfg_(cfg) {
+Transformer::Transformer(const ModelConfig& cfg, std::uint64_t seed)
+    : cfg_(cfg), params_(seed, cfg.initializer_range) {
   validate_config(cfg_, "model config");
-  const std::vector<ParamSpec> specs = transformer_parameter_specs(cfg_);
-  for (std::size_t i = 0; i < specs.size(); ++i) {
-    const ParamSpec& s = specs[i];
-    Tensor v = Tensor::empty(s.shape);
-    switch (s.init) {
-      case ParamInit::Normal: fill_normal(v, seed, 0.0f, static_cast<float>(cfg_.initializer_range), i); break;
-      case ParamInit::Ones: v.fill(1.0f); break;
-      case ParamInit::Zeros: v.fill(0.0f); break;
-    }
-    params_.push_back(std::make_unique<Parameter>(s.name, std::move(v), s.weight_decay));
-  }
   if (cfg_.uses_rope()) rope_ = std::make_unique<RopeTable>(rope_config(cfg_), cfg_.max_position_embeddings);
   if (cfg_.position == PositionKind::Sinusoidal)
     sinusoidal_ = sinusoidal_table(cfg_.max_position_embeddings, cfg_.hidden_size);
-  build_layers();
+  build();
 }
 
-Parameter* Transformer::find_parameter(const std::string& name) {
-  for (auto& p : params_)
-    if (p->name == name) return p.get();
-  return nullptr;
+// Creates every parameter in checkpoint order (the order fixes each one's
+// Philox stream) and the layers' mixers.
+void Transformer::build() {
+  const std::int64_t C = cfg_.hidden_size;
+  auto norm = [&](const std::string& base, bool global) {
+    NormParams n;
+    n.kind = cfg_.norm;
+    n.eps = static_cast<float>(cfg_.norm_eps());
+    n.weight = global ? params_.add_global(base + ".weight", {C}, ParamInit::Ones, false)
+                      : params_.add(base + ".weight", {C}, ParamInit::Ones, false);
+    if (cfg_.norm == NormKind::LayerNorm)
+      n.bias = global ? params_.add_global(base + ".bias", {C}, ParamInit::Zeros, false)
+                      : params_.add(base + ".bias", {C}, ParamInit::Zeros, false);
+    return n;
+  };
+  auto maybe_norm = [&](const char* name) { return name ? norm(name, false) : NormParams{}; };
+
+  params_.add_global("model.embed_tokens.weight", {cfg_.vocab_size, C}, ParamInit::Normal, false);
+  if (cfg_.position == PositionKind::Learned)
+    params_.add_global("model.embed_positions.weight", {cfg_.max_position_embeddings, C}, ParamInit::Normal, false);
+
+  MixerContext ctx;
+  ctx.hidden_size = C;
+  ctx.num_heads = cfg_.num_attention_heads;
+  ctx.num_kv_heads = cfg_.num_key_value_heads;
+  ctx.head_dim = cfg_.head_dim;
+  ctx.intermediate_size = cfg_.intermediate_size;
+  ctx.max_position_embeddings = cfg_.max_position_embeddings;
+  ctx.sliding_window = cfg_.sliding_window;
+  ctx.attention_bias = cfg_.attention_bias;
+  ctx.mlp_bias = cfg_.mlp_bias;
+  ctx.hidden_act = cfg_.hidden_act;
+  ctx.ffn_chunk_size = cfg_.ffn_chunk_size;
+  ctx.attention_impl = cfg_.attention_impl;
+  ctx.rope = rope_.get();
+  ctx.alibi = cfg_.position == PositionKind::ALiBi;
+  ctx.initializer_range = cfg_.initializer_range;
+
+  const NormNames nn = norm_names(cfg_.norm_placement);
+  const std::string ffn_name = ffn_kind_name(cfg_.ffn);
+  layers_.clear();
+  for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    params_.set_prefix(layer_prefix(l));
+    ctx.layer = l;
+    Layer layer;
+    const std::string mixer = cfg_.layer_mixer(l);
+    layer.p.token_norms.in = maybe_norm(nn.attn_in);
+    ctx.options = cfg_.options_of(mixer);
+    layer.token = token_mixer_entry(mixer, str_cat(kOp, " layer ", l, ": ")).make(ctx, params_);
+    layer.p.token_norms.out = maybe_norm(nn.attn_out);
+    layer.p.token_norms.post = maybe_norm(nn.attn_post);
+    layer.p.channel_norms.in = maybe_norm(nn.ffn_in);
+    ctx.options = cfg_.options_of(ffn_name);
+    layer.channel = channel_mixer_entry(ffn_name, str_cat(kOp, " layer ", l, ": ")).make(ctx, params_);
+    layer.p.channel_norms.out = maybe_norm(nn.ffn_out);
+    layer.p.channel_norms.post = maybe_norm(nn.ffn_post);
+    layer.p.token = layer.token.get();
+    layer.p.channel = layer.channel.get();
+    layers_.push_back(std::move(layer));
+  }
+  params_.set_prefix("");
+  final_norm_ = cfg_.norm_placement != NormPlacement::Post ? norm("model.norm", true) : NormParams{};
+  if (!cfg_.is_decoder) {
+    params_.add_global("classifier.weight", {cfg_.num_labels, C}, ParamInit::Normal, true);
+    params_.add_global("classifier.bias", {cfg_.num_labels}, ParamInit::Zeros, false);
+  } else if (!cfg_.tie_word_embeddings) {
+    params_.add_global("lm_head.weight", {cfg_.vocab_size, C}, ParamInit::Normal, true);
+  }
 }
+
+Parameter* Transformer::find_parameter(const std::string& name) { return params_.find(name); }
 
 Parameter* Transformer::param(const std::string& name) {
-  Parameter* p = find_parameter(name);
+  Parameter* p = params_.find(name);
   MF_CHECK(p != nullptr, kOp, " internal: parameter '", name, "' does not exist");
   return p;
 }
 
 std::vector<Parameter*> Transformer::parameters() {
   std::vector<Parameter*> out;
-  for (auto& p : params_) out.push_back(p.get());
+  for (const auto& p : params_.all()) out.push_back(p.get());
   return out;
 }
 
 std::vector<const Parameter*> Transformer::parameters() const {
   std::vector<const Parameter*> out;
-  for (const auto& p : params_) out.push_back(p.get());
+  for (const auto& p : params_.all()) out.push_back(p.get());
   return out;
 }
 
 std::int64_t Transformer::num_parameters() const {
   std::int64_t n = 0;
-  for (const auto& p : params_) n += p->value.numel();
+  for (const auto& p : params_.all()) n += p->value.numel();
   return n;
-}
-
-void Transformer::build_layers() {
-  const NormNames nn = norm_names(cfg_.norm_placement);
-  auto norm = [&](const std::string& base) {
-    NormParams n;
-    n.kind = cfg_.norm;
-    n.eps = static_cast<float>(cfg_.norm_eps());
-    n.weight = param(base + ".weight");
-    if (cfg_.norm == NormKind::LayerNorm) n.bias = param(base + ".bias");
-    return n;
-  };
-  auto maybe_norm = [&](const std::string& prefix, const char* name) {
-    return name ? norm(prefix + name) : NormParams{};
-  };
-  auto maybe = [&](bool on, const std::string& name) { return on ? param(name) : nullptr; };
-  layers_.clear();
-  for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
-    const std::string p = layer_prefix(l);
-    Layer layer;
-    BlockParams& b = layer.p;
-    b.attn_norms = {maybe_norm(p, nn.attn_in), maybe_norm(p, nn.attn_out), maybe_norm(p, nn.attn_post)};
-    b.ffn_norms = {maybe_norm(p, nn.ffn_in), maybe_norm(p, nn.ffn_out), maybe_norm(p, nn.ffn_post)};
-    SelfAttentionParams& a = b.attn;
-    a.num_heads = cfg_.num_attention_heads;
-    a.num_kv_heads = cfg_.num_key_value_heads;
-    a.head_dim = cfg_.head_dim;
-    for (auto [slot, bias, name] : {std::tuple{&a.q, &a.q_bias, "q_proj"}, std::tuple{&a.k, &a.k_bias, "k_proj"},
-                                    std::tuple{&a.v, &a.v_bias, "v_proj"}, std::tuple{&a.o, &a.o_bias, "o_proj"}}) {
-      *slot = param(p + "self_attn." + name + ".weight");
-      *bias = maybe(cfg_.attention_bias, p + "self_attn." + name + ".bias");
-    }
-    a.rope = rope_.get();
-    a.alibi = cfg_.position == PositionKind::ALiBi;
-    a.sliding_window = cfg_.sliding_window;
-    a.impl = cfg_.attention_impl;
-    FfnParams& f = b.ffn;
-    f.kind = cfg_.ffn;
-    f.act = cfg_.hidden_act;
-    f.chunk_size = cfg_.ffn_chunk_size;
-    if (cfg_.ffn != FfnKind::MLP) {
-      f.gate = param(p + "mlp.gate_proj.weight");
-      f.gate_bias = maybe(cfg_.mlp_bias, p + "mlp.gate_proj.bias");
-    }
-    f.up = param(p + "mlp.up_proj.weight");
-    f.up_bias = maybe(cfg_.mlp_bias, p + "mlp.up_proj.bias");
-    f.down = param(p + "mlp.down_proj.weight");
-    f.down_bias = maybe(cfg_.mlp_bias, p + "mlp.down_proj.bias");
-    ffn_check_params(f);
-    layers_.push_back(layer);
-  }
-  final_norm_ = cfg_.norm_placement != NormPlacement::Post ? norm("model.norm") : NormParams{};
 }
 
 void Transformer::set_attention_impl(AttentionImpl impl) {
   cfg_.attention_impl = impl;
-  for (auto& l : layers_) l.p.attn.impl = impl;
+  for (auto& l : layers_) l.token->set_attention_impl(impl);
 }
 
 void Transformer::set_ffn_chunk_size(std::int64_t rows) {
   MF_CHECK(rows >= 0, kOp, " ffn_chunk_size must be >= 0 but is ", rows);
   cfg_.ffn_chunk_size = rows;
-  for (auto& l : layers_) l.p.ffn.chunk_size = rows;
+  for (auto& l : layers_) l.channel->set_chunk_size(rows);
 }
 
 const Tensor& Transformer::lm_head_weight() const {
-  for (const auto& p : params_)
-    if (p->name == (cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")) return p->value;
-  fail(kOp, " internal: no LM head weight");
+  MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no LM head");
+  return params_.find(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")->value;
 }
 
 Parameter* Transformer::lm_head_param() {
@@ -233,11 +202,61 @@ Tensor Transformer::prepare_tokens(const Tensor& tokens, const char* what) const
   return tokens.dtype() == DType::I32 ? tokens.contiguous() : tokens.to(DType::I32);
 }
 
-Tensor Transformer::forward_hidden(const Tensor& tokens_in, ForwardState* st, KvCacheHook* cache) {
+Tensor Transformer::prepare_mask(const Tensor& mask_in, const Tensor& tokens) const {
+  if (!mask_in.defined()) return Tensor();
+  MF_CHECK(mask_in.shape() == tokens.shape(), kOp, " the padding mask must have the shape of tokens ",
+           shape_str(tokens.shape()), " but has ", shape_str(mask_in.shape()));
+  MF_CHECK(mask_in.dtype() == DType::I32 || mask_in.dtype() == DType::I64, kOp,
+           " the padding mask must be int32 or int64 but is ", dtype_name(mask_in.dtype()));
+  Tensor mask = mask_in.dtype() == DType::I32 ? mask_in.contiguous() : mask_in.to(DType::I32);
+  const std::int64_t B = mask.size(0), L = mask.size(1);
+  const std::int32_t* m = mask.data<std::int32_t>();
+  bool padded = false;
+  for (std::int64_t b = 0; b < B; ++b) {
+    std::int64_t real = 0;
+    for (std::int64_t i = 0; i < L; ++i) real += m[b * L + i] != 0;
+    MF_CHECK(real > 0, kOp, " sequence ", b, " of the batch is all padding (its mask row has no nonzero entry)");
+    padded = padded || real < L;
+  }
+  return padded ? mask : Tensor();  // nothing padded: the mixers take their unmasked path
+}
+
+MixerCall Transformer::mixer_call(std::int64_t batch, std::int64_t seq_len, const Tensor& mask) const {
+  MixerCall call;
+  call.batch = batch;
+  call.seq_len = seq_len;
+  call.causal = cfg_.is_decoder;
+  call.key_padding_mask = mask;
+  return call;
+}
+
+std::unique_ptr<GenerationState> Transformer::new_generation_state(const GenerationOptions& opt) const {
+  MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) does not generate");
+  MF_CHECK(opt.batch >= 1, kOp, " generation batch must be >= 1, got ", opt.batch);
+  MF_CHECK(opt.capacity >= 0, kOp, " capacity must be >= 0 (0: max_position_embeddings), got ", opt.capacity);
+  const std::int64_t capacity = opt.capacity > 0 ? opt.capacity : cfg_.max_position_embeddings;
+  const bool table = cfg_.position == PositionKind::Learned || cfg_.position == PositionKind::Sinusoidal;
+  MF_CHECK(!table || capacity <= cfg_.max_position_embeddings, kOp, " capacity ", capacity, " exceeds the ",
+           position_kind_name(cfg_.position), " position table of max_position_embeddings ",
+           cfg_.max_position_embeddings, " positions");
+  GenerationOptions o = opt;
+  o.capacity = capacity;
+  std::vector<std::unique_ptr<MixerState>> states;
+  for (const auto& l : layers_) states.push_back(l.token->new_state(o));
+  return std::make_unique<GenerationState>(std::move(states), opt.batch, capacity);
+}
+
+Tensor Transformer::forward_hidden(const Tensor& tokens_in, const Tensor& mask_in, ForwardState* st,
+                                   GenerationState* state) {
   const Tensor tokens = prepare_tokens(tokens_in, "tokens");
+  const Tensor mask = prepare_mask(mask_in, tokens);
   const std::int64_t B = tokens.size(0), L = tokens.size(1), C = cfg_.hidden_size, N = B * L;
-  const std::int64_t past = cache ? cache->past_length() : 0;
-  MF_CHECK(past >= 0, kOp, " the KV cache reports a negative past length ", past);
+  const std::int64_t past = state ? state->past_length() : 0;
+  if (state) {
+    MF_CHECK(B == state->batch(), kOp, " the generation state was made for batch ", state->batch(),
+             " but the tokens have batch ", B);
+    state->check_room(L);
+  }
   if (cfg_.position == PositionKind::Learned || cfg_.position == PositionKind::Sinusoidal)
     MF_CHECK(past + L <= cfg_.max_position_embeddings, kOp, " sequence positions up to ", past + L - 1,
              " exceed max_position_embeddings ", cfg_.max_position_embeddings, " of the ",
@@ -257,16 +276,20 @@ Tensor Transformer::forward_hidden(const Tensor& tokens_in, ForwardState* st, Kv
     st->batch = B;
     st->seq_len = L;
     st->tokens = tokens;
+    st->mask = mask;
     st->blocks.resize(layers_.size());
     st->inputs.push_back(x);
   }
+  MixerCall call = mixer_call(B, L, mask);
+  call.past = past;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    const AttentionCall call{B, L, static_cast<std::int64_t>(i), cache, past};
+    call.state = state ? state->layer(static_cast<std::int64_t>(i)) : nullptr;
     BlockSaved local;
     const bool keep = st != nullptr && !cfg_.gradient_checkpointing;
-    x = block_forward(keep ? st->blocks[i] : local, x, layers_[i].p, call);
+    x = block_forward(keep ? st->blocks[i] : local, x, layers_[i].p, call, keep);
     if (st) st->inputs.push_back(x);
   }
+  if (state) state->advance(L);
   if (final_norm_.weight == nullptr) {
     if (st) st->hidden = x;
     return x;
@@ -288,11 +311,11 @@ void Transformer::backward_hidden(ForwardState& st, const Tensor& dhidden) {
     dx = Tensor::empty({N, C});
     norm_backward(dx, dhidden, st.inputs.back(), st.final_stats, final_norm_);
   }
+  const MixerCall call = mixer_call(B, L, st.mask);
   for (std::size_t k = layers_.size(); k-- > 0;) {
-    const AttentionCall call{B, L, static_cast<std::int64_t>(k), nullptr};
     if (cfg_.gradient_checkpointing) {
       BlockSaved recomputed;  // the same forward again: the same bits
-      block_forward(recomputed, st.inputs[k], layers_[k].p, call);
+      block_forward(recomputed, st.inputs[k], layers_[k].p, call, true);
       dx = block_backward(dx, st.inputs[k], recomputed, layers_[k].p, call);
     } else {
       dx = block_backward(dx, st.inputs[k], st.blocks[k], layers_[k].p, call);
@@ -306,7 +329,20 @@ void Transformer::backward_hidden(ForwardState& st, const Tensor& dhidden) {
   embedding_backward(param("model.embed_tokens.weight")->grad, dx, st.tokens);
 }
 
+void Transformer::record_saved_bytes(const ForwardState& st) {
+  std::set<const void*> seen;
+  std::int64_t bytes = 0;
+  for (const auto& b : st.blocks) bytes += block_saved_bytes(b, seen);
+  for (const Tensor* t : {&st.hidden, &st.final_stats.mean, &st.final_stats.rstd})
+    if (t->defined() && seen.insert(t->raw_data()).second) bytes += static_cast<std::int64_t>(t->nbytes());
+  for (const auto& t : st.inputs)
+    if (seen.insert(t.raw_data()).second) bytes += static_cast<std::int64_t>(t.nbytes());
+  last_saved_bytes_ = bytes;
+}
+
 double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool compute_grads) {
+  MF_CHECK(cfg_.is_decoder, kOp,
+           " loss() is the language-model loss of a decoder; this is an encoder classifier (use classify_loss)");
   MF_CHECK(targets_in.defined() && targets_in.shape() == tokens.shape(), kOp, " targets must have the shape of tokens ",
            shape_str(tokens.shape()), " but have ",
            targets_in.defined() ? shape_str(targets_in.shape()) : std::string("(undefined)"));
@@ -322,21 +358,12 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
                "] is out of range [0, ", cfg_.vocab_size, ") (negative targets are ignored)");
   }
   if (!compute_grads) {
-    const Tensor h = forward_hidden(tokens, nullptr, nullptr);
+    const Tensor h = forward_hidden(tokens, Tensor(), nullptr, nullptr);
     return lm_head_cross_entropy_forward(h, lm_head_weight(), targets);
   }
   ForwardState st;
-  forward_hidden(tokens, &st, nullptr);
-  {
-    std::set<const void*> seen;
-    std::int64_t bytes = 0;
-    for (const auto& b : st.blocks) bytes += block_saved_bytes(b, seen);
-    for (const Tensor* t : {&st.hidden, &st.final_stats.mean, &st.final_stats.rstd})
-      if (t->defined() && seen.insert(t->raw_data()).second) bytes += static_cast<std::int64_t>(t->nbytes());
-    for (const auto& t : st.inputs)
-      if (seen.insert(t.raw_data()).second) bytes += static_cast<std::int64_t>(t.nbytes());
-    last_saved_bytes_ = bytes;
-  }
+  forward_hidden(tokens, Tensor(), &st, nullptr);
+  record_saved_bytes(st);
   Tensor dhidden = Tensor::empty(st.hidden.shape());
   Tensor dw = lm_head_param()->grad;
   const double loss = lm_head_cross_entropy_forward_backward(st.hidden, lm_head_weight(), targets, dhidden, dw);
@@ -346,12 +373,114 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
 
 Tensor Transformer::logits(const Tensor& tokens) { return logits(tokens, nullptr); }
 
-Tensor Transformer::logits(const Tensor& tokens, KvCacheHook* cache) {
-  const Tensor h = forward_hidden(tokens, nullptr, cache);
+Tensor Transformer::logits(const Tensor& tokens, GenerationState* state) {
+  MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no token logits (use class_logits)");
+  const Tensor h = forward_hidden(tokens, Tensor(), nullptr, state);
   const std::int64_t B = tokens.size(0), L = tokens.size(1);
   Tensor out = Tensor::empty({B * L, cfg_.vocab_size});
   linear_forward(out, h, lm_head_weight(), Tensor());
   return out.reshape({B, L, cfg_.vocab_size});
+}
+
+// pooled [B, C]: the first token's hidden state, or the mean over the
+// sequence's real tokens (all L when mask is undefined).
+Tensor Transformer::pool(const Tensor& hidden, const Tensor& mask, std::int64_t B, std::int64_t L) const {
+  const std::int64_t C = cfg_.hidden_size;
+  Tensor pooled = Tensor::zeros({B, C});
+  const float* h = hidden.data<float>();
+  float* out = pooled.data<float>();
+  const std::int32_t* m = mask.defined() ? mask.data<std::int32_t>() : nullptr;
+  for (std::int64_t b = 0; b < B; ++b) {
+    float* o = out + b * C;
+    if (cfg_.classifier_pooling == "first") {
+      std::memcpy(o, h + b * L * C, static_cast<std::size_t>(C) * sizeof(float));
+      continue;
+    }
+    std::int64_t count = 0;
+    for (std::int64_t i = 0; i < L; ++i) {
+      if (m && m[b * L + i] == 0) continue;
+      ++count;
+      const float* row = h + (b * L + i) * C;
+      for (std::int64_t c = 0; c < C; ++c) o[c] += row[c];
+    }
+    const float inv = 1.0f / static_cast<float>(count);
+    for (std::int64_t c = 0; c < C; ++c) o[c] *= inv;
+  }
+  return pooled;
+}
+
+Tensor Transformer::class_logits(const Tensor& tokens_in, const Tensor& mask_in) {
+  MF_CHECK(!cfg_.is_decoder, kOp, " class_logits() needs an encoder classifier (is_decoder false, num_labels)");
+  const Tensor tokens = prepare_tokens(tokens_in, "tokens");
+  const Tensor mask = prepare_mask(mask_in, tokens);
+  const std::int64_t B = tokens.size(0), L = tokens.size(1);
+  const Tensor h = forward_hidden(tokens, mask, nullptr, nullptr);
+  Tensor out = Tensor::empty({B, cfg_.num_labels});
+  linear_forward(out, pool(h, mask, B, L), param("classifier.weight")->value, param("classifier.bias")->value);
+  return out;
+}
+
+double Transformer::classify_loss(const Tensor& tokens_in, const Tensor& mask_in, const Tensor& labels_in,
+                                  bool compute_grads) {
+  MF_CHECK(!cfg_.is_decoder, kOp, " classify_loss() needs an encoder classifier (is_decoder false, num_labels)");
+  const Tensor tokens = prepare_tokens(tokens_in, "tokens");
+  const std::int64_t B = tokens.size(0), L = tokens.size(1), C = cfg_.hidden_size, K = cfg_.num_labels;
+  MF_CHECK(labels_in.defined() && labels_in.dim() == 1 && labels_in.size(0) == B, kOp, " labels must be [", B,
+           "] but have shape ", labels_in.defined() ? shape_str(labels_in.shape()) : std::string("(undefined)"));
+  MF_CHECK(labels_in.dtype() == DType::I32 || labels_in.dtype() == DType::I64, kOp,
+           " labels must be int32 or int64 but are ", dtype_name(labels_in.dtype()));
+  const Tensor labels = labels_in.dtype() == DType::I32 ? labels_in.contiguous() : labels_in.to(DType::I32);
+  const std::int32_t* y = labels.data<std::int32_t>();
+  for (std::int64_t b = 0; b < B; ++b)
+    MF_CHECK(y[b] >= 0 && y[b] < K, kOp, " label ", y[b], " of sequence ", b, " is out of range [0, ", K, ")");
+  const Tensor mask = prepare_mask(mask_in, tokens);
+
+  ForwardState st;
+  const Tensor h = forward_hidden(tokens, mask, compute_grads ? &st : nullptr, nullptr);
+  if (compute_grads) record_saved_bytes(st);
+  const Tensor pooled = pool(h, mask, B, L);
+  Parameter* w = param("classifier.weight");
+  Parameter* bias = param("classifier.bias");
+  Tensor logits = Tensor::empty({B, K});
+  linear_forward(logits, pooled, w->value, bias->value);
+  // Mean cross-entropy; dlogits = (softmax - onehot) / B.
+  Tensor dlogits = Tensor::empty({B, K});
+  double total = 0;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const float* z = logits.data<float>() + b * K;
+    double zmax = -std::numeric_limits<double>::infinity(), sum = 0;
+    for (std::int64_t k = 0; k < K; ++k) zmax = std::max(zmax, static_cast<double>(z[k]));
+    for (std::int64_t k = 0; k < K; ++k) sum += std::exp(z[k] - zmax);
+    const double lse = zmax + std::log(sum);
+    total += lse - z[y[b]];
+    float* dz = dlogits.data<float>() + b * K;
+    for (std::int64_t k = 0; k < K; ++k)
+      dz[k] = static_cast<float>((std::exp(z[k] - lse) - (k == y[b] ? 1.0 : 0.0)) / static_cast<double>(B));
+  }
+  const double loss = total / static_cast<double>(B);
+  if (!compute_grads) return loss;
+  Tensor dpooled = Tensor::empty({B, C});
+  linear_backward(dpooled, w->grad, bias->grad, dlogits, pooled, w->value);
+  // Pooling backward: the first row, or every real row / count.
+  Tensor dhidden = Tensor::zeros({B * L, C});
+  const std::int32_t* m = mask.defined() ? mask.data<std::int32_t>() : nullptr;
+  for (std::int64_t b = 0; b < B; ++b) {
+    const float* g = dpooled.data<float>() + b * C;
+    if (cfg_.classifier_pooling == "first") {
+      std::memcpy(dhidden.data<float>() + b * L * C, g, static_cast<std::size_t>(C) * sizeof(float));
+      continue;
+    }
+    std::int64_t count = 0;
+    for (std::int64_t i = 0; i < L; ++i) count += !m || m[b * L + i] != 0;
+    const float inv = 1.0f / static_cast<float>(count);
+    for (std::int64_t i = 0; i < L; ++i) {
+      if (m && m[b * L + i] == 0) continue;
+      float* row = dhidden.data<float>() + (b * L + i) * C;
+      for (std::int64_t c = 0; c < C; ++c) row[c] = g[c] * inv;
+    }
+  }
+  backward_hidden(st, dhidden);
+  return loss;
 }
 
 void Transformer::save(const std::string& dir) const { save_checkpoint(dir, *this); }

@@ -1,21 +1,27 @@
-// The config-driven decoder-only language model: token embedding (tied or
-// not), optional absolute positions, N decoder blocks, final norm (absent
-// with post-norm, whose blocks end normalized), and the LM head through the
-// fused chunked cross-entropy of src/nn/loss/. Every piece has an explicit
-// backward; optional per-block gradient checkpointing keeps only the block
-// inputs and recomputes each block in the backward.
+// The config-driven transformer: token embedding (tied or not), optional
+// absolute positions, N blocks made of mixers (src/nn/mixer/: a token mixer
+// per layer, from layer_types or token_mixer, and the channel mixer of
+// "ffn"), final norm (absent with post-norm, whose blocks end normalized),
+// and either the LM head of a decoder (through the fused chunked
+// cross-entropy of src/nn/loss/) or, for an encoder (is_decoder false), a
+// pooled sequence-classification head. Every piece has an explicit backward;
+// optional per-block gradient checkpointing keeps only the block inputs and
+// recomputes each block in the backward.
 //
 // Parameter (= checkpoint) names. model_type "llama" uses exactly Hugging
 // Face LlamaForCausalLM's; other configs use the same scheme, extended:
 //   model.embed_tokens.weight [V, C]          model.embed_positions.weight [P, C] (learned)
-//   model.layers.N.self_attn.{q,k,v,o}_proj.weight [out, in]   (.bias with attention_bias)
+//   model.layers.N.<token mixer's names>: attention: self_attn.{q,k,v,o}_proj.weight [out, in]
+//       (.bias with attention_bias); others: see `modformer mixers`
 //   model.layers.N.mlp.{gate,up,down}_proj.weight              (.bias with mlp_bias; mlp: up, down only)
 //   norms (.weight, and .bias for LayerNorm), by placement:
-//     pre:      model.layers.N.input_layernorm (before attention), .post_attention_layernorm (before the FFN)
-//     sandwich: .input_layernorm, .post_attention_layernorm (on the attention output, before the residual
+//     pre:      model.layers.N.input_layernorm (before the token mixer), .post_attention_layernorm (before the FFN)
+//     sandwich: .input_layernorm, .post_attention_layernorm (on the token mixer's output, before the residual
 //               add), .pre_feedforward_layernorm, .post_feedforward_layernorm (Gemma 2's names)
-//     post:     .post_attention_layernorm (after the attention residual add), .post_feedforward_layernorm
-//   model.norm (pre and sandwich only)        lm_head.weight [V, C] (unless tie_word_embeddings)
+//     post:     .post_attention_layernorm (after the token mixer's residual add), .post_feedforward_layernorm
+//   model.norm (pre and sandwich only)
+//   decoders: lm_head.weight [V, C] (unless tie_word_embeddings)
+//   encoders: classifier.weight [num_labels, C], classifier.bias [num_labels]
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -23,31 +29,23 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/generation_state.h"
 #include "model/language_model.h"
-#include "nn/block/decoder_block.h"
+#include "model/sequence_classifier.h"
+#include "nn/block/block.h"
+#include "nn/mixer/param_store.h"
 #include "nn/norm/norm.h"
 #include "nn/position/rope.h"
 
 namespace mf {
 
-enum class ParamInit { Normal, Ones, Zeros };
-
-struct ParamSpec {
-  std::string name;
-  Shape shape;
-  ParamInit init;
-  bool weight_decay;  // matrices of linear layers (and an untied lm_head); not norms, biases, embeddings
-};
-
-// Every parameter of `cfg`, in checkpoint order.
-std::vector<ParamSpec> transformer_parameter_specs(const ModelConfig& cfg);
-
-class Transformer : public LanguageModel {
+class Transformer : public LanguageModel, public SequenceClassifier {
  public:
   // Builds the model of `cfg` (validated) with parameters initialized from
   // `seed`: N(0, initializer_range^2) matrices and embeddings, unit norm
-  // weights, zero biases (Hugging Face's Llama init). Each parameter draws its
-  // own Philox stream, so the values do not depend on the thread count.
+  // weights, zero biases (Hugging Face's Llama init), unless a mixer asks for
+  // its own. Each parameter draws its own Philox stream (its index), so the
+  // values do not depend on the thread count.
   explicit Transformer(const ModelConfig& cfg, std::uint64_t seed = 0);
 
   const ModelConfig& config() const { return cfg_; }
@@ -55,13 +53,25 @@ class Transformer : public LanguageModel {
   std::vector<const Parameter*> parameters() const;
   Parameter* find_parameter(const std::string& name);  // null when absent
   std::int64_t vocab_size() const override { return cfg_.vocab_size; }
+  std::int64_t num_labels() const override { return cfg_.num_labels; }
   std::int64_t num_parameters() const;  // scalars (tied weights counted once)
 
+  // Decoders.
   double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) override;
   Tensor logits(const Tensor& tokens) override;
-  // With a cache: tokens are the next positions after cache->past_length().
-  Tensor logits(const Tensor& tokens, KvCacheHook* cache);
+  // With a generation state: tokens are the next positions after state->past_length().
+  Tensor logits(const Tensor& tokens, GenerationState* state);
+  // One state per layer (refused, naming the layer's mixer, when a mixer
+  // cannot generate). capacity 0: max_position_embeddings.
+  std::unique_ptr<GenerationState> new_generation_state(const GenerationOptions& opt = {}) const;
+
+  // Encoder classifiers (is_decoder false).
+  double classify_loss(const Tensor& tokens, const Tensor& mask, const Tensor& labels, bool compute_grads) override;
+  Tensor class_logits(const Tensor& tokens, const Tensor& mask) override;
+
   void save(const std::string& dir) const override;
+  // Layer i's token mixer (tests, benchmarks).
+  const TokenMixer& token_mixer(std::int64_t i) const { return *layers_.at(static_cast<std::size_t>(i)).token; }
 
   // Switches that do not change the math (checkpointing, attention kernel,
   // FFN chunking); the config reflects them.
@@ -75,11 +85,14 @@ class Transformer : public LanguageModel {
 
  private:
   struct Layer {
+    std::unique_ptr<TokenMixer> token;
+    std::unique_ptr<ChannelMixer> channel;
     BlockParams p;
   };
   struct ForwardState {
     std::int64_t batch = 0, seq_len = 0;
     Tensor tokens;                   // int32 [B, L] contiguous
+    Tensor mask;                     // int32 [B, L] key padding mask, or undefined (no padding)
     std::vector<Tensor> inputs;      // inputs[i]: block i's input [N, C]; inputs[layers]: last output
     std::vector<BlockSaved> blocks;  // per block (empty when checkpointed)
     Tensor hidden;                   // [N, C] final hidden (after the final norm)
@@ -87,16 +100,21 @@ class Transformer : public LanguageModel {
   };
 
   Parameter* param(const std::string& name);  // throws when absent
-  void build_layers();
+  void build();
   Tensor prepare_tokens(const Tensor& tokens, const char* what) const;
+  Tensor prepare_mask(const Tensor& mask, const Tensor& tokens) const;  // undefined when nothing is padded
+  MixerCall mixer_call(std::int64_t batch, std::int64_t seq_len, const Tensor& mask) const;
   // Runs embeddings and blocks; fills `st` when given (training), else keeps nothing.
-  Tensor forward_hidden(const Tensor& tokens, ForwardState* st, KvCacheHook* cache);
+  Tensor forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st, GenerationState* state);
   void backward_hidden(ForwardState& st, const Tensor& dhidden);
+  void record_saved_bytes(const ForwardState& st);
+  // [B, C] pooled hidden states of an encoder (mean over mask, or first token).
+  Tensor pool(const Tensor& hidden, const Tensor& mask, std::int64_t batch, std::int64_t seq_len) const;
   const Tensor& lm_head_weight() const;
   Parameter* lm_head_param();
 
   ModelConfig cfg_;
-  std::vector<std::unique_ptr<Parameter>> params_;
+  ParamList params_;
   std::vector<Layer> layers_;
   std::unique_ptr<RopeTable> rope_;
   Tensor sinusoidal_;  // [P, C] (position "sinusoidal")

@@ -1,4 +1,4 @@
-// Norm module and decoder block: finite differences for RMSNorm/LayerNorm and
+// Norm module and block: finite differences for RMSNorm/LayerNorm and
 // for a whole block under each norm placement (pre, post, sandwich) with
 // RoPE, ALiBi and a sliding window; the placement really changes the math.
 #include <gtest/gtest.h>
@@ -9,7 +9,9 @@
 
 #include "core/rng.h"
 #include "core/threads.h"
-#include "nn/block/decoder_block.h"
+#include "model/config.h"
+#include "nn/block/block.h"
+#include "nn/mixer/mixer_registry.h"
 #include "nn/norm/norm.h"
 #include "testing/gradcheck.h"
 #include "../support/parameters.h"
@@ -79,49 +81,52 @@ struct BlockCase {
   const char* position;  // "rope", "alibi", "window"
 };
 
+// A block of the attention and SwiGLU mixers, made through their registry
+// entries, with random parameters (biases included).
 struct BlockFixture {
   Params ps;
   BlockParams p;
   std::unique_ptr<RopeTable> rope;
+  std::unique_ptr<TokenMixer> token;
+  std::unique_ptr<ChannelMixer> channel;
   static constexpr std::int64_t C = 16, Hq = 4, Hkv = 2, D = 8, I = 24;
 
   explicit BlockFixture(const BlockCase& k) {
     ps.seed = 11;
+    mf::testing::RandomParamStore store(ps, 0.5f);
     const bool pre = k.placement == NormPlacement::Pre, sandwich = k.placement == NormPlacement::Sandwich;
-    if (pre || sandwich) p.attn_norms.in = ps.norm(k.norm, C);
-    if (sandwich) p.attn_norms.out = ps.norm(k.norm, C);
-    if (k.placement == NormPlacement::Post) p.attn_norms.post = ps.norm(k.norm, C);
-    const float ws = 0.5f;
-    SelfAttentionParams& a = p.attn;
-    a.num_heads = Hq;
-    a.num_kv_heads = Hkv;
-    a.head_dim = D;
-    a.q = ps.make("q", {Hq * D, C}, 0, ws);
-    a.k = ps.make("k", {Hkv * D, C}, 0, ws);
-    a.v = ps.make("v", {Hkv * D, C}, 0, ws);
-    a.o = ps.make("o", {C, Hq * D}, 0, ws);
-    a.q_bias = ps.make("q_bias", {Hq * D}, 0, 0.2f);
-    a.o_bias = ps.make("o_bias", {C}, 0, 0.2f);
-    a.impl = AttentionImpl::Dense;
+    MixerContext ctx;
+    ctx.hidden_size = C;
+    ctx.num_heads = Hq;
+    ctx.num_kv_heads = Hkv;
+    ctx.head_dim = D;
+    ctx.intermediate_size = I;
+    ctx.attention_bias = true;
+    ctx.attention_impl = AttentionImpl::Dense;
+    ctx.hidden_act = Activation::SiLU;
+    std::string mixer = "full_attention";
     if (std::string(k.position) == "rope") {
       RopeConfig rc;
       rc.rotary_dim = D;
       rc.theta = 100.0;
       rope = std::make_unique<RopeTable>(rc, 16);
-      a.rope = rope.get();
+      ctx.rope = rope.get();
     } else if (std::string(k.position) == "alibi") {
-      a.alibi = true;
+      ctx.alibi = true;
     } else {
-      a.sliding_window = 2;
+      ctx.sliding_window = 2;
+      mixer = "sliding_attention";
     }
-    if (pre || sandwich) p.ffn_norms.in = ps.norm(k.norm, C);
-    if (sandwich) p.ffn_norms.out = ps.norm(k.norm, C);
-    if (k.placement == NormPlacement::Post) p.ffn_norms.post = ps.norm(k.norm, C);
-    p.ffn.kind = FfnKind::SwiGLU;
-    p.ffn.act = Activation::SiLU;
-    p.ffn.gate = ps.make("gate", {I, C}, 0, ws);
-    p.ffn.up = ps.make("up", {I, C}, 0, ws);
-    p.ffn.down = ps.make("down", {C, I}, 0, ws);
+    if (pre || sandwich) p.token_norms.in = ps.norm(k.norm, C);
+    if (sandwich) p.token_norms.out = ps.norm(k.norm, C);
+    if (k.placement == NormPlacement::Post) p.token_norms.post = ps.norm(k.norm, C);
+    token = token_mixer_entry(mixer).make(ctx, store);
+    if (pre || sandwich) p.channel_norms.in = ps.norm(k.norm, C);
+    if (sandwich) p.channel_norms.out = ps.norm(k.norm, C);
+    if (k.placement == NormPlacement::Post) p.channel_norms.post = ps.norm(k.norm, C);
+    channel = channel_mixer_entry("swiglu").make(ctx, store);
+    p.token = token.get();
+    p.channel = channel.get();
   }
 };
 
@@ -133,7 +138,7 @@ TEST_P(BlockPlacements, BackwardMatchesFiniteDifferences) {
   ScopedThreads one(1);
   BlockFixture f(GetParam());
   const std::int64_t B = 2, L = 5, N = B * L, C = BlockFixture::C;
-  const AttentionCall call{B, L, 0, nullptr};
+  const MixerCall call{B, L};
   Tensor x = randn({N, C}, 21), w = randn({N, C}, 22);
   auto loss = [&] {
     BlockSaved s;
@@ -167,11 +172,11 @@ INSTANTIATE_TEST_SUITE_P(All, BlockPlacements,
 
 TEST(BlockPlacementMath, PostNormOutputIsNormalizedAndPreNormIsNot) {
   const std::int64_t B = 1, L = 4, N = B * L, C = BlockFixture::C;
-  const AttentionCall call{B, L, 0, nullptr};
+  const MixerCall call{B, L};
   Tensor x = randn({N, C}, 5);
   for (float& v : std::span(x.data<float>(), x.numel())) v = 3.0f * v + 1.0f;
   BlockFixture post({NormPlacement::Post, NormKind::LayerNorm, "rope"});
-  for (auto* n : {&post.p.ffn_norms.post}) {  // unit weight, zero bias: rows of y are standardized
+  for (auto* n : {&post.p.channel_norms.post}) {  // unit weight, zero bias: rows of y are standardized
     n->weight->value.fill(1.0f);
     n->bias->value.fill(0.0f);
   }

@@ -14,7 +14,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "model/generate.h"
-#include "model/kv_cache.h"
+#include "nn/attention/kv_cache.h"
 #include "model/transformer.h"
 #include "nn/attention/attention.h"
 #include "nn/attention/flash_attention.h"
@@ -53,9 +53,18 @@ ModelConfig tiny(const std::string& kind, AttentionImpl impl = AttentionImpl::De
 
 const char* const kKinds[] = {"llama", "alibi", "window", "window_alibi", "learned"};
 
+std::unique_ptr<GenerationState> state_for(Transformer& m, std::int64_t batch, std::int64_t capacity = 0,
+                                           bool copy_out = false) {
+  GenerationOptions o;
+  o.batch = batch;
+  o.capacity = capacity;
+  o.copy_out = copy_out;
+  return m.new_generation_state(o);
+}
+
 // Feeds tok [B, L] through `cache` in chunks of the given sizes (summing to
 // L) and returns the logits of every position, [B, L, V].
-Tensor cached_logits(Transformer& m, KvCache& cache, const Tensor& tok, const std::vector<std::int64_t>& chunks) {
+Tensor cached_logits(Transformer& m, GenerationState& cache, const Tensor& tok, const std::vector<std::int64_t>& chunks) {
   const std::int64_t B = tok.size(0), L = tok.size(1), V = m.vocab_size();
   Tensor out = Tensor::empty({B, L, V});
   std::int64_t s = 0;
@@ -148,9 +157,9 @@ TEST(ModelGenerate, CachedDecodingEqualsFullForward) {
       const float tol = logit_tolerance(m.config(), full);
       std::vector<Tensor> got;
       for (const auto& chunks : schedules(24)) {
-        KvCache cache(m.config(), 2);
-        got.push_back(cached_logits(m, cache, tok, chunks));
-        EXPECT_EQ(cache.past_length(), 24);
+        auto cache = state_for(m, 2);
+        got.push_back(cached_logits(m, *cache, tok, chunks));
+        EXPECT_EQ(cache->past_length(), 24);
         EXPECT_LE(max_abs_diff(got.back(), full), tol)
             << kind << " " << impl_name(impl) << " schedule " << got.size() - 1;
       }
@@ -176,10 +185,10 @@ TEST(ModelGenerate, FlashDecodingSplitPathEqualsFullForward) {
     Transformer m(tiny(kind, AttentionImpl::Flash), 7);
     const Tensor tok = mt::random_tokens({1, 40}, 3, 23);
     const Tensor full = m.logits(tok);
-    KvCache cache(m.config(), 1);
+    auto cache = state_for(m, 1);
     std::vector<std::int64_t> chunks = {8};
     chunks.resize(33, 1);  // decode steps at 9..40 keys: split into up to 3 chunks from 17 keys on
-    const Tensor got = cached_logits(m, cache, tok, chunks);
+    const Tensor got = cached_logits(m, *cache, tok, chunks);
     EXPECT_LE(max_abs_diff(got, full), logit_tolerance(m.config(), full)) << kind;
   }
 }
@@ -193,10 +202,10 @@ TEST(ModelGenerate, BrokenCacheIsDetected) {
     const Tensor tok = mt::random_tokens({1, 16}, 5, 23);
     const Tensor full = m.logits(tok);
     const float tol = logit_tolerance(m.config(), full);
-    KvCache cache(m.config(), 1);
-    m.logits(tok.slice(1, 0, 10).contiguous(), &cache);
-    cache.reset();  // forgets the first 10 positions: the last 6 restart at position 0
-    const Tensor tail = m.logits(tok.slice(1, 10, 16).contiguous(), &cache);
+    auto cache = state_for(m, 1);
+    m.logits(tok.slice(1, 0, 10).contiguous(), cache.get());
+    cache->reset();  // forgets the first 10 positions: the last 6 restart at position 0
+    const Tensor tail = m.logits(tok.slice(1, 10, 16).contiguous(), cache.get());
     EXPECT_GT(max_abs_diff(tail, full.slice(1, 10, 16).contiguous()), 100 * tol) << kind;
   }
 }
@@ -206,9 +215,7 @@ TEST(ModelGenerate, BrokenCacheIsDetected) {
 TEST(ModelGenerate, WindowRingIsBoundedAndDecodeReturnsViews) {
   mt::ScopedThreads one(1);
   const ModelConfig c = tiny("window");
-  KvCacheOptions o;
-  o.capacity = 1000;
-  KvCache cache(c, 1, o);
+  KvCache cache(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim, c.sliding_window, 1000);
   EXPECT_EQ(cache.storage_rows(), 2 * c.sliding_window);
   EXPECT_EQ(cache.capacity(), 1000);
   const std::int64_t bytes = cache.bytes();
@@ -259,14 +266,12 @@ TEST(ModelGenerate, DecodeStepDoesNotCopyTheCache) {
   c.max_position_embeddings = 512;
   Transformer m(c, 3);
   for (bool copy_out : {false, true}) {
-    KvCacheOptions o;
-    o.copy_out = copy_out;
-    KvCache cache(c, 1, o);
-    m.logits(mt::random_tokens({1, 400}, 2, 23), &cache);
+    auto cache = state_for(m, 1, 0, copy_out);
+    m.logits(mt::random_tokens({1, 400}, 2, 23), cache.get());
     const Tensor step = mt::random_tokens({1, 1}, 3, 23);
     reset_peak_memory();
     const std::int64_t before = memory_stats().current_bytes;
-    m.logits(step, &cache);
+    m.logits(step, cache.get());
     const std::int64_t extra = memory_stats().peak_bytes - before;
     const std::int64_t one_layer_kv = 2 * 401 * c.kv_dim() * 4;  // packed K and V of one layer
     if (copy_out)
@@ -373,28 +378,26 @@ TEST(ModelGenerate, CapacityErrorsAreClear) {
   expect_error([&] { generate(m, {1}, g); }, "top_p");
 
   // The cache itself: a call past capacity is refused before anything is written.
-  KvCacheOptions o;
-  o.capacity = 6;
-  KvCache cache(m.config(), 1, o);
-  m.logits(mt::random_tokens({1, 4}, 1, 23), &cache);
-  expect_error([&] { m.logits(mt::random_tokens({1, 3}, 1, 23), &cache); },
+  auto cache = state_for(m, 1, 6);
+  m.logits(mt::random_tokens({1, 4}, 1, 23), cache.get());
+  expect_error([&] { m.logits(mt::random_tokens({1, 3}, 1, 23), cache.get()); },
                "needs positions 4..6 but the cache holds at most 6 positions");
-  EXPECT_EQ(cache.past_length(), 4);
-  m.logits(mt::random_tokens({1, 2}, 1, 23), &cache);  // still usable: exactly full
-  EXPECT_EQ(cache.remaining(), 0);
-  expect_error([&] { m.logits(mt::random_tokens({1, 1}, 1, 23), &cache); }, "holds at most 6 positions");
+  EXPECT_EQ(cache->past_length(), 4);
+  m.logits(mt::random_tokens({1, 2}, 1, 23), cache.get());  // still usable: exactly full
+  EXPECT_EQ(cache->remaining(), 0);
+  expect_error([&] { m.logits(mt::random_tokens({1, 1}, 1, 23), cache.get()); }, "holds at most 6 positions");
 
   // A window bounds storage, not positions: the capacity still caps them.
-  KvCache wc(tiny("window"), 1, o);
-  EXPECT_EQ(wc.storage_rows(), 6);
   Transformer wm(tiny("window"), 1);
-  wm.logits(mt::random_tokens({1, 6}, 1, 23), &wc);
-  expect_error([&] { wm.logits(mt::random_tokens({1, 1}, 1, 23), &wc); }, "holds at most 6 positions");
+  auto wc = state_for(wm, 1, 6);
+  EXPECT_EQ(wc->bytes(), 2 * tiny("window").num_hidden_layers * tiny("window").kv_dim() * 6 * 4);  // 2W = 6 rows
+  wm.logits(mt::random_tokens({1, 6}, 1, 23), wc.get());
+  expect_error([&] { wm.logits(mt::random_tokens({1, 1}, 1, 23), wc.get()); }, "holds at most 6 positions");
 }
 
 TEST(ModelGenerate, HookMisuseIsRejected) {
   const ModelConfig c = tiny("llama");
-  KvCache cache(c, 2);
+  KvCache cache(c.num_hidden_layers, 2, c.num_key_value_heads, c.head_dim, 0, c.max_position_embeddings);
   const Tensor k = Tensor::zeros({2, 2, 3, 8});
   expect_error([&] { cache.extend(2, k, k); }, "layer 2 is out of range [0, 2)");
   expect_error([&] { cache.extend(0, Tensor::zeros({1, 2, 3, 8}), Tensor::zeros({1, 2, 3, 8})); },
@@ -409,13 +412,12 @@ TEST(ModelGenerate, HookMisuseIsRejected) {
   cache.extend(0, k, k);
   cache.extend(1, k, k);
   EXPECT_EQ(cache.past_length(), 3);
-  expect_error([&] { KvCache(c, 0); }, "batch must be >= 1");
+  expect_error([&] { KvCache(2, 0, 2, 8, 0, 16); }, "batch must be >= 1");
   expect_error([&] { KvCache(4, 1, 1 << 20, 256, 0, std::int64_t{1} << 40); }, "cache size overflows");
-  KvCacheOptions bad;
-  bad.capacity = -1;
-  expect_error([&] { KvCache(c, 1, bad); }, "capacity must be >= 0");
-  bad.capacity = 65;  // learned positions: the table has 64 rows
-  expect_error([&] { KvCache(tiny("learned"), 1, bad); }, "capacity 65 exceeds the learned position table");
-  KvCache roped(c, 1, bad);  // RoPE extrapolates: allowed
-  EXPECT_EQ(roped.capacity(), 65);
+  Transformer m(c, 1), learned(tiny("learned"), 1);
+  expect_error([&] { state_for(m, 1, -1); }, "capacity must be >= 0");
+  expect_error([&] { state_for(m, 0); }, "generation batch must be >= 1");
+  // learned positions: the table has 64 rows
+  expect_error([&] { state_for(learned, 1, 65); }, "capacity 65 exceeds the learned position table");
+  EXPECT_EQ(state_for(m, 1, 65)->capacity(), 65);  // RoPE extrapolates: allowed
 }

@@ -173,54 +173,24 @@ TEST(ModelTransformer, LossEqualsCrossEntropyOfLogits) {
   }
 }
 
-namespace {
-
-// The simplest KV cache: keys/values concatenated along the sequence; the
-// past length advances when the caller commits a finished call.
-class ConcatCache : public KvCacheHook {
- public:
-  explicit ConcatCache(std::int64_t layers) : k_(layers), v_(layers) {}
-  std::int64_t past_length() const override { return past_; }
-  std::pair<Tensor, Tensor> extend(std::int64_t layer, const Tensor& k, const Tensor& v) override {
-    k_[layer] = cat(k_[layer], k);
-    v_[layer] = cat(v_[layer], v);
-    return {k_[layer], v_[layer]};
-  }
-  void commit() { past_ = k_[0].size(2); }
-
- private:
-  static Tensor cat(const Tensor& a, const Tensor& b) {
-    if (!a.defined()) return b.contiguous();
-    Shape s = a.shape();
-    s[2] += b.size(2);
-    Tensor out = Tensor::empty(s);
-    out.slice(2, 0, a.size(2)).copy_from(a);
-    out.slice(2, a.size(2), s[2]).copy_from(b);
-    return out;
-  }
-  std::vector<Tensor> k_, v_;
-  std::int64_t past_ = 0;
-};
-
-}  // namespace
-
-// The attention hook is enough for incremental decoding: prefix then the
-// rest through a cache gives the logits of one full forward.
-TEST(ModelTransformer, KvCacheHookReproducesFullForward) {
+// The per-layer generation states are enough for incremental decoding:
+// prefix then the rest through them gives the logits of one full forward.
+TEST(ModelTransformer, GenerationStateReproducesFullForward) {
   mt::ScopedThreads one(1);
   for (const char* kind : {"llama_like", "post_gelu_learned", "alibi_sandwich_geglu", "window_rope_interleaved",
                            "sinusoidal_mlp_chunked"}) {
     Transformer m(tiny(kind), 4);
     Tensor tok = mt::random_tokens({2, 9}, 8, 23);
     const Tensor full = m.logits(tok);
-    ConcatCache cache(2);
+    GenerationOptions o;
+    o.batch = 2;
+    const auto cache = m.new_generation_state(o);
     Tensor part1 = tok.slice(1, 0, 5).contiguous(), part2 = tok.slice(1, 5, 8).contiguous(),
            part3 = tok.slice(1, 8, 9).contiguous();
-    const Tensor a = m.logits(part1, &cache);
-    cache.commit();
-    const Tensor b = m.logits(part2, &cache);
-    cache.commit();
-    const Tensor c = m.logits(part3, &cache);
+    const Tensor a = m.logits(part1, cache.get());
+    const Tensor b = m.logits(part2, cache.get());
+    const Tensor c = m.logits(part3, cache.get());
+    EXPECT_EQ(cache->past_length(), 9);
     EXPECT_LT(max_abs_diff(a, full.slice(1, 0, 5).contiguous()), 1e-5f) << kind;
     EXPECT_LT(max_abs_diff(b, full.slice(1, 5, 8).contiguous()), 1e-5f) << kind;
     EXPECT_LT(max_abs_diff(c, full.slice(1, 8, 9).contiguous()), 1e-5f) << kind;

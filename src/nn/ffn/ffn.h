@@ -9,10 +9,13 @@
 #include <cstdint>
 
 #include "core/tensor.h"
-#include "model/config.h"
 #include "nn/parameter.h"
 
 namespace mf {
+
+enum class FfnKind { SwiGLU, GeGLU, MLP };
+// silu (= swish); gelu (erf); gelu_tanh (HF "gelu_new" / "gelu_pytorch_tanh").
+enum class Activation { SiLU, GELU, GELUTanh };
 
 struct FfnParams {
   FfnKind kind = FfnKind::SwiGLU;

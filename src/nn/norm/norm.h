@@ -7,10 +7,11 @@
 #include <cstdint>
 
 #include "core/tensor.h"
-#include "model/config.h"
 #include "nn/parameter.h"
 
 namespace mf {
+
+enum class NormKind { RMSNorm, LayerNorm };
 
 struct NormParams {
   NormKind kind = NormKind::RMSNorm;

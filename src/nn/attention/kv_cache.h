@@ -1,5 +1,5 @@
 // KV cache for autoregressive generation (the KvCacheHook of
-// src/nn/block/self_attention.h): per layer, K and V preallocated once as
+// src/nn/attention/self_attention.h): per layer, K and V preallocated once as
 // [B, Hkv, rows, D]. Without a sliding window, rows = capacity and position t
 // lives in row t; the attention reads the first past + L rows as a view.
 // With a window W, a rolling buffer of W slots (Mistral) keeps the last W
@@ -12,27 +12,14 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "model/config.h"
-#include "nn/block/self_attention.h"
+#include "nn/attention/self_attention.h"
 
 namespace mf {
-
-struct KvCacheOptions {
-  // Most positions the cache accepts (prompt + generated tokens that are fed
-  // back). 0: the config's max_position_embeddings. With a sliding window it
-  // bounds positions only (storage is 2W rows); without one it sizes storage.
-  std::int64_t capacity = 0;
-  // Return packed copies of the keys/values instead of views (the baseline
-  // that `modformer bench kv_cache` measures views against).
-  bool copy_out = false;
-};
 
 class KvCache : public KvCacheHook {
  public:
   KvCache(std::int64_t num_layers, std::int64_t batch, std::int64_t num_kv_heads, std::int64_t head_dim,
           std::int64_t sliding_window, std::int64_t capacity, bool copy_out = false);
-  // Sized for `cfg` (layers, KV heads, head dim, sliding_window).
-  KvCache(const ModelConfig& cfg, std::int64_t batch, const KvCacheOptions& opt = {});
 
   std::int64_t past_length() const override { return past_; }
   // k, v: [B, Hkv, L, D] of positions past .. past + L - 1 -> the keys/values

@@ -1,4 +1,5 @@
-// Causal self-attention sublayer of a decoder block: q/k/v projections
+// Self-attention sublayer of a block (causal in decoders, bidirectional in
+// encoders, with an optional key padding mask): q/k/v projections
 // (optional bias), RoPE on q and k (either convention) or ALiBi inside the
 // kernel, MHA/GQA/MQA, optional sliding window, the attention front door
 // (flash or dense), and the output projection; forward and backward.
@@ -46,26 +47,30 @@ struct SelfAttentionParams {
 };
 
 // Where the call sits: batch shape, layer index (for the cache), the cache,
-// and the absolute position of the first row (the cache's past length).
+// the absolute position of the first row (the cache's past length), causal
+// or not, and an optional key padding mask.
 struct AttentionCall {
   std::int64_t batch = 0, seq_len = 0;
   std::int64_t layer = 0;
   KvCacheHook* cache = nullptr;
   std::int64_t past = 0;
+  bool causal = true;
+  Tensor key_padding_mask;  // int32 [B, L], nonzero = token; undefined: none
 };
 
-// Saved by the forward for the backward. Without a cache the kernels run on
-// the varlen layout, which is exactly the projections' token-major rows, so
-// no transposes are needed (cu_seqlens = 0, L, 2L, ...).
+// Saved by the forward for the backward. Without a cache or a padding mask
+// the kernels run on the varlen layout, which is exactly the projections'
+// token-major rows, so no transposes are needed (cu_seqlens = 0, L, 2L, ...).
+// With a padding mask they run on [B, H, L, D] (the shapes in brackets).
 struct SelfAttentionSaved {
-  Tensor q;    // [N, Hq, D]   RoPE applied
-  Tensor k;    // [N, Hkv, D]  RoPE applied
-  Tensor v;    // [N, Hkv, D]
-  Tensor out;  // [N, Hq, D]   attention output
-  Tensor lse;  // [Hq, N]
+  Tensor q;    // [N, Hq, D]   RoPE applied   ([B, Hq, L, D])
+  Tensor k;    // [N, Hkv, D]  RoPE applied   ([B, Hkv, L, D])
+  Tensor v;    // [N, Hkv, D]                 ([B, Hkv, L, D])
+  Tensor out;  // [N, Hq, D]   attention output ([B, Hq, L, D])
+  Tensor lse;  // [Hq, N]                     ([B, Hq, L])
 };
 
-AttentionOptions self_attention_options(const SelfAttentionParams& p);
+AttentionOptions self_attention_options(const SelfAttentionParams& p, const AttentionCall& call);
 
 void self_attention_forward(const Tensor& y,  // [B*L, C] (written)
                             SelfAttentionSaved& saved,

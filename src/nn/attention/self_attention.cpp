@@ -2,7 +2,7 @@
 // RoPE rotates them in place ([B, L, H*D] layout) and the kernels read them
 // as varlen [N, H, D] (equal-length sequences), so nothing is transposed.
 // With a KV cache the call goes through [B, H, L, D] (the cache's layout).
-#include "nn/block/self_attention.h"
+#include "nn/attention/self_attention.h"
 
 #include "nn/linear.h"
 
@@ -58,11 +58,15 @@ RopeArgs rope_args(std::int64_t heads, std::int64_t offset) {
 
 }  // namespace
 
-AttentionOptions self_attention_options(const SelfAttentionParams& p) {
+AttentionOptions self_attention_options(const SelfAttentionParams& p, const AttentionCall& call) {
   AttentionOptions opt;
-  opt.causal = true;
+  opt.causal = call.causal;
+  opt.key_padding_mask = call.key_padding_mask;
   opt.alibi = p.alibi;
-  if (p.sliding_window > 0) opt.window_left = p.sliding_window - 1;
+  if (p.sliding_window > 0) {
+    opt.window_left = p.sliding_window - 1;
+    if (!call.causal) opt.window_right = p.sliding_window - 1;  // encoders: W - 1 on each side
+  }
   return opt;
 }
 
@@ -83,15 +87,27 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
     const Tensor q = to_heads(ql, b, l, p.num_heads, d);
     auto [k, v] = call.cache->extend(call.layer, to_heads(kl, b, l, p.num_kv_heads, d),
                                      to_heads(vl, b, l, p.num_kv_heads, d));
-    const AttentionOutput a = attention_forward(q, k, v, self_attention_options(p), p.impl);
+    MF_CHECK(!call.key_padding_mask.defined(), kOp, " a key padding mask is not supported with a KV cache");
+    const AttentionOutput a = attention_forward(q, k, v, self_attention_options(p, call), p.impl);
     s = SelfAttentionSaved{};
     linear_forward(y, from_heads(a.out), p.o->value, bias_of(p.o_bias));
+    return;
+  }
+  if (call.key_padding_mask.defined()) {  // padding anywhere: the [B, H, L, D] kernels take the mask
+    s.q = to_heads(ql, b, l, p.num_heads, d);
+    s.k = to_heads(kl, b, l, p.num_kv_heads, d);
+    s.v = to_heads(vl, b, l, p.num_kv_heads, d);
+    AttentionOutput a = attention_forward(s.q, s.k, s.v, self_attention_options(p, call), p.impl);
+    s.out = a.out;
+    s.lse = a.lse;
+    linear_forward(y, from_heads(s.out), p.o->value, bias_of(p.o_bias));
     return;
   }
   s.q = ql.reshape({b * l, p.num_heads, d});
   s.k = kl.reshape({b * l, p.num_kv_heads, d});
   s.v = vl.reshape({b * l, p.num_kv_heads, d});
-  AttentionOutput a = attention_varlen_forward(s.q, s.k, s.v, seqlens(b, l), self_attention_options(p), p.impl);
+  AttentionOutput a =
+      attention_varlen_forward(s.q, s.k, s.v, seqlens(b, l), self_attention_options(p, call), p.impl);
   s.out = a.out;
   s.lse = a.lse;
   linear_forward(y, s.out.reshape({b * l, p.num_heads * d}), p.o->value, bias_of(p.o_bias));
@@ -103,13 +119,28 @@ void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x
   MF_CHECK(call.cache == nullptr, kOp, " backward through a KV cache is not supported (generation is forward only)");
   MF_CHECK(s.out.defined(), kOp, " backward called without the forward's saved activations");
   const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim, n = b * l;
+  const bool heads_layout = call.key_padding_mask.defined();  // the forward's [B, H, L, D] path
+  MF_CHECK(heads_layout == (s.out.dim() == 4), kOp,
+           " backward called with a different key padding mask setting than the forward");
   // Output projection: dmerged = dy Wo, dWo += dy^T merged.
+  const Tensor merged = heads_layout ? from_heads(s.out) : s.out.reshape({n, p.num_heads * d});
   Tensor dmerged = Tensor::empty({n, p.num_heads * d});
-  linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, s.out.reshape({n, p.num_heads * d}), p.o->value);
-  const AttentionGrads g = attention_varlen_backward(s.q, s.k, s.v, s.out, s.lse, dmerged.reshape({n, p.num_heads, d}),
-                                                     seqlens(b, l), self_attention_options(p), p.impl);
-  Tensor dq = g.dq.reshape({n, p.num_heads * d}), dk = g.dk.reshape({n, p.num_kv_heads * d}),
-         dv = g.dv.reshape({n, p.num_kv_heads * d});
+  linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, merged, p.o->value);
+  Tensor dq, dk, dv;
+  if (heads_layout) {
+    const AttentionGrads g = attention_backward(s.q, s.k, s.v, s.out, s.lse, to_heads(dmerged, b, l, p.num_heads, d),
+                                                self_attention_options(p, call), p.impl);
+    dq = from_heads(g.dq);
+    dk = from_heads(g.dk);
+    dv = from_heads(g.dv);
+  } else {
+    const AttentionGrads g =
+        attention_varlen_backward(s.q, s.k, s.v, s.out, s.lse, dmerged.reshape({n, p.num_heads, d}), seqlens(b, l),
+                                  self_attention_options(p, call), p.impl);
+    dq = g.dq.reshape({n, p.num_heads * d});
+    dk = g.dk.reshape({n, p.num_kv_heads * d});
+    dv = g.dv.reshape({n, p.num_kv_heads * d});
+  }
   if (p.rope) {  // RoPE^T: rotation by the negative angles
     rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, 0));
     rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, 0));

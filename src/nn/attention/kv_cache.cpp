@@ -1,7 +1,7 @@
 // KV cache: preallocated per-layer K/V, full or a mirrored rolling buffer of
 // sliding_window slots. Row copies use memcpy per (batch, head) run; the
 // attention front door reads the returned views in place (attention.h).
-#include "model/kv_cache.h"
+#include "nn/attention/kv_cache.h"
 
 #include <algorithm>
 #include <cstring>
@@ -68,16 +68,6 @@ KvCache::KvCache(std::int64_t num_layers, std::int64_t batch, std::int64_t num_k
     k_.push_back(Tensor::empty({batch, num_kv_heads, rows_, head_dim}));
     v_.push_back(Tensor::empty({batch, num_kv_heads, rows_, head_dim}));
   }
-}
-
-KvCache::KvCache(const ModelConfig& cfg, std::int64_t batch, const KvCacheOptions& opt)
-    : KvCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, cfg.sliding_window,
-              opt.capacity > 0 ? opt.capacity : cfg.max_position_embeddings, opt.copy_out) {
-  MF_CHECK(opt.capacity >= 0, kOp, " capacity must be >= 0 (0: max_position_embeddings), got ", opt.capacity);
-  const bool table = cfg.position == PositionKind::Learned || cfg.position == PositionKind::Sinusoidal;
-  MF_CHECK(!table || capacity_ <= cfg.max_position_embeddings, kOp, " capacity ", capacity_, " exceeds the ",
-           position_kind_name(cfg.position), " position table of max_position_embeddings ",
-           cfg.max_position_embeddings, " positions");
 }
 
 std::int64_t KvCache::bytes() const {

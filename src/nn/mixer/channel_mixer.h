@@ -1,0 +1,37 @@
+// The channel-mixer interface: the per-token part of a block (GELU MLP,
+// SwiGLU, GeGLU; MoE next). Same contract as a token mixer (see
+// token_mixer.h), without sequence or generation concerns: y [N, C] from
+// x [N, C], a saved state for the backward, parameter grads +=.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/mixer/token_mixer.h"
+
+namespace mf {
+
+class ChannelMixer {
+ public:
+  explicit ChannelMixer(std::string name) : name_(std::move(name)) {}
+  virtual ~ChannelMixer() = default;
+  const std::string& name() const { return name_; }
+
+  virtual std::unique_ptr<MixerSaved> forward(const Tensor& y, const Tensor& x, bool for_backward) = 0;
+  virtual void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MixerSaved& saved) = 0;
+  // Rows per chunk (0: all rows at once), a switch that does not change the math.
+  virtual void set_chunk_size(std::int64_t rows) { (void)rows; }
+
+ private:
+  std::string name_;
+};
+
+struct ChannelMixerEntry {
+  std::string name;  // the config's "ffn" value
+  std::string summary;
+  std::vector<OptionSpec> options;
+  std::function<std::unique_ptr<ChannelMixer>(const MixerContext& ctx, ParamStore& params)> make;
+};
+
+}  // namespace mf

@@ -1,0 +1,37 @@
+// The parts of the token-mixer interface shared by every mixer: refusing
+// calls outside a mixer's capabilities, and the default "cannot generate".
+#include "nn/mixer/token_mixer.h"
+
+#include "core/error.h"
+
+namespace mf {
+
+namespace {
+
+std::string because(const std::string& limits) { return limits.empty() ? std::string() : " (" + limits + ")"; }
+
+}  // namespace
+
+std::unique_ptr<MixerState> TokenMixer::new_state(const GenerationOptions&) const {
+  fail("[", name_, "] cannot generate: it has no generation state", because(limits_));
+}
+
+void TokenMixer::check_call(const MixerCall& call) const {
+  MF_CHECK(!call.causal || caps_.causal, "[", name_, "] cannot run causally (decoder, is_decoder true)",
+           because(limits_));
+  MF_CHECK(call.causal || caps_.bidirectional, "[", name_, "] cannot run bidirectionally (encoder, is_decoder false)",
+           because(limits_));
+  MF_CHECK(!call.key_padding_mask.defined() || caps_.padding, "[", name_, "] does not support a key padding mask",
+           because(limits_));
+  MF_CHECK(call.state == nullptr || caps_.generation, "[", name_, "] cannot generate", because(limits_));
+  MF_CHECK(call.batch >= 1 && call.seq_len >= 1, "[", name_, "] batch and seq_len must be >= 1 but are ", call.batch,
+           " and ", call.seq_len);
+  if (call.key_padding_mask.defined()) {
+    const Tensor& m = call.key_padding_mask;
+    MF_CHECK(m.dtype() == DType::I32 && m.dim() == 2 && m.size(0) == call.batch && m.size(1) == call.seq_len, "[",
+             name_, "] the key padding mask must be int32 [", call.batch, ", ", call.seq_len, "] but is ",
+             dtype_name(m.dtype()), " ", shape_str(m.shape()));
+  }
+}
+
+}  // namespace mf
