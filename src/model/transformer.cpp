@@ -43,6 +43,8 @@ NormNames norm_names(NormPlacement p) {
   return {};
 }
 
+}  // namespace
+
 RopeConfig rope_config(const ModelConfig& c) {
   RopeConfig r;
   r.theta = c.rope_theta;
@@ -66,7 +68,27 @@ RopeConfig rope_config(const ModelConfig& c) {
   return r;
 }
 
-}  // namespace
+MixerContext mixer_context(const ModelConfig& c, std::int64_t layer, const std::string& mixer, RopeTable* rope) {
+  MixerContext ctx;
+  ctx.layer = layer;
+  ctx.hidden_size = c.hidden_size;
+  ctx.num_heads = c.num_attention_heads;
+  ctx.num_kv_heads = c.num_key_value_heads;
+  ctx.head_dim = c.head_dim;
+  ctx.intermediate_size = c.intermediate_size;
+  ctx.max_position_embeddings = c.max_position_embeddings;
+  ctx.sliding_window = c.sliding_window;
+  ctx.attention_bias = c.attention_bias;
+  ctx.mlp_bias = c.mlp_bias;
+  ctx.hidden_act = c.hidden_act;
+  ctx.ffn_chunk_size = c.ffn_chunk_size;
+  ctx.attention_impl = c.attention_impl;
+  ctx.rope = rope;
+  ctx.alibi = c.position == PositionKind::ALiBi;
+  ctx.initializer_range = c.initializer_range;
+  ctx.options = c.options_of(mixer);
+  return ctx;
+}
 
 Transformer::Transformer(const ModelConfig& cfg, std::uint64_t seed)
     : cfg_(cfg), params_(seed, cfg.initializer_range) {
@@ -98,39 +120,21 @@ void Transformer::build() {
   if (cfg_.position == PositionKind::Learned)
     params_.add_global("model.embed_positions.weight", {cfg_.max_position_embeddings, C}, ParamInit::Normal, false);
 
-  MixerContext ctx;
-  ctx.hidden_size = C;
-  ctx.num_heads = cfg_.num_attention_heads;
-  ctx.num_kv_heads = cfg_.num_key_value_heads;
-  ctx.head_dim = cfg_.head_dim;
-  ctx.intermediate_size = cfg_.intermediate_size;
-  ctx.max_position_embeddings = cfg_.max_position_embeddings;
-  ctx.sliding_window = cfg_.sliding_window;
-  ctx.attention_bias = cfg_.attention_bias;
-  ctx.mlp_bias = cfg_.mlp_bias;
-  ctx.hidden_act = cfg_.hidden_act;
-  ctx.ffn_chunk_size = cfg_.ffn_chunk_size;
-  ctx.attention_impl = cfg_.attention_impl;
-  ctx.rope = rope_.get();
-  ctx.alibi = cfg_.position == PositionKind::ALiBi;
-  ctx.initializer_range = cfg_.initializer_range;
-
   const NormNames nn = norm_names(cfg_.norm_placement);
   const std::string ffn_name = ffn_kind_name(cfg_.ffn);
   layers_.clear();
   for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     params_.set_prefix(layer_prefix(l));
-    ctx.layer = l;
     Layer layer;
     const std::string mixer = cfg_.layer_mixer(l);
     layer.p.token_norms.in = maybe_norm(nn.attn_in);
-    ctx.options = cfg_.options_of(mixer);
-    layer.token = token_mixer_entry(mixer, str_cat(kOp, " layer ", l, ": ")).make(ctx, params_);
+    layer.token =
+        token_mixer_entry(mixer, str_cat(kOp, " layer ", l, ": ")).make(mixer_context(cfg_, l, mixer, rope_.get()), params_);
     layer.p.token_norms.out = maybe_norm(nn.attn_out);
     layer.p.token_norms.post = maybe_norm(nn.attn_post);
     layer.p.channel_norms.in = maybe_norm(nn.ffn_in);
-    ctx.options = cfg_.options_of(ffn_name);
-    layer.channel = channel_mixer_entry(ffn_name, str_cat(kOp, " layer ", l, ": ")).make(ctx, params_);
+    layer.channel = channel_mixer_entry(ffn_name, str_cat(kOp, " layer ", l, ": "))
+                        .make(mixer_context(cfg_, l, ffn_name, rope_.get()), params_);
     layer.p.channel_norms.out = maybe_norm(nn.ffn_out);
     layer.p.channel_norms.post = maybe_norm(nn.ffn_post);
     layer.p.token = layer.token.get();

@@ -39,6 +39,12 @@
 
 namespace mf {
 
+// The RoPE table settings of a config (position "rope"/"rope_interleaved").
+RopeConfig rope_config(const ModelConfig& c);
+// What the mixers of layer `layer` read from the config (their own options
+// included); `rope` is the model's table or null.
+MixerContext mixer_context(const ModelConfig& c, std::int64_t layer, const std::string& mixer, RopeTable* rope);
+
 class Transformer : public LanguageModel, public SequenceClassifier {
  public:
   // Builds the model of `cfg` (validated) with parameters initialized from
