@@ -20,6 +20,7 @@ struct Fixture {
   ModelConfig cfg;
   std::map<std::string, Tensor> weights, grads;
   Tensor tokens, targets, logits;
+  Tensor mask, labels;  // encoder classifiers
   double loss = 0;
 };
 
@@ -35,7 +36,9 @@ Fixture load(const std::string& name) {
     if (k.rfind("g:", 0) == 0) f.grads[k.substr(2)] = t;
   }
   f.tokens = st.tensors.at("tokens");
-  f.targets = st.tensors.at("targets");
+  if (st.tensors.count("targets")) f.targets = st.tensors.at("targets");
+  if (st.tensors.count("mask")) f.mask = st.tensors.at("mask");
+  if (st.tensors.count("labels")) f.labels = st.tensors.at("labels");
   f.logits = st.tensors.at("logits");
   f.loss = st.tensors.at("loss").to_vector()[0];
   return f;
@@ -83,7 +86,42 @@ TEST_P(ModelFixtures, LogitsLossAndEveryGradientMatchTorch) {
 INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
-                                         "model_sliding_window", "model_sinusoidal_mlp"),
+                                         "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types"),
+                       ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
+    [](const auto& param_info) {
+      return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
+    });
+
+
+// Encoder classifiers (bidirectional blocks, a padded sequence, pooled
+// classification head): class logits, loss and every gradient.
+class EncoderFixtures : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
+
+TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
+  ScopedThreads one(1);
+  const auto& [name, impl] = GetParam();
+  const Fixture f = load(name);
+  ASSERT_FALSE(f.cfg.is_decoder) << name;
+  Transformer m(f.cfg, 123);
+  load_weights(m, f.weights, name);
+  m.set_attention_impl(impl);
+  const Tensor logits = m.class_logits(f.tokens, f.mask);
+  ASSERT_EQ(logits.shape(), f.logits.shape());
+  EXPECT_LE(max_abs_diff(logits, f.logits), kRel * max_abs(f.logits)) << name;
+  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
+  const double loss = m.classify_loss(f.tokens, f.mask, f.labels, true);
+  EXPECT_NEAR(loss, f.loss, kRel * f.loss) << name;
+  EXPECT_EQ(m.parameters().size(), f.grads.size());
+  for (Parameter* p : m.parameters()) {
+    ASSERT_TRUE(f.grads.count(p->name)) << p->name;
+    const Tensor& g = f.grads.at(p->name);
+    EXPECT_LE(max_abs_diff(p->grad, g), kRel * max_abs(g) + 1e-7f) << name << " gradient of " << p->name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kinds, EncoderFixtures,
+    ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
