@@ -11,6 +11,15 @@
 
 namespace mf {
 
+// What the CLI reads from a model config file before choosing a path, with
+// nlohmann-json directly (so that it works whatever the config parser knows).
+struct ModelConfigKind {
+  bool classifier = false;                  // "is_decoder": false
+  std::int64_t max_position_embeddings = 0;  // 0 when the file does not say
+};
+// Throws mf::Error naming the file when it is not a JSON object or a field has the wrong type.
+ModelConfigKind inspect_model_config(const std::string& config_path);
+
 // A freshly initialized classifier for the model config file at config_path,
 // its parameters drawn from `seed`. Throws mf::Error naming the file when the
 // config is not an encoder classifier.

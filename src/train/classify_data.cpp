@@ -84,6 +84,12 @@ std::int64_t ClassifyData::longest() const {
 
 std::int32_t ClassifyData::max_label() const { return *std::max_element(labels.begin(), labels.end()); }
 
+std::string ClassifyData::summary() const {
+  std::string s = str_cat(size(), " examples, labels 0..", max_label(), ", longest ", longest(), " bytes");
+  if (max_len > 0) s += str_cat(", ", truncated, " truncated to ", max_len, " bytes (", truncated_bytes, " bytes dropped)");
+  return s;
+}
+
 void ClassifyData::check_labels(std::int64_t num_labels) const {
   for (std::size_t i = 0; i < labels.size(); ++i)
     MF_CHECK(labels[i] < num_labels, "[classify_data] ", source, ":", lines[i], ": label ", labels[i],

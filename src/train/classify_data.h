@@ -46,6 +46,8 @@ struct ClassifyData {
   std::int64_t total_bytes() const { return static_cast<std::int64_t>(bytes.size()); }
   // Throws naming SOURCE:LINE of the first label >= num_labels.
   void check_labels(std::int64_t num_labels) const;
+  // One line for people: "N examples, labels 0..K, longest L bytes, T truncated to M bytes (D bytes dropped)".
+  std::string summary() const;
   // FNV-1a 64 over texts, labels and boundaries: a resumed run checks it sees the same data.
   std::uint64_t fingerprint() const;
 };
