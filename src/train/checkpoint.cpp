@@ -89,9 +89,11 @@ std::string commit_checkpoint(const std::string& out_dir, const std::function<vo
   return cur.string();
 }
 
-void load_model_parameters(LanguageModel& model, const std::string& path) {
+void load_model_parameters(LanguageModel& model, const std::string& path) { load_parameters(model.parameters(), path); }
+
+void load_parameters(const std::vector<Parameter*>& params, const std::string& path) {
   const SafetensorsContents c = load_safetensors(path);
-  for (Parameter* p : model.parameters()) {
+  for (Parameter* p : params) {
     auto it = c.tensors.find(p->name);
     MF_CHECK(it != c.tensors.end(), "[checkpoint] '", path, "' has no tensor '", p->name, "'");
     MF_CHECK(it->second.shape() == p->value.shape(), "[checkpoint] tensor '", p->name, "' in '", path,

@@ -1,12 +1,13 @@
 // Training checkpoints that survive a kill at any moment: a checkpoint is the
 // folder OUT/checkpoint (config.json + model.safetensors from
-// LanguageModel::save, optimizer.safetensors, trainer_state.json written last),
+// the model's save, optimizer.safetensors, trainer_state.json written last),
 // built in a temporary folder and swapped in with one atomic rename
 // (renameat2 RENAME_EXCHANGE; where the filesystem lacks it, two renames that
 // find_checkpoint knows how to recover from).
 #pragma once
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "model/language_model.h"
 
@@ -27,9 +28,11 @@ std::string find_checkpoint(const std::string& out_dir);
 // Returns the checkpoint folder.
 std::string commit_checkpoint(const std::string& out_dir, const std::function<void(const std::string&)>& write);
 
-// Copies the tensors of a model.safetensors file into model.parameters() by
-// name; every parameter must be present with its shape (float32 or a type
-// that converts). Throws mf::Error naming the file and tensor otherwise.
+// Copies the tensors of a model.safetensors file into `params` by name; every
+// parameter must be present with its shape (float32 or a type that converts).
+// Throws mf::Error naming the file and tensor otherwise.
+void load_parameters(const std::vector<Parameter*>& params, const std::string& safetensors_path);
+// load_parameters(model.parameters(), ...).
 void load_model_parameters(LanguageModel& model, const std::string& safetensors_path);
 
 }  // namespace mf

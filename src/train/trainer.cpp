@@ -20,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/grad_clip.h"
 #include "train/schedule.h"
+#include "train/train_task.h"
 
 namespace mf {
 namespace fs = std::filesystem;
@@ -37,6 +38,7 @@ struct Field {
 };
 const std::vector<Field>& fields() {
   static const std::vector<Field> f = {
+      {"task", &TrainConfig::task, true},
       {"steps", &TrainConfig::steps, false},  // may grow on resume (the cosine then stretches)
       {"batch_size", &TrainConfig::batch_size, true},
       {"seq_len", &TrainConfig::seq_len, true},
@@ -54,7 +56,8 @@ const std::vector<Field>& fields() {
       {"eval_windows", &TrainConfig::eval_windows, false},
       {"checkpoint_interval", &TrainConfig::checkpoint_interval, false},
       {"seed", &TrainConfig::seed, true},
-      {"data_path", &TrainConfig::data_path, false},  // the corpus itself is checked by fingerprint
+      {"data_path", &TrainConfig::data_path, false},  // the data itself is checked by fingerprint
+      {"val_path", &TrainConfig::val_path, false},
       {"val_fraction", &TrainConfig::val_fraction, true},
       {"out_dir", &TrainConfig::out_dir, false},
       {"progress", &TrainConfig::progress, false},
@@ -101,9 +104,8 @@ struct MetricsRow {
 };
 
 double or_nan(const json& v) { return v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN(); }
-json or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
-void write_loss_svg(const std::string& path, const std::vector<MetricsRow>& rows) {
+void write_loss_svg(const std::string& path, const std::vector<MetricsRow>& rows, const char* y_label) {
   PlotSeries train{"train", {}, {}}, val{"validation", {}, {}};
   for (const MetricsRow& r : rows) {
     if (std::isfinite(r.train_loss)) {
@@ -118,7 +120,7 @@ void write_loss_svg(const std::string& path, const std::vector<MetricsRow>& rows
   PlotOptions opt;
   opt.title = "loss";
   opt.x_label = "step";
-  opt.y_label = "cross-entropy (nats per token)";
+  opt.y_label = y_label;
   write_svg_line_chart(path, {train, val}, opt);
 }
 
@@ -141,12 +143,6 @@ std::vector<std::string> read_metric_lines(const std::string& path, std::int64_t
   return keep;
 }
 
-std::string fingerprint_hex(std::uint64_t f) {
-  char buf[20];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(f));
-  return buf;
-}
-
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -154,6 +150,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 void validate(const TrainConfig& c) {
+  MF_CHECK(c.task == "lm" || c.task == "classify", "[train] task must be \"lm\" or \"classify\" but is \"", c.task,
+           "\"");
   MF_CHECK(c.steps >= 1, "[train] steps must be >= 1 but is ", c.steps);
   MF_CHECK(c.batch_size >= 1, "[train] batch_size must be >= 1 but is ", c.batch_size);
   MF_CHECK(c.seq_len >= 1, "[train] seq_len must be >= 1 but is ", c.seq_len);
@@ -215,55 +213,24 @@ TrainConfig train_config_from_checkpoint(const std::string& out_dir) {
   return config_from(read_trainer_state(ckpt)["config"], ckpt + "/" + kTrainerStateFile);
 }
 
-EvalResult evaluate(LanguageModel& model, const TextCorpus& corpus, std::int64_t seq_len, std::int64_t max_windows,
-                    std::int64_t batch_size) {
-  MF_CHECK(batch_size >= 1, "[evaluate] batch_size must be >= 1 but is ", batch_size);
-  const std::vector<std::int64_t> offsets = val_window_offsets(corpus, seq_len, max_windows);
-  MF_CHECK(!offsets.empty(), "[evaluate] the validation split of '", corpus.source, "' holds no window of ",
-           seq_len + 1, " bytes");
-  double total = 0;
-  Tensor tokens, targets;
-  for (std::size_t b0 = 0; b0 < offsets.size(); b0 += static_cast<std::size_t>(batch_size)) {
-    const std::size_t b1 = std::min(offsets.size(), b0 + static_cast<std::size_t>(batch_size));
-    fill_windows(corpus, std::vector<std::int64_t>(offsets.begin() + b0, offsets.begin() + b1), seq_len, tokens,
-                 targets);
-    total += model.loss(tokens, targets, false) * static_cast<double>((b1 - b0) * seq_len);  // mean -> sum
-  }
-  EvalResult r;
-  r.tokens = static_cast<std::int64_t>(offsets.size()) * seq_len;
-  r.loss = total / static_cast<double>(r.tokens);
-  r.bpb = bits_per_byte(r.loss);
-  return r;
-}
-
-TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainConfig& cfg, bool resume) {
-  validate(cfg);
+TrainLoopResult run_train_loop(TrainTask& task, const TrainConfig& cfg, bool resume) {
   MF_CHECK(!cfg.out_dir.empty(), "[train] out_dir is empty");
-  MF_CHECK(model.vocab_size() >= kByteVocabSize, "[train] the model's vocabulary (", model.vocab_size(),
-           ") is smaller than the byte tokenizer's (", kByteVocabSize, ")");
-  MF_CHECK(corpus.train_end == TextCorpus::split_point(corpus.size(), cfg.val_fraction), "[train] the corpus '",
-           corpus.source, "' is split at byte ", corpus.train_end, " but val_fraction = ", cfg.val_fraction,
-           " puts the split at ", TextCorpus::split_point(corpus.size(), cfg.val_fraction));
-  // Fail early on data that cannot hold a window (rather than after the first steps).
-  train_window_offsets(corpus, cfg.seed, 0, 0, 1, cfg.seq_len);
-  val_window_offsets(corpus, cfg.seq_len, 1);
   std::error_code ec;
   fs::create_directories(cfg.out_dir, ec);
   MF_CHECK(fs::is_directory(cfg.out_dir), "[train] cannot create output folder '", cfg.out_dir, "': ", ec.message());
   const std::string metrics_path = cfg.out_dir + "/metrics.jsonl", svg_path = cfg.out_dir + "/loss.svg";
 
-  const std::vector<Parameter*> params = model.parameters();
+  const std::vector<Parameter*> params = task.parameters();
   AdamW opt(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
   const CosineSchedule schedule{cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps};
 
   // ---- start or resume ----
-  std::int64_t step = 0;
+  std::int64_t step = 0, tokens_seen = 0;
   double log_loss_sum = 0;
   std::int64_t log_loss_steps = 0;
   std::vector<MetricsRow> history;
   std::string last_ckpt = find_checkpoint(cfg.out_dir);
   std::int64_t last_ckpt_step = -1;
-  const std::string fp = fingerprint_hex(corpus.fingerprint());
   if (!last_ckpt.empty() && !resume)
     fail("[train] '", cfg.out_dir, "' already holds a checkpoint (", last_ckpt,
          "); resume it (--resume) or choose another output folder");
@@ -275,13 +242,13 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     for (const Field& f : fields())
       MF_CHECK(!f.trajectory || now[f.name] == then[f.name], "[train] cannot resume '", cfg.out_dir, "': field '",
                f.name, "' is ", now[f.name].dump(), " but the checkpoint was trained with ", then[f.name].dump());
-    const json& data = st["data"];
-    MF_CHECK(data.value("fingerprint", "") == fp && data.value("train_end", -1) == corpus.train_end, "[train] cannot resume '",
-             cfg.out_dir, "': the corpus differs from the one the checkpoint was trained on (",
-             data.value("source", "?"), ", ", data.value("bytes", -1), " bytes)");
+    task.check_data_state(st["data"], cfg.out_dir);
     step = st["step"].get<std::int64_t>();
     MF_CHECK(step <= cfg.steps, "[train] the checkpoint is at step ", step, ", past steps = ", cfg.steps);
-    load_model_parameters(model, last_ckpt + "/" + kModelFile);
+    MF_CHECK(st.contains("tokens_seen") && st["tokens_seen"].is_number_integer(), "[train] '", state_path,
+             "' has no integer field 'tokens_seen'");
+    tokens_seen = st["tokens_seen"].get<std::int64_t>();
+    load_parameters(params, last_ckpt + "/" + kModelFile);
     opt.load(last_ckpt + "/" + kOptimizerFile);
     MF_CHECK(opt.steps_taken() == step, "[train] optimizer state in '", last_ckpt, "' is at step ", opt.steps_taken(),
              " but the trainer state says ", step);
@@ -302,17 +269,11 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
                {"version", 1},
                {"step", done},
                {"config", config_json(cfg)},
-               {"data",
-                {{"source", corpus.source},
-                 {"bytes", corpus.size()},
-                 {"train_end", corpus.train_end},
-                 {"fingerprint", fp},
-                 {"sampler", "philox windows keyed by (seed, step, window index)"},
-                 {"next_step", done}}},
+               {"data", task.data_state(done)},
                {"log_accumulator", {{"loss_sum", log_loss_sum}, {"steps", log_loss_steps}}},
-               {"tokens_seen", done * cfg.grad_accum * cfg.batch_size * cfg.seq_len}};
+               {"tokens_seen", tokens_seen}};
     last_ckpt = commit_checkpoint(cfg.out_dir, [&](const std::string& dir) {
-      model.save(dir);
+      task.save_model(dir);
       opt.save(dir + "/" + kOptimizerFile);
       write_file_atomic(dir + "/" + kTrainerStateFile, st.dump(2) + "\n");  // last: marks the folder complete
     });
@@ -327,7 +288,7 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
   };
 
   // ---- the loop ----
-  TrainResult result;
+  TrainLoopResult result;
   result.start_step = step;
   std::unique_ptr<ProgressBar> bar;
   if (cfg.progress) {
@@ -336,10 +297,9 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     po.initial = step;
     bar = std::make_unique<ProgressBar>("train", cfg.steps, po);
   }
-  const std::int64_t tokens_per_step = cfg.grad_accum * cfg.batch_size * cfg.seq_len;
   double train_seconds = 0, interval_seconds = 0;
-  std::int64_t interval_steps = 0;
-  Tensor tokens, targets;
+  std::int64_t interval_tokens = 0, run_tokens = 0;
+  bool evaluated_once = false;
   double step_loss = std::numeric_limits<double>::quiet_NaN();
   std::ofstream metrics(metrics_path, std::ios::app);
   MF_CHECK(metrics.good(), "[train] cannot append to '", metrics_path, "'");
@@ -348,10 +308,9 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     const auto t0 = std::chrono::steady_clock::now();
     zero_grads(params);
     double loss_sum = 0;
+    std::int64_t step_tokens = 0;
     for (std::int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
-      fill_windows(corpus, train_window_offsets(corpus, cfg.seed, step, micro, cfg.batch_size, cfg.seq_len),
-                   cfg.seq_len, tokens, targets);
-      const double l = model.loss(tokens, targets, true);
+      const double l = task.micro_batch_loss(step, micro, step_tokens);
       if (!std::isfinite(l)) {
         if (bar) bar->finish("stopped");
         stop_non_finite("the loss", l, step);
@@ -371,7 +330,9 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     const double dt = seconds_since(t0);
     train_seconds += dt;
     interval_seconds += dt;
-    ++interval_steps;
+    tokens_seen += step_tokens;
+    interval_tokens += step_tokens;
+    run_tokens += step_tokens;
     log_loss_sum += step_loss;
     ++log_loss_steps;
 
@@ -379,48 +340,42 @@ TrainResult train(LanguageModel& model, const TextCorpus& corpus, const TrainCon
     const bool do_eval = last || (cfg.eval_interval > 0 && step % cfg.eval_interval == 0);
     const bool do_log = last || do_eval || step % cfg.log_interval == 0;
     const bool do_ckpt = last || (cfg.checkpoint_interval > 0 && step % cfg.checkpoint_interval == 0);
-    const double tok_s = interval_seconds > 0 ? static_cast<double>(interval_steps * tokens_per_step) / interval_seconds : 0;
+    const double tok_s = interval_seconds > 0 ? static_cast<double>(interval_tokens) / interval_seconds : 0;
     if (do_log) {
-      EvalResult val{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN(), 0};
+      double val_loss = std::numeric_limits<double>::quiet_NaN();
       if (do_eval) {
-        val = evaluate(model, corpus, cfg.seq_len, cfg.eval_windows, cfg.batch_size);
-        result.val = val;
+        val_loss = task.evaluate();
+        evaluated_once = true;
       }
       const double train_loss = log_loss_sum / static_cast<double>(log_loss_steps);  // mean since the last line
-      nlohmann::ordered_json line = {{"step", step},
-                   {"train_loss", or_null(train_loss)},
-                   {"val_loss", or_null(val.loss)},
-                   {"val_bpb", or_null(val.bpb)},
-                   {"train_bpb", or_null(bits_per_byte(train_loss))},
-                   {"tokens_per_s", tok_s},
-                   {"lr", lr},
-                   {"grad_norm", grad_norm},
-                   {"tokens", step * tokens_per_step}};
+      nlohmann::ordered_json line = {{"step", step}, {"train_loss", or_null(train_loss)}};
+      task.add_metrics(line, train_loss, do_eval);
+      line["tokens_per_s"] = tok_s;
+      line["lr"] = lr;
+      line["grad_norm"] = grad_norm;
+      line["tokens"] = tokens_seen;
       metrics << line.dump() << "\n";
       metrics.flush();
       MF_CHECK(metrics.good(), "[train] error writing '", metrics_path, "'");
-      history.push_back({step, train_loss, val.loss});
-      write_loss_svg(svg_path, history);
+      history.push_back({step, train_loss, val_loss});
+      write_loss_svg(svg_path, history, task.loss_axis_label());
       log_loss_sum = 0;
       log_loss_steps = 0;
       interval_seconds = 0;
-      interval_steps = 0;
+      interval_tokens = 0;
     }
     if (bar) {
       char extra[96];
       std::snprintf(extra, sizeof extra, "loss %.4f | %s tok/s | lr %.2e", step_loss, format_count(tok_s).c_str(), lr);
-      std::string text = extra;
-      if (result.val.tokens > 0) text += str_cat(" | val bpb ", std::round(result.val.bpb * 1000) / 1000);
-      bar->update(step, text);
+      bar->update(step, std::string(extra) + (evaluated_once ? task.progress_suffix() : std::string()));
       if (last) bar->finish();
     }
     if (do_ckpt) save_checkpoint(step);
   }
   result.end_step = step;
   result.train_loss = step_loss;
-  result.tokens_per_s =
-      train_seconds > 0 ? static_cast<double>((step - result.start_step) * tokens_per_step) / train_seconds : 0;
-  if (result.start_step == cfg.steps) result.val = evaluate(model, corpus, cfg.seq_len, cfg.eval_windows, cfg.batch_size);
+  result.tokens_per_s = train_seconds > 0 ? static_cast<double>(run_tokens) / train_seconds : 0;
+  if (result.start_step == cfg.steps) task.evaluate();
   return result;
 }
 

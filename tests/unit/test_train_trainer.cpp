@@ -18,9 +18,11 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "../support/errors.h"
+#include "../support/train_runs.h"
 
 using namespace mf;
 using mf::testing::error_of;
+using mf::testing::metric_lines;
 namespace fs = std::filesystem;
 
 namespace {
@@ -102,39 +104,7 @@ const TextCorpus& corpus() {
   return c;
 }
 
-TrainConfig small_config(const std::string& dir) {
-  TrainConfig cfg;
-  cfg.steps = 12;
-  cfg.batch_size = 4;
-  cfg.seq_len = 32;
-  cfg.grad_accum = 2;
-  cfg.lr = 0.05;
-  cfg.min_lr = 0.005;
-  cfg.warmup_steps = 3;
-  cfg.weight_decay = 0.01;
-  cfg.grad_clip = 0.5;  // active: bigram gradients start above it
-  cfg.log_interval = 3;
-  cfg.eval_interval = 6;
-  cfg.eval_windows = 8;
-  cfg.checkpoint_interval = 4;
-  cfg.seed = 99;
-  cfg.val_fraction = 0.02;  // corpus() holds out 2%
-  cfg.out_dir = dir;
-  cfg.progress = false;
-  return cfg;
-}
-
-std::vector<nlohmann::json> metric_lines(const std::string& dir) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(dir + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    j.erase("tokens_per_s");  // wall-clock: the only field allowed to differ
-    out.push_back(j);
-  }
-  return out;
-}
+TrainConfig small_config(const std::string& dir) { return mf::testing::small_train_config(dir); }
 
 std::int64_t checkpoint_step(const std::string& dir) {
   return nlohmann::json::parse(read_file(dir + "/checkpoint/trainer_state.json"))["step"].get<std::int64_t>();
