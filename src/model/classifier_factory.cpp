@@ -1,13 +1,13 @@
-// On this branch no model implements SequenceClassifier yet: make_classifier
-// and load_classifier refuse with an error that says so. The encoder
-// transformer (issue 9) fills them in: load_config + Transformer(cfg, seed),
-// and load_checkpoint(dir).
+// Classifiers are encoder transformers (src/model/transformer.h, is_decoder
+// false): built from a config file or loaded from a checkpoint folder.
 #include "model/classifier_factory.h"
 
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "model/checkpoint.h"
+#include "model/transformer.h"
 
 namespace mf {
 
@@ -27,14 +27,18 @@ ModelConfigKind inspect_model_config(const std::string& path) {
   return k;
 }
 
-std::unique_ptr<SequenceClassifier> make_classifier(const std::string& config_path, std::uint64_t) {
-  fail("[classifier] '", config_path,
-       "': encoder classifiers are not available yet in this build (no model implements SequenceClassifier)");
+std::unique_ptr<SequenceClassifier> make_classifier(const std::string& config_path, std::uint64_t seed) {
+  const ModelConfig cfg = load_config(config_path);
+  MF_CHECK(!cfg.is_decoder, "[classifier] '", config_path,
+           "' is a decoder config; a classifier needs \"is_decoder\": false and \"num_labels\"");
+  return std::make_unique<Transformer>(cfg, seed);
 }
 
 std::unique_ptr<SequenceClassifier> load_classifier(const std::string& dir) {
-  fail("[classifier] '", dir,
-       "': encoder classifiers are not available yet in this build (no model implements SequenceClassifier)");
+  std::unique_ptr<Transformer> m = load_checkpoint(dir);
+  MF_CHECK(!m->config().is_decoder, "[classifier] '", dir,
+           "' holds a decoder (language model); a classifier needs \"is_decoder\": false");
+  return m;
 }
 
 }  // namespace mf
