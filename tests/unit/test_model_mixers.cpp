@@ -1,0 +1,262 @@
+// Blocks from mixers, through the model: layer_types and options parsed
+// strictly (errors name the field and the mixer), configs round-trip, mixed
+// full/sliding layers generate exactly like their full forward, encoder
+// classifiers ignore padding and learn a small task, and `modformer mixer`
+// round-trips its own --init output and names a missing parameter.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "core/atomic_file.h"
+#include "core/rng.h"
+#include "core/npy.h"
+#include "core/safetensors.h"
+#include "model/transformer.h"
+#include "nn/mixer/mixer_registry.h"
+#include "train/classify_data.h"
+#include "train/trainer.h"
+#include "../support/cli.h"
+#include "../support/errors.h"
+#include "../support/threads.h"
+#include "../support/tiny_models.h"
+#include "../support/train_runs.h"
+
+using namespace mf;
+namespace fs = std::filesystem;
+namespace mt = mf::testing;
+
+namespace {
+
+nlohmann::json tiny_json() {
+  return {{"model_type", "modformer"}, {"vocab_size", 23},         {"hidden_size", 16},
+          {"intermediate_size", 24},   {"num_hidden_layers", 3},   {"num_attention_heads", 2},
+          {"num_key_value_heads", 1},  {"head_dim", 8},            {"max_position_embeddings", 64}};
+}
+
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  const std::string e = mt::error_of(f);
+  EXPECT_NE(e.find(needle), std::string::npos) << "error: " << e << "\nexpected to contain: " << needle;
+}
+
+ModelConfig parse(const nlohmann::json& j) { return config_from_json(j, "test.json"); }
+
+void expect_config_error(const nlohmann::json& j, const std::string& needle) {
+  expect_error([&] { parse(j); }, needle);
+}
+
+std::string temp_dir(const std::string& tag) {
+  const fs::path d = fs::temp_directory_path() / ("mf_mixers_" + std::to_string(::getpid()) + "_" + tag);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d.string();
+}
+
+}  // namespace
+
+TEST(ModelMixers, LayerTypesAndOptionsAreParsedStrictly) {
+  nlohmann::json j = tiny_json();
+  j["sliding_window"] = 4;
+  j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention"};
+  const ModelConfig c = parse(j);
+  EXPECT_EQ(c.layer_mixer(0), "sliding_attention");
+  EXPECT_EQ(c.layer_mixer(1), "full_attention");
+  // Round trip through the saved JSON.
+  EXPECT_EQ(config_to_string(config_from_string(config_to_string(c), "saved")), config_to_string(c));
+
+  nlohmann::json bad = j;
+  bad["layer_types"] = {"sliding_attention", "full_attention"};
+  expect_config_error(bad, "field 'layer_types': has 2 entries but num_hidden_layers is 3");
+  bad["layer_types"] = {"sliding_attention", "nonesuch", "full_attention"};
+  expect_config_error(bad, "field 'layer_types[1]': unknown token mixer \"nonesuch\" (known: \"full_attention\"");
+  bad = tiny_json();
+  bad["layer_types"] = {"sliding_attention", "full_attention", "full_attention"};
+  expect_config_error(bad, "field 'layer_types[0]': mixer \"sliding_attention\" needs the model's sliding_window");
+  bad = tiny_json();
+  bad["token_mixer"] = "flash";
+  expect_config_error(bad, "field 'token_mixer': unknown token mixer \"flash\"");
+  bad = tiny_json();
+  bad["swiglu"] = {{"k", 3}};
+  expect_config_error(bad, "field 'swiglu.k': unknown option (this mixer has no options)");
+  bad = tiny_json();
+  bad["geglu"] = nlohmann::json::object();
+  expect_config_error(bad, "field 'geglu': options for mixer \"geglu\", which no layer uses");
+  bad = tiny_json();
+  bad["model_type"] = "llama";
+  bad["layer_types"] = {"full_attention", "full_attention", "full_attention"};
+  EXPECT_NO_THROW(parse(bad));
+  bad["sliding_window"] = 2;
+  bad["layer_types"] = {"full_attention", "sliding_attention", "full_attention"};
+  expect_config_error(bad, "model_type \"llama\" requires");
+}
+
+TEST(ModelMixers, EncoderFieldsAreChecked) {
+  nlohmann::json j = tiny_json();
+  j["is_decoder"] = false;
+  expect_config_error(j, "field 'num_labels': an encoder (is_decoder false) is a sequence classifier");
+  j["num_labels"] = 4;
+  j["classifier_pooling"] = "max";
+  expect_config_error(j, "field 'classifier_pooling': unknown value \"max\"");
+  j["classifier_pooling"] = "first";
+  const ModelConfig c = parse(j);
+  EXPECT_EQ(config_to_string(config_from_string(config_to_string(c), "saved")), config_to_string(c));
+  nlohmann::json d = tiny_json();
+  d["num_labels"] = 3;
+  expect_config_error(d, "field 'num_labels': is for encoder classifiers");
+  // An encoder has no LM head and does not generate; a decoder has no class logits.
+  Transformer enc(c, 1);
+  EXPECT_EQ(enc.find_parameter("lm_head.weight"), nullptr);
+  EXPECT_NE(enc.find_parameter("classifier.weight"), nullptr);
+  expect_error([&] { enc.logits(mt::random_tokens({1, 4}, 1, 23)); }, "has no token logits");
+  expect_error([&] { enc.new_generation_state(); }, "does not generate");
+  Transformer dec(parse(tiny_json()), 1);
+  expect_error([&] { dec.class_logits(mt::random_tokens({1, 4}, 1, 23), Tensor()); },
+                   "needs an encoder classifier");
+}
+
+// Gemma-3 style alternation: each layer's cache follows its own mixer (a
+// rolling window of W slots or a full cache), and prefill + steps equal the
+// full forward.
+TEST(ModelMixers, MixedLayerTypesGenerateLikeTheFullForward) {
+  mt::ScopedThreads one(1);
+  nlohmann::json j = tiny_json();
+  j["sliding_window"] = 3;
+  j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention"};
+  Transformer m(parse(j), 5);
+  const Tensor tok = mt::random_tokens({2, 20}, 7, 23);
+  const Tensor full = m.logits(tok);
+  GenerationOptions o;
+  o.batch = 2;
+  const auto state = m.new_generation_state(o);
+  const Tensor a = m.logits(tok.slice(1, 0, 7).contiguous(), state.get());
+  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 7).contiguous()), 1e-4f);
+  for (std::int64_t t = 7; t < 20; ++t) {
+    const Tensor step = m.logits(tok.slice(1, t, t + 1).contiguous(), state.get());
+    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
+  }
+  // Sliding layers hold 2W rows, the full layer its whole capacity (64).
+  EXPECT_EQ(state->bytes(), (2 * (2 * 3) + 64) * 2 * 8 * 2 * 4);
+}
+
+// Padding tokens change nothing: a sequence padded with junk (mask 0) gets
+// the class logits of the unpadded sequence, and so do its gradients' loss.
+TEST(ModelMixers, EncoderIgnoresPadding) {
+  mt::ScopedThreads one(1);
+  for (const char* pooling : {"mean", "first"}) {
+    nlohmann::json j = tiny_json();
+    j["is_decoder"] = false;
+    j["num_labels"] = 3;
+    j["classifier_pooling"] = pooling;
+    j["position"] = "learned";
+    Transformer m(parse(j), 9);
+    const Tensor tok = mt::random_tokens({1, 6}, 3, 23);
+    const Tensor alone = m.class_logits(tok, Tensor());
+    Tensor padded = mt::random_tokens({2, 10}, 4, 23);  // row 0: tok then 4 junk tokens
+    Tensor mask = Tensor::zeros({2, 10}, DType::I32);
+    for (std::int64_t i = 0; i < 6; ++i) padded.data<std::int32_t>()[i] = tok.data<std::int32_t>()[i];
+    for (std::int64_t i = 0; i < 6; ++i) mask.data<std::int32_t>()[i] = 1;
+    for (std::int64_t i = 0; i < 10; ++i) mask.data<std::int32_t>()[10 + i] = 1;
+    const Tensor both = m.class_logits(padded, mask);
+    EXPECT_LE(max_abs_diff(both.slice(0, 0, 1).contiguous(), alone), 1e-5f) << pooling;
+    // Negative control: without the mask the junk changes the answer.
+    EXPECT_GT(max_abs_diff(m.class_logits(padded, Tensor()).slice(0, 0, 1).contiguous(), alone), 1e-3f) << pooling;
+    Tensor all_pad = Tensor::zeros({2, 10}, DType::I32);
+    expect_error([&] { m.class_logits(padded, all_pad); }, "sequence 0 of the batch is all padding");
+  }
+}
+
+// An encoder classifier (attention layers, mean pooling) learns "more a's
+// or b's?" on texts of 6..15 bytes (per-batch padding) within seconds.
+TEST(ModelMixers, EncoderClassifierLearnsASmallTask) {
+  mt::ScopedThreads two(2);
+  auto tsv = [](int n, std::uint64_t seed) {
+    Rng rng(seed);
+    std::string s = "Source\tTarget\n";
+    for (int i = 0; i < n; ++i) {
+      const int len = 6 + static_cast<int>(rng.next_u32() % 10);
+      std::string text;
+      int a = 0, b = 0;
+      for (int k = 0; k < len; ++k) {
+        const std::uint32_t r = rng.next_u32() % 3;
+        text += r == 0 ? 'a' : r == 1 ? 'b' : 'c';
+        a += r == 0;
+        b += r == 1;
+      }
+      if (a == b) {
+        text += 'a';
+        ++a;
+      }
+      s += text + "\t" + (a > b ? "1" : "0") + "\n";
+    }
+    return s;
+  };
+  const ClassifyData train_data = ClassifyData::parse(tsv(512, 1), "train.tsv");
+  const ClassifyData val_data = ClassifyData::parse(tsv(200, 2), "val.tsv");
+  nlohmann::json j = tiny_json();
+  j["vocab_size"] = 256;
+  j["hidden_size"] = 32;
+  j["head_dim"] = 16;
+  j["num_hidden_layers"] = 2;
+  j["is_decoder"] = false;
+  j["num_labels"] = 2;
+  Transformer m(parse(j), 3);
+  const std::string dir = temp_dir("learn");
+  TrainConfig cfg = mt::small_train_config(dir);
+  cfg.task = "classify";
+  cfg.steps = 120;
+  cfg.batch_size = 16;
+  cfg.grad_accum = 1;
+  cfg.seq_len = 64;
+  cfg.lr = 3e-3;
+  cfg.min_lr = 3e-4;
+  cfg.warmup_steps = 10;
+  cfg.eval_interval = 0;
+  cfg.checkpoint_interval = 0;
+  cfg.log_interval = 40;
+  const ClassifyTrainResult r = train(m, train_data, val_data, cfg);
+  EXPECT_GE(r.val.accuracy, 0.8) << "val accuracy " << r.val.accuracy << " (chance 0.5), loss " << r.val.loss;
+  fs::remove_all(dir);
+}
+
+TEST(ModelMixers, MixerCliRoundTripsItsInitOutput) {
+  const std::string dir = temp_dir("cli");
+  nlohmann::json j = {{"token_mixer", "full_attention"}, {"hidden_size", 16}, {"num_attention_heads", 2},
+                      {"num_key_value_heads", 1},        {"head_dim", 8},     {"position", "none"}};
+  write_file_atomic(dir + "/mixer.json", j.dump());
+  save_npy(dir + "/x.npy", randn({2, 5, 16}, 1));
+  save_npy(dir + "/dy.npy", randn({2, 5, 16}, 2));
+  auto run = [&](const std::string& args) { return mt::run_cli("mixer --config " + dir + "/mixer.json " + args, dir); };
+  ASSERT_EQ(run("--init --seed 4 --out " + dir + "/p.safetensors").rc, 0);
+  const SafetensorsContents p = load_safetensors(dir + "/p.safetensors");
+  EXPECT_EQ(p.tensors.size(), 4u);
+  EXPECT_EQ(p.tensors.at("self_attn.k_proj.weight").shape(), Shape({8, 16}));
+  // --params of its own --init == the same seed without --params.
+  ASSERT_EQ(run("--params " + dir + "/p.safetensors --x " + dir + "/x.npy --out " + dir + "/y1.npy --dy " + dir +
+                "/dy.npy --grads " + dir + "/g.safetensors")
+                .rc,
+            0);
+  ASSERT_EQ(run("--seed 4 --x " + dir + "/x.npy --out " + dir + "/y2.npy").rc, 0);
+  EXPECT_EQ(max_abs_diff(load_npy(dir + "/y1.npy"), load_npy(dir + "/y2.npy")), 0.0f);
+  const SafetensorsContents g = load_safetensors(dir + "/g.safetensors");
+  EXPECT_EQ(g.tensors.at("x").shape(), Shape({2, 5, 16}));
+  EXPECT_EQ(g.tensors.at("self_attn.o_proj.weight").shape(), Shape({16, 16}));
+  // A missing or misshapen parameter is named.
+  std::vector<std::pair<std::string, Tensor>> partial;
+  for (const auto& [n, t] : p.tensors)
+    if (n != "self_attn.v_proj.weight") partial.emplace_back(n, t);
+  save_safetensors(dir + "/partial.safetensors", partial);
+  auto r = run("--params " + dir + "/partial.safetensors --x " + dir + "/x.npy --out " + dir + "/y3.npy");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("has no tensor 'self_attn.v_proj.weight'"), std::string::npos) << r.err;
+  partial.emplace_back("self_attn.v_proj.weight", Tensor::zeros({16, 8}));
+  save_safetensors(dir + "/bad.safetensors", partial);
+  r = run("--params " + dir + "/bad.safetensors --x " + dir + "/x.npy --out " + dir + "/y3.npy");
+  EXPECT_NE(r.err.find("tensor 'self_attn.v_proj.weight' has shape [16, 8] but mixer \"full_attention\" needs [8, 16]"),
+            std::string::npos)
+      << r.err;
+  r = run("--x " + dir + "/dy.npy --out " + dir + "/y3.npy --padding-mask " + dir + "/x.npy");
+  EXPECT_NE(r.err.find("--padding-mask"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir + "/y3.npy"));
+  fs::remove_all(dir);
+}
