@@ -1,0 +1,216 @@
+// `modformer bench mixers`: every registered token mixer (or --mixers) on
+// the same x [B, L, C] (hidden C, H heads of C/H), forward and forward +
+// backward times and peak activation bytes vs L, measured in interleaved
+// rounds (each round runs every mixer once at that L, best of --reps kept);
+// the growth ratio time(2L)/time(L) at the largest lengths; the crossover
+// length from which each mixer beats exact flash attention (full_attention);
+// JSON, and speed-vs-length and memory-vs-length SVGs.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/bench_registry.h"
+#include "cli/command.h"
+#include "core/alloc.h"
+#include "core/json_report.h"
+#include "core/rng.h"
+#include "core/svg_plot.h"
+#include "core/threads.h"
+#include "model/transformer.h"
+#include "nn/mixer/mixer_registry.h"
+
+namespace {
+
+struct MixerBenchOptions {
+  std::vector<std::string> mixers;  // empty: every registered mixer that can run this way
+  std::vector<std::int64_t> lengths = {512, 1024, 2048, 4096, 8192};
+  std::int64_t hidden = 256, heads = 4, batch = 1;
+  int reps = 3;
+  bool causal = false;
+  std::string json_path, out_dir = "bench_mixers";
+};
+
+struct Cell {
+  double forward_s = std::numeric_limits<double>::infinity();
+  double train_s = std::numeric_limits<double>::infinity();  // forward (saving) + backward
+  double peak_bytes = 0;                                     // above the inputs, during forward + backward
+};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int run_mixer_bench(const MixerBenchOptions& o) {
+  using namespace mf;
+  MF_CHECK(o.hidden % o.heads == 0, "[bench mixers] --heads ", o.heads, " must divide --hidden ", o.hidden);
+  MF_CHECK(!o.lengths.empty(), "[bench mixers] --lengths is empty");
+  for (auto l : o.lengths) MF_CHECK(l >= 1, "[bench mixers] lengths must be >= 1, got ", l);
+  std::vector<std::int64_t> lengths = o.lengths;
+  std::sort(lengths.begin(), lengths.end());
+  const std::int64_t max_len = lengths.back();
+
+  ModelConfig cfg;
+  cfg.model_type = "modformer";
+  cfg.hidden_size = o.hidden;
+  cfg.num_attention_heads = o.heads;
+  cfg.num_key_value_heads = o.heads;
+  cfg.head_dim = o.hidden / o.heads;
+  cfg.intermediate_size = 4 * o.hidden;
+  cfg.max_position_embeddings = max_len;
+  cfg.position = PositionKind::None;
+  cfg.sliding_window = 256;  // sliding_attention rows: a 256-token window
+
+  std::vector<std::string> names = o.mixers;
+  if (names.empty())
+    for (const auto& e : token_mixer_registry())
+      if (o.causal ? e.caps.causal : e.caps.bidirectional) names.push_back(e.name);
+  std::vector<std::unique_ptr<ParamList>> stores;
+  std::vector<std::unique_ptr<TokenMixer>> mixers;
+  for (const auto& n : names) {
+    const TokenMixerEntry& e = token_mixer_entry(n, "[bench mixers] ");
+    MF_CHECK(o.causal ? e.caps.causal : e.caps.bidirectional, "[bench mixers] mixer \"", n, "\" cannot run ",
+             o.causal ? "causally (drop --causal)" : "bidirectionally (give --causal)",
+             e.limits.empty() ? "" : " (" + e.limits + ")");
+    stores.push_back(std::make_unique<ParamList>(1, 0.02));
+    mixers.push_back(e.make(mixer_context(cfg, 0, n, nullptr), *stores.back()));
+  }
+
+  const std::int64_t C = o.hidden, B = o.batch;
+  std::cout << "bench mixers: hidden " << C << ", " << o.heads << " heads of " << C / o.heads << ", batch " << B
+            << ", " << (o.causal ? "causal" : "bidirectional") << ", threads " << num_threads() << ", best of "
+            << o.reps << " interleaved rounds; load average " << load_average_1min() << "\n";
+  std::vector<std::vector<Cell>> cells(names.size(), std::vector<Cell>(lengths.size()));
+  for (std::size_t li = 0; li < lengths.size(); ++li) {
+    const std::int64_t L = lengths[li], N = B * L;
+    const Tensor x = randn({N, C}, 11), dy = randn({N, C}, 12);
+    Tensor y = Tensor::empty({N, C}), dx = Tensor::empty({N, C});
+    MixerCall call;
+    call.batch = B;
+    call.seq_len = L;
+    call.causal = o.causal;
+    for (int r = 0; r < o.reps; ++r) {
+      for (std::size_t m = 0; m < mixers.size(); ++m) {
+        Cell& c = cells[m][li];
+        double t0 = now_s();
+        mixers[m]->forward(y, x, call, false);
+        c.forward_s = std::min(c.forward_s, now_s() - t0);
+        reset_peak_memory();
+        const std::int64_t base = memory_stats().current_bytes;
+        t0 = now_s();
+        {
+          const std::unique_ptr<MixerSaved> saved = mixers[m]->forward(y, x, call, true);
+          mixers[m]->backward(dx, dy, x, *saved, call);
+        }
+        c.train_s = std::min(c.train_s, now_s() - t0);
+        c.peak_bytes = std::max(c.peak_bytes, static_cast<double>(memory_stats().peak_bytes - base));
+      }
+    }
+    for (std::size_t m = 0; m < mixers.size(); ++m) {
+      const Cell& c = cells[m][li];
+      std::cout << "  L " << std::setw(6) << L << "  " << std::left << std::setw(18) << names[m] << std::right
+                << std::fixed << std::setprecision(2) << " forward " << std::setw(9) << c.forward_s * 1e3
+                << " ms   fwd+bwd " << std::setw(9) << c.train_s * 1e3 << " ms   peak " << std::setw(8)
+                << c.peak_bytes / (1 << 20) << " MiB\n";
+    }
+  }
+
+  const auto flash = std::find(names.begin(), names.end(), "full_attention");
+  nlohmann::json report = {{"benchmark", "mixers"},
+                           {"environment", run_environment_json()},
+                           {"hidden", C},
+                           {"heads", o.heads},
+                           {"batch", B},
+                           {"causal", o.causal},
+                           {"reps", o.reps},
+                           {"lengths", lengths},
+                           {"mixers", nlohmann::json::array()}};
+  std::cout << "\nsummary (growth = time(L_max) / time(L_max / 2); crossover = the smallest L from which the mixer's "
+               "forward+backward beats full_attention at every measured length):\n";
+  std::vector<PlotSeries> speed, memory;
+  for (std::size_t m = 0; m < names.size(); ++m) {
+    nlohmann::json rec = {{"mixer", names[m]}, {"rows", nlohmann::json::array()}};
+    PlotSeries sp{names[m] + " fwd+bwd", {}, {}}, me{names[m], {}, {}};
+    for (std::size_t li = 0; li < lengths.size(); ++li) {
+      const Cell& c = cells[m][li];
+      rec["rows"].push_back({{"L", lengths[li]}, {"forward_s", c.forward_s}, {"forward_backward_s", c.train_s},
+                             {"peak_activation_bytes", c.peak_bytes}});
+      sp.x.push_back(static_cast<double>(lengths[li]));
+      sp.y.push_back(c.train_s * 1e3);
+      me.x.push_back(static_cast<double>(lengths[li]));
+      me.y.push_back(std::max(c.peak_bytes, 1.0) / (1 << 20));
+    }
+    speed.push_back(sp);
+    memory.push_back(me);
+    std::cout << "  " << std::left << std::setw(18) << names[m] << std::right;
+    const std::size_t n = lengths.size();
+    if (n >= 2 && lengths[n - 1] == 2 * lengths[n - 2]) {
+      const double g_fwd = cells[m][n - 1].forward_s / cells[m][n - 2].forward_s;
+      const double g_train = cells[m][n - 1].train_s / cells[m][n - 2].train_s;
+      rec["growth_forward"] = g_fwd;
+      rec["growth_forward_backward"] = g_train;
+      std::cout << " growth " << std::setprecision(2) << g_fwd << " (fwd) " << g_train << " (fwd+bwd) from L "
+                << lengths[n - 2] << " to " << lengths[n - 1];
+    }
+    if (flash != names.end() && names[m] != "full_attention") {
+      const std::size_t f = static_cast<std::size_t>(flash - names.begin());
+      std::int64_t crossover = -1;
+      for (std::size_t li = n; li-- > 0;) {
+        if (cells[m][li].train_s < cells[f][li].train_s)
+          crossover = lengths[li];
+        else
+          break;
+      }
+      rec["crossover_vs_full_attention"] = crossover > 0 ? nlohmann::json(crossover) : nlohmann::json(nullptr);
+      std::cout << "; beats full_attention " << (crossover > 0 ? "from L " + std::to_string(crossover)
+                                                               : std::string("at no measured L"));
+      rec["ratio_vs_full_attention_at_max_len"] = cells[m][n - 1].train_s / cells[f][n - 1].train_s;
+      std::cout << " (" << cells[m][n - 1].train_s / cells[f][n - 1].train_s << "x its time at L " << lengths[n - 1]
+                << ")";
+    }
+    std::cout << "\n";
+    report["mixers"].push_back(rec);
+  }
+  std::filesystem::create_directories(o.out_dir);
+  PlotOptions po;
+  po.log_x = po.log_y = true;
+  po.x_label = "sequence length L";
+  for (auto l : lengths) po.x_ticks.push_back(static_cast<double>(l));
+  po.title = "token mixers: forward + backward time vs length (hidden " + std::to_string(C) + ")";
+  po.y_label = "ms";
+  write_svg_line_chart(o.out_dir + "/speed.svg", speed, po);
+  po.title = "token mixers: peak activation memory (forward + backward) vs length";
+  po.y_label = "MiB";
+  write_svg_line_chart(o.out_dir + "/memory.svg", memory, po);
+  const std::string json_path = o.json_path.empty() ? o.out_dir + "/mixers.json" : o.json_path;
+  write_json_file(json_path, report);
+  std::cout << "wrote " << json_path << ", " << o.out_dir << "/speed.svg, " << o.out_dir << "/memory.svg\n";
+  return 0;
+}
+
+}  // namespace
+
+MF_REGISTER_BENCH("mixers", "Every token mixer: forward and forward+backward time and peak memory vs L, growth, "
+                  "crossover vs flash attention (JSON + SVG)",
+                  [](CLI::App& app) {
+                    auto o = std::make_shared<MixerBenchOptions>();
+                    app.add_option("--mixers", o->mixers, "Mixers to run (default: all that run this way)")
+                        ->delimiter(',');
+                    app.add_option("--lengths", o->lengths, "Sequence lengths (default 512 ... 8192, doubling)")
+                        ->delimiter(',');
+                    app.add_option("--hidden", o->hidden, "Hidden size C")->check(CLI::PositiveNumber);
+                    app.add_option("--heads", o->heads, "Attention heads (head dim C / heads)")
+                        ->check(CLI::PositiveNumber);
+                    app.add_option("--batch", o->batch, "Batch size")->check(CLI::PositiveNumber);
+                    app.add_option("--reps", o->reps, "Interleaved rounds, best kept")->check(CLI::PositiveNumber);
+                    app.add_flag("--causal", o->causal, "Causal (decoder) mixers; default bidirectional");
+                    app.add_option("--json", o->json_path, "JSON report (default OUT_DIR/mixers.json)");
+                    app.add_option("--out-dir", o->out_dir, "Folder of the SVGs (speed.svg, memory.svg) and JSON")
+                        ->capture_default_str();
+                    return std::function<int()>([o] { return run_mixer_bench(*o); });
+                  });
