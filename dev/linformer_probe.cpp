@@ -1,8 +1,13 @@
 // Dev probe (not part of the build): wall time of the Linformer sublayer
 // (linear projection, headwise E/F) vs the same sublayer with exact non-causal
 // flash attention, forward and forward+backward, interleaved per length.
-// Build: see dev/build_probes.sh. Run: build/linformer_probe [threads] [reps]
+// Build: see dev/build_probes.sh. Run: build/linformer_probe [threads] [reps] [cpu]
+// ("cpu": process CPU time instead of wall time, robust to a loaded machine
+// with 1 thread; with more, it also counts OpenMP spin-waiting).
+#include <time.h>
+
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -19,7 +24,16 @@ using namespace mf;
 
 namespace {
 
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+bool use_cpu_time = false;
+
+double now() {
+  if (use_cpu_time) {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 Parameter param(const char* name, const Shape& shape, std::uint64_t seed, float scale) {
   Tensor v = randn(shape, seed);
@@ -32,6 +46,7 @@ Parameter param(const char* name, const Shape& shape, std::uint64_t seed, float 
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2, reps = argc > 2 ? std::atoi(argv[2]) : 5;
+  use_cpu_time = argc > 3 && std::strcmp(argv[3], "cpu") == 0;
   set_num_threads(threads);
   const std::int64_t C = 256, H = 4, D = 64, K = 128, NMAX = 8192;
   Parameter wq = param("q", {H * D, C}, 1, 0.06f), wk = param("k", {H * D, C}, 2, 0.06f),
@@ -41,8 +56,9 @@ int main(int argc, char** argv) {
   p.num_heads = H, p.num_kv_heads = H, p.head_dim = D, p.max_len = NMAX, p.proj_len = K;
   p.projection = LinformerProjection::Linear, p.sharing = LinformerSharing::Headwise;
   p.q = &wq, p.k = &wk, p.v = &wv, p.o = &wo, p.e = &e, p.f = &f;
-  std::printf("C=%ld heads=%ld D=%ld k=%ld B=1 threads=%d gemm=%s reps=%d (best of, interleaved)\n", (long)C, (long)H,
-              (long)D, (long)K, threads, gemm_backend_name(gemm_backend()).c_str(), reps);
+  std::printf("C=%ld heads=%ld D=%ld k=%ld B=1 threads=%d gemm=%s reps=%d clock=%s (best of, interleaved)\n", (long)C,
+              (long)H, (long)D, (long)K, threads, gemm_backend_name(gemm_backend()).c_str(), reps,
+              use_cpu_time ? "process cpu" : "wall");
   std::printf("%6s %12s %12s %12s %12s %9s %9s\n", "L", "lin_fwd_ms", "lin_fb_ms", "flash_fwd_ms", "flash_fb_ms",
               "fwd_x", "fb_x");
   std::vector<double> prev(4, 0);

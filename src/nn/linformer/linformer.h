@@ -83,7 +83,11 @@ struct LinformerSaved {
 // K' = proj_E(mask * (x Wk^T (+bk))), V' = proj_F(mask * (x Wv^T (+bv))).
 // key_padding_mask (int32 [B, L], nonzero = real token) zeroes the key and value
 // rows of padding tokens before the projection, so the projected keys simply
-// omit them; queries of padding tokens are computed as usual.
+// omit them (exactly for Linear and Conv, which are linear in K; Mean still
+// divides by s and Max sees those zeros, as it does the zero pad past L).
+// Nothing else is masked: the kp projected rows are all attended, and queries
+// of padding tokens are computed as usual. D must suit the attention kernels
+// (a multiple of 8 in [8, 256]; attention.h refuses others).
 void linformer_forward(const Tensor& y,  // [B*L, C] (written)
                        LinformerSaved& saved,
                        const Tensor& x,  // [B*L, C]
