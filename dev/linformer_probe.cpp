@@ -1,13 +1,17 @@
-// Dev probe (not part of the build): wall time of the Linformer sublayer
-// (linear projection, headwise E/F) vs the same sublayer with exact non-causal
-// flash attention, forward and forward+backward, interleaved per length.
-// Build: see dev/build_probes.sh. Run: build/linformer_probe [threads] [reps] [cpu]
+// Dev probe (not part of the build): time of the Linformer sublayer (default:
+// linear projection, headwise E/F; n = 8192, k = 128) vs the same sublayer
+// with exact non-causal flash attention, forward and forward+backward,
+// interleaved per length.
+// Build: see dev/build_probes.sh.
+// Run: build/linformer_probe [threads] [reps] [cpu|wall] [linear|conv|mean|max] [none|headwise|kv]
 // ("cpu": process CPU time instead of wall time, robust to a loaded machine
 // with 1 thread; with more, it also counts OpenMP spin-waiting).
 #include <time.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -49,13 +53,26 @@ int main(int argc, char** argv) {
   use_cpu_time = argc > 3 && std::strcmp(argv[3], "cpu") == 0;
   set_num_threads(threads);
   const std::int64_t C = 256, H = 4, D = 64, K = 128, NMAX = 8192;
-  Parameter wq = param("q", {H * D, C}, 1, 0.06f), wk = param("k", {H * D, C}, 2, 0.06f),
-            wv = param("v", {H * D, C}, 3, 0.06f), wo = param("o", {C, H * D}, 4, 0.06f),
-            e = param("e", {K, NMAX}, 5, 0.011f), f = param("f", {K, NMAX}, 6, 0.011f);
+  const std::string proj = argc > 4 ? argv[4] : "linear", share = argc > 5 ? argv[5] : "headwise";
   LinformerParams p;
   p.num_heads = H, p.num_kv_heads = H, p.head_dim = D, p.max_len = NMAX, p.proj_len = K;
-  p.projection = LinformerProjection::Linear, p.sharing = LinformerSharing::Headwise;
-  p.q = &wq, p.k = &wk, p.v = &wv, p.o = &wo, p.e = &e, p.f = &f;
+  p.projection = proj == "conv"   ? LinformerProjection::Conv
+                 : proj == "mean" ? LinformerProjection::Mean
+                 : proj == "max"  ? LinformerProjection::Max
+                                  : LinformerProjection::Linear;
+  p.sharing = share == "none" ? LinformerSharing::None
+              : share == "kv" ? LinformerSharing::KeyValue
+                              : LinformerSharing::Headwise;
+  std::vector<Parameter> ef;
+  ef.reserve(2);
+  for (const auto& [role, shape] : linformer_projection_shapes(p))
+    ef.push_back(param(role.c_str(), shape, role == "e" ? 5 : 6, 1.0f / std::sqrt(float(shape.back()))));
+  Parameter wq = param("q", {H * D, C}, 1, 0.06f), wk = param("k", {H * D, C}, 2, 0.06f),
+            wv = param("v", {H * D, C}, 3, 0.06f), wo = param("o", {C, H * D}, 4, 0.06f);
+  p.q = &wq, p.k = &wk, p.v = &wv, p.o = &wo;
+  if (!ef.empty()) p.e = &ef[0];
+  if (ef.size() > 1) p.f = &ef[1];
+  std::printf("linformer %s/%s ", proj.c_str(), share.c_str());
   std::printf("C=%ld heads=%ld D=%ld k=%ld B=1 threads=%d gemm=%s reps=%d clock=%s (best of, interleaved)\n", (long)C,
               (long)H, (long)D, (long)K, threads, gemm_backend_name(gemm_backend()).c_str(), reps,
               use_cpu_time ? "process cpu" : "wall");
