@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the dev probes against build/libmodformer_lib.a (run from the repo root after cmake --build build).
 set -e
-for p in flash_probe flash_loop flash_tune decode_probe tile_rows_probe; do
+for p in flash_probe flash_loop flash_tune decode_probe tile_rows_probe linformer_probe; do
   g++ -O3 -march=native -std=c++20 -fopenmp -Isrc dev/$p.cpp build/libmodformer_lib.a \
     -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -ldnnl -o build/$p
 done
