@@ -1,0 +1,248 @@
+// FNet's Fourier token mixing (fnet.h), two paths: the DFT as real GEMMs with
+// cached cos/sin matrices, and a real-input 2-D FFT (fnet_fft.h) that computes
+// only the half spectrum along hidden and mirrors it (Hermitian symmetry).
+//
+// Algebra. F_N = C_N - i S_N (C, S symmetric cos / sin matrices), so
+//   y_b = Re(F_L x_b F_C) = C_L x_b C_C - S_L x_b S_C.
+// Backward: for a loss l with dl/dy = dy, dl/dx_b = C_L^T dy_b C_C^T - S_L^T dy_b S_C^T
+// = C_L dy_b C_C - S_L dy_b S_C (symmetry): the same transform applied to dy
+// (the map is self-adjoint), so fnet_backward is fnet_forward on dy.
+#include "nn/fnet/fnet.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <numbers>
+
+#include "kernels/gemm.h"
+#include "nn/fnet/fnet_fft.h"
+
+namespace mf {
+
+namespace {
+
+// ---- Auto: the measured crossover -----------------------------------------
+// Auto takes the DFT path when seq_len < the crossover for the smallest
+// listed hidden size >= hidden (FFT beyond the last row). Measured by
+// dev/fnet_path_probe.cpp (forward, B = 1, 2 threads, both paths
+// interleaved; see that file for the command) on the 2-core AVX-512 build
+// machine ("Intel Xeon Processor", `modformer info`), shared with other
+// builds (load ~1-2): see the probe's header comment for the figures.
+struct FnetCrossover {
+  std::int64_t max_hidden, dft_below_seq_len;
+};
+constexpr FnetCrossover kFnetCrossover[] = {
+    {64, 256}, {128, 256}, {256, 128}, {512, 64}, {1024, 32},
+};
+
+// Tasks of the FFT path cover this many columns of the vectorized transform
+// (split re/im rows of 32 floats: two cache lines, any SIMD width).
+constexpr std::int64_t kFftBlockWidth = 32;
+// cos/sin matrices up to this length stay cached (2 N^2 floats: 32 MiB at
+// 2048); longer ones are built per call (the DFT path is slower there anyway).
+constexpr std::int64_t kDftCacheMaxLen = 2048;
+
+// ---- front door --------------------------------------------------------------
+struct FnetShape {
+  std::int64_t batch, seq_len, hidden;
+};
+
+FnetShape check_fnet_args(const char* op, const Tensor& out, const char* out_name, const Tensor& in,
+                          const char* in_name, std::int64_t batch, std::int64_t seq_len) {
+  MF_CHECK(in.defined(), "[", op, "] ", in_name, " is undefined");
+  MF_CHECK(out.defined(), "[", op, "] ", out_name, " is undefined");
+  MF_CHECK(in.dtype() == DType::F32, "[", op, "] ", in_name, " must be float32 but is ", dtype_name(in.dtype()));
+  MF_CHECK(out.dtype() == DType::F32, "[", op, "] ", out_name, " must be float32 but is ",
+           dtype_name(out.dtype()));
+  MF_CHECK(in.dim() == 2 || in.dim() == 3, "[", op, "] ", in_name,
+           " must have 2 dimensions [B*L, C] or 3 [B, L, C] but has ", in.dim(), " ", shape_str(in.shape()));
+  MF_CHECK(batch >= 1 && seq_len >= 1, "[", op, "] batch and seq_len must be >= 1 but are ", batch, " and ",
+           seq_len);
+  const std::int64_t hidden = in.size(-1);
+  MF_CHECK(hidden >= 1, "[", op, "] ", in_name, " must have a hidden size >= 1 but has shape ",
+           shape_str(in.shape()));
+  if (in.dim() == 3)
+    MF_CHECK(in.size(0) == batch && in.size(1) == seq_len, "[", op, "] ", in_name, " has shape ",
+             shape_str(in.shape()), " but batch = ", batch, " and seq_len = ", seq_len);
+  else
+    MF_CHECK(in.size(0) == batch * seq_len, "[", op, "] ", in_name, " has ", in.size(0),
+             " rows but batch * seq_len = ", batch, " * ", seq_len, " = ", batch * seq_len);
+  MF_CHECK(out.numel() == in.numel() && out.size(-1) == hidden, "[", op, "] ", out_name, " must have the shape of ",
+           in_name, " ", shape_str(in.shape()), " but has ", shape_str(out.shape()));
+  MF_CHECK(out.is_contiguous(), "[", op, "] ", out_name, " must be contiguous");
+  const char* ob = static_cast<const char*>(out.raw_data());
+  const char* ib = static_cast<const char*>(in.raw_data());
+  MF_CHECK(ob + out.nbytes() <= ib || ib + in.nbytes() <= ob, "[", op, "] ", out_name, " must not overlap ",
+           in_name);
+  return {batch, seq_len, hidden};
+}
+
+// ---- DFT path ---------------------------------------------------------------
+// [N, 2N] row-major: [C_N | S_N], C_N[j, k] = cos(2 pi j k / N), S_N likewise.
+std::shared_ptr<const std::vector<float>> build_cos_sin(std::int64_t n) {
+  std::vector<double> cos_t(static_cast<std::size_t>(n)), sin_t(cos_t.size());
+  for (std::int64_t t = 0; t < n; ++t) {
+    const double a = 2.0 * std::numbers::pi * static_cast<double>(t) / static_cast<double>(n);
+    cos_t[t] = std::cos(a);
+    sin_t[t] = std::sin(a);
+  }
+  auto m = std::make_shared<std::vector<float>>(static_cast<std::size_t>(2 * n * n));
+  float* p = m->data();
+#pragma omp parallel for schedule(static) if (n >= 256)
+  for (std::int64_t j = 0; j < n; ++j) {
+    std::int64_t t = 0;  // (j k) mod n, advanced exactly
+    for (std::int64_t k = 0; k < n; ++k) {
+      p[j * 2 * n + k] = static_cast<float>(cos_t[t]);
+      p[j * 2 * n + n + k] = static_cast<float>(sin_t[t]);
+      t += j;
+      if (t >= n) t -= n;
+    }
+  }
+  return m;
+}
+
+std::shared_ptr<const std::vector<float>> cos_sin(std::int64_t n) {
+  if (n > kDftCacheMaxLen) return build_cos_sin(n);
+  static std::mutex mu;
+  static std::map<std::int64_t, std::shared_ptr<const std::vector<float>>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = cache[n];
+  if (!slot) slot = build_cos_sin(n);
+  return slot;
+}
+
+void fnet_dft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C]
+  const std::int64_t B = s.batch, L = s.seq_len, C = s.hidden;
+  const auto cs_c = cos_sin(C);
+  const auto cs_l = cos_sin(L);
+  // h = [x C_C | x S_C]: one [B*L, C] x [C, 2C] product.
+  Tensor h = Tensor::empty({B * L, 2 * C});
+  float* hp = h.data<float>();
+  gemm(Trans::N, Trans::N, B * L, 2 * C, C, 1.0f, x, C, cs_c->data(), 2 * C, 0.0f, hp, 2 * C);
+  // y_b = C_L (x_b C_C) - S_L (x_b S_C), per batch element.
+  gemm_batched(Trans::N, Trans::N, L, C, L, 1.0f, cs_l->data(), 2 * L, 0, hp, 2 * C, L * 2 * C, 0.0f, y, C, L * C,
+               B);
+  gemm_batched(Trans::N, Trans::N, L, C, L, -1.0f, cs_l->data() + L, 2 * L, 0, hp + C, 2 * C, L * 2 * C, 1.0f, y, C,
+               L * C, B);
+}
+
+// ---- FFT path ---------------------------------------------------------------
+// Per batch element, with V = ceil(L / 2) and K = C / 2 + 1:
+// (1) rows v and V + v of x are packed as one complex row z = x_v + i x_{V+v}
+//     and transformed along hidden (length C, vectorized over v);
+// (2) unpacked by Hermitian symmetry: X_v[k] = (Z[k] + conj Z[-k]) / 2,
+//     X_{V+v}[k] = (Z[k] - conj Z[-k]) / 2i, kept for k < K only;
+// (3) transformed along the sequence (length L, vectorized over k);
+// (4) y[m, k] = Re W[m, k] for k < K; the other half of the 2-D spectrum of a
+//     real input is W[m, C - k] = conj W[-m, k], so y[-m, C - k] = Re W[m, k].
+void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C]
+  const std::int64_t B = s.batch, L = s.seq_len, C = s.hidden;
+  const std::int64_t V = (L + 1) / 2, K = C / 2 + 1;
+  const auto plan_c = fnet::fft_plan(C);
+  const auto plan_l = fnet::fft_plan(L);
+  Tensor half = Tensor::empty({2, B, L, K});  // re, im of the hidden half-spectrum
+  float* hr = half.data<float>();
+  float* hi = hr + B * L * K;
+  const std::int64_t row_blocks = (V + kFftBlockWidth - 1) / kFftBlockWidth;
+  const std::int64_t col_blocks = (K + kFftBlockWidth - 1) / kFftBlockWidth;
+  const bool par = B * L * C >= (1 << 14);
+
+#pragma omp parallel for schedule(dynamic) if (par && B * row_blocks > 1)
+  for (std::int64_t task = 0; task < B * row_blocks; ++task) {
+    const std::int64_t b = task / row_blocks, v0 = (task % row_blocks) * kFftBlockWidth;
+    const std::int64_t w = std::min(kFftBlockWidth, V - v0);
+    std::vector<float> buf(static_cast<std::size_t>(4 * C * w));
+    float *zr = buf.data(), *zi = zr + C * w, *wr = zi + C * w, *wi = wr + C * w;
+    const float* xb = x + b * L * C;
+    for (std::int64_t j = 0; j < w; ++j) {  // (1) [C, w] columns of packed rows
+      const float* lo = xb + (v0 + j) * C;
+      const float* hi_row = V + v0 + j < L ? xb + (V + v0 + j) * C : nullptr;
+      for (std::int64_t c = 0; c < C; ++c) {
+        zr[c * w + j] = lo[c];
+        zi[c * w + j] = hi_row ? hi_row[c] : 0.0f;
+      }
+    }
+    fnet::fft_columns(*plan_c, zr, zi, wr, wi, w);
+    float* hrb = hr + b * L * K;
+    float* hib = hi + b * L * K;
+    for (std::int64_t k = 0; k < K; ++k) {  // (2)
+      const std::int64_t kn = (C - k) % C;
+      for (std::int64_t j = 0; j < w; ++j) {
+        const float ar = zr[k * w + j], ai = zi[k * w + j], br = zr[kn * w + j], bi = -zi[kn * w + j];
+        hrb[(v0 + j) * K + k] = 0.5f * (ar + br);
+        hib[(v0 + j) * K + k] = 0.5f * (ai + bi);
+        if (V + v0 + j < L) {
+          hrb[(V + v0 + j) * K + k] = 0.5f * (ai - bi);
+          hib[(V + v0 + j) * K + k] = -0.5f * (ar - br);
+        }
+      }
+    }
+  }
+
+#pragma omp parallel for schedule(dynamic) if (par && B * col_blocks > 1)
+  for (std::int64_t task = 0; task < B * col_blocks; ++task) {
+    const std::int64_t b = task / col_blocks, k0 = (task % col_blocks) * kFftBlockWidth;
+    const std::int64_t w = std::min(kFftBlockWidth, K - k0);
+    std::vector<float> buf(static_cast<std::size_t>(4 * L * w));
+    float *zr = buf.data(), *zi = zr + L * w, *wr = zi + L * w, *wi = wr + L * w;
+    const float* hrb = hr + b * L * K;
+    const float* hib = hi + b * L * K;
+    for (std::int64_t l = 0; l < L; ++l)
+      for (std::int64_t j = 0; j < w; ++j) {
+        zr[l * w + j] = hrb[l * K + k0 + j];
+        zi[l * w + j] = hib[l * K + k0 + j];
+      }
+    fnet::fft_columns(*plan_l, zr, zi, wr, wi, w);  // (3)
+    float* yb = y + b * L * C;
+    for (std::int64_t m = 0; m < L; ++m) {  // (4)
+      const std::int64_t mirror = (L - m) % L;
+      for (std::int64_t j = 0; j < w; ++j) {
+        const std::int64_t k = k0 + j;
+        yb[m * C + k] = zr[m * w + j];
+        if (k >= 1 && C - k > C / 2) yb[mirror * C + C - k] = zr[m * w + j];
+      }
+    }
+  }
+}
+
+void fnet_transform(const char* op, const Tensor& out, const char* out_name, const Tensor& in, const char* in_name,
+                    std::int64_t batch, std::int64_t seq_len, FnetPath path) {
+  const FnetShape s = check_fnet_args(op, out, out_name, in, in_name, batch, seq_len);
+  const Tensor xc = in.contiguous();
+  if (path == FnetPath::Auto) path = fnet_auto_path(s.seq_len, s.hidden);
+  if (path == FnetPath::Dft)
+    fnet_dft(out.data<float>(), xc.data<float>(), s);
+  else
+    fnet_fft(out.data<float>(), xc.data<float>(), s);
+}
+
+}  // namespace
+
+FnetPath fnet_auto_path(std::int64_t seq_len, std::int64_t hidden) {
+  for (const FnetCrossover& row : kFnetCrossover)
+    if (hidden <= row.max_hidden) return seq_len < row.dft_below_seq_len ? FnetPath::Dft : FnetPath::Fft;
+  return FnetPath::Fft;
+}
+
+const char* fnet_path_name(FnetPath p) {
+  switch (p) {
+    case FnetPath::Auto:
+      return "auto";
+    case FnetPath::Dft:
+      return "dft";
+    case FnetPath::Fft:
+      return "fft";
+  }
+  return "?";
+}
+
+void fnet_forward(const Tensor& y, const Tensor& x, std::int64_t batch, std::int64_t seq_len, FnetPath path) {
+  fnet_transform("fnet", y, "y", x, "x", batch, seq_len, path);
+}
+
+void fnet_backward(const Tensor& dx, const Tensor& dy, std::int64_t batch, std::int64_t seq_len, FnetPath path) {
+  fnet_transform("fnet_backward", dx, "dx", dy, "dy", batch, seq_len, path);
+}
+
+}  // namespace mf
