@@ -1,6 +1,6 @@
 // FNet's Fourier token mixing (fnet.h), two paths: the DFT as real GEMMs with
-// cached cos/sin matrices, and a real-input 2-D FFT (fnet_fft.h) that computes
-// only the half spectrum along hidden and mirrors it (Hermitian symmetry).
+// cached cos/sin matrices, and a real-input 2-D FFT (fnet_fft.h). Both compute
+// only the half spectrum along hidden and mirror it (Hermitian symmetry).
 //
 // Algebra. F_N = C_N - i S_N (C, S symmetric cos / sin matrices), so
 //   y_b = Re(F_L x_b F_C) = C_L x_b C_C - S_L x_b S_C.
@@ -16,6 +16,7 @@
 #include <numbers>
 
 #include "kernels/gemm.h"
+#include "kernels/rows.h"
 #include "nn/fnet/fnet_fft.h"
 
 namespace mf {
@@ -79,22 +80,23 @@ FnetShape check_fnet_args(const char* op, const Tensor& out, const char* out_nam
 }
 
 // ---- DFT path ---------------------------------------------------------------
-// [N, 2N] row-major: [C_N | S_N], C_N[j, k] = cos(2 pi j k / N), S_N likewise.
-std::shared_ptr<const std::vector<float>> build_cos_sin(std::int64_t n) {
+// [n, 2 cols] row-major: [C | S] restricted to the first `cols` columns,
+// C[j, k] = cos(2 pi j k / n), S[j, k] = sin(2 pi j k / n).
+std::shared_ptr<const std::vector<float>> build_cos_sin(std::int64_t n, std::int64_t cols) {
   std::vector<double> cos_t(static_cast<std::size_t>(n)), sin_t(cos_t.size());
   for (std::int64_t t = 0; t < n; ++t) {
     const double a = 2.0 * std::numbers::pi * static_cast<double>(t) / static_cast<double>(n);
     cos_t[t] = std::cos(a);
     sin_t[t] = std::sin(a);
   }
-  auto m = std::make_shared<std::vector<float>>(static_cast<std::size_t>(2 * n * n));
+  auto m = std::make_shared<std::vector<float>>(static_cast<std::size_t>(2 * n * cols));
   float* p = m->data();
-#pragma omp parallel for schedule(static) if (n >= 256)
+#pragma omp parallel for schedule(static) if (n * cols >= (1 << 16))
   for (std::int64_t j = 0; j < n; ++j) {
     std::int64_t t = 0;  // (j k) mod n, advanced exactly
-    for (std::int64_t k = 0; k < n; ++k) {
-      p[j * 2 * n + k] = static_cast<float>(cos_t[t]);
-      p[j * 2 * n + n + k] = static_cast<float>(sin_t[t]);
+    for (std::int64_t k = 0; k < cols; ++k) {
+      p[j * 2 * cols + k] = static_cast<float>(cos_t[t]);
+      p[j * 2 * cols + cols + k] = static_cast<float>(sin_t[t]);
       t += j;
       if (t >= n) t -= n;
     }
@@ -102,29 +104,40 @@ std::shared_ptr<const std::vector<float>> build_cos_sin(std::int64_t n) {
   return m;
 }
 
-std::shared_ptr<const std::vector<float>> cos_sin(std::int64_t n) {
-  if (n > kDftCacheMaxLen) return build_cos_sin(n);
+std::shared_ptr<const std::vector<float>> cos_sin(std::int64_t n, std::int64_t cols) {
+  if (n > kDftCacheMaxLen) return build_cos_sin(n, cols);
   static std::mutex mu;
-  static std::map<std::int64_t, std::shared_ptr<const std::vector<float>>> cache;
+  static std::map<std::pair<std::int64_t, std::int64_t>, std::shared_ptr<const std::vector<float>>> cache;
   std::lock_guard<std::mutex> lock(mu);
-  auto& slot = cache[n];
-  if (!slot) slot = build_cos_sin(n);
+  auto& slot = cache[{n, cols}];
+  if (!slot) slot = build_cos_sin(n, cols);
   return slot;
 }
 
+// Only the K = C / 2 + 1 first columns of the hidden transform are computed
+// (the same Hermitian half as the FFT path, halving both GEMM stages); the
+// other columns are mirrored: y[-m, C - k] = y[m, k] (see step (4) below).
 void fnet_dft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C]
-  const std::int64_t B = s.batch, L = s.seq_len, C = s.hidden;
-  const auto cs_c = cos_sin(C);
-  const auto cs_l = cos_sin(L);
-  // h = [x C_C | x S_C]: one [B*L, C] x [C, 2C] product.
-  Tensor h = Tensor::empty({B * L, 2 * C});
+  const std::int64_t B = s.batch, L = s.seq_len, C = s.hidden, K = C / 2 + 1;
+  const auto cs_c = cos_sin(C, K);  // [C, 2K]
+  const auto cs_l = cos_sin(L, L);  // [L, 2L]
+  // h = [x C_C | x S_C] on the first K columns: one [B*L, C] x [C, 2K] product.
+  Tensor h = Tensor::empty({B * L, 2 * K});
   float* hp = h.data<float>();
-  gemm(Trans::N, Trans::N, B * L, 2 * C, C, 1.0f, x, C, cs_c->data(), 2 * C, 0.0f, hp, 2 * C);
-  // y_b = C_L (x_b C_C) - S_L (x_b S_C), per batch element.
-  gemm_batched(Trans::N, Trans::N, L, C, L, 1.0f, cs_l->data(), 2 * L, 0, hp, 2 * C, L * 2 * C, 0.0f, y, C, L * C,
+  gemm(Trans::N, Trans::N, B * L, 2 * K, C, 1.0f, x, C, cs_c->data(), 2 * K, 0.0f, hp, 2 * K);
+  // y_b[:, :K] = C_L (x_b C_C) - S_L (x_b S_C), per batch element.
+  gemm_batched(Trans::N, Trans::N, L, K, L, 1.0f, cs_l->data(), 2 * L, 0, hp, 2 * K, L * 2 * K, 0.0f, y, C, L * C,
                B);
-  gemm_batched(Trans::N, Trans::N, L, C, L, -1.0f, cs_l->data() + L, 2 * L, 0, hp + C, 2 * C, L * 2 * C, 1.0f, y, C,
+  gemm_batched(Trans::N, Trans::N, L, K, L, -1.0f, cs_l->data() + L, 2 * L, 0, hp + K, 2 * K, L * 2 * K, 1.0f, y, C,
                L * C, B);
+  const std::int64_t mirrored = C - K;  // columns C - k for k = 1..C-K, all >= K
+  if (mirrored == 0) return;
+  kernels::parallel_rows(B * L, mirrored, [&](std::int64_t row) {
+    const std::int64_t b = row / L, m = row % L;
+    const float* src = y + (b * L + m) * C;
+    float* dst = y + (b * L + (L - m) % L) * C;
+    for (std::int64_t k = 1; k <= mirrored; ++k) dst[C - k] = src[k];
+  });
 }
 
 // ---- FFT path ---------------------------------------------------------------
@@ -152,7 +165,8 @@ void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C
   for (std::int64_t task = 0; task < B * row_blocks; ++task) {
     const std::int64_t b = task / row_blocks, v0 = (task % row_blocks) * kFftBlockWidth;
     const std::int64_t w = std::min(kFftBlockWidth, V - v0);
-    std::vector<float> buf(static_cast<std::size_t>(4 * C * w));
+    thread_local std::vector<float> buf;  // scratch, reused across calls
+    if (buf.size() < static_cast<std::size_t>(4 * C * w)) buf.resize(static_cast<std::size_t>(4 * C * w));
     float *zr = buf.data(), *zi = zr + C * w, *wr = zi + C * w, *wi = wr + C * w;
     const float* xb = x + b * L * C;
     for (std::int64_t j = 0; j < w; ++j) {  // (1) [C, w] columns of packed rows
@@ -184,7 +198,8 @@ void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C
   for (std::int64_t task = 0; task < B * col_blocks; ++task) {
     const std::int64_t b = task / col_blocks, k0 = (task % col_blocks) * kFftBlockWidth;
     const std::int64_t w = std::min(kFftBlockWidth, K - k0);
-    std::vector<float> buf(static_cast<std::size_t>(4 * L * w));
+    thread_local std::vector<float> buf;  // scratch, reused across calls
+    if (buf.size() < static_cast<std::size_t>(4 * L * w)) buf.resize(static_cast<std::size_t>(4 * L * w));
     float *zr = buf.data(), *zi = zr + L * w, *wr = zi + L * w, *wi = wr + L * w;
     const float* hrb = hr + b * L * K;
     const float* hib = hi + b * L * K;

@@ -94,6 +94,45 @@ std::shared_ptr<const FftPlan> build_plan(std::int64_t n) {
   return plan;
 }
 
+// Radix-4 butterflies for t < s: inputs x + j step, outputs y + r s.
+void radix4(std::int64_t s, const float* __restrict xr, const float* __restrict xi, std::int64_t step,
+            float* __restrict yr, float* __restrict yi, const float* tr, const float* ti) {
+  const float w1r = tr[1], w1i = ti[1], w2r = tr[2], w2i = ti[2], w3r = tr[3], w3i = ti[3];
+  const float* __restrict x0r = xr;
+  const float* __restrict x1r = xr + step;
+  const float* __restrict x2r = xr + 2 * step;
+  const float* __restrict x3r = xr + 3 * step;
+  const float* __restrict x0i = xi;
+  const float* __restrict x1i = xi + step;
+  const float* __restrict x2i = xi + 2 * step;
+  const float* __restrict x3i = xi + 3 * step;
+  float* __restrict y0r = yr;
+  float* __restrict y1r = yr + s;
+  float* __restrict y2r = yr + 2 * s;
+  float* __restrict y3r = yr + 3 * s;
+  float* __restrict y0i = yi;
+  float* __restrict y1i = yi + s;
+  float* __restrict y2i = yi + 2 * s;
+  float* __restrict y3i = yi + 3 * s;
+#pragma omp simd
+  for (std::int64_t t = 0; t < s; ++t) {
+    // t0 = a0 + a2, t1 = a0 - a2, t2 = a1 + a3, t3 = -i (a1 - a3)
+    const float t0r = x0r[t] + x2r[t], t0i = x0i[t] + x2i[t], t1r = x0r[t] - x2r[t], t1i = x0i[t] - x2i[t];
+    const float t2r = x1r[t] + x3r[t], t2i = x1i[t] + x3i[t], t3r = x1i[t] - x3i[t], t3i = x3r[t] - x1r[t];
+    // y0 = t0 + t2, y1 = (t1 + t3) w1, y2 = (t0 - t2) w2, y3 = (t1 - t3) w3
+    const float u1r = t1r + t3r, u1i = t1i + t3i, u2r = t0r - t2r, u2i = t0i - t2i;
+    const float u3r = t1r - t3r, u3i = t1i - t3i;
+    y0r[t] = t0r + t2r;
+    y0i[t] = t0i + t2i;
+    y1r[t] = u1r * w1r - u1i * w1i;
+    y1i[t] = u1r * w1i + u1i * w1r;
+    y2r[t] = u2r * w2r - u2i * w2i;
+    y2i[t] = u2r * w2i + u2i * w2r;
+    y3r[t] = u3r * w3r - u3i * w3i;
+    y3i[t] = u3r * w3i + u3i * w3r;
+  }
+}
+
 // One Stockham stage x -> y; s = stride of one element in floats.
 void run_stage(const FftStage& st, std::int64_t s, const float* __restrict xr, const float* __restrict xi,
                float* __restrict yr, float* __restrict yi) {
@@ -103,26 +142,7 @@ void run_stage(const FftStage& st, std::int64_t s, const float* __restrict xr, c
     const float* ti = &st.tw_im[q * p];
     const std::int64_t in = s * q, out = s * p * q, step = s * m;
     if (p == 4) {
-      const float w1r = tr[1], w1i = ti[1], w2r = tr[2], w2i = ti[2], w3r = tr[3], w3i = ti[3];
-      for (std::int64_t t = 0; t < s; ++t) {
-        const float a0r = xr[in + t], a0i = xi[in + t], a1r = xr[in + step + t], a1i = xi[in + step + t];
-        const float a2r = xr[in + 2 * step + t], a2i = xi[in + 2 * step + t];
-        const float a3r = xr[in + 3 * step + t], a3i = xi[in + 3 * step + t];
-        // t0 = a0 + a2, t1 = a0 - a2, t2 = a1 + a3, t3 = -i (a1 - a3)
-        const float t0r = a0r + a2r, t0i = a0i + a2i, t1r = a0r - a2r, t1i = a0i - a2i;
-        const float t2r = a1r + a3r, t2i = a1i + a3i, t3r = a1i - a3i, t3i = a3r - a1r;
-        // y0 = t0 + t2, y1 = (t1 + t3) w1, y2 = (t0 - t2) w2, y3 = (t1 - t3) w3
-        const float u1r = t1r + t3r, u1i = t1i + t3i, u2r = t0r - t2r, u2i = t0i - t2i;
-        const float u3r = t1r - t3r, u3i = t1i - t3i;
-        yr[out + t] = t0r + t2r;
-        yi[out + t] = t0i + t2i;
-        yr[out + s + t] = u1r * w1r - u1i * w1i;
-        yi[out + s + t] = u1r * w1i + u1i * w1r;
-        yr[out + 2 * s + t] = u2r * w2r - u2i * w2i;
-        yi[out + 2 * s + t] = u2r * w2i + u2i * w2r;
-        yr[out + 3 * s + t] = u3r * w3r - u3i * w3i;
-        yi[out + 3 * s + t] = u3r * w3i + u3i * w3r;
-      }
+      radix4(s, xr + in, xi + in, step, yr + out, yi + out, tr, ti);
     } else if (p == 2) {
       const float w1r = tr[1], w1i = ti[1];
       for (std::int64_t t = 0; t < s; ++t) {
