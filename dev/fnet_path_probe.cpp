@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
                 fft * 1e3, kf * 1e3, dft / fft, kf / fft, static_cast<double>(max_abs_diff(y, yk)));
   }
 
-  std::printf("\ncrossover: smallest L (powers of 2) with fft < dft, per C (ms dft/fft at each L)\n");
+  std::printf("\ncrossover: smallest L (powers of 2) from which fft < dft at every longer L, per C (ms dft/fft)\n");
   for (std::int64_t C : {64, 128, 256, 512, 1024}) {
     std::printf("C %5ld:", static_cast<long>(C));
     long crossover = -1;
@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
         fft = std::min(fft, seconds([&] { fnet_forward(y, x, 1, L, FnetPath::Fft); }));
       }
       std::printf(" L%ld %.3f/%.3f", static_cast<long>(L), dft * 1e3, fft * 1e3);
+      if (fft >= dft) crossover = -1;
       if (crossover < 0 && fft < dft) crossover = static_cast<long>(L);
     }
     std::printf("  -> fft from L = %ld\n", crossover);

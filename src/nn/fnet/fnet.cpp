@@ -37,9 +37,20 @@ constexpr FnetCrossover kFnetCrossover[] = {
     {64, 256}, {128, 256}, {256, 128}, {512, 64}, {1024, 32},
 };
 
-// Tasks of the FFT path cover this many columns of the vectorized transform
-// (split re/im rows of 32 floats: two cache lines, any SIMD width).
-constexpr std::int64_t kFftBlockWidth = 32;
+// Each task of the FFT path transforms a block of `width` columns of length
+// n, working on 4 arrays of n x width floats (re, im and their Stockham
+// partners). fft_block_width takes the widest of 32, 16, 8 whose arrays fit
+// in kFftBlockBytes (about L1), else 8: measured on one thread of the AVX-512
+// build machine (/tmp microbenchmark of fft_columns, 5 n log2 n flops per
+// column): 50-60 GFLOP/s when the block fits in 32 KiB (n = 64..256), ~20 when
+// it does not (n = 512..2048 at any width; n = 256: 1.4 us at width 8 vs
+// 6.9 us at 16 for twice the columns), 10-16 for n = 8192 (w 32: 10, w 8: 16).
+constexpr std::int64_t kFftBlockBytes = 32 * 1024;
+std::int64_t fft_block_width(std::int64_t n) {
+  for (std::int64_t w : {32, 16})
+    if (16 * n * w <= kFftBlockBytes) return w;
+  return 8;
+}
 // cos/sin matrices up to this length stay cached (2 N^2 floats: 32 MiB at
 // 2048); longer ones are built per call (the DFT path is slower there anyway).
 constexpr std::int64_t kDftCacheMaxLen = 2048;
@@ -157,14 +168,15 @@ void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C
   Tensor half = Tensor::empty({2, B, L, K});  // re, im of the hidden half-spectrum
   float* hr = half.data<float>();
   float* hi = hr + B * L * K;
-  const std::int64_t row_blocks = (V + kFftBlockWidth - 1) / kFftBlockWidth;
-  const std::int64_t col_blocks = (K + kFftBlockWidth - 1) / kFftBlockWidth;
+  const std::int64_t width_c = fft_block_width(C), width_l = fft_block_width(L);
+  const std::int64_t row_blocks = (V + width_c - 1) / width_c;
+  const std::int64_t col_blocks = (K + width_l - 1) / width_l;
   const bool par = B * L * C >= (1 << 14);
 
 #pragma omp parallel for schedule(dynamic) if (par && B * row_blocks > 1)
   for (std::int64_t task = 0; task < B * row_blocks; ++task) {
-    const std::int64_t b = task / row_blocks, v0 = (task % row_blocks) * kFftBlockWidth;
-    const std::int64_t w = std::min(kFftBlockWidth, V - v0);
+    const std::int64_t b = task / row_blocks, v0 = (task % row_blocks) * width_c;
+    const std::int64_t w = std::min(width_c, V - v0);
     thread_local std::vector<float> buf;  // scratch, reused across calls
     if (buf.size() < static_cast<std::size_t>(4 * C * w)) buf.resize(static_cast<std::size_t>(4 * C * w));
     float *zr = buf.data(), *zi = zr + C * w, *wr = zi + C * w, *wi = wr + C * w;
@@ -196,8 +208,8 @@ void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C
 
 #pragma omp parallel for schedule(dynamic) if (par && B * col_blocks > 1)
   for (std::int64_t task = 0; task < B * col_blocks; ++task) {
-    const std::int64_t b = task / col_blocks, k0 = (task % col_blocks) * kFftBlockWidth;
-    const std::int64_t w = std::min(kFftBlockWidth, K - k0);
+    const std::int64_t b = task / col_blocks, k0 = (task % col_blocks) * width_l;
+    const std::int64_t w = std::min(width_l, K - k0);
     thread_local std::vector<float> buf;  // scratch, reused across calls
     if (buf.size() < static_cast<std::size_t>(4 * L * w)) buf.resize(static_cast<std::size_t>(4 * L * w));
     float *zr = buf.data(), *zi = zr + L * w, *wr = zi + L * w, *wi = wr + L * w;
