@@ -6,10 +6,16 @@
 // the variants interleaved. Not linked into the library.
 // build: sh dev/build_probes.sh   run: ./build/fnet_path_probe [rounds]
 //
-// Measured 2026-11-30, 2 threads, B = 1, on the 2-core AVX-512 build machine
-// ("Intel Xeon Processor", `modformer info`), shared with other builds: see
-// the report in the fnet branch's final note; the crossover table in fnet.cpp
-// quotes the numbers it was set from.
+// Measured 2026-11-30 on the 2-core AVX-512 build machine ("Intel Xeon
+// Processor", `modformer info`), other builds running (load 3.5-5), with
+// OMP_NUM_THREADS=1 (2-thread runs were dominated by 12-20 ms preemption
+// stalls). C = 256, ms dft / fft / kissfft:
+//   L  128: 0.165 / 0.087 / 0.336     L 1024:   4.75 /  1.09 /  2.86
+//   L  256: 0.414 / 0.182 / 0.615     L 2048:   18.4 /  2.65 /  7.57
+//   L  512: 1.30  / 0.515 / 1.34      L 4096:    251 /  10.7 /  24.0
+//                                     L 8192:    985 /  24.0 /  56.3
+// Our FFT is 2.2-3.9x faster than kissfft here, so kissfft is not a
+// dependency. The crossover rows are quoted in src/nn/fnet/fnet.cpp.
 #include <kissfft/kiss_fft.h>
 #include <kissfft/kiss_fftr.h>
 #include <omp.h>

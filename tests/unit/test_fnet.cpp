@@ -168,13 +168,16 @@ TEST(Fnet, MatchesTorchFixtures) {
 }
 
 TEST(Fnet, AutoPicksByLengthAndMatchesThePathItNames) {
-  EXPECT_EQ(fnet_auto_path(16, 256), FnetPath::Dft);
+  EXPECT_EQ(fnet_auto_path(16, 64), FnetPath::Dft);
+  EXPECT_EQ(fnet_auto_path(16, 128), FnetPath::Dft);
+  EXPECT_EQ(fnet_auto_path(64, 64), FnetPath::Fft);
+  EXPECT_EQ(fnet_auto_path(16, 256), FnetPath::Fft);
   EXPECT_EQ(fnet_auto_path(8192, 256), FnetPath::Fft);
   EXPECT_EQ(fnet_auto_path(16, 1 << 16), FnetPath::Fft);  // beyond the table: the hidden DFT alone is too dear
   EXPECT_STREQ(fnet_path_name(FnetPath::Auto), "auto");
   EXPECT_STREQ(fnet_path_name(FnetPath::Dft), "dft");
   EXPECT_STREQ(fnet_path_name(FnetPath::Fft), "fft");
-  for (auto [L, C] : std::vector<std::pair<std::int64_t, std::int64_t>>{{16, 256}, {512, 64}}) {
+  for (auto [L, C] : std::vector<std::pair<std::int64_t, std::int64_t>>{{16, 64}, {512, 64}}) {
     const Tensor x = randn({1, L, C}, 31);
     const FnetPath chosen = fnet_auto_path(L, C);
     EXPECT_NE(chosen, FnetPath::Auto);

@@ -24,18 +24,25 @@ namespace mf {
 namespace {
 
 // ---- Auto: the measured crossover -----------------------------------------
-// Auto takes the DFT path when seq_len < the crossover for the smallest
-// listed hidden size >= hidden (FFT beyond the last row). Measured by
-// dev/fnet_path_probe.cpp (forward, B = 1, 2 threads, both paths
-// interleaved; see that file for the command) on the 2-core AVX-512 build
-// machine ("Intel Xeon Processor", `modformer info`), shared with other
-// builds (load ~1-2): see the probe's header comment for the figures.
+// Auto takes the DFT path when seq_len < dft_below_seq_len of the first row
+// with hidden <= max_hidden, and the FFT path otherwise (always beyond the
+// last row). Set from dev/fnet_path_probe.cpp (forward, B = 1, the paths
+// interleaved, best of 15) on the 2-core AVX-512 build machine ("Intel Xeon
+// Processor", avx512f/bw/vnni/bf16, gemm backend onednn; `modformer info`),
+// 2026-11-30, with other builds running (load 3.5-5). One thread: the 2-thread
+// runs were dominated by 12-20 ms preemption stalls. ms DFT / FFT:
+//   C = 64:   L 16 0.004/0.004, L 32 0.006/0.006, L 64 0.012/0.010, L 256 0.096/0.044
+//   C = 128:  L 16 0.007/0.008, L 32 0.012/0.010, L 128 0.063/0.038
+//   C = 256:  L 8 0.010/0.007, L 64 0.069/0.039, L 1024 4.65/1.11, L 8192 985/24
+//   C = 1024: L 8 0.183/0.033, L 1024 40.6/11.4
+// So the FFT path (both GEMM stages already on the half spectrum) wins from
+// L = 64 at C = 64, L = 32 at C = 128 and everywhere from C = 256; the DFT is
+// kept below, where the two tie. Lengths with a large prime factor
+// (Bluestein) or few FFT tasks may move the crossover; not measured.
 struct FnetCrossover {
   std::int64_t max_hidden, dft_below_seq_len;
 };
-constexpr FnetCrossover kFnetCrossover[] = {
-    {64, 256}, {128, 256}, {256, 128}, {512, 64}, {1024, 32},
-};
+constexpr FnetCrossover kFnetCrossover[] = {{64, 64}, {128, 32}};
 
 // Each task of the FFT path transforms a block of `width` columns of length
 // n, working on 4 arrays of n x width floats (re, im and their Stockham
