@@ -2,7 +2,8 @@
 // our FFT path, and of the same 2-D real FFT built on Debian's kissfft
 // (kiss_fftr along hidden, kiss_fft along the sequence, rows/columns in
 // parallel) to choose the FFT library; then the DFT/FFT crossover per hidden
-// size that feeds kFnetCrossover in src/nn/fnet/fnet.cpp. Best of `rounds`,
+// size that feeds kFnetCrossover in src/nn/fnet/fnet.cpp, and fft_columns
+// alone by block width (fft_block_width in fnet.cpp). Best of `rounds`,
 // the variants interleaved. Not linked into the library.
 // build: sh dev/build_probes.sh   run: ./build/fnet_path_probe [rounds]
 //
@@ -22,6 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -29,6 +31,7 @@
 
 #include "core/rng.h"
 #include "nn/fnet/fnet.h"
+#include "nn/fnet/fnet_fft.h"
 
 using namespace mf;
 
@@ -97,6 +100,20 @@ int main(int argc, char** argv) {
     }
     std::printf("%6ld %10.3f %10.3f %10.3f %9.2f %9.2f   (|kiss - ours| %.2g)\n", static_cast<long>(L), dft * 1e3,
                 fft * 1e3, kf * 1e3, dft / fft, kf / fft, static_cast<double>(max_abs_diff(y, yk)));
+  }
+
+  std::printf("\nfft_columns alone (one thread): GFLOP/s (5 n log2 n per column) by block width\n");
+  for (std::int64_t n : {64, 128, 256, 512, 1024, 2048, 4096, 8192}) {
+    std::printf("n %5ld:", static_cast<long>(n));
+    const auto plan = fnet::fft_plan(n);
+    for (std::int64_t w : {8, 16, 32}) {
+      std::vector<float> re(static_cast<std::size_t>(n * w), 1.0f), im(re.size(), 0.5f), wr(re.size()), wi(re.size());
+      double best = 1e30;
+      for (int i = 0; i < 20 * rounds; ++i)
+        best = std::min(best, seconds([&] { fnet::fft_columns(*plan, re.data(), im.data(), wr.data(), wi.data(), w); }));
+      std::printf("  w %2ld: %6.1f", static_cast<long>(w), 5.0 * n * std::log2(double(n)) * w / best * 1e-9);
+    }
+    std::printf("\n");
   }
 
   std::printf("\ncrossover: smallest L (powers of 2) from which fft < dft at every longer L, per C (ms dft/fft)\n");

@@ -45,21 +45,22 @@ struct FnetCrossover {
 constexpr FnetCrossover kFnetCrossover[] = {{64, 64}, {128, 32}};
 
 // Each task of the FFT path transforms a block of `width` columns of length
-// n, working on 4 arrays of n x width floats (re, im and their Stockham
-// partners). fft_block_width takes the widest of 32, 16, 8 whose arrays fit
-// in kFftBlockBytes (about L1), else 8: measured on one thread of the AVX-512
-// build machine (/tmp microbenchmark of fft_columns, 5 n log2 n flops per
-// column): 50-60 GFLOP/s when the block fits in 32 KiB (n = 64..256), ~20 when
-// it does not (n = 512..2048 at any width; n = 256: 1.4 us at width 8 vs
-// 6.9 us at 16 for twice the columns), 10-16 for n = 8192 (w 32: 10, w 8: 16).
-constexpr std::int64_t kFftBlockBytes = 32 * 1024;
+// n, on 4 arrays of n x width floats (re, im and their Stockham partners).
+// fft_block_width takes the widest of 32, 16, 8 whose arrays fit in L1 (32
+// KiB) when one does (n <= 256), else the widest that fits in L2 (2 MiB),
+// else 8. From the fft_columns section of dev/fnet_path_probe.cpp (one thread,
+// AVX-512 build machine, GFLOP/s at 5 n log2 n per column, widths 8/16/32):
+// n 128: 47/60/26, n 256: 57/27/18, n 1024: 18/20/24, n 4096: 26/26/28,
+// n 8192: 24/23/16.
+constexpr std::int64_t kFftL1Bytes = 32 * 1024, kFftL2Bytes = 2 * 1024 * 1024;
 std::int64_t fft_block_width(std::int64_t n) {
-  for (std::int64_t w : {32, 16})
-    if (16 * n * w <= kFftBlockBytes) return w;
+  for (std::int64_t budget : {kFftL1Bytes, kFftL2Bytes})
+    for (std::int64_t w : {32, 16, 8})
+      if (16 * n * w <= budget) return w;
   return 8;
 }
-// cos/sin matrices up to this length stay cached (2 N^2 floats: 32 MiB at
-// 2048); longer ones are built per call (the DFT path is slower there anyway).
+// cos/sin matrices up to this length stay cached (at most 2 N^2 floats:
+// 32 MiB at 2048); longer ones are built per call (the DFT path is slower there anyway).
 constexpr std::int64_t kDftCacheMaxLen = 2048;
 
 // ---- front door --------------------------------------------------------------
