@@ -208,6 +208,9 @@ TEST(Fnet, BadInputIsRefusedByName) {
             std::string::npos);
   EXPECT_NE(err([&] { fnet_forward(Tensor::empty({2, 3, 5}), x, 2, 3); }).find("[fnet] y must have the shape of x"),
             std::string::npos);
+  EXPECT_NE(err([&] { fnet_forward(Tensor::empty({2, 4, 3}).transpose(1, 2), x, 2, 3); })
+                .find("[fnet] y must be contiguous"),
+            std::string::npos);
   EXPECT_NE(err([&] { fnet_forward(y, x, 0, 3); }).find("batch and seq_len must be >= 1"), std::string::npos);
   EXPECT_NE(err([&] { fnet_forward(x, x, 2, 3); }).find("[fnet] y must not overlap x"), std::string::npos);
   EXPECT_NE(err([&] { fnet_forward(y, Tensor(), 2, 3); }).find("[fnet] x is undefined"), std::string::npos);

@@ -59,9 +59,11 @@ std::int64_t fft_block_width(std::int64_t n) {
       if (16 * n * w <= budget) return w;
   return 8;
 }
-// cos/sin matrices up to this length stay cached (at most 2 N^2 floats:
-// 32 MiB at 2048); longer ones are built per call (the DFT path is slower there anyway).
-constexpr std::int64_t kDftCacheMaxLen = 2048;
+// The DFT path's cos/sin matrices are cached up to this many bytes in all
+// (one [2048, 4096] sequence table is 32 MiB); a table that would overflow
+// the budget empties the cache first (tables in use stay alive with their
+// callers), so many distinct lengths cannot grow memory without bound.
+constexpr std::size_t kDftCacheBytes = 64u << 20;
 
 // ---- front door --------------------------------------------------------------
 struct FnetShape {
@@ -124,13 +126,20 @@ std::shared_ptr<const std::vector<float>> build_cos_sin(std::int64_t n, std::int
 }
 
 std::shared_ptr<const std::vector<float>> cos_sin(std::int64_t n, std::int64_t cols) {
-  if (n > kDftCacheMaxLen) return build_cos_sin(n, cols);
   static std::mutex mu;
   static std::map<std::pair<std::int64_t, std::int64_t>, std::shared_ptr<const std::vector<float>>> cache;
+  static std::size_t cached_bytes = 0;
+  const std::size_t bytes = static_cast<std::size_t>(2 * n * cols) * sizeof(float);
+  if (bytes > kDftCacheBytes) return build_cos_sin(n, cols);
   std::lock_guard<std::mutex> lock(mu);
-  auto& slot = cache[{n, cols}];
-  if (!slot) slot = build_cos_sin(n, cols);
-  return slot;
+  auto it = cache.find({n, cols});
+  if (it != cache.end()) return it->second;
+  if (cached_bytes + bytes > kDftCacheBytes) {
+    cache.clear();
+    cached_bytes = 0;
+  }
+  cached_bytes += bytes;
+  return cache[{n, cols}] = build_cos_sin(n, cols);
 }
 
 // Only the K = C / 2 + 1 first columns of the hidden transform are computed
