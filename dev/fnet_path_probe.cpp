@@ -8,15 +8,20 @@
 // build: sh dev/build_probes.sh   run: ./build/fnet_path_probe [rounds]
 //
 // Measured 2026-11-30 on the 2-core AVX-512 build machine ("Intel Xeon
-// Processor", `modformer info`), other builds running (load 3.5-5), with
-// OMP_NUM_THREADS=1 (2-thread runs were dominated by 12-20 ms preemption
-// stalls). C = 256, ms dft / fft / kissfft:
-//   L  128: 0.165 / 0.087 / 0.336     L 1024:   4.75 /  1.09 /  2.86
-//   L  256: 0.414 / 0.182 / 0.615     L 2048:   18.4 /  2.65 /  7.57
-//   L  512: 1.30  / 0.515 / 1.34      L 4096:    251 /  10.7 /  24.0
-//                                     L 8192:    985 /  24.0 /  56.3
-// Our FFT is 2.2-3.9x faster than kissfft here, so kissfft is not a
-// dependency. The crossover rows are quoted in src/nn/fnet/fnet.cpp.
+// Processor", `modformer info`), other builds running. C = 256, ms
+// dft / fft / kissfft, 2 threads (load 2.5) and OMP_NUM_THREADS=1 (load 2.6):
+//   L       2 threads                 1 thread
+//   128     0.154 / 0.103 / 0.307     0.165 / 0.086 / 0.334
+//   256     0.401 / 0.205 / 0.607     0.442 / 0.194 / 0.632
+//   512     1.10  / 0.361 / 1.34      1.39  / 0.395 / 1.41
+//   1024    3.56  / 0.853 / 2.60      4.82  / 0.902 / 2.75
+//   2048    8.98  / 1.60  / 3.66      18.5  / 2.33  / 7.47
+//   4096    117   / 4.06  / 8.13      184   / 5.96  / 16.5
+//   8192    501   / 8.38  / 18.0      687   / 14.7  / 37.0
+// Our FFT is 2-3.9x faster than kissfft, so kissfft is not a dependency.
+// At higher load the 2-thread figures are dominated by 4-20 ms stalls of
+// every parallel region (a preempted thread at the join): rerun when quiet.
+// The crossover rows are quoted in src/nn/fnet/fnet.cpp.
 #include <kissfft/kiss_fft.h>
 #include <kissfft/kiss_fftr.h>
 #include <omp.h>

@@ -170,7 +170,8 @@ TEST(Fnet, MatchesTorchFixtures) {
 TEST(Fnet, AutoPicksByLengthAndMatchesThePathItNames) {
   EXPECT_EQ(fnet_auto_path(16, 64), FnetPath::Dft);
   EXPECT_EQ(fnet_auto_path(16, 128), FnetPath::Dft);
-  EXPECT_EQ(fnet_auto_path(64, 64), FnetPath::Fft);
+  EXPECT_EQ(fnet_auto_path(128, 64), FnetPath::Fft);
+  EXPECT_EQ(fnet_auto_path(127, 128), FnetPath::Dft);
   EXPECT_EQ(fnet_auto_path(16, 256), FnetPath::Fft);
   EXPECT_EQ(fnet_auto_path(8192, 256), FnetPath::Fft);
   EXPECT_EQ(fnet_auto_path(16, 1 << 16), FnetPath::Fft);  // beyond the table: the hidden DFT alone is too dear

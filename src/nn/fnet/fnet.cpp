@@ -15,6 +15,7 @@
 #include <mutex>
 #include <numbers>
 
+#include "core/threads.h"
 #include "kernels/gemm.h"
 #include "kernels/rows.h"
 #include "nn/fnet/fnet_fft.h"
@@ -27,22 +28,27 @@ namespace {
 // Auto takes the DFT path when seq_len < dft_below_seq_len of the first row
 // with hidden <= max_hidden, and the FFT path otherwise (always beyond the
 // last row). Set from dev/fnet_path_probe.cpp (forward, B = 1, the paths
-// interleaved, best of 15) on the 2-core AVX-512 build machine ("Intel Xeon
+// interleaved, best of 20) on the 2-core AVX-512 build machine ("Intel Xeon
 // Processor", avx512f/bw/vnni/bf16, gemm backend onednn; `modformer info`),
-// 2026-11-30, with other builds running (load 3.5-5). One thread: the 2-thread
-// runs were dominated by 12-20 ms preemption stalls. ms DFT / FFT:
-//   C = 64:   L 16 0.004/0.004, L 32 0.006/0.006, L 64 0.012/0.010, L 256 0.096/0.044
-//   C = 128:  L 16 0.007/0.008, L 32 0.012/0.010, L 128 0.063/0.038
-//   C = 256:  L 8 0.010/0.007, L 64 0.069/0.039, L 1024 4.65/1.11, L 8192 985/24
-//   C = 1024: L 8 0.183/0.033, L 1024 40.6/11.4
-// So the FFT path (both GEMM stages already on the half spectrum) wins from
-// L = 64 at C = 64, L = 32 at C = 128 and everywhere from C = 256; the DFT is
-// kept below, where the two tie. Lengths with a large prime factor
-// (Bluestein) or few FFT tasks may move the crossover; not measured.
+// 2026-11-30, other builds running. ms DFT / FFT, 2 threads (load 2.5; the
+// runs at higher load were dominated by 4-20 ms stalls of every parallel
+// region and were discarded) and 1 thread:
+//   C = 64:   2T: L 32 0.006/0.006, L 128 0.029/0.029, L 256 0.066/0.051, L 1024 0.69/0.18
+//             1T: L 32 0.006/0.005, L 128 0.031/0.020
+//   C = 128:  2T: L 32 0.011/0.011, L 64 0.022/0.026, L 128 0.049/0.044, L 1024 1.22/0.36
+//             1T: L 64 0.025/0.019
+//   C = 256:  2T: L 8 0.009/0.007, L 64 0.060/0.042, L 1024 2.35/0.67, L 8192 501/8.4
+//   C = 1024: 2T: L 8 0.138/0.032, L 1024 14.1/4.6
+// The FFT path (the DFT already computes only the hidden half spectrum too)
+// wins from C = 256 at every L and from L = 128 below; under L = 128 at
+// C <= 128 the two are within noise and the DFT is taken. (C = 512 at L 32-64
+// favoured the DFT while the FFT ran one task; fft_task_width now splits.)
+// Lengths with a large prime factor (Bluestein) may move the crossover; not
+// measured.
 struct FnetCrossover {
   std::int64_t max_hidden, dft_below_seq_len;
 };
-constexpr FnetCrossover kFnetCrossover[] = {{64, 64}, {128, 32}};
+constexpr FnetCrossover kFnetCrossover[] = {{128, 128}};
 
 // Each task of the FFT path transforms a block of `width` columns of length
 // n, on 4 arrays of n x width floats (re, im and their Stockham partners).
@@ -58,6 +64,15 @@ std::int64_t fft_block_width(std::int64_t n) {
     for (std::int64_t w : {32, 16, 8})
       if (16 * n * w <= budget) return w;
   return 8;
+}
+// The block width for `columns` columns of length n: fft_block_width, but
+// narrower (down to 8) when that leaves a thread idle. Each column's
+// arithmetic does not depend on the width, so neither do the results.
+std::int64_t fft_task_width(std::int64_t n, std::int64_t columns, std::int64_t batch) {
+  const std::int64_t threads = num_threads();
+  const std::int64_t per_thread = (columns * batch + threads - 1) / threads;
+  const std::int64_t split = std::max<std::int64_t>(8, (per_thread + 7) / 8 * 8);
+  return std::min(fft_block_width(n), split);
 }
 // The DFT path's cos/sin matrices are cached up to this many bytes in all
 // (one [2048, 4096] sequence table is 32 MiB); a table that would overflow
@@ -185,7 +200,7 @@ void fnet_fft(float* y, const float* x, const FnetShape& s) {  // y, x: [B, L, C
   Tensor half = Tensor::empty({2, B, L, K});  // re, im of the hidden half-spectrum
   float* hr = half.data<float>();
   float* hi = hr + B * L * K;
-  const std::int64_t width_c = fft_block_width(C), width_l = fft_block_width(L);
+  const std::int64_t width_c = fft_task_width(C, V, B), width_l = fft_task_width(L, K, B);
   const std::int64_t row_blocks = (V + width_c - 1) / width_c;
   const std::int64_t col_blocks = (K + width_l - 1) / width_l;
   const bool par = B * L * C >= (1 << 14);
