@@ -60,10 +60,10 @@ struct RandomParamStore final : ParamStore {
     p->weight_decay = decay;
     return p;
   }
-  Parameter* shared(const std::string& name, const Shape& shape, ParamInit init, bool decay) override {
+  Parameter* shared(const std::string& name, const Shape& shape, const ParamInitFn& init, bool decay) override {
     for (const auto& q : owner.owned)
       if (q->name == name) return q.get();
-    return add(name, shape, init, decay);
+    return add_custom(name, shape, init, decay);
   }
 };
 

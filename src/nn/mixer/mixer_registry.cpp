@@ -5,6 +5,8 @@
 #include "core/error.h"
 #include "nn/attention/attention_mixer.h"
 #include "nn/ffn/ffn_mixer.h"
+#include "nn/fnet/fnet_mixer.h"
+#include "nn/linformer/linformer_mixer.h"
 
 namespace mf {
 
@@ -12,6 +14,8 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
   static const std::vector<TokenMixerEntry> table = {
       full_attention_mixer_entry(),
       sliding_attention_mixer_entry(),
+      fnet_mixer_entry(),
+      linformer_mixer_entry(),
   };
   return table;
 }

@@ -34,13 +34,14 @@ Parameter* ParamList::add_custom(const std::string& name, const Shape& shape, co
   return make(prefix_ + name, shape, init, weight_decay);
 }
 
-Parameter* ParamList::shared(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay) {
+Parameter* ParamList::shared(const std::string& name, const Shape& shape, const ParamInitFn& init,
+                             bool weight_decay) {
   if (Parameter* p = find(name)) {
     MF_CHECK(p->value.shape() == shape, "[params] shared parameter '", name, "' was created with shape ",
              shape_str(p->value.shape()), " but is asked for with ", shape_str(shape));
     return p;
   }
-  return make(name, shape, standard(init), weight_decay);
+  return make(name, shape, init, weight_decay);
 }
 
 Parameter* ParamList::add_global(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay) {

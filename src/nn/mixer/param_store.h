@@ -34,7 +34,8 @@ class ParamStore {
   // A parameter shared by every layer that asks for it under this model-level
   // name (no layer prefix), created by the first (e.g. Linformer's layerwise
   // projection). A later request must give the same shape.
-  virtual Parameter* shared(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay) = 0;
+  virtual Parameter* shared(const std::string& name, const Shape& shape, const ParamInitFn& init,
+                            bool weight_decay) = 0;
 };
 
 }  // namespace mf
@@ -54,7 +55,8 @@ class ParamList final : public ParamStore {
   Parameter* add(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay) override;
   Parameter* add_custom(const std::string& name, const Shape& shape, const ParamInitFn& init,
                         bool weight_decay) override;
-  Parameter* shared(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay) override;
+  Parameter* shared(const std::string& name, const Shape& shape, const ParamInitFn& init,
+                    bool weight_decay) override;
 
   // A parameter under its full name (no prefix): embeddings, final norm, heads.
   Parameter* add_global(const std::string& name, const Shape& shape, ParamInit init, bool weight_decay);
