@@ -121,7 +121,8 @@ TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
 
 INSTANTIATE_TEST_SUITE_P(
     Kinds, EncoderFixtures,
-    ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling"),
+    ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling",
+                                         "model_encoder_fnet_linformer"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");

@@ -91,6 +91,32 @@ TEST(ModelMixers, LayerTypesAndOptionsAreParsedStrictly) {
   expect_config_error(bad, "model_type \"llama\" requires");
 }
 
+// A config that asks a mixer for what it cannot do names the mixer and why.
+TEST(ModelMixers, ImpossibleUsesNameTheMixer) {
+  nlohmann::json j = tiny_json();
+  j["token_mixer"] = "fnet";
+  expect_config_error(j, "field 'token_mixer': mixer \"fnet\" cannot run causally, but is_decoder is true (FNet's");
+  j["token_mixer"] = "linformer";
+  expect_config_error(j, "mixer \"linformer\" cannot run causally");
+  nlohmann::json e = tiny_json();
+  e["is_decoder"] = false;
+  e["num_labels"] = 2;
+  e["layer_types"] = {"fnet", "linformer", "full_attention"};
+  e["linformer"] = {{"k", 100}};
+  expect_error([&] { Transformer m(parse(e), 1); }, "[linformer] option 'k' (100) exceeds the sequence length n = 64");
+  e["linformer"] = {{"k", 8}, {"sharing", "rowwise"}};
+  expect_config_error(e, "field 'linformer.sharing': unknown value \"rowwise\"");
+  e["linformer"] = {{"k", 8}, {"projection", "conv"}, {"max_len", 60}};
+  expect_error([&] { Transformer m(parse(e), 1); }, "[linformer]");
+  e["linformer"] = {{"k", 8}, {"sharing", "layerwise"}};
+  e["layer_types"] = {"linformer", "fnet", "linformer"};
+  Transformer m(parse(e), 1);  // one projection for both Linformer layers
+  EXPECT_NE(m.find_parameter("model.linformer.E"), nullptr);
+  EXPECT_EQ(m.find_parameter("model.layers.0.self_attn.E"), nullptr);
+  // Linformer refuses sequences longer than its n.
+  expect_error([&] { m.class_logits(mt::random_tokens({1, 65}, 1, 23), Tensor()); }, "");
+}
+
 TEST(ModelMixers, EncoderFieldsAreChecked) {
   nlohmann::json j = tiny_json();
   j["is_decoder"] = false;
@@ -166,7 +192,7 @@ TEST(ModelMixers, EncoderIgnoresPadding) {
   }
 }
 
-// An encoder classifier (attention layers, mean pooling) learns "more a's
+// An encoder classifier (attention layers; then FNet + Linformer layers; mean pooling) learns "more a's
 // or b's?" on texts of 6..15 bytes (per-batch padding) within seconds.
 TEST(ModelMixers, EncoderClassifierLearnsASmallTask) {
   mt::ScopedThreads two(2);
@@ -200,7 +226,11 @@ TEST(ModelMixers, EncoderClassifierLearnsASmallTask) {
   j["num_hidden_layers"] = 2;
   j["is_decoder"] = false;
   j["num_labels"] = 2;
-  Transformer m(parse(j), 3);
+  nlohmann::json mixed = j;  // the new mixers in one model
+  mixed["layer_types"] = {"fnet", "linformer"};
+  mixed["linformer"] = {{"k", 16}};
+  for (const nlohmann::json& config : {j, mixed}) {
+  Transformer m(parse(config), 3);
   const std::string dir = temp_dir("learn");
   TrainConfig cfg = mt::small_train_config(dir);
   cfg.task = "classify";
@@ -215,8 +245,10 @@ TEST(ModelMixers, EncoderClassifierLearnsASmallTask) {
   cfg.checkpoint_interval = 0;
   cfg.log_interval = 40;
   const ClassifyTrainResult r = train(m, train_data, val_data, cfg);
-  EXPECT_GE(r.val.accuracy, 0.8) << "val accuracy " << r.val.accuracy << " (chance 0.5), loss " << r.val.loss;
+  EXPECT_GE(r.val.accuracy, 0.8) << config.dump() << ": val accuracy " << r.val.accuracy << " (chance 0.5), loss "
+                                  << r.val.loss;
   fs::remove_all(dir);
+  }
 }
 
 TEST(ModelMixers, MixerCliRoundTripsItsInitOutput) {
@@ -255,6 +287,12 @@ TEST(ModelMixers, MixerCliRoundTripsItsInitOutput) {
   EXPECT_NE(r.err.find("tensor 'self_attn.v_proj.weight' has shape [16, 8] but mixer \"full_attention\" needs [8, 16]"),
             std::string::npos)
       << r.err;
+  nlohmann::json f = {{"token_mixer", "fnet"}, {"hidden_size", 16}, {"num_attention_heads", 2}};
+  write_file_atomic(dir + "/fnet.json", f.dump());
+  r = mt::run_cli("mixer --config " + dir + "/fnet.json --causal --x " + dir + "/x.npy --out " + dir + "/y3.npy", dir);
+  EXPECT_NE(r.err.find("mixer \"fnet\" cannot run causally (--causal)"), std::string::npos) << r.err;
+  ASSERT_EQ(mt::run_cli("mixer --config " + dir + "/fnet.json --init --out " + dir + "/f.safetensors", dir).rc, 0);
+  EXPECT_TRUE(load_safetensors(dir + "/f.safetensors").tensors.empty());  // no parameters: an empty file
   r = run("--x " + dir + "/dy.npy --out " + dir + "/y3.npy --padding-mask " + dir + "/x.npy");
   EXPECT_NE(r.err.find("--padding-mask"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir + "/y3.npy"));
