@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "core/threads.h"
 #include "model/checkpoint.h"
@@ -56,6 +57,21 @@ float max_abs(const Tensor& t) {
 // (a wrong sign, scale or index changes results at the 1e-1 level).
 constexpr float kRel = 1e-4f;
 
+// Runs `loss_with_grads` from zeroed gradients; the loss and every
+// parameter's gradient must match the fixture's.
+void expect_loss_and_gradients(Transformer& m, const Fixture& f, const std::string& name,
+                               const std::function<double()>& loss_with_grads) {
+  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
+  const double loss = loss_with_grads();
+  EXPECT_NEAR(loss, f.loss, kRel * f.loss) << name;
+  EXPECT_EQ(m.parameters().size(), f.grads.size());
+  for (Parameter* p : m.parameters()) {
+    ASSERT_TRUE(f.grads.count(p->name)) << p->name;
+    const Tensor& g = f.grads.at(p->name);
+    EXPECT_LE(max_abs_diff(p->grad, g), kRel * max_abs(g) + 1e-7f) << name << " gradient of " << p->name;
+  }
+}
+
 class ModelFixtures : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
 
 }  // namespace
@@ -72,15 +88,7 @@ TEST_P(ModelFixtures, LogitsLossAndEveryGradientMatchTorch) {
   ASSERT_EQ(logits.shape(), f.logits.shape());
   EXPECT_LE(max_abs_diff(logits, f.logits), kRel * max_abs(f.logits)) << name;
 
-  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-  const double loss = m.loss(f.tokens, f.targets, true);
-  EXPECT_NEAR(loss, f.loss, kRel * f.loss) << name;
-  EXPECT_EQ(m.parameters().size(), f.grads.size());
-  for (Parameter* p : m.parameters()) {
-    ASSERT_TRUE(f.grads.count(p->name)) << p->name;
-    const Tensor& g = f.grads.at(p->name);
-    EXPECT_LE(max_abs_diff(p->grad, g), kRel * max_abs(g) + 1e-7f) << name << " gradient of " << p->name;
-  }
+  expect_loss_and_gradients(m, f, name, [&] { return m.loss(f.tokens, f.targets, true); });
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -108,15 +116,7 @@ TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
   const Tensor logits = m.class_logits(f.tokens, f.mask);
   ASSERT_EQ(logits.shape(), f.logits.shape());
   EXPECT_LE(max_abs_diff(logits, f.logits), kRel * max_abs(f.logits)) << name;
-  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-  const double loss = m.classify_loss(f.tokens, f.mask, f.labels, true);
-  EXPECT_NEAR(loss, f.loss, kRel * f.loss) << name;
-  EXPECT_EQ(m.parameters().size(), f.grads.size());
-  for (Parameter* p : m.parameters()) {
-    ASSERT_TRUE(f.grads.count(p->name)) << p->name;
-    const Tensor& g = f.grads.at(p->name);
-    EXPECT_LE(max_abs_diff(p->grad, g), kRel * max_abs(g) + 1e-7f) << name << " gradient of " << p->name;
-  }
+  expect_loss_and_gradients(m, f, name, [&] { return m.classify_loss(f.tokens, f.mask, f.labels, true); });
 }
 
 INSTANTIATE_TEST_SUITE_P(
