@@ -260,11 +260,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
       {"is_decoder", [&](const json& v, const std::string& f) { c.is_decoder = get_bool(v, s, f); }},
       {"num_labels", [&](const json& v, const std::string& f) { c.num_labels = get_int(v, s, f, 0, 1 << 20); }},
       {"classifier_pooling",
-       [&](const json& v, const std::string& f) {
-         c.classifier_pooling = get_string(v, s, f);
-         if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
-           field_error(s, f, "unknown value \"" + c.classifier_pooling + "\" (expected \"mean\" or \"first\")");
-       }},
+       [&](const json& v, const std::string& f) { c.classifier_pooling = get_string(v, s, f); }},
       {"architectures", ignore_info},
       {"torch_dtype", ignore_info},
       {"transformers_version", ignore_info},
@@ -438,7 +434,8 @@ void validate_config(const ModelConfig& c, const std::string& s) {
       field_error(s, "tie_word_embeddings", "an encoder classifier has no LM head to tie");
   }
   if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
-    field_error(s, "classifier_pooling", "must be \"mean\" or \"first\"");
+    field_error(s, "classifier_pooling",
+                "unknown value \"" + c.classifier_pooling + "\" (expected \"mean\" or \"first\")");
 
   // Which activation each FFN takes.
   if (c.ffn == FfnKind::SwiGLU && c.hidden_act != Activation::SiLU)

@@ -4,9 +4,7 @@
 // backward through all of it, with optional per-block gradient checkpointing.
 #include "model/transformer.h"
 
-#include <cmath>
 #include <cstring>
-#include <limits>
 #include <set>
 
 #include "core/alloc.h"
@@ -14,6 +12,7 @@
 #include "nn/embedding.h"
 #include "nn/linear.h"
 #include "nn/loss/lm_head_cross_entropy.h"
+#include "nn/loss/softmax_cross_entropy.h"
 #include "nn/mixer/mixer_registry.h"
 #include "nn/position/learned_position.h"
 #include "nn/position/sinusoidal.h"
@@ -447,21 +446,8 @@ double Transformer::classify_loss(const Tensor& tokens_in, const Tensor& mask_in
   Parameter* bias = param("classifier.bias");
   Tensor logits = Tensor::empty({B, K});
   linear_forward(logits, pooled, w->value, bias->value);
-  // Mean cross-entropy; dlogits = (softmax - onehot) / B.
   Tensor dlogits = Tensor::empty({B, K});
-  double total = 0;
-  for (std::int64_t b = 0; b < B; ++b) {
-    const float* z = logits.data<float>() + b * K;
-    double zmax = -std::numeric_limits<double>::infinity(), sum = 0;
-    for (std::int64_t k = 0; k < K; ++k) zmax = std::max(zmax, static_cast<double>(z[k]));
-    for (std::int64_t k = 0; k < K; ++k) sum += std::exp(z[k] - zmax);
-    const double lse = zmax + std::log(sum);
-    total += lse - z[y[b]];
-    float* dz = dlogits.data<float>() + b * K;
-    for (std::int64_t k = 0; k < K; ++k)
-      dz[k] = static_cast<float>((std::exp(z[k] - lse) - (k == y[b] ? 1.0 : 0.0)) / static_cast<double>(B));
-  }
-  const double loss = total / static_cast<double>(B);
+  const double loss = softmax_cross_entropy(logits, labels, compute_grads ? &dlogits : nullptr);
   if (!compute_grads) return loss;
   Tensor dpooled = Tensor::empty({B, C});
   linear_backward(dpooled, w->grad, bias->grad, dlogits, pooled, w->value);

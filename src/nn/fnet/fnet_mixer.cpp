@@ -25,14 +25,12 @@ struct NothingSaved : MixerSaved {
   void tensors(std::vector<const Tensor*>&) const override {}
 };
 
-// out = rows of `in` with padding rows zeroed ([B*L, C]).
-Tensor zero_padding_rows(const Tensor& in, const Tensor& mask) {
-  Tensor out = in.clone();
-  const std::int64_t rows = out.size(0), c = out.size(1);
+// Zeroes the rows of padding tokens of t [B*L, C] (mask int32 [B, L], 0 = padding), in place.
+void zero_padding_rows(const Tensor& t, const Tensor& mask) {
+  const std::int64_t rows = t.size(0), c = t.size(1);
   const std::int32_t* m = mask.data<std::int32_t>();
   for (std::int64_t r = 0; r < rows; ++r)
-    if (m[r] == 0) std::memset(out.data<float>() + r * c, 0, static_cast<std::size_t>(c) * sizeof(float));
-  return out;
+    if (m[r] == 0) std::memset(t.data<float>() + r * c, 0, static_cast<std::size_t>(c) * sizeof(float));
 }
 
 class FnetMixer final : public TokenMixer {
@@ -42,7 +40,11 @@ class FnetMixer final : public TokenMixer {
   std::unique_ptr<MixerSaved> forward(const Tensor& y, const Tensor& x, const MixerCall& call,
                                       bool for_backward) override {
     check_call(call);
-    const Tensor in = call.key_padding_mask.defined() ? zero_padding_rows(x, call.key_padding_mask) : x;
+    Tensor in = x;
+    if (call.key_padding_mask.defined()) {
+      in = x.clone();
+      zero_padding_rows(in, call.key_padding_mask);
+    }
     fnet_forward(y, in, call.batch, call.seq_len, path_);
     if (!for_backward) return nullptr;
     return std::make_unique<NothingSaved>();
@@ -53,12 +55,7 @@ class FnetMixer final : public TokenMixer {
   void backward(const Tensor& dx, const Tensor& dy, const Tensor&, const MixerSaved&,
                 const MixerCall& call) override {
     fnet_backward(dx, dy, call.batch, call.seq_len, path_);
-    if (call.key_padding_mask.defined()) {
-      const std::int64_t rows = dx.size(0), c = dx.size(1);
-      const std::int32_t* m = call.key_padding_mask.data<std::int32_t>();
-      for (std::int64_t r = 0; r < rows; ++r)
-        if (m[r] == 0) std::memset(dx.data<float>() + r * c, 0, static_cast<std::size_t>(c) * sizeof(float));
-    }
+    if (call.key_padding_mask.defined()) zero_padding_rows(dx, call.key_padding_mask);
   }
 
  private:
