@@ -49,7 +49,9 @@ mf::ModelConfig mixer_config(const std::string& path, bool causal) {
   MF_CHECK(!causal || e.caps.causal, kOp, " mixer \"", e.name, "\" cannot run causally (--causal)", why);
   MF_CHECK(causal || e.caps.bidirectional, kOp, " mixer \"", e.name,
            "\" cannot run bidirectionally (give --causal)", why);
-  for (const char* f : {"layer_types", "num_hidden_layers", "is_decoder", "num_labels", "vocab_size"})
+  // Model-level fields that would contradict a one-layer run are refused;
+  // vocab_size and num_hidden_layers (a whole model config) are accepted and unused.
+  for (const char* f : {"layer_types", "is_decoder", "num_labels"})
     MF_CHECK(!j.contains(f), kOp, " ", path, ": field '", f,
              "' describes a model, not one mixer layer (causality comes from --causal)");
   j["model_type"] = "modformer";

@@ -3,7 +3,8 @@
 // corpus (default: dict-gcide), with progress bar, DIR/metrics.jsonl, DIR/loss.svg
 // and atomic checkpoints in DIR/checkpoint; --resume continues bit-identically.
 // `--task classify --data TRAIN.tsv --val VAL.tsv --config ENCODER.json` trains
-// a sequence classifier instead (no default encoder config: --config is required).
+// a sequence classifier instead (without --config: the built-in encoder,
+// default_classifier_config, with as many classes as the labels seen).
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -53,17 +54,21 @@ int run_train_classify(const TrainArgs& a, const mf::TrainConfig& tc, const std:
                "); omit --config to resume");
     check_classifier_config(saved, tc.seq_len);
     model = mf::load_classifier(ckpt);
-  } else {
-    MF_CHECK(!a.config.empty(), "[train] --task classify needs --config MODEL.json, an encoder classifier config ",
-             "(\"is_decoder\": false, \"num_labels\"); there is no built-in default encoder");
-    check_classifier_config(a.config, tc.seq_len);
-    model = mf::make_classifier(a.config, tc.seed);
   }
   const mf::ClassifyData train_data = mf::ClassifyData::load(tc.data_path, tc.seq_len);
   const mf::ClassifyData val_data = mf::ClassifyData::load(tc.val_path, tc.seq_len);
+  if (ckpt.empty() && !a.config.empty()) {
+    check_classifier_config(a.config, tc.seq_len);
+    model = mf::make_classifier(a.config, tc.seed);
+  } else if (ckpt.empty()) {
+    // The built-in encoder, with as many classes as the labels seen (at least 2).
+    const std::int64_t labels = std::max<std::int64_t>(2, std::max(train_data.max_label(), val_data.max_label()) + 1);
+    model = mf::make_classifier(mf::default_classifier_config(labels, tc.seq_len), tc.seed);
+  }
   std::int64_t params = 0;
   for (const mf::Parameter* p : model->parameters()) params += p->value.numel();
-  std::cerr << "model: classifier from " << (ckpt.empty() ? a.config : ckpt) << ", " << model->num_labels()
+  std::cerr << "model: classifier from "
+            << (!ckpt.empty() ? ckpt : a.config.empty() ? std::string("the built-in encoder config") : a.config) << ", " << model->num_labels()
             << " labels, " << params << " parameters\n"
             << "train: " << train_data.source << ", " << train_data.summary() << "\n"
             << "validation: " << val_data.source << ", " << val_data.summary() << "\n"
@@ -140,7 +145,7 @@ void add_override(CLI::App& app, TrainArgs& a, const std::string& flag, T mf::Tr
 std::function<int()> setup_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   app.add_option("--config", a->config,
-                 "Model config JSON (default: the built-in Llama-style config; classify: required, an encoder)")
+                 "Model config JSON (default: the built-in Llama-style config; classify: the built-in encoder)")
       ->check(CLI::ExistingFile);
   add_override(app, *a, "--task", &mf::TrainConfig::task,
                "lm: language model on a corpus (default); classify: sequence classifier on TSV files");

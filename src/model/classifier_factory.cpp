@@ -34,6 +34,11 @@ std::unique_ptr<SequenceClassifier> make_classifier(const std::string& config_pa
   return std::make_unique<Transformer>(cfg, seed);
 }
 
+std::unique_ptr<SequenceClassifier> make_classifier(const ModelConfig& cfg, std::uint64_t seed) {
+  MF_CHECK(!cfg.is_decoder, "[classifier] a classifier needs \"is_decoder\": false and \"num_labels\"");
+  return std::make_unique<Transformer>(cfg, seed);
+}
+
 std::unique_ptr<SequenceClassifier> load_classifier(const std::string& dir) {
   std::unique_ptr<Transformer> m = load_checkpoint(dir);
   MF_CHECK(!m->config().is_decoder, "[classifier] '", dir,

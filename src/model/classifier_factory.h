@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "model/config.h"
 #include "model/sequence_classifier.h"
 
 namespace mf {
@@ -24,6 +25,9 @@ ModelConfigKind inspect_model_config(const std::string& config_path);
 // its parameters drawn from `seed`. Throws mf::Error naming the file when the
 // config is not an encoder classifier.
 std::unique_ptr<SequenceClassifier> make_classifier(const std::string& config_path, std::uint64_t seed);
+
+// A freshly initialized classifier for `cfg` (an encoder config).
+std::unique_ptr<SequenceClassifier> make_classifier(const ModelConfig& cfg, std::uint64_t seed);
 
 // The classifier saved in checkpoint folder `dir` (config.json + model.safetensors).
 std::unique_ptr<SequenceClassifier> load_classifier(const std::string& dir);

@@ -527,4 +527,15 @@ ModelConfig default_config() {
   return c;
 }
 
+ModelConfig default_classifier_config(std::int64_t num_labels, std::int64_t max_len) {
+  ModelConfig c = default_config();
+  c.model_type = "modformer";  // LlamaForCausalLM is a decoder
+  c.is_decoder = false;
+  c.num_labels = num_labels;
+  c.classifier_pooling = "mean";
+  c.max_position_embeddings = max_len;
+  validate_config(c, "default_classifier_config");
+  return c;
+}
+
 }  // namespace mf

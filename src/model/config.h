@@ -120,6 +120,12 @@ void validate_config(const ModelConfig& c, const std::string& source = "config")
 // at equal tokens: a one-line switch if the GQA demonstration is not wanted).
 ModelConfig default_config();
 
+// The built-in encoder classifier that `modformer train --task classify` uses
+// without --config: default_config()'s widths and blocks (RoPE, GQA,
+// RMSNorm pre-norm, SwiGLU, flash attention), bidirectional, mean pooling,
+// num_labels classes, positions up to max_len.
+ModelConfig default_classifier_config(std::int64_t num_labels, std::int64_t max_len);
+
 // Names as written in JSON.
 std::string norm_kind_name(NormKind k);
 std::string norm_placement_name(NormPlacement p);

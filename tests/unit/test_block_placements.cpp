@@ -132,13 +132,20 @@ struct BlockFixture {
 
 }  // namespace
 
+static MixerCall causal_call(std::int64_t batch, std::int64_t seq_len) {
+  MixerCall c;
+  c.batch = batch;
+  c.seq_len = seq_len;
+  return c;
+}
+
 class BlockPlacements : public ::testing::TestWithParam<BlockCase> {};
 
 TEST_P(BlockPlacements, BackwardMatchesFiniteDifferences) {
   ScopedThreads one(1);
   BlockFixture f(GetParam());
   const std::int64_t B = 2, L = 5, N = B * L, C = BlockFixture::C;
-  const MixerCall call{B, L};
+  const MixerCall call = causal_call(B, L);
   Tensor x = randn({N, C}, 21), w = randn({N, C}, 22);
   auto loss = [&] {
     BlockSaved s;
@@ -172,7 +179,7 @@ INSTANTIATE_TEST_SUITE_P(All, BlockPlacements,
 
 TEST(BlockPlacementMath, PostNormOutputIsNormalizedAndPreNormIsNot) {
   const std::int64_t B = 1, L = 4, N = B * L, C = BlockFixture::C;
-  const MixerCall call{B, L};
+  const MixerCall call = causal_call(B, L);
   Tensor x = randn({N, C}, 5);
   for (float& v : std::span(x.data<float>(), x.numel())) v = 3.0f * v + 1.0f;
   BlockFixture post({NormPlacement::Post, NormKind::LayerNorm, "rope"});

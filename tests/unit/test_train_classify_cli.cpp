@@ -60,8 +60,6 @@ TEST(ClassifyCli, FlagRules) {
             std::string::npos);
   EXPECT_NE(err(data + " --task classify --config " + dir + "/decoder.json").find("--task classify needs --val VAL.tsv"),
             std::string::npos);
-  EXPECT_NE(err(data + " --task classify --val " + dir + "/val.tsv").find("needs --config MODEL.json"),
-            std::string::npos);
   EXPECT_NE(err(data + " --task classify --val " + dir + "/val.tsv --config " + dir + "/decoder.json")
                 .find("needs an encoder classifier config (\"is_decoder\": false"),
             std::string::npos);
@@ -69,6 +67,17 @@ TEST(ClassifyCli, FlagRules) {
             std::string::npos);
   EXPECT_NE(err(data + " --task regress").find("regress"), std::string::npos);
   EXPECT_FALSE(fs::exists(dir + "/run/checkpoint"));
+  // Without --config: the built-in encoder, with as many classes as the labels seen.
+  const auto builtin = run_cli("train --task classify --data " + dir + "/train.tsv --val " + dir +
+                                   "/val.tsv --out " + dir + "/run_default --steps 2 --batch-size 4 --seq-len 16 --no-progress",
+                               dir);
+  ASSERT_EQ(builtin.rc, 0) << builtin.err;
+  EXPECT_NE(builtin.err.find("classifier from the built-in encoder config, 2 labels"), std::string::npos)
+      << builtin.err;
+  const mf::ModelConfig saved = mf::load_config(dir + "/run_default/checkpoint/config.json");
+  EXPECT_FALSE(saved.is_decoder);
+  EXPECT_EQ(saved.num_labels, 2);
+  EXPECT_EQ(saved.max_position_embeddings, 16);
 
   // eval on a classifier checkpoint folder: it needs --data, and LM-only flags are refused
   fs::create_directories(dir + "/ckpt");
