@@ -83,7 +83,8 @@ int run_mixer_bench(const MixerBenchOptions& o) {
 
   const std::int64_t C = o.hidden, B = o.batch;
   std::cout << "bench mixers: hidden " << C << ", " << o.heads << " heads of " << C / o.heads << ", batch " << B
-            << ", " << (o.causal ? "causal" : "bidirectional") << ", threads " << num_threads() << ", best of "
+            << ", " << (o.causal ? "causal" : "bidirectional") << ", sliding_attention window " << cfg.sliding_window
+            << ", options: each mixer's defaults (Linformer n = the largest L), threads " << num_threads() << ", best of "
             << o.reps << " interleaved rounds; load average " << load_average_1min() << "\n";
   std::vector<std::vector<Cell>> cells(names.size(), std::vector<Cell>(lengths.size()));
   for (std::size_t li = 0; li < lengths.size(); ++li) {
@@ -127,6 +128,7 @@ int run_mixer_bench(const MixerBenchOptions& o) {
                            {"heads", o.heads},
                            {"batch", B},
                            {"causal", o.causal},
+                           {"sliding_window", cfg.sliding_window},
                            {"reps", o.reps},
                            {"lengths", lengths},
                            {"mixers", nlohmann::json::array()}};

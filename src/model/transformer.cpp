@@ -249,10 +249,8 @@ std::unique_ptr<GenerationState> Transformer::new_generation_state(const Generat
   return std::make_unique<GenerationState>(std::move(states), opt.batch, capacity);
 }
 
-Tensor Transformer::forward_hidden(const Tensor& tokens_in, const Tensor& mask_in, ForwardState* st,
+Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st,
                                    GenerationState* state) {
-  const Tensor tokens = prepare_tokens(tokens_in, "tokens");
-  const Tensor mask = prepare_mask(mask_in, tokens);
   const std::int64_t B = tokens.size(0), L = tokens.size(1), C = cfg_.hidden_size, N = B * L;
   const std::int64_t past = state ? state->past_length() : 0;
   if (state) {
@@ -361,11 +359,11 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
                "] is out of range [0, ", cfg_.vocab_size, ") (negative targets are ignored)");
   }
   if (!compute_grads) {
-    const Tensor h = forward_hidden(tokens, Tensor(), nullptr, nullptr);
+    const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, nullptr);
     return lm_head_cross_entropy_forward(h, lm_head_weight(), targets);
   }
   ForwardState st;
-  forward_hidden(tokens, Tensor(), &st, nullptr);
+  forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), &st, nullptr);
   record_saved_bytes(st);
   Tensor dhidden = Tensor::empty(st.hidden.shape());
   Tensor dw = lm_head_param()->grad;
@@ -378,7 +376,7 @@ Tensor Transformer::logits(const Tensor& tokens) { return logits(tokens, nullptr
 
 Tensor Transformer::logits(const Tensor& tokens, GenerationState* state) {
   MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no token logits (use class_logits)");
-  const Tensor h = forward_hidden(tokens, Tensor(), nullptr, state);
+  const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, state);
   const std::int64_t B = tokens.size(0), L = tokens.size(1);
   Tensor out = Tensor::empty({B * L, cfg_.vocab_size});
   linear_forward(out, h, lm_head_weight(), Tensor());

@@ -110,7 +110,8 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor prepare_tokens(const Tensor& tokens, const char* what) const;
   Tensor prepare_mask(const Tensor& mask, const Tensor& tokens) const;  // undefined when nothing is padded
   MixerCall mixer_call(std::int64_t batch, std::int64_t seq_len, const Tensor& mask) const;
-  // Runs embeddings and blocks; fills `st` when given (training), else keeps nothing.
+  // Runs embeddings and blocks on prepared tokens and mask (prepare_tokens,
+  // prepare_mask); fills `st` when given (training), else keeps nothing.
   Tensor forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st, GenerationState* state);
   void backward_hidden(ForwardState& st, const Tensor& dhidden);
   void record_saved_bytes(const ForwardState& st);
