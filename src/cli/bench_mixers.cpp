@@ -87,6 +87,16 @@ int run_mixer_bench(const MixerBenchOptions& o) {
             << ", options: each mixer's defaults (Linformer n = the largest L), threads " << num_threads() << ", best of "
             << o.reps << " interleaved rounds; load average " << load_average_1min() << "\n";
   std::vector<std::vector<Cell>> cells(names.size(), std::vector<Cell>(lengths.size()));
+  {  // untimed warm-up at the smallest length (GEMM backend choice, cos/sin tables, page faults)
+    const std::int64_t L = lengths.front();
+    const Tensor x = randn({B * L, C}, 10);
+    Tensor y = Tensor::empty({B * L, C}), dx = Tensor::empty({B * L, C});
+    MixerCall call;
+    call.batch = B;
+    call.seq_len = L;
+    call.causal = o.causal;
+    for (auto& m : mixers) m->backward(dx, x, x, *m->forward(y, x, call, true), call);
+  }
   for (std::size_t li = 0; li < lengths.size(); ++li) {
     const std::int64_t L = lengths[li], N = B * L;
     const Tensor x = randn({N, C}, 11), dy = randn({N, C}, 12);
