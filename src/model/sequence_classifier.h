@@ -32,6 +32,12 @@ class SequenceClassifier {
   // float32 [B, num_labels] class logits for tokens/mask as above.
   virtual Tensor class_logits(const Tensor& tokens, const Tensor& mask) = 0;
 
+  // Called by the trainer before each optimizer step's first forward (step
+  // counts from 0): mechanisms with per-step state (Performer's feature
+  // redraw) update it here, deterministically in (seed, step). Never called
+  // in evaluation or generation.
+  virtual void begin_training_step(std::int64_t step) { (void)step; }
+
   // Writes DIR/config.json and DIR/model.safetensors atomically (DIR exists).
   virtual void save(const std::string& dir) const = 0;
 };

@@ -181,6 +181,10 @@ void Transformer::set_attention_impl(AttentionImpl impl) {
   for (auto& l : layers_) l.token->set_attention_impl(impl);
 }
 
+void Transformer::begin_training_step(std::int64_t step) {
+  for (auto& l : layers_) l.token->begin_training_step(step);
+}
+
 void Transformer::set_ffn_chunk_size(std::int64_t rows) {
   MF_CHECK(rows >= 0, kOp, " ffn_chunk_size must be >= 0 but is ", rows);
   cfg_.ffn_chunk_size = rows;

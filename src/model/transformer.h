@@ -75,6 +75,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   double classify_loss(const Tensor& tokens, const Tensor& mask, const Tensor& labels, bool compute_grads) override;
   Tensor class_logits(const Tensor& tokens, const Tensor& mask) override;
 
+  void begin_training_step(std::int64_t step) override;
   void save(const std::string& dir) const override;
   // Layer i's token mixer (tests, benchmarks).
   const TokenMixer& token_mixer(std::int64_t i) const { return *layers_.at(static_cast<std::size_t>(i)).token; }

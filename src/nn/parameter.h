@@ -1,6 +1,9 @@
-// A trainable parameter: its value, its gradient (same shape, accumulated
-// with += by every backward), and whether AdamW applies weight decay to it
-// (by default not for norms, biases and embeddings).
+// A parameter: its value, its gradient (same shape, accumulated with += by
+// every backward), and whether AdamW applies weight decay to it (by default
+// not for norms, biases and embeddings). A buffer (trainable false) is a
+// tensor the model computes with and saves in its checkpoint but never
+// trains (Performer's random features, Reformer's rotations): the optimizer
+// skips it and no backward writes its gradient.
 #pragma once
 #include <string>
 
@@ -13,6 +16,7 @@ struct Parameter {
   Tensor value;      // float32
   Tensor grad;       // float32, same shape; zeroed by the trainer before each step
   bool weight_decay = true;
+  bool trainable = true;
 
   Parameter() = default;
   Parameter(std::string n, Tensor v, bool decay)

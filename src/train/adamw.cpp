@@ -16,11 +16,14 @@ void validate(const AdamWConfig& c) {
            c.weight_decay);
 }
 
-AdamW::AdamW(std::vector<Parameter*> params, const AdamWConfig& cfg) : params_(std::move(params)), cfg_(cfg) {
+AdamW::AdamW(const std::vector<Parameter*>& params, const AdamWConfig& cfg) : cfg_(cfg) {
   validate(cfg_);
+  for (Parameter* p : params) {
+    MF_CHECK(p != nullptr, "[adamw] null parameter");
+    if (p->trainable) params_.push_back(p);  // buffers are never updated
+  }
   std::set<std::string> names;
   for (Parameter* p : params_) {
-    MF_CHECK(p != nullptr, "[adamw] null parameter");
     MF_CHECK(names.insert(p->name).second, "[adamw] parameter name '", p->name, "' appears twice");
     MF_CHECK(p->value.dtype() == DType::F32 && p->value.is_contiguous(), "[adamw] parameter '", p->name,
              "' must be a contiguous float32 tensor");

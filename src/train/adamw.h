@@ -26,8 +26,9 @@ void validate(const AdamWConfig& cfg);
 
 class AdamW {
  public:
-  // Parameters must outlive the optimizer; names must be unique.
-  AdamW(std::vector<Parameter*> params, const AdamWConfig& cfg);
+  // Parameters must outlive the optimizer; names must be unique. Buffers
+  // (Parameter::trainable false) are left out: never updated, no state.
+  AdamW(const std::vector<Parameter*>& params, const AdamWConfig& cfg);
 
   // One update from the current Parameter::grad values at learning rate lr.
   void step(double lr);

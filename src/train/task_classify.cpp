@@ -31,6 +31,7 @@ class ClassifyTask : public TrainTask {
 
   std::vector<Parameter*> parameters() override { return model_.parameters(); }
   double micro_batch_loss(std::int64_t step, std::int64_t micro, std::int64_t& tokens) override {
+    if (micro == 0) model_.begin_training_step(step);
     tokens += fill_classify_batch(train_, sampler_.indices(step, micro), tokens_, mask_, labels_);
     return model_.classify_loss(tokens_, mask_, labels_, true);
   }

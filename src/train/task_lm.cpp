@@ -20,6 +20,7 @@ class LmTask : public TrainTask {
 
   std::vector<Parameter*> parameters() override { return model_.parameters(); }
   double micro_batch_loss(std::int64_t step, std::int64_t micro, std::int64_t& tokens) override {
+    if (micro == 0) model_.begin_training_step(step);
     fill_windows(corpus_, train_window_offsets(corpus_, cfg_.seed, step, micro, cfg_.batch_size, cfg_.seq_len),
                  cfg_.seq_len, tokens_, targets_);
     tokens += cfg_.batch_size * cfg_.seq_len;

@@ -125,6 +125,20 @@ TEST(TrainAdamW, StateRoundTripContinuesBitwise) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(TrainAdamW, BuffersAreNeitherUpdatedNorGivenState) {
+  Parameter w("w", Tensor::full({4}, 1.0f), true), buf("buf", Tensor::full({3}, 2.0f), false);
+  buf.trainable = false;
+  w.grad.fill(0.5f);
+  buf.grad.fill(0.5f);  // even a stray gradient must not move a buffer
+  AdamW opt({&w, &buf}, AdamWConfig{});
+  opt.step(0.1);
+  for (std::int64_t i = 0; i < 3; ++i) EXPECT_EQ(buf.value.data<float>()[i], 2.0f);
+  EXPECT_NE(w.value.data<float>()[0], 1.0f);
+  const auto state = opt.state_tensors();
+  ASSERT_EQ(state.size(), 2u);
+  EXPECT_EQ(state[0].first, "w.exp_avg");
+}
+
 TEST(TrainAdamW, RejectsBadConfig) {
   Parameter p("x", randn({3}, 1), true);
   AdamWConfig c;

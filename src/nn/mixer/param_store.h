@@ -36,6 +36,13 @@ class ParamStore {
   // projection). A later request must give the same shape.
   virtual Parameter* shared(const std::string& name, const Shape& shape, const ParamInitFn& init,
                             bool weight_decay) = 0;
+  // A buffer of this layer (Parameter::trainable false): saved in the
+  // checkpoint, never trained.
+  Parameter* add_buffer(const std::string& name, const Shape& shape, const ParamInitFn& init) {
+    Parameter* p = add_custom(name, shape, init, false);
+    p->trainable = false;
+    return p;
+  }
 };
 
 }  // namespace mf

@@ -104,6 +104,11 @@ class TokenMixer {
   // A fresh generation state; refused (naming the mixer) when it cannot generate.
   virtual std::unique_ptr<MixerState> new_state(const GenerationOptions& opt) const;
 
+  // Training step `step` begins (from the model's begin_training_step):
+  // a mixer with per-step state (feature redraws) updates it here. Never
+  // called in evaluation or generation.
+  virtual void begin_training_step(std::int64_t step) { (void)step; }
+
   // The exact-attention kernel (flash or dense) for mixers that use one; a
   // switch that does not change the math. Others ignore it.
   virtual void set_attention_impl(AttentionImpl impl) { (void)impl; }
