@@ -248,6 +248,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
       {"attention_impl", [&](const json& v, const std::string& f) { c.attention_impl = kImpls.parse(v, s, f); }},
       {"gradient_checkpointing",
        [&](const json& v, const std::string& f) { c.gradient_checkpointing = get_bool(v, s, f); }},
+      {"reversible", [&](const json& v, const std::string& f) { c.reversible = get_bool(v, s, f); }},
       {"initializer_range", [&](const json& v, const std::string& f) { c.initializer_range = get_double(v, s, f); }},
       {"token_mixer", [&](const json& v, const std::string& f) { c.token_mixer = get_string(v, s, f); }},
       {"layer_types",
@@ -284,7 +285,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
                   "num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, layer_norm_eps, rope_theta, "
                   "rope_scaling, max_position_embeddings, tie_word_embeddings, sliding_window, hidden_act, "
                   "attention_bias, mlp_bias, norm, norm_placement, ffn, ffn_chunk_size, position, attention_impl, "
-                  "gradient_checkpointing, initializer_range, token_mixer, layer_types, is_decoder, num_labels, "
+                  "gradient_checkpointing, reversible, initializer_range, token_mixer, layer_types, is_decoder, num_labels, "
                   "classifier_pooling, and a mixer's options object under its name: " +
                       token_mixer_names() + ")");
     }
@@ -368,6 +369,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     need(c.position == PositionKind::RoPE, "position", "position \"rope\" (rotate-half)");
     need(c.sliding_window == 0, "sliding_window", "no sliding_window");
     need(c.is_decoder, "is_decoder", "a decoder (is_decoder true)");
+    need(!c.reversible, "reversible", "ordinary residual blocks (reversible false)");
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i)
       need(c.layer_mixer(i) == "full_attention", c.layer_types.empty() ? "token_mixer" : "layer_types",
            "every layer's token mixer to be \"full_attention\"");
@@ -433,6 +435,14 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     if (c.tie_word_embeddings)
       field_error(s, "tie_word_embeddings", "an encoder classifier has no LM head to tie");
   }
+  if (c.reversible && c.norm_placement == NormPlacement::Post)
+    field_error(s, "reversible",
+                "reversible blocks need norm_placement \"pre\" or \"sandwich\": a post-norm normalizes Y after the "
+                "residual add, so a block's input cannot be recovered from its output");
+  if (c.reversible && c.gradient_checkpointing)
+    field_error(s, "gradient_checkpointing",
+                "reversible blocks already recompute every block in the backward and keep no block inputs; "
+                "gradient_checkpointing would add nothing (set one of the two)");
   if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
     field_error(s, "classifier_pooling",
                 "unknown value \"" + c.classifier_pooling + "\" (expected \"mean\" or \"first\")");
@@ -474,6 +484,7 @@ json config_to_json(const ModelConfig& c) {
   j["position"] = position_kind_name(c.position);
   j["attention_impl"] = kImpls.name(c.attention_impl);
   j["gradient_checkpointing"] = c.gradient_checkpointing;
+  if (c.reversible) j["reversible"] = true;
   j["initializer_range"] = c.initializer_range;
   if (!c.token_mixer.empty()) j["token_mixer"] = c.token_mixer;
   if (!c.layer_types.empty()) j["layer_types"] = c.layer_types;

@@ -59,6 +59,11 @@ struct ModelConfig {
   PositionKind position = PositionKind::RoPE;
   AttentionImpl attention_impl = AttentionImpl::Flash;
   bool gradient_checkpointing = false;
+  // Reversible residual blocks (src/nn/block/reversible_block.h): two
+  // streams, Y1 = X1 + F(X2), Y2 = X2 + G(Y1), both starting as the
+  // embeddings and averaged before the final norm (as reformer-pytorch);
+  // the backward reconstructs each block's inputs instead of storing them.
+  bool reversible = false;
   double initializer_range = 0.02;
   // Blocks from mixers (src/nn/mixer/): the token mixer of every layer, or
   // one per layer in layer_types (Hugging Face's field, as in Gemma 3 and

@@ -13,6 +13,7 @@
 #include "nn/linear.h"
 #include "nn/loss/lm_head_cross_entropy.h"
 #include "nn/loss/softmax_cross_entropy.h"
+#include "nn/block/reversible_block.h"
 #include "nn/mixer/mixer_registry.h"
 #include "nn/position/learned_position.h"
 #include "nn/position/sinusoidal.h"
@@ -138,6 +139,7 @@ void Transformer::build() {
     layer.p.channel_norms.post = maybe_norm(nn.ffn_post);
     layer.p.token = layer.token.get();
     layer.p.channel = layer.channel.get();
+    if (cfg_.reversible) check_reversible(layer.p, static_cast<std::int64_t>(layers_.size()));
     layers_.push_back(std::move(layer));
   }
   params_.set_prefix("");
@@ -179,6 +181,12 @@ std::int64_t Transformer::num_parameters() const {
 void Transformer::set_attention_impl(AttentionImpl impl) {
   cfg_.attention_impl = impl;
   for (auto& l : layers_) l.token->set_attention_impl(impl);
+}
+
+void Transformer::set_gradient_checkpointing(bool on) {
+  MF_CHECK(!(on && cfg_.reversible), kOp, " gradient checkpointing: this model's blocks are reversible, which already "
+           "recompute every block in the backward and keep no block inputs");
+  cfg_.gradient_checkpointing = on;
 }
 
 void Transformer::begin_training_step(std::int64_t step) {
@@ -287,7 +295,26 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, For
   }
   MixerCall call = mixer_call(B, L, mask);
   call.past = past;
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
+  if (cfg_.reversible) {
+    // Two streams from the embeddings; training keeps only the last block's outputs.
+    Tensor x1 = x, x2 = x;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      call.state = state ? state->layer(static_cast<std::int64_t>(i)) : nullptr;
+      Tensor y1, y2;
+      reversible_block_forward(y1, y2, x1, x2, layers_[i].p, call);
+      x1 = std::move(y1);
+      x2 = std::move(y2);
+    }
+    x = Tensor::empty({N, C});
+    const float *a = x1.data<float>(), *b = x2.data<float>();
+    float* m = x.data<float>();
+    for (std::int64_t k = 0; k < N * C; ++k) m[k] = 0.5f * (a[k] + b[k]);
+    if (st) {
+      st->inputs = {x};  // the final norm's input
+      st->reversible_out = {x1, x2};
+    }
+  }
+  for (std::size_t i = 0; i < layers_.size() && !cfg_.reversible; ++i) {
     call.state = state ? state->layer(static_cast<std::int64_t>(i)) : nullptr;
     BlockSaved local;
     const bool keep = st != nullptr && !cfg_.gradient_checkpointing;
@@ -317,7 +344,29 @@ void Transformer::backward_hidden(ForwardState& st, const Tensor& dhidden) {
     norm_backward(dx, dhidden, st.inputs.back(), st.final_stats, final_norm_);
   }
   const MixerCall call = mixer_call(B, L, st.mask);
-  for (std::size_t k = layers_.size(); k-- > 0;) {
+  if (cfg_.reversible) {
+    // d(mean)/d(each stream) = 1/2; then down the blocks, reconstructing.
+    Tensor dy1 = Tensor::empty({N, C});
+    const float* g = dx.data<float>();
+    float* h = dy1.data<float>();
+    for (std::int64_t k = 0; k < N * C; ++k) h[k] = 0.5f * g[k];
+    Tensor dy2 = dy1, y1 = st.reversible_out[0], y2 = st.reversible_out[1];
+    st.reversible_out.clear();
+    st.inputs.clear();
+    for (std::size_t k = layers_.size(); k-- > 0;) {
+      Tensor x1, x2, dx1, dx2;
+      reversible_block_backward(x1, x2, dx1, dx2, y1, y2, dy1, dy2, layers_[k].p, call);
+      y1 = std::move(x1);
+      y2 = std::move(x2);
+      dy1 = std::move(dx1);
+      dy2 = std::move(dx2);
+    }
+    dx = Tensor::empty({N, C});  // both streams started as the embeddings
+    const float *a = dy1.data<float>(), *b = dy2.data<float>();
+    float* d = dx.data<float>();
+    for (std::int64_t k = 0; k < N * C; ++k) d[k] = a[k] + b[k];
+  }
+  for (std::size_t k = layers_.size(); k-- > 0 && !cfg_.reversible;) {
     if (cfg_.gradient_checkpointing) {
       BlockSaved recomputed;  // the same forward again: the same bits
       block_forward(recomputed, st.inputs[k], layers_[k].p, call, true);
@@ -341,6 +390,8 @@ void Transformer::record_saved_bytes(const ForwardState& st) {
   for (const Tensor* t : {&st.hidden, &st.final_stats.mean, &st.final_stats.rstd})
     if (t->defined() && seen.insert(t->raw_data()).second) bytes += static_cast<std::int64_t>(t->nbytes());
   for (const auto& t : st.inputs)
+    if (seen.insert(t.raw_data()).second) bytes += static_cast<std::int64_t>(t.nbytes());
+  for (const auto& t : st.reversible_out)
     if (seen.insert(t.raw_data()).second) bytes += static_cast<std::int64_t>(t.nbytes());
   last_saved_bytes_ = bytes;
 }

@@ -6,7 +6,9 @@
 // cross-entropy of src/nn/loss/) or, for an encoder (is_decoder false), a
 // pooled sequence-classification head. Every piece has an explicit backward;
 // optional per-block gradient checkpointing keeps only the block inputs and
-// recomputes each block in the backward.
+// recomputes each block in the backward; reversible blocks (config
+// "reversible") keep only the last block's two streams and reconstruct every
+// block's inputs in the backward (src/nn/block/reversible_block.h).
 //
 // Parameter (= checkpoint) names. model_type "llama" uses exactly Hugging
 // Face LlamaForCausalLM's; other configs use the same scheme, extended:
@@ -82,7 +84,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
 
   // Switches that do not change the math (checkpointing, attention kernel,
   // FFN chunking); the config reflects them.
-  void set_gradient_checkpointing(bool on) { cfg_.gradient_checkpointing = on; }
+  void set_gradient_checkpointing(bool on);
   void set_attention_impl(AttentionImpl impl);
   void set_ffn_chunk_size(std::int64_t rows);
 
@@ -101,6 +103,8 @@ class Transformer : public LanguageModel, public SequenceClassifier {
     Tensor tokens;                   // int32 [B, L] contiguous
     Tensor mask;                     // int32 [B, L] key padding mask, or undefined (no padding)
     std::vector<Tensor> inputs;      // inputs[i]: block i's input [N, C]; inputs[layers]: last output
+                                     // (reversible: only the final norm's input, the streams' mean)
+    std::vector<Tensor> reversible_out;  // reversible: the last block's Y1, Y2
     std::vector<BlockSaved> blocks;  // per block (empty when checkpointed)
     Tensor hidden;                   // [N, C] final hidden (after the final norm)
     NormSaved final_stats;

@@ -40,6 +40,13 @@ ModelConfig tiny(const std::string& kind) {
     c.hidden_act = Activation::SiLU;
     c.ffn_chunk_size = 5;
     c.gradient_checkpointing = true;
+  } else if (kind == "reversible") {
+    c.reversible = true;
+  } else if (kind == "reversible_sandwich_window") {
+    c.reversible = true;
+    c.norm_placement = NormPlacement::Sandwich;
+    c.sliding_window = 3;
+    c.num_hidden_layers = 3;
   }
   validate_config(c, kind);
   return c;
@@ -79,7 +86,8 @@ TEST_P(ModelKinds, GradientsMatchFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ModelKinds,
                          ::testing::Values("llama_like", "post_gelu_learned", "alibi_sandwich_geglu",
-                                           "window_rope_interleaved", "sinusoidal_mlp_chunked"));
+                                           "window_rope_interleaved", "sinusoidal_mlp_chunked", "reversible",
+                                           "reversible_sandwich_window"));
 
 namespace {
 

@@ -38,4 +38,12 @@ Tensor residual_sublayer_forward(SublayerSaved& saved, const Tensor& x, const Su
 Tensor residual_sublayer_backward(const Tensor& dy, const Tensor& x, const SublayerSaved& saved,
                                   const SublayerNorms& norms, const SublayerBackward& f_backward);
 
+// The branch alone, r' = N_out(F(N_in(x))) (no residual add; the post
+// slot must be empty): the reversible block's F and G. Returns r' [N, C].
+Tensor sublayer_branch_forward(SublayerSaved& saved, const Tensor& x, const SublayerNorms& norms,
+                               const SublayerForward& f);
+// Returns dx [N, C] through the branch only, from dr' [N, C].
+Tensor sublayer_branch_backward(const Tensor& dr, const Tensor& x, const SublayerSaved& saved,
+                                const SublayerNorms& norms, const SublayerBackward& f_backward);
+
 }  // namespace mf
