@@ -303,10 +303,10 @@ ComponentTimes measure_components(const ModelConfig& cfg, std::int64_t batch, st
     const std::int64_t I = cfg.intermediate_size;
     if (cfg.ffn == FfnKind::MLP) {
       shapes.push_back({C, I, cfg.num_hidden_layers});
-    } else {
+    } else if (cfg.ffn != FfnKind::None) {
       shapes.push_back({C, I, 2 * cfg.num_hidden_layers});
     }
-    shapes.push_back({I, C, cfg.num_hidden_layers});
+    if (cfg.ffn != FfnKind::None) shapes.push_back({I, C, cfg.num_hidden_layers});
     shapes.push_back({C, cfg.vocab_size, 1});
     for (const Shape2& s : shapes) {
       const Tensor x = randn({N, s.in}, 5), w = randn({s.out, s.in}, 6), dy = randn({N, s.out}, 7);

@@ -13,6 +13,8 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "model/config_fields.h"
+#include "model/mamba_config.h"
 #include "nn/mixer/mixer_registry.h"
 
 namespace mf {
@@ -20,46 +22,6 @@ namespace mf {
 namespace {
 
 using json = nlohmann::json;
-
-[[noreturn]] void field_error(const std::string& source, const std::string& field, const std::string& what) {
-  fail("[config] ", source, ": field '", field, "': ", what);
-}
-
-std::string type_of(const json& v) { return v.type_name(); }
-
-std::int64_t get_int(const json& v, const std::string& source, const std::string& field, std::int64_t lo,
-                     std::int64_t hi) {
-  if (!v.is_number_integer())
-    field_error(source, field, str_cat("must be an integer but is ", type_of(v), " (", v.dump(), ")"));
-  std::int64_t x = 0;
-  if (v.is_number_unsigned()) {
-    const auto u = v.get<std::uint64_t>();
-    if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-      field_error(source, field, str_cat("must be in [", lo, ", ", hi, "] but is ", v.dump()));
-    x = static_cast<std::int64_t>(u);
-  } else {
-    x = v.get<std::int64_t>();
-  }
-  if (x < lo || x > hi) field_error(source, field, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
-  return x;
-}
-
-double get_double(const json& v, const std::string& source, const std::string& field) {
-  if (!v.is_number()) field_error(source, field, str_cat("must be a number but is ", type_of(v), " (", v.dump(), ")"));
-  const double x = v.get<double>();
-  if (!std::isfinite(x)) field_error(source, field, "must be finite");
-  return x;
-}
-
-bool get_bool(const json& v, const std::string& source, const std::string& field) {
-  if (!v.is_boolean()) field_error(source, field, str_cat("must be true or false but is ", type_of(v), " (", v.dump(), ")"));
-  return v.get<bool>();
-}
-
-std::string get_string(const json& v, const std::string& source, const std::string& field) {
-  if (!v.is_string()) field_error(source, field, str_cat("must be a string but is ", type_of(v), " (", v.dump(), ")"));
-  return v.get<std::string>();
-}
 
 // One table per enum: JSON name -> value (aliases allowed), value -> canonical name.
 template <typename E>
@@ -84,7 +46,7 @@ struct EnumTable {
 const EnumTable<NormKind> kNormKinds{{{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}}};
 const EnumTable<NormPlacement> kPlacements{
     {{"pre", NormPlacement::Pre}, {"post", NormPlacement::Post}, {"sandwich", NormPlacement::Sandwich}}};
-const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}}};
+const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}, {"none", FfnKind::None}}};
 const EnumTable<PositionKind> kPositions{{{"rope", PositionKind::RoPE},
                                           {"rope_interleaved", PositionKind::RoPEInterleaved},
                                           {"alibi", PositionKind::ALiBi},
@@ -170,6 +132,7 @@ std::string rope_scaling_type_name(RopeScalingType t) { return kRopeTypes.name(t
 
 ModelConfig config_from_json(const json& j, const std::string& source) {
   MF_CHECK(j.is_object(), "[config] ", source, ": must be a JSON object but is ", j.type_name());
+  if (j.contains("model_type") && j["model_type"] == "mamba") return mamba_config_from_json(j, source);
   ModelConfig c;
   std::set<std::string> seen;
   const std::string& s = source;
@@ -207,7 +170,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
        [&](const json& v, const std::string& f) {
          c.model_type = get_string(v, s, f);
          if (c.model_type != "llama" && c.model_type != "modformer")
-           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\" or \"modformer\")");
+           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
        }},
       {"vocab_size", [&](const json& v, const std::string& f) { c.vocab_size = get_int(v, s, f, 1, kMaxVocab); }},
       {"hidden_size", [&](const json& v, const std::string& f) { c.hidden_size = get_int(v, s, f, 1, kMaxDim); }},
@@ -335,8 +298,10 @@ void validate_config(const ModelConfig& c, const std::string& s) {
   auto in_range = [&](const char* f, std::int64_t x, std::int64_t lo, std::int64_t hi) {
     if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
   };
-  if (c.model_type != "llama" && c.model_type != "modformer")
-    field_error(s, "model_type", "unknown value \"" + c.model_type + "\" (expected \"llama\" or \"modformer\")");
+  if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba")
+    field_error(s, "model_type",
+                "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
+  if (c.model_type == "mamba") validate_mamba_config(c, s);
   in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
   in_range("hidden_size", c.hidden_size, 1, kMaxDim);
   in_range("intermediate_size", c.intermediate_size, 1, kMaxDim);
@@ -439,6 +404,8 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     field_error(s, "reversible",
                 "reversible blocks need norm_placement \"pre\" or \"sandwich\": a post-norm normalizes Y after the "
                 "residual add, so a block's input cannot be recovered from its output");
+  if (c.reversible && c.ffn == FfnKind::None)
+    field_error(s, "reversible", "reversible blocks need a channel mixer for G (Y2 = X2 + G(Y1)), but ffn is \"none\"");
   if (c.reversible && c.gradient_checkpointing)
     field_error(s, "gradient_checkpointing",
                 "reversible blocks already recompute every block in the backward and keep no block inputs; "
@@ -457,6 +424,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
 }
 
 json config_to_json(const ModelConfig& c) {
+  if (c.model_type == "mamba") return mamba_config_to_json(c);
   json j;
   if (c.is_llama()) j["architectures"] = json::array({"LlamaForCausalLM"});
   j["model_type"] = c.model_type;

@@ -24,7 +24,17 @@ namespace {
 
 constexpr const char* kOp = "[model]";
 
-std::string layer_prefix(std::int64_t i) { return "model.layers." + std::to_string(i) + "."; }
+// Checkpoint names that differ by model_type: Hugging Face's Mamba calls its
+// parts backbone.* and its one block norm "norm".
+struct ModelNames {
+  std::string embed, layers, final_norm;
+  bool mamba = false;
+  std::string layer_prefix(std::int64_t i) const { return layers + std::to_string(i) + "."; }
+};
+ModelNames model_names(const ModelConfig& c) {
+  if (c.model_type == "mamba") return {"backbone.embeddings.weight", "backbone.layers.", "backbone.norm_f", true};
+  return {"model.embed_tokens.weight", "model.layers.", "model.norm", false};
+}
 
 // Norm slot names by placement (see transformer.h).
 struct NormNames {
@@ -116,15 +126,17 @@ void Transformer::build() {
   };
   auto maybe_norm = [&](const char* name) { return name ? norm(name, false) : NormParams{}; };
 
-  params_.add_global("model.embed_tokens.weight", {cfg_.vocab_size, C}, ParamInit::Normal, false);
+  const ModelNames names = model_names(cfg_);
+  embed_ = params_.add_global(names.embed, {cfg_.vocab_size, C}, ParamInit::Normal, false);
   if (cfg_.position == PositionKind::Learned)
     params_.add_global("model.embed_positions.weight", {cfg_.max_position_embeddings, C}, ParamInit::Normal, false);
 
-  const NormNames nn = norm_names(cfg_.norm_placement);
+  NormNames nn = norm_names(cfg_.norm_placement);
+  if (names.mamba) nn.attn_in = "norm";
   const std::string ffn_name = ffn_kind_name(cfg_.ffn);
   layers_.clear();
   for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
-    params_.set_prefix(layer_prefix(l));
+    params_.set_prefix(names.layer_prefix(l));
     Layer layer;
     const std::string mixer = cfg_.layer_mixer(l);
     layer.p.token_norms.in = maybe_norm(nn.attn_in);
@@ -132,18 +144,20 @@ void Transformer::build() {
         token_mixer_entry(mixer, str_cat(kOp, " layer ", l, ": ")).make(mixer_context(cfg_, l, mixer, rope_.get()), params_);
     layer.p.token_norms.out = maybe_norm(nn.attn_out);
     layer.p.token_norms.post = maybe_norm(nn.attn_post);
-    layer.p.channel_norms.in = maybe_norm(nn.ffn_in);
-    layer.channel = channel_mixer_entry(ffn_name, str_cat(kOp, " layer ", l, ": "))
-                        .make(mixer_context(cfg_, l, ffn_name, rope_.get()), params_);
-    layer.p.channel_norms.out = maybe_norm(nn.ffn_out);
-    layer.p.channel_norms.post = maybe_norm(nn.ffn_post);
+    if (cfg_.ffn != FfnKind::None) {  // else a block of the token sublayer alone
+      layer.p.channel_norms.in = maybe_norm(nn.ffn_in);
+      layer.channel = channel_mixer_entry(ffn_name, str_cat(kOp, " layer ", l, ": "))
+                          .make(mixer_context(cfg_, l, ffn_name, rope_.get()), params_);
+      layer.p.channel_norms.out = maybe_norm(nn.ffn_out);
+      layer.p.channel_norms.post = maybe_norm(nn.ffn_post);
+    }
     layer.p.token = layer.token.get();
     layer.p.channel = layer.channel.get();
     if (cfg_.reversible) check_reversible(layer.p, static_cast<std::int64_t>(layers_.size()));
     layers_.push_back(std::move(layer));
   }
   params_.set_prefix("");
-  final_norm_ = cfg_.norm_placement != NormPlacement::Post ? norm("model.norm", true) : NormParams{};
+  final_norm_ = cfg_.norm_placement != NormPlacement::Post ? norm(names.final_norm, true) : NormParams{};
   if (!cfg_.is_decoder) {
     params_.add_global("classifier.weight", {cfg_.num_labels, C}, ParamInit::Normal, true);
     params_.add_global("classifier.bias", {cfg_.num_labels}, ParamInit::Zeros, false);
@@ -196,16 +210,17 @@ void Transformer::begin_training_step(std::int64_t step) {
 void Transformer::set_ffn_chunk_size(std::int64_t rows) {
   MF_CHECK(rows >= 0, kOp, " ffn_chunk_size must be >= 0 but is ", rows);
   cfg_.ffn_chunk_size = rows;
-  for (auto& l : layers_) l.channel->set_chunk_size(rows);
+  for (auto& l : layers_)
+    if (l.channel) l.channel->set_chunk_size(rows);
 }
 
 const Tensor& Transformer::lm_head_weight() const {
   MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no LM head");
-  return params_.find(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")->value;
+  return cfg_.tie_word_embeddings ? embed_->value : params_.find("lm_head.weight")->value;
 }
 
 Parameter* Transformer::lm_head_param() {
-  return param(cfg_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  return cfg_.tie_word_embeddings ? embed_ : param("lm_head.weight");
 }
 
 Tensor Transformer::prepare_tokens(const Tensor& tokens, const char* what) const {
@@ -276,7 +291,7 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, For
              position_kind_name(cfg_.position), " position table");
 
   Tensor x = Tensor::empty({N, C});
-  embedding_forward(x, tokens, param("model.embed_tokens.weight")->value);
+  embedding_forward(x, tokens, embed_->value);
   PositionIds pos;
   pos.offset = past;
   if (cfg_.position == PositionKind::Learned)
@@ -380,7 +395,7 @@ void Transformer::backward_hidden(ForwardState& st, const Tensor& dhidden) {
   PositionIds pos;
   if (cfg_.position == PositionKind::Learned)
     learned_position_backward(dx.reshape({B, L, C}), *param("model.embed_positions.weight"), pos);
-  embedding_backward(param("model.embed_tokens.weight")->grad, dx, st.tokens);
+  embedding_backward(embed_->grad, dx, st.tokens);
 }
 
 void Transformer::record_saved_bytes(const ForwardState& st) {

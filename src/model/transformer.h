@@ -23,6 +23,8 @@
 //     post:     .post_attention_layernorm (after the token mixer's residual add), .post_feedforward_layernorm
 //   model.norm (pre and sandwich only)
 //   decoders: lm_head.weight [V, C] (unless tie_word_embeddings)
+// model_type "mamba" uses Hugging Face MambaForCausalLM's: backbone.embeddings.weight,
+//   backbone.layers.N.norm.weight, backbone.layers.N.mixer.*, backbone.norm_f.weight
 //   encoders: classifier.weight [num_labels, C], classifier.bias [num_labels]
 #pragma once
 #include <cstdint>
@@ -131,6 +133,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   std::unique_ptr<RopeTable> rope_;
   Tensor sinusoidal_;  // [P, C] (position "sinusoidal")
   NormParams final_norm_;
+  Parameter* embed_ = nullptr;  // the token embedding (and the LM head when tied)
   std::int64_t last_saved_bytes_ = 0;
 };
 

@@ -40,6 +40,9 @@ ModelConfig tiny(const std::string& kind) {
     c.hidden_act = Activation::SiLU;
     c.ffn_chunk_size = 5;
     c.gradient_checkpointing = true;
+  } else if (kind == "no_ffn_sandwich") {
+    c.ffn = FfnKind::None;
+    c.norm_placement = NormPlacement::Sandwich;
   } else if (kind == "reversible") {
     c.reversible = true;
   } else if (kind == "reversible_sandwich_window") {
@@ -86,7 +89,7 @@ TEST_P(ModelKinds, GradientsMatchFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Kinds, ModelKinds,
                          ::testing::Values("llama_like", "post_gelu_learned", "alibi_sandwich_geglu",
-                                           "window_rope_interleaved", "sinusoidal_mlp_chunked", "reversible",
+                                           "window_rope_interleaved", "sinusoidal_mlp_chunked", "no_ffn_sandwich", "reversible",
                                            "reversible_sandwich_window"));
 
 namespace {

@@ -7,11 +7,12 @@ namespace mf {
 
 Tensor block_forward(BlockSaved& s, const Tensor& x, const BlockParams& p, const MixerCall& call,
                      bool for_backward) {
-  MF_CHECK(p.token != nullptr && p.channel != nullptr, "[block] both mixers are required");
+  MF_CHECK(p.token != nullptr, "[block] a token mixer is required");
   s.clear();
   s.x1 = residual_sublayer_forward(s.token_sub, x, p.token_norms, [&](const Tensor& out, const Tensor& in) {
     s.token = p.token->forward(out, in, call, for_backward);
   });
+  if (p.channel == nullptr) return s.x1;  // ffn "none": the token sublayer alone
   return residual_sublayer_forward(s.channel_sub, s.x1, p.channel_norms, [&](const Tensor& out, const Tensor& in) {
     s.channel = p.channel->forward(out, in, for_backward);
   });
@@ -19,8 +20,9 @@ Tensor block_forward(BlockSaved& s, const Tensor& x, const BlockParams& p, const
 
 Tensor block_backward(const Tensor& dy, const Tensor& x, const BlockSaved& s, const BlockParams& p,
                       const MixerCall& call) {
-  MF_CHECK(s.token != nullptr && s.channel != nullptr, "[block] backward called without the forward's saved state");
-  const Tensor dx1 = residual_sublayer_backward(
+  MF_CHECK(s.token != nullptr && (s.channel != nullptr || p.channel == nullptr),
+           "[block] backward called without the forward's saved state");
+  const Tensor dx1 = p.channel == nullptr ? dy : residual_sublayer_backward(
       dy, s.x1, s.channel_sub, p.channel_norms,
       [&](const Tensor& din, const Tensor& dout, const Tensor& in) { p.channel->backward(din, dout, in, *s.channel); });
   return residual_sublayer_backward(dx1, x, s.token_sub, p.token_norms,

@@ -31,6 +31,7 @@ struct BlockSaved {
 };
 
 // Returns the block output [N, C]; x [N, C] with N = call.batch * call.seq_len.
+// A null channel mixer makes a block of the token sublayer alone (ffn "none").
 // for_backward: the mixers keep what their backward needs.
 Tensor block_forward(BlockSaved& saved, const Tensor& x, const BlockParams& p, const MixerCall& call,
                      bool for_backward = true);

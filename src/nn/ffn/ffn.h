@@ -13,7 +13,8 @@
 
 namespace mf {
 
-enum class FfnKind { SwiGLU, GeGLU, MLP };
+// None: a block without a channel mixer (Mamba's blocks: norm, mixer, residual).
+enum class FfnKind { SwiGLU, GeGLU, MLP, None };
 // silu (= swish); gelu (erf); gelu_tanh (HF "gelu_new" / "gelu_pytorch_tanh").
 enum class Activation { SiLU, GELU, GELUTanh };
 
