@@ -4,7 +4,10 @@
 // rounds (each round runs every mixer once at that L, best of --reps kept);
 // the growth ratio time(2L)/time(L) at the largest lengths; the crossover
 // length from which each mixer beats exact flash attention (full_attention);
-// JSON, and speed-vs-length and memory-vs-length SVGs.
+// JSON, and speed-vs-length and memory-vs-length SVGs. With --causal, also
+// the decode time per generated token vs the context already held, for every
+// mixer that generates (attention grows with the context; recurrent mixers
+// should stay flat), as a table, JSON rows and decode.svg.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,6 +36,9 @@ struct MixerBenchOptions {
   std::int64_t hidden = 256, heads = 4, batch = 1;
   int reps = 3;
   bool causal = false;
+  std::vector<std::int64_t> decode_contexts = {256, 1024, 4096, 8192};  // --causal only
+  std::int64_t decode_steps = 32;
+  bool no_decode = false;
   std::string json_path, out_dir = "bench_mixers";
 };
 
@@ -44,6 +50,73 @@ struct Cell {
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Decode cost per token: each mixer that generates holds a prefilled context
+// of c tokens, then takes `steps` single-token forwards; the best of `reps`
+// interleaved rounds of the mean time per step is kept.
+nlohmann::json run_decode_bench(const MixerBenchOptions& o, const std::vector<std::string>& names,
+                                std::vector<std::unique_ptr<mf::TokenMixer>>& mixers, std::vector<mf::PlotSeries>& plot) {
+  using namespace mf;
+  const std::int64_t C = o.hidden, B = o.batch;
+  std::vector<std::size_t> gen;
+  for (std::size_t m = 0; m < mixers.size(); ++m)
+    if (mixers[m]->capabilities().generation) gen.push_back(m);
+  std::vector<std::int64_t> contexts = o.decode_contexts;
+  std::sort(contexts.begin(), contexts.end());
+  std::vector<std::vector<double>> per_token(gen.size(), std::vector<double>(contexts.size(),
+                                                                             std::numeric_limits<double>::infinity()));
+  std::cout << "\ndecode: time per generated token (batch " << B << ") after a prefilled context of c tokens, mean of "
+            << o.decode_steps << " steps, best of " << o.reps << " interleaved rounds:\n";
+  const Tensor step_x = randn({B, C}, 13);
+  Tensor step_y = Tensor::empty({B, C});
+  for (std::size_t ci = 0; ci < contexts.size(); ++ci) {
+    const std::int64_t ctx = contexts[ci];
+    const Tensor prompt = randn({B * ctx, C}, 14);
+    Tensor prompt_y = Tensor::empty({B * ctx, C});
+    for (int r = 0; r < o.reps; ++r) {
+      for (std::size_t g = 0; g < gen.size(); ++g) {
+        TokenMixer& mixer = *mixers[gen[g]];
+        GenerationOptions go;
+        go.batch = B;
+        go.capacity = ctx + o.decode_steps;
+        const std::unique_ptr<MixerState> state = mixer.new_state(go);
+        MixerCall call;
+        call.batch = B;
+        call.causal = true;
+        call.state = state.get();
+        call.seq_len = ctx;
+        mixer.forward(prompt_y, prompt, call, false);
+        call.seq_len = 1;
+        const double t0 = now_s();
+        for (std::int64_t k = 0; k < o.decode_steps; ++k) {
+          call.past = ctx + k;
+          mixer.forward(step_y, step_x, call, false);
+        }
+        per_token[g][ci] = std::min(per_token[g][ci], (now_s() - t0) / static_cast<double>(o.decode_steps));
+      }
+    }
+    for (std::size_t g = 0; g < gen.size(); ++g)
+      std::cout << "  c " << std::setw(6) << ctx << "  " << std::left << std::setw(18) << names[gen[g]] << std::right
+                << std::fixed << std::setprecision(1) << std::setw(10) << per_token[g][ci] * 1e6 << " us/token\n";
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (std::size_t g = 0; g < gen.size(); ++g) {
+    nlohmann::json rec = {{"mixer", names[gen[g]]}, {"rows", nlohmann::json::array()}};
+    PlotSeries s{names[gen[g]], {}, {}};
+    for (std::size_t ci = 0; ci < contexts.size(); ++ci) {
+      rec["rows"].push_back({{"context", contexts[ci]}, {"seconds_per_token", per_token[g][ci]}});
+      s.x.push_back(static_cast<double>(contexts[ci]));
+      s.y.push_back(per_token[g][ci] * 1e6);
+    }
+    const double growth = per_token[g].back() / per_token[g].front();
+    rec["growth_first_to_last_context"] = growth;
+    std::cout << "  " << std::left << std::setw(18) << names[gen[g]] << std::right << " per-token time at c "
+              << contexts.back() << " / at c " << contexts.front() << ": " << std::setprecision(2) << growth << "\n";
+    plot.push_back(s);
+    out.push_back(rec);
+  }
+  return out;
 }
 
 int run_mixer_bench(const MixerBenchOptions& o) {
@@ -131,6 +204,14 @@ int run_mixer_bench(const MixerBenchOptions& o) {
     }
   }
 
+  std::vector<PlotSeries> decode_plot;
+  nlohmann::json decode;
+  if (o.causal && !o.no_decode && !o.decode_contexts.empty()) {
+    for (auto c : o.decode_contexts) MF_CHECK(c >= 1, "[bench mixers] decode contexts must be >= 1, got ", c);
+    MF_CHECK(o.decode_steps >= 1, "[bench mixers] --decode-steps must be >= 1, got ", o.decode_steps);
+    decode = run_decode_bench(o, names, mixers, decode_plot);
+  }
+
   const auto flash = std::find(names.begin(), names.end(), "full_attention");
   nlohmann::json report = {{"benchmark", "mixers"},
                            {"environment", run_environment_json()},
@@ -142,6 +223,7 @@ int run_mixer_bench(const MixerBenchOptions& o) {
                            {"reps", o.reps},
                            {"lengths", lengths},
                            {"mixers", nlohmann::json::array()}};
+  if (!decode.is_null()) report["decode"] = decode;
   std::cout << "\nsummary (growth = time(L_max) / time(L_max / 2); crossover = the smallest L from which the mixer's "
                "forward+backward beats full_attention at every measured length):\n";
   std::vector<PlotSeries> speed, memory;
@@ -199,9 +281,19 @@ int run_mixer_bench(const MixerBenchOptions& o) {
   po.title = "token mixers: peak activation memory (forward + backward) vs length";
   po.y_label = "MiB";
   write_svg_line_chart(o.out_dir + "/memory.svg", memory, po);
+  if (!decode_plot.empty()) {
+    PlotOptions pd;
+    pd.log_x = pd.log_y = true;
+    pd.x_label = "context already held (tokens)";
+    for (auto c : o.decode_contexts) pd.x_ticks.push_back(static_cast<double>(c));
+    pd.title = "decode: time per generated token vs context (hidden " + std::to_string(C) + ")";
+    pd.y_label = "microseconds per token";
+    write_svg_line_chart(o.out_dir + "/decode.svg", decode_plot, pd);
+  }
   const std::string json_path = o.json_path.empty() ? o.out_dir + "/mixers.json" : o.json_path;
   write_json_file(json_path, report);
-  std::cout << "wrote " << json_path << ", " << o.out_dir << "/speed.svg, " << o.out_dir << "/memory.svg\n";
+  std::cout << "wrote " << json_path << ", " << o.out_dir << "/speed.svg, " << o.out_dir << "/memory.svg"
+            << (decode_plot.empty() ? "" : ", " + o.out_dir + "/decode.svg") << "\n";
   return 0;
 }
 
@@ -221,6 +313,12 @@ MF_REGISTER_BENCH("mixers", "Every token mixer: forward and forward+backward tim
                     app.add_option("--batch", o->batch, "Batch size")->check(CLI::PositiveNumber);
                     app.add_option("--reps", o->reps, "Interleaved rounds, best kept")->check(CLI::PositiveNumber);
                     app.add_flag("--causal", o->causal, "Causal (decoder) mixers; default bidirectional");
+                    app.add_option("--decode-contexts", o->decode_contexts,
+                                   "With --causal: contexts held before timing decode steps (default 256,1024,4096,8192)")
+                        ->delimiter(',');
+                    app.add_option("--decode-steps", o->decode_steps, "Decode steps timed per context")
+                        ->check(CLI::PositiveNumber);
+                    app.add_flag("--no-decode", o->no_decode, "Skip the decode section of --causal");
                     app.add_option("--json", o->json_path, "JSON report (default OUT_DIR/mixers.json)");
                     app.add_option("--out-dir", o->out_dir, "Folder of the SVGs (speed.svg, memory.svg) and JSON")
                         ->capture_default_str();

@@ -299,3 +299,29 @@ TEST(ModelMixers, MixerCliRoundTripsItsInitOutput) {
   EXPECT_FALSE(fs::exists(dir + "/y3.npy"));
   fs::remove_all(dir);
 }
+
+// `bench mixers --causal` end to end at toy sizes: every causal mixer gets
+// time and memory rows, every generating mixer decode rows per context, and
+// the three pictures are written.
+TEST(ModelMixers, BenchMixersCausalWritesDecodeRows) {
+  const std::string dir = temp_dir("bench");
+  const auto r = mt::run_cli("--threads 1 bench mixers --causal --lengths 32,64 --reps 1 --hidden 32 --heads 2 "
+                             "--decode-contexts 8,16 --decode-steps 2 --out-dir " + dir,
+                             dir);
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  const nlohmann::json j = nlohmann::json::parse(read_file(dir + "/mixers.json"));
+  std::size_t causal = 0, generating = 0;
+  for (const auto& e : token_mixer_registry()) {
+    causal += e.caps.causal;
+    generating += e.caps.causal && e.caps.generation;
+  }
+  ASSERT_EQ(j.at("mixers").size(), causal);
+  ASSERT_EQ(j.at("decode").size(), generating);
+  for (const auto& d : j.at("decode")) {
+    ASSERT_EQ(d.at("rows").size(), 2u) << d.dump();
+    for (const auto& row : d.at("rows")) EXPECT_GT(row.at("seconds_per_token").get<double>(), 0.0) << d.dump();
+  }
+  for (const char* svg : {"/speed.svg", "/memory.svg", "/decode.svg"})
+    EXPECT_TRUE(std::filesystem::exists(dir + svg)) << svg;
+  std::filesystem::remove_all(dir);
+}
