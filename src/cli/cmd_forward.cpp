@@ -7,6 +7,7 @@
 #include "cli/command.h"
 #include "core/npy.h"
 #include "model/checkpoint.h"
+#include "train/checkpoint.h"
 
 namespace {
 
@@ -15,7 +16,7 @@ struct ForwardArgs {
 };
 
 int run_forward(const ForwardArgs& a) {
-  auto model = mf::load_checkpoint(a.model);
+  auto model = mf::load_checkpoint(mf::model_folder(a.model, "[forward]"));
   if (a.impl == "dense") model->set_attention_impl(mf::AttentionImpl::Dense);
   if (a.impl == "flash") model->set_attention_impl(mf::AttentionImpl::Flash);
   const mf::Tensor tokens = mf::load_npy(a.tokens);

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "model/checkpoint.h"
+#include "train/checkpoint.h"
 #include "model/generate.h"
 #include "train/data.h"
 
@@ -43,7 +44,7 @@ int run_generate(const GenerateCliOptions& o) {
   g.seed = o.seed;
   g.validate();  // option errors before the (slower) checkpoint load
 
-  std::unique_ptr<Transformer> model = load_checkpoint(o.model);
+  std::unique_ptr<Transformer> model = load_checkpoint(model_folder(o.model, kOp));
   const ModelConfig& cfg = model->config();
   MF_CHECK(cfg.vocab_size == kByteVocabSize, kOp, " '", o.model, "' has vocab_size ", cfg.vocab_size,
            " but the byte-level tokenizer needs ", kByteVocabSize);

@@ -33,6 +33,15 @@ void rename_or_fail(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
+std::string model_folder(const std::string& dir, const char* op) {
+  if (fs::exists(fs::path(dir) / "config.json")) return dir;
+  MF_CHECK(fs::is_directory(dir), op, " '", dir, "' is neither a model folder nor a training run (no such directory)");
+  const std::string ckpt = find_checkpoint(dir);
+  MF_CHECK(!ckpt.empty(), op, " '", dir, "' holds neither config.json (a model folder) nor a training checkpoint (a run "
+           "folder of `modformer train --out`)");
+  return ckpt;
+}
+
 std::string find_checkpoint(const std::string& out_dir) {
   const fs::path out(out_dir);
   const fs::path cur = out / kCheckpointDirName, old = out / (std::string(kCheckpointDirName) + ".old");

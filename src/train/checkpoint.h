@@ -22,6 +22,11 @@ inline constexpr const char* kModelFile = "model.safetensors";
 // Removes leftovers of interrupted writes.
 std::string find_checkpoint(const std::string& out_dir);
 
+// The model folder a command was given: DIR itself when it holds
+// config.json, else the newest checkpoint of the training run DIR (so
+// `generate --model RUN` works on `train --out RUN`). Throws naming op and DIR.
+std::string model_folder(const std::string& dir, const char* op);
+
 // Builds a checkpoint in a temporary folder with write(tmp_dir) (which must
 // write trainer_state.json last), flushes it to disk and makes it
 // OUT/checkpoint atomically. The previous checkpoint stays intact until then.

@@ -116,3 +116,25 @@ TEST_F(CliGenerate, BadInputExitsNonZeroWithAClearMessage) {
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("has no model.safetensors"), std::string::npos) << r.err;
 }
+
+// A training run folder is a model: `generate`, `forward` and `eval` take
+// `train --out RUN` and use its newest checkpoint; a folder that is neither
+// is refused by name.
+TEST_F(CliGenerate, TrainingRunFolderIsAModel) {
+  const std::string run = (dir_ / "run").string();
+  RunResult r = run_cli("train --config " + (dir_ / "config.json").string() + " --out " + run +
+                            " --steps 2 --batch-size 2 --seq-len 16 --eval-windows 2 --no-progress",
+                        dir_);
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  r = run_cli("generate --model " + run + " --prompt abc --max-new-tokens 4 --seed 1", dir_);
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("abc", 0), 0u) << r.out;
+  r = run_cli("eval --model " + run + " --windows 2", dir_);
+  EXPECT_EQ(r.rc, 0) << r.err;
+  const std::string empty = (dir_ / "empty").string();
+  std::filesystem::create_directories(empty);
+  r = run_cli("generate --model " + empty + " --prompt abc", dir_);
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.err.find("holds neither config.json (a model folder) nor a training checkpoint"), std::string::npos)
+      << r.err;
+}
