@@ -1,5 +1,6 @@
 #include "core/atomic_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/io_faults.h"
 
 namespace mf {
 
@@ -21,10 +23,19 @@ void write_file_atomic(const std::string& path, const std::function<void(std::os
       MF_CHECK(out.good(), "[write] cannot open '", tmp, "' for writing: ", std::strerror(errno));
       write(out);
       out.flush();
+      if (take_io_fault(IoStep::Write)) out.setstate(std::ios::badbit);
       MF_CHECK(out.good(), "[write] error while writing '", tmp, "'");
     }
-    MF_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "[write] cannot rename '", tmp, "' to '", path,
-             "': ", std::strerror(errno));
+    {  // on disk before it replaces the previous version
+      const int fd = ::open(tmp.c_str(), O_RDONLY);
+      MF_CHECK(fd >= 0, "[write] cannot open '", tmp, "' to flush it: ", std::strerror(errno));
+      const int rc = take_io_fault(IoStep::Flush) ? -1 : ::fsync(fd);
+      const int err = errno;
+      ::close(fd);
+      MF_CHECK(rc == 0, "[write] cannot flush '", tmp, "': ", std::strerror(err));
+    }
+    MF_CHECK(!take_io_fault(IoStep::Rename) && std::rename(tmp.c_str(), path.c_str()) == 0, "[write] cannot rename '",
+             tmp, "' to '", path, "': ", std::strerror(errno));
   } catch (...) {
     std::remove(tmp.c_str());
     throw;

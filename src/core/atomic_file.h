@@ -1,6 +1,6 @@
-// Write-then-rename: a file is written to "<path>.tmp.<pid>", flushed, and
-// renamed over <path>, so readers never see a half-written file and a crash
-// leaves the previous version intact.
+// Write-then-rename: a file is written to "<path>.tmp.<pid>", flushed to disk
+// (fsync), and renamed over <path>, so readers never see a half-written file
+// and a crash leaves the previous version intact.
 #pragma once
 #include <functional>
 #include <ostream>

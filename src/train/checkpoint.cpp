@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/io_faults.h"
 #include "core/safetensors.h"
 
 namespace mf {
@@ -20,14 +21,14 @@ bool complete(const fs::path& dir) { return fs::is_regular_file(dir / kTrainerSt
 void fsync_path(const fs::path& p, bool directory) {
   const int fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
   MF_CHECK(fd >= 0, "[checkpoint] cannot open '", p.string(), "' to flush it: ", std::strerror(errno));
-  const int rc = ::fsync(fd);
+  const int rc = take_io_fault(IoStep::Flush) ? -1 : ::fsync(fd);
   const int err = errno;
   ::close(fd);
   MF_CHECK(rc == 0, "[checkpoint] cannot flush '", p.string(), "': ", std::strerror(err));
 }
 
 void rename_or_fail(const fs::path& from, const fs::path& to) {
-  MF_CHECK(::rename(from.c_str(), to.c_str()) == 0, "[checkpoint] cannot rename '", from.string(), "' to '",
+  MF_CHECK(!take_io_fault(IoStep::Rename) && ::rename(from.c_str(), to.c_str()) == 0, "[checkpoint] cannot rename '", from.string(), "' to '",
            to.string(), "': ", std::strerror(errno));
 }
 
@@ -80,10 +81,12 @@ std::string commit_checkpoint(const std::string& out_dir, const std::function<vo
     fsync_path(tmp, true);
     if (!fs::exists(cur)) {
       rename_or_fail(tmp, cur);
-    } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, cur.c_str(), RENAME_EXCHANGE) == 0) {
+    } else if (!rename_exchange_unavailable() &&
+               ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, cur.c_str(), RENAME_EXCHANGE) == 0) {
       fs::remove_all(tmp);  // now holds the previous checkpoint
     } else {
-      MF_CHECK(errno == EINVAL || errno == ENOSYS || errno == ENOTSUP, "[checkpoint] cannot swap '", tmp.string(),
+      MF_CHECK(rename_exchange_unavailable() || errno == EINVAL || errno == ENOSYS || errno == ENOTSUP,
+               "[checkpoint] cannot swap '", tmp.string(),
                "' with '", cur.string(), "': ", std::strerror(errno));
       fs::remove_all(old, ec);
       rename_or_fail(cur, old);  // a kill here leaves only checkpoint.old: find_checkpoint restores it

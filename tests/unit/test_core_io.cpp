@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/npy.h"
 #include "core/rng.h"
@@ -581,6 +582,31 @@ TEST(SafetensorsMalformed, MetadataNotStringMap) {
 }
 
 // ========================================================== atomic saves ===
+
+// Failures injected into write_file_atomic's write, flush and rename: each
+// is an error naming the file, the previous version stays, no temporary.
+TEST_F(IoTest, InjectedWriteFlushRenameFailuresKeepThePreviousFile) {
+  const std::string f = path("data.bin");
+  write_file_atomic(f, std::string("previous"));
+  const std::pair<IoStep, const char*> cases[] = {{IoStep::Write, "error while writing"},
+                                                  {IoStep::Flush, "cannot flush"},
+                                                  {IoStep::Rename, "cannot rename"}};
+  for (const auto& [step, needle] : cases) {
+    inject_io_fault(step);
+    expect_error([&] { write_file_atomic(f, std::string("replacement")); }, {needle, "data.bin"});
+    clear_io_faults();
+    EXPECT_EQ(read_file(f), "previous");
+    for (const auto& e : fs::directory_iterator(dir_))
+      EXPECT_EQ(e.path().filename().string(), "data.bin") << "a temporary was left behind";
+  }
+  // Skip counts: the second write fails, the first lands.
+  inject_io_fault(IoStep::Rename, 1);
+  write_file_atomic(path("first"), std::string("1"));
+  EXPECT_THROW(write_file_atomic(path("second"), std::string("2")), Error);
+  clear_io_faults();
+  EXPECT_TRUE(fs::exists(path("first")));
+  EXPECT_FALSE(fs::exists(path("second")));
+}
 
 TEST_F(IoTest, FailedSaveLeavesPreviousFileIntact) {
   // Missing directory: error naming the path, nothing created.

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/svg_plot.h"
@@ -102,5 +103,10 @@ TEST(SvgPlot, WritesFileAtomically) {
   write_svg_line_chart(path, {{"a", {1, 2}, {3, 4}}}, PlotOptions{});
   const std::string back = read_file(path);
   EXPECT_NE(back.find("</svg>"), std::string::npos);
+  // A failure while writing the next version leaves this one.
+  inject_io_fault(IoStep::Write);
+  EXPECT_THROW(write_svg_line_chart(path, {{"b", {1, 2, 3}, {5, 6, 7}}}, PlotOptions{}), Error);
+  clear_io_faults();
+  EXPECT_EQ(read_file(path), back);
   std::remove(path.c_str());
 }

@@ -57,11 +57,19 @@ ModelConfig tiny(const std::string& kind) {
 
 }  // namespace
 
-TEST(ModelTransformer, SmokeLossAndGrad) {
+// Near-uniform loss at init, and every parameter gets a finite, non-zero
+// gradient from one loss (the lm_head and every layer's every matrix and norm).
+TEST(ModelTransformer, LossNearUniformAndEveryParameterGetsAGradient) {
   Transformer m(tiny("llama_like"), 1);
   Tensor tok = mt::random_tokens({2, 7}, 1, 23), tgt = mt::random_tokens({2, 7}, 2, 23);
+  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
   const double l = m.loss(tok, tgt, true);
   EXPECT_NEAR(l, std::log(23.0), 1.0);
+  for (Parameter* p : m.parameters()) {
+    double sq = 0;
+    for (std::int64_t i = 0; i < p->grad.numel(); ++i) sq += double(p->grad.data<float>()[i]) * p->grad.data<float>()[i];
+    EXPECT_TRUE(std::isfinite(sq) && sq > 0) << p->name << " has gradient norm^2 " << sq;
+  }
 }
 
 class ModelKinds : public ::testing::TestWithParam<std::string> {};

@@ -10,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
@@ -308,6 +309,59 @@ TEST(TrainCheckpoint, RecoversFromInterruptedSwaps) {
   // a checkpoint folder without trainer_state.json is not a checkpoint
   fs::remove(dir + "/checkpoint/" + kTrainerStateFile);
   EXPECT_EQ(find_checkpoint(dir), "");
+  fs::remove_all(dir);
+}
+
+// Failures injected at each step of a commit (a file's write, flush or
+// rename inside the writer; the folder flush; the exchange; each rename of
+// the two-rename fallback) leave the previous checkpoint whole, found by
+// find_checkpoint, and no temporary behind.
+TEST(TrainCheckpoint, InjectedFailuresLeaveThePreviousCheckpoint) {
+  const std::string dir = fresh_dir("faults");
+  fs::create_directories(dir);
+  auto writer = [](const std::string& tag) {
+    return [tag](const std::string& d) {
+      write_file_atomic(d + "/payload", tag);
+      write_file_atomic(d + "/" + kTrainerStateFile, "{}");
+    };
+  };
+  commit_checkpoint(dir, writer("good"));
+  struct Case {
+    const char* what;
+    IoStep step;
+    int skip;
+    bool fallback;
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"payload write", IoStep::Write, 0, false, "error while writing"},
+      {"payload flush", IoStep::Flush, 0, false, "cannot flush"},
+      {"payload rename", IoStep::Rename, 0, false, "cannot rename"},
+      {"checkpoint file flush", IoStep::Flush, 2, false, "[checkpoint] cannot flush"},
+      {"fallback: current -> old", IoStep::Rename, 2, true, "[checkpoint] cannot rename"},
+      {"fallback: new -> current", IoStep::Rename, 3, true, "[checkpoint] cannot rename"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    clear_io_faults();
+    force_rename_exchange_fallback(c.fallback);
+    inject_io_fault(c.step, c.skip);
+    const std::string e = mf::testing::error_of([&] { commit_checkpoint(dir, writer("bad")); });
+    EXPECT_NE(e.find(c.needle), std::string::npos) << e;
+    clear_io_faults();
+    ASSERT_EQ(find_checkpoint(dir), dir + "/checkpoint");
+    EXPECT_EQ(read_file(dir + "/checkpoint/payload"), "good");
+    for (const auto& entry : fs::directory_iterator(dir))
+      EXPECT_EQ(entry.path().filename().string().find("checkpoint."), std::string::npos) << entry.path();
+    for (const auto& entry : fs::directory_iterator(dir + "/checkpoint"))
+      EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+  }
+  // The fallback forced on, no failure: the commit lands and leaves nothing else.
+  force_rename_exchange_fallback(true);
+  commit_checkpoint(dir, writer("fallback"));
+  clear_io_faults();
+  EXPECT_EQ(read_file(dir + "/checkpoint/payload"), "fallback");
+  EXPECT_FALSE(fs::exists(dir + "/checkpoint.old"));
   fs::remove_all(dir);
 }
 
