@@ -2,6 +2,8 @@
 // learning on gcide text, bit-identical resume after a simulated kill, clean
 // stops on NaN/Inf, checkpoint swap recovery, config checks and evaluation.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -13,6 +15,7 @@
 #include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/rng.h"
+#include "core/threads.h"
 #include "core/safetensors.h"
 #include "model/language_model.h"
 #include "nn/loss/softmax_cross_entropy.h"
@@ -42,7 +45,10 @@ class BigramModel : public LanguageModel {
 
   double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) override {
     if (compute_grads) ++grad_calls;
-    if (compute_grads && grad_calls == kill_at_call) throw std::runtime_error("simulated kill");
+    if (compute_grads && grad_calls == kill_at_call) {
+      if (sigkill) ::raise(SIGKILL);  // a real kill: no unwinding, nothing flushed
+      throw std::runtime_error("simulated kill");
+    }
     const std::int64_t n = tokens.numel();
     Tensor logits = gather(tokens);
     Tensor flat_targets = targets.reshape({n});
@@ -66,11 +72,15 @@ class BigramModel : public LanguageModel {
   }
   void save(const std::string& dir) const override {
     write_file_atomic(dir + "/config.json", "{\"model_type\": \"bigram\", \"vocab_size\": 256}\n");
+    if (++save_calls == sigkill_in_save_at_call) ::raise(SIGKILL);  // mid-checkpoint: half a model folder
     save_safetensors(dir + "/model.safetensors", {{w_.name, w_.value}});
   }
   const Tensor& weight() const { return w_.value; }
 
   std::int64_t grad_calls = 0, kill_at_call = -1, nan_loss_at_call = -1, nan_grad_at_call = -1;
+  bool sigkill = false;  // kill_at_call raises SIGKILL instead of throwing
+  mutable std::int64_t save_calls = 0;
+  std::int64_t sigkill_in_save_at_call = -1;
 
  private:
   Tensor gather(const Tensor& tokens) const {
@@ -186,6 +196,100 @@ TEST(TrainTrainer, ResumeAfterKillIsBitIdentical) {
   EXPECT_EQ(rd.val.loss, ra.val.loss);
   fs::remove_all(dir_a);
   fs::remove_all(dir_b);
+}
+
+// Real kills: a forked child trains and is SIGKILLed in the middle of a step
+// (inside the backward of step 10) or in the middle of writing a checkpoint
+// (the model half written, at step 8); the run resumed in this process ends
+// with the weights, optimizer state and metrics of an uninterrupted run, bit
+// for bit. The children train on one thread (a forked child cannot use the
+// parent's OpenMP pool).
+TEST(TrainTrainer, ResumeAfterRealSigkillIsBitIdentical) {
+  struct Kill {
+    const char* what;
+    std::int64_t at_grad_call, in_save_call;
+    std::int64_t checkpoint_after;  // the step of the checkpoint the resume starts from
+  };
+  const Kill kills[] = {{"mid-step", 2 * 9 + 2, -1, 8}, {"mid-checkpoint", -1, 2, 4}};
+  std::vector<std::string> dirs;
+  for (const Kill& k : kills) {
+    const std::string dir = fresh_dir(std::string("sigkill_") + (k.at_grad_call > 0 ? "step" : "ckpt"));
+    dirs.push_back(dir);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      set_num_threads(1);  // no OpenMP team: a pool made before the fork does not exist in the child
+      BigramModel m(7);
+      m.sigkill = true;
+      m.kill_at_call = k.at_grad_call;
+      m.sigkill_in_save_at_call = k.in_save_call;
+      try {
+        train(m, corpus(), small_config(dir));
+      } catch (...) {
+      }
+      ::_exit(3);  // not killed: the test fails below
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << k.what << ": status " << status;
+    ASSERT_EQ(find_checkpoint(dir), dir + "/checkpoint") << k.what;  // also clears the killed write's leftovers
+    EXPECT_EQ(checkpoint_step(dir), k.checkpoint_after) << k.what;
+  }
+  const std::string dir_a = fresh_dir("sigkill_reference");
+  BigramModel a(7);
+  const TrainResult ra = train(a, corpus(), small_config(dir_a));
+  const auto oa = load_safetensors(dir_a + "/checkpoint/optimizer.safetensors");
+  for (std::size_t i = 0; i < dirs.size(); ++i) {
+    SCOPED_TRACE(kills[i].what);
+    BigramModel c(12345);
+    const TrainResult rc = train(c, corpus(), small_config(dirs[i]), /*resume=*/true);
+    EXPECT_EQ(rc.start_step, kills[i].checkpoint_after);
+    EXPECT_EQ(c.weight().to_vector(), a.weight().to_vector());
+    EXPECT_EQ(rc.val.loss, ra.val.loss);
+    EXPECT_EQ(metric_lines(dirs[i]), metric_lines(dir_a));
+    const auto ob = load_safetensors(dirs[i] + "/checkpoint/optimizer.safetensors");
+    for (const auto& [name, t] : oa.tensors) EXPECT_EQ(ob.tensors.at(name).to_vector(), t.to_vector()) << name;
+    fs::remove_all(dirs[i]);
+  }
+  fs::remove_all(dir_a);
+}
+
+// Gradient accumulation is a split batch: 3 steps of accumulation 2 x batch 4
+// see the windows of accumulation 1 x batch 8 and give the same gradient
+// norms and weights, to rounding (clipping off, so that the norm is the raw one).
+TEST(TrainTrainer, GradientAccumulationEqualsTheWholeBatch) {
+  auto run = [&](std::int64_t batch, std::int64_t accum, const std::string& dir) {
+    TrainConfig cfg = small_config(dir);
+    cfg.steps = 3;
+    cfg.batch_size = batch;
+    cfg.grad_accum = accum;
+    cfg.grad_clip = 0;
+    cfg.log_interval = 1;
+    cfg.checkpoint_interval = 0;
+    cfg.eval_interval = 0;
+    auto m = std::make_unique<BigramModel>(7);
+    train(*m, corpus(), cfg);
+    return m;
+  };
+  const std::string da = fresh_dir("accum_a"), db = fresh_dir("accum_b");
+  const auto split = run(4, 2, da), whole = run(8, 1, db);
+  const auto la = metric_lines(da), lb = metric_lines(db);
+  ASSERT_EQ(la.size(), 3u);
+  ASSERT_EQ(lb.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    const double ga = la[i]["grad_norm"].get<double>(), gb = lb[i]["grad_norm"].get<double>();
+    EXPECT_NEAR(ga, gb, 1e-5 * gb) << "step " << i + 1;
+    EXPECT_NEAR(la[i]["train_loss"].get<double>(), lb[i]["train_loss"].get<double>(), 1e-9) << "step " << i + 1;
+  }
+  const std::vector<float> wa = split->weight().to_vector(), wb = whole->weight().to_vector();
+  float diff = 0, scale = 0;
+  for (std::size_t i = 0; i < wa.size(); ++i) {
+    diff = std::max(diff, std::abs(wa[i] - wb[i]));
+    scale = std::max(scale, std::abs(wb[i]));
+  }
+  EXPECT_LE(diff, 1e-5f * scale);
+  fs::remove_all(da);
+  fs::remove_all(db);
 }
 
 TEST(TrainTrainer, NonFiniteLossStopsAndKeepsCheckpoint) {
