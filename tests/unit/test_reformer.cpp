@@ -193,8 +193,9 @@ TEST(LshAttention, SingleChunkEqualsExactAttentionWithSelfMask) {
           }
       EXPECT_TRUE(close(got, want, 1e-5, "out"));
       // Position 0 of a causal sequence sees only itself: its value.
-      if (causal)
+      if (causal) {
         for (std::int64_t e = 0; e < d; ++e) EXPECT_NEAR(got.at({0, 0, e}), v.at({0, 0, e}), 1e-6);
+      }
     }
 }
 
@@ -350,8 +351,10 @@ TEST(LshAttention, MatchesPyTorchFixtures) {
     // float32 through every stage vs exact math: a few 1e-6 of the largest value.
     EXPECT_TRUE(close(y, t.at("y"), 1e-5, "y", 1.0));
     EXPECT_TRUE(close(dx, t.at("dx"), 1e-5, "dx", 1.0));
-    for (const auto& q : params)
-      if (q->name != "rot") EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
+    for (const auto& q : params) {
+      if (q->name == "rot") continue;
+      EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
+    }
   }
 }
 

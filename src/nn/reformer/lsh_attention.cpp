@@ -214,7 +214,7 @@ void lsh_check_options(const LshOptions& o) {
 
 std::vector<const Tensor*> LshKernelSaved::tensors() const {
   std::vector<const Tensor*> all;
-  for (const Tensor* t : {&keys, &inv_rms, &sorted_pos, &out, &lse})
+  for (const Tensor* t : {&keys, &inv_rms, &sorted_pos, &out, &lse_max, &lse_log_sum})
     if (t->defined()) all.push_back(t);
   return all;
 }
@@ -253,11 +253,14 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
     hash_and_sort(sorted + t * g.rounds * g.padded, qkp + g.row(b, 0, h), rot + h * d * g.rounds * g.half,
                   mask_row(mask, b, seq_len), g);
   });
-  // Per round: output rows [R, N, H, D] and lse [R, B, H, L] by position.
+  // Per round: output rows [R, N, H, D], each row's max score and sum of
+  // exp(S - max) [R, B, H, L], by position.
   Tensor round_out = Tensor::empty({g.rounds, n, g.heads, d});
-  Tensor round_lse = Tensor::empty({g.rounds, batch, g.heads, seq_len});
+  Tensor round_max = Tensor::empty({g.rounds, batch, g.heads, seq_len});
+  Tensor round_sum = Tensor::empty({g.rounds, batch, g.heads, seq_len});
   float* ro = round_out.data<float>();
-  float* rl = round_lse.data<float>();
+  float* rmax = round_max.data<float>();
+  float* rsum = round_sum.data<float>();
   const float* keys = s.keys.data<float>();
   const float* vp = v.data<float>();
   parallel_tasks(batch * g.heads * g.rounds, [&](std::int64_t t) {
@@ -271,7 +274,9 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
       gather_rows(w.k.data(), w.k_pos.data(), 2 * c, keys, b, h, g);
       gather_rows(w.v.data(), w.k_pos.data(), 2 * c, vp, b, h, g);
       chunk_scores(w, m, o.causal, g);
-      // lse = max - log(P[argmax]) (P[argmax] = 1 / sum exp(S - max)).
+      // Each row's max score and sum of exp(S - max) = 1 / P[argmax]. The lse
+      // is kept as this pair: max + log(sum) in float would round a self-only
+      // row's -1e5 + log(count) to 1/128 and bias the round weights.
       std::vector<float> row_max(c);
       std::vector<std::int64_t> row_arg(c);
       for (std::int64_t a = 0; a < c; ++a) {
@@ -285,29 +290,34 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
         const std::int64_t i = w.q_pos[a];
         if (i >= seq_len) continue;
         std::copy_n(w.o.data() + a * d, d, ro + r * n * g.heads * d + g.row(b, i, h));
-        rl[((r * batch + b) * g.heads + h) * seq_len + i] = row_max[a] - std::log(w.s[a * 2 * c + row_arg[a]]);
+        const std::int64_t at = ((r * batch + b) * g.heads + h) * seq_len + i;
+        rmax[at] = row_max[a];
+        rsum[at] = 1.0f / w.s[a * 2 * c + row_arg[a]];
       }
     }
   });
-  // Rounds: out = sum_r exp(lse_r - lse) o_r, lse = logsumexp_r lse_r.
+  // Rounds: out = sum_r w_r o_r, w_r = sum_r e^(max_r - M) / sum_q sum_q e^(max_q - M)
+  // (= exp(lse_r - lse)), M = max_r max_r; saved lse = M + log(total).
   s.out = out;
-  s.lse = Tensor::empty({batch, g.heads, seq_len});
+  s.lse_max = Tensor::empty({batch, g.heads, seq_len});
+  s.lse_log_sum = Tensor::empty({batch, g.heads, seq_len});
   float* op = out.data<float>();
-  float* lp = s.lse.data<float>();
+  float* lm = s.lse_max.data<float>();
+  float* ls = s.lse_log_sum.data<float>();
   const std::int64_t rows = batch * g.heads * seq_len;
 #pragma omp parallel for schedule(static) if (rows * d * g.rounds >= (1 << 15))
   for (std::int64_t q = 0; q < rows; ++q) {
     const std::int64_t b = q / (g.heads * seq_len), h = (q / seq_len) % g.heads, i = q % seq_len;
     float m = -std::numeric_limits<float>::infinity();
-    for (std::int64_t r = 0; r < g.rounds; ++r) m = std::max(m, rl[r * rows + q]);
-    float sum = 0;
-    for (std::int64_t r = 0; r < g.rounds; ++r) sum += std::exp(rl[r * rows + q] - m);
-    const float lse = m + std::log(sum);
-    lp[q] = lse;
+    for (std::int64_t r = 0; r < g.rounds; ++r) m = std::max(m, rmax[r * rows + q]);
+    float total = 0;
+    for (std::int64_t r = 0; r < g.rounds; ++r) total += rsum[r * rows + q] * std::exp(rmax[r * rows + q] - m);
+    lm[q] = m;
+    ls[q] = std::log(total);
     float* dst = op + g.row(b, i, h);
     std::fill_n(dst, d, 0.0f);
     for (std::int64_t r = 0; r < g.rounds; ++r) {
-      const float wgt = std::exp(rl[r * rows + q] - lse);
+      const float wgt = rsum[r * rows + q] * std::exp(rmax[r * rows + q] - m) / total;
       const float* src = ro + r * n * g.heads * d + g.row(b, i, h);
       for (std::int64_t e = 0; e < d; ++e) dst[e] += wgt * src[e];
     }
@@ -342,7 +352,8 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
   const float* qkp = qk.data<float>();
   const float* keys = s.keys.data<float>();
   const float* vp = v.data<float>();
-  const float* lse = s.lse.data<float>();
+  const float* lse_max = s.lse_max.data<float>();
+  const float* lse_log_sum = s.lse_log_sum.data<float>();
   const std::int32_t* sorted = s.sorted_pos.data<std::int32_t>();
   parallel_tasks(batch * g.heads * g.rounds, [&](std::int64_t t) {
     const std::int64_t b = t / (g.heads * g.rounds), h = (t / g.rounds) % g.heads, r = t % g.rounds;
@@ -358,7 +369,7 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
       gather_rows(w.v.data(), w.k_pos.data(), 2 * c, vp, b, h, g);
       gather_rows(dy.data(), w.q_pos.data(), c, dop, b, h, g);
       chunk_scores(w, m, o.causal, g);
-      // P = exp(S - lse) with the combined lse (0 for pad query rows).
+      // P = exp((S - M) - log(total)) with the combined lse (0 for pad query rows).
       for (std::int64_t a = 0; a < c; ++a) {
         float* row = w.s.data() + a * 2 * c;
         const std::int64_t i = w.q_pos[a];
@@ -366,9 +377,10 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
           std::fill_n(row, 2 * c, 0.0f);
           continue;
         }
-        const simd::Vec shift = simd::set1(lse[(b * g.heads + h) * seq_len + i]);
+        const std::int64_t at = (b * g.heads + h) * seq_len + i;
+        const simd::Vec vmax = simd::set1(lse_max[at]), vlog = simd::set1(lse_log_sum[at]);
         simd::for_each_block(2 * c, [&](std::int64_t j, std::int64_t cnt) {
-          simd::store(row + j, simd::exp(simd::load(row + j, cnt) - shift), cnt);
+          simd::store(row + j, simd::exp((simd::load(row + j, cnt) - vmax) - vlog), cnt);
         });
       }
       // dV_win = P^T dY; dP = dY V^T.

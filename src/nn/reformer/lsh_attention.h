@@ -83,7 +83,10 @@ struct LshKernelSaved {
   Tensor inv_rms;     // [N, H] rsqrt(mean(qk^2) + 1e-6)
   Tensor sorted_pos;  // int32 [B, H, R, Lp] position at each sorted slot (>= L: pad)
   Tensor out;         // [N, H, D] combined output
-  Tensor lse;         // [B, H, L] logsumexp over the rounds' windows
+  // logsumexp over the rounds' windows = lse_max + lse_log_sum, kept apart (a
+  // self-only query has lse -1e5 + log(count), which float32 cannot hold)
+  Tensor lse_max;      // [B, H, L] the largest score
+  Tensor lse_log_sum;  // [B, H, L] log sum exp(score - lse_max)
   std::int64_t padded_len = 0;  // Lp
   std::vector<const Tensor*> tensors() const;
   std::size_t bytes() const;

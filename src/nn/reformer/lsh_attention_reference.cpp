@@ -93,6 +93,7 @@ struct HeadProblem {
       for (std::int64_t window_chunk : {(g + chunks - 1) % chunks, g})
         for (std::int64_t s = window_chunk * chunk; s < window_chunk * chunk + chunk; ++s) {
           const std::int64_t j = sorted[s / padded][s % padded];
+          if (j >= len) continue;  // a pad slot: score -1e9, weight exactly 0, no row to read
           const LshKeyRole role = lsh_key_role(i, j, valid(j), causal);
           double score = role == LshKeyRole::Self ? kLshSelfMaskValue : kLshMaskValue;
           if (role == LshKeyRole::Scored) {
