@@ -31,13 +31,15 @@ constexpr float kNormEps = 1e-6f;  // HF _len_norm epsilon
 Tensor value_of(const Parameter* p) { return p ? p->value : Tensor(); }
 Tensor grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
-// The sizes every stage needs.
+// The sizes every stage needs. A chunk longer than the sequence is cut to L:
+// one chunk per round either way, and the pad slots it drops have weight 0
+// (same output, no [c, 2c] scratch for a huge chunk_length).
 struct Geometry {
   std::int64_t batch, len, heads, dim, rounds, buckets, half, chunk, padded, chunks_per_round, chunks;
   Geometry(const LshOptions& o, std::int64_t b, std::int64_t l, std::int64_t h, std::int64_t d)
       : batch(b), len(l), heads(h), dim(d), rounds(o.n_hashes), buckets(o.n_buckets), half(o.n_buckets / 2),
-        chunk(o.chunk_length), padded((l + o.chunk_length - 1) / o.chunk_length * o.chunk_length),
-        chunks_per_round(padded / o.chunk_length), chunks(o.n_hashes * padded / o.chunk_length) {}
+        chunk(std::min(o.chunk_length, l)), padded((l + chunk - 1) / chunk * chunk), chunks_per_round(padded / chunk),
+        chunks(o.n_hashes * chunks_per_round) {}
   std::int64_t row(std::int64_t b, std::int64_t i, std::int64_t h) const { return ((b * len + i) * heads + h) * dim; }
 };
 
@@ -544,7 +546,7 @@ LshCache::LshCache(std::int64_t b, std::int64_t cap, std::int64_t h, std::int64_
     : batch(b), capacity(cap), heads(h), head_dim(d), n_hashes(o.n_hashes), n_buckets(o.n_buckets),
       qk(Tensor::empty({b, cap, h, d})), keys(Tensor::empty({b, cap, h, d})), v(Tensor::empty({b, cap, h, d})),
       buckets(Tensor::empty({b, h, o.n_hashes, cap}, DType::I32)),
-      window(static_cast<std::size_t>(b * h * o.n_hashes * 2 * o.chunk_length)),
+      window(static_cast<std::size_t>(b * h * o.n_hashes * 2 * std::min(o.chunk_length, cap))),
       counts(static_cast<std::size_t>(b * h * 2 * (o.n_buckets + 1))) {}
 
 std::int64_t LshCache::bytes() const {
@@ -554,11 +556,12 @@ std::int64_t LshCache::bytes() const {
 
 namespace {
 
-// Window positions (-1: pad slot) of the new token t for round r, per the
-// generation rule: its chunk and the previous one of the prefix 0..t.
+// Window positions (2 g.chunk entries, -1: pad slot) of the new token t for
+// round r, per the generation rule: its chunk and the previous one of the
+// prefix 0..t (the chunk cut to t + 1 as Geometry does).
 void step_window(std::int32_t* window, std::int32_t* counts, const std::int32_t* buckets_bh, std::int64_t t,
                  std::int64_t r, const Geometry& g, std::int64_t capacity) {
-  const std::int64_t c = g.chunk, padded = (t + 1 + c - 1) / c * c;
+  const std::int64_t c = std::min(g.chunk, t + 1), padded = (t + 1 + c - 1) / c * c;
   const std::int32_t* own = buckets_bh + r * capacity;
   std::int64_t slot = 0;  // #{j < t : bucket(j) <= bucket(t)}
   for (std::int64_t j = 0; j < t; ++j) slot += own[j] <= own[t];
@@ -566,7 +569,7 @@ void step_window(std::int32_t* window, std::int32_t* counts, const std::int32_t*
   // (round, first slot) of the previous chunk, then of the chunk.
   const std::int64_t ranges[2][2] = {{k > 0 ? r : (r + g.rounds - 1) % g.rounds, k > 0 ? (k - 1) * c : padded - c},
                                      {r, k * c}};
-  std::fill_n(window, 2 * c, -1);
+  std::fill_n(window, 2 * g.chunk, -1);
   std::int32_t* start = counts;
   std::int32_t* next = counts + g.buckets + 1;
   for (int part = 0; part < 2; ++part) {
