@@ -4,20 +4,20 @@
 // attention with the self-mask; gradients vs finite differences with the hash
 // held fixed; PyTorch fixtures (tools/fixtures/reformer.py) with injected
 // rotations, including the sorted order; the generation rule vs its plain
-// reference; a causal LM that learns and generates; refusals.
+// reference; a causal LM that learns and generates; refusals. Whole-model
+// fixtures with LSH layers (model_lsh_decoder, model_encoder_lsh) run in
+// test_model_fixtures.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <map>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/rng.h"
-#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/transformer.h"
 #include "nn/reformer/lsh_attention.h"
@@ -25,12 +25,14 @@
 #include "train/adamw.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/mixer_checks.h"
 #include "../support/parameters.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
 using namespace mf;
 using mf::testing::ScopedThreads;
+using mf::testing::close;
 
 namespace {
 
@@ -67,34 +69,6 @@ LshOptions options(std::int64_t rounds, std::int64_t buckets, std::int64_t chunk
   LshOptions o;
   o.n_hashes = rounds, o.n_buckets = buckets, o.chunk_length = chunk, o.causal = causal;
   return o;
-}
-
-Tensor make_mask(std::int64_t b, std::int64_t l) {
-  Tensor m = Tensor::empty({b, l}, DType::I32);
-  std::int32_t* p = m.data<std::int32_t>();
-  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
-  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;  // tail padding, row 0
-  if (b > 1 && l > 2) p[l + 1] = 0;                                                       // a hole, row 1
-  return m;
-}
-
-// max |got - want| <= tol * max(max |want|, floor).
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
 }
 
 struct LayerRun {
@@ -149,7 +123,7 @@ TEST(LshAttention, FastMatchesReference) {
         Layer l(c.s, options(c.rounds, c.buckets, c.chunk, causal), padded, 11 + runs);
         const std::int64_t n = c.s.batch * c.s.seq_len;
         const Tensor x = randn({n, c.s.c}, 30 + runs), dy = randn({n, c.s.c}, 60 + runs);
-        const Tensor mask = padded && c.s.seq_len > 1 ? make_mask(c.s.batch, c.s.seq_len) : Tensor();
+        const Tensor mask = padded && c.s.seq_len > 1 ? mf::testing::tail_and_hole_mask(c.s.batch, c.s.seq_len) : Tensor();
         const LayerRun fast = run_fast(l, x, dy, c.s.batch, c.s.seq_len, mask);
         const LayerRun ref = run_reference(l, x, dy, c.s.batch, c.s.seq_len, mask);
         EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
@@ -204,7 +178,7 @@ TEST(LshAttention, SingleChunkEqualsExactAttentionWithSelfMask) {
 TEST(LshAttention, PaddingKeysAreNeverAttended) {
   const Shape5 s{2, 21, 16, 2, 8};
   Layer l(s, options(2, 4, 4, false), true, 2);
-  const Tensor mask = make_mask(s.batch, s.seq_len);
+  const Tensor mask = mf::testing::tail_and_hole_mask(s.batch, s.seq_len);
   Tensor x = randn({42, 16}, 1);
   Tensor y1 = Tensor::empty(x.shape()), y2 = Tensor::empty(x.shape());
   LshAttentionSaved saved;
@@ -253,7 +227,7 @@ TEST(LshAttention, GradientsMatchFiniteDifferences) {
     Layer l(s, options(2, 4, 3, causal), true, 5);
     const std::int64_t n = s.batch * s.seq_len;
     Tensor x = randn({n, s.c}, 6);
-    const Tensor w = randn({n, s.c}, 7), mask = causal ? Tensor() : make_mask(s.batch, s.seq_len);
+    const Tensor w = randn({n, s.c}, 7), mask = causal ? Tensor() : mf::testing::tail_and_hole_mask(s.batch, s.seq_len);
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::full(x.shape(), 3.0f);
     LshAttentionSaved saved;
     l.zero_grads();
@@ -491,58 +465,7 @@ nlohmann::json lsh_lm_json(std::int64_t chunk) {
           {"lsh_attention", {{"n_hashes", 2}, {"n_buckets", 4}, {"chunk_length", chunk}}}};
 }
 
-// Whole-model fixture: weights (buffers included), logits, loss, gradients.
-struct ModelFixture {
-  ModelConfig cfg;
-  std::map<std::string, Tensor> weights, grads;
-  Tensor tokens, targets, mask, labels, logits;
-  double loss = 0;
-};
-
-ModelFixture load_model_fixture(const std::string& name) {
-  const SafetensorsContents st = mf::testing::load_fixture(name);
-  ModelFixture f;
-  std::string text;
-  const Tensor cj = st.tensors.at("config_json");
-  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
-  f.cfg = config_from_string(text, name);
-  for (const auto& [k, t] : st.tensors) {
-    if (k.rfind("w:", 0) == 0) f.weights[k.substr(2)] = t;
-    if (k.rfind("g:", 0) == 0) f.grads[k.substr(2)] = t;
-  }
-  f.tokens = st.tensors.at("tokens");
-  for (auto [key, dst] : {std::pair{"targets", &f.targets}, std::pair{"mask", &f.mask}, std::pair{"labels", &f.labels}})
-    if (st.tensors.count(key)) *dst = st.tensors.at(key);
-  f.logits = st.tensors.at("logits");
-  f.loss = st.tensors.at("loss").to_vector()[0];
-  return f;
-}
-
 }  // namespace
-
-// A decoder (LSH layer + attention layer) and an LSH encoder classifier vs
-// tools/fixtures/model.py: logits, loss and every gradient (the rotation
-// buffers: zero).
-TEST(LshAttention, WholeModelsMatchPyTorchFixtures) {
-  ScopedThreads one(1);
-  for (const std::string name : {"model_lsh_decoder", "model_encoder_lsh"}) {
-    SCOPED_TRACE(name);
-    const ModelFixture f = load_model_fixture(name);
-    Transformer m(f.cfg, 123);
-    load_weights(m, f.weights, name);
-    const bool decoder = f.cfg.is_decoder;
-    const Tensor logits = decoder ? m.logits(f.tokens) : m.class_logits(f.tokens, f.mask);
-    EXPECT_TRUE(close(logits, f.logits, 1e-4, "logits"));
-    for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-    const double loss = decoder ? m.loss(f.tokens, f.targets, true) : m.classify_loss(f.tokens, f.mask, f.labels, true);
-    EXPECT_NEAR(loss, f.loss, 1e-4 * f.loss);
-    EXPECT_EQ(m.parameters().size(), f.grads.size());
-    for (Parameter* p : m.parameters()) {
-      ASSERT_TRUE(f.grads.count(p->name)) << p->name;
-      EXPECT_TRUE(close(p->grad, f.grads.at(p->name), 1e-4, "gradient of " + p->name, 1e-3));
-    }
-  }
-}
 
 // A small causal LM with "token_mixer": "lsh_attention" learns a periodic
 // sequence (loss falls), the rotations stay fixed (a buffer), and its cached

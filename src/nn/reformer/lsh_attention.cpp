@@ -270,6 +270,8 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
     const std::int32_t* m = mask_row(mask, b, seq_len);
     const std::int32_t* sorted_bh = sorted + (b * g.heads + h) * g.rounds * g.padded;
     ChunkWork w(g);
+    std::vector<float> row_max(c);
+    std::vector<std::int64_t> row_arg(c);
     for (std::int64_t local = 0; local < g.chunks_per_round; ++local) {
       chunk_positions(w, sorted_bh, r, local, g);
       gather_rows(w.q.data(), w.q_pos.data(), c, qkp, b, h, g);
@@ -279,8 +281,6 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
       // Each row's max score and sum of exp(S - max) = 1 / P[argmax]. The lse
       // is kept as this pair: max + log(sum) in float would round a self-only
       // row's -1e5 + log(count) to 1/128 and bias the round weights.
-      std::vector<float> row_max(c);
-      std::vector<std::int64_t> row_arg(c);
       for (std::int64_t a = 0; a < c; ++a) {
         const float* row = w.s.data() + a * 2 * c;
         row_arg[a] = std::max_element(row, row + 2 * c) - row;
@@ -547,11 +547,14 @@ LshCache::LshCache(std::int64_t b, std::int64_t cap, std::int64_t h, std::int64_
       qk(Tensor::empty({b, cap, h, d})), keys(Tensor::empty({b, cap, h, d})), v(Tensor::empty({b, cap, h, d})),
       buckets(Tensor::empty({b, h, o.n_hashes, cap}, DType::I32)),
       window(static_cast<std::size_t>(b * h * o.n_hashes * 2 * std::min(o.chunk_length, cap))),
-      counts(static_cast<std::size_t>(b * h * 2 * (o.n_buckets + 1))) {}
+      scores(window.size()), counts(static_cast<std::size_t>(b * h * 2 * (o.n_buckets + 1))),
+      rotated(static_cast<std::size_t>(b * h * o.n_hashes * (o.n_buckets / 2))),
+      inv_rms(static_cast<std::size_t>(b * h)) {}
 
 std::int64_t LshCache::bytes() const {
   return static_cast<std::int64_t>(qk.nbytes() + keys.nbytes() + v.nbytes() + buckets.nbytes() +
-                                   (window.size() + counts.size()) * sizeof(std::int32_t));
+                                   (window.size() + counts.size()) * sizeof(std::int32_t) +
+                                   (scores.size() + rotated.size() + inv_rms.size()) * sizeof(float));
 }
 
 namespace {
@@ -605,19 +608,22 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
   const std::int64_t cap = cache.capacity, past = cache.length;
   // Cache the new positions: qk, normalized keys, values, buckets.
   for (std::int64_t b = 0; b < batch; ++b) {
-    const std::int64_t rows = seq_len * h;
     float* qk_dst = cache.qk.data<float>() + (b * cap + past) * hd;
-    std::copy_n(qk.data<float>() + b * seq_len * hd, rows * d, qk_dst);
-    std::copy_n(v.data<float>() + b * seq_len * hd, rows * d, cache.v.data<float>() + (b * cap + past) * hd);
-    std::vector<float> inv(static_cast<std::size_t>(rows));
-    normalize_rows(cache.keys.data<float>() + (b * cap + past) * hd, inv.data(), qk_dst, rows, d);
+    std::copy_n(qk.data<float>() + b * seq_len * hd, seq_len * hd, qk_dst);
+    std::copy_n(v.data<float>() + b * seq_len * hd, seq_len * hd, cache.v.data<float>() + (b * cap + past) * hd);
+    for (std::int64_t a = 0; a < seq_len; ++a)
+      normalize_rows(cache.keys.data<float>() + (b * cap + past + a) * hd, cache.inv_rms.data() + b * h,
+                     qk_dst + a * hd, h, d);
   }
+  // All new rows in one product, as the forward hashes a prompt (a step uses
+  // the state's scratch; a longer call allocates its own).
   parallel_tasks(batch * h, [&](std::int64_t t) {
     const std::int64_t b = t / h, hh = t % h;
-    std::vector<float> rot(static_cast<std::size_t>(seq_len * g.rounds * g.half));
+    std::vector<float> rows_scratch(seq_len > 1 ? static_cast<std::size_t>(seq_len * g.rounds * g.half) : 0);
     hash_rows(cache.buckets.data<std::int32_t>() + t * g.rounds * cap + past, cap,
               cache.qk.data<float>() + ((b * cap + past) * h + hh) * d, hd, seq_len,
-              p.rotations->value.data<float>() + hh * d * g.rounds * g.half, g, rot.data());
+              p.rotations->value.data<float>() + hh * d * g.rounds * g.half, g,
+              seq_len > 1 ? rows_scratch.data() : cache.rotated.data() + t * g.rounds * g.half);
   });
   if (past == 0) {
     // A prompt: the causal forward over it.
@@ -633,7 +639,7 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
       std::int32_t* window = cache.window.data() + task * width;
       std::int32_t* counts = cache.counts.data() + task * 2 * (g.buckets + 1);
       const std::int32_t* buckets_bh = cache.buckets.data<std::int32_t>() + task * g.rounds * cap;
-      std::vector<float> scores(static_cast<std::size_t>(width));
+      float* scores = cache.scores.data() + task * width;
       for (std::int64_t a = 0; a < seq_len; ++a) {
         const std::int64_t t = past + a;
         for (std::int64_t r = 0; r < g.rounds; ++r) step_window(window + r * 2 * c, counts, buckets_bh, t, r, g, cap);

@@ -160,10 +160,14 @@ struct LshCache {
   std::int64_t length = 0;  // positions held
   Tensor qk, keys, v;       // [B, capacity, H, D]
   Tensor buckets;           // int32 [B, H, R, capacity]
-  // Scratch of one step (allocated once): per (b, h) the window positions of
-  // every round and the per-bucket counters.
+  // Scratch of a step (allocated once, no allocation per token): per (b, h)
+  // the window positions and scores of every round, the per-bucket counters,
+  // the rotated vector of the new token; per (b, token, h) 1 / rms.
   std::vector<std::int32_t> window;  // [B*H, R, 2c]
-  std::vector<std::int32_t> counts;  // [B*H, n_buckets + 1]
+  std::vector<float> scores;         // [B*H, R, 2c]
+  std::vector<std::int32_t> counts;  // [B*H, 2, n_buckets + 1]
+  std::vector<float> rotated;        // [B*H, R * n_buckets/2]
+  std::vector<float> inv_rms;        // [B, H]
   LshCache(std::int64_t batch, std::int64_t capacity, std::int64_t heads, std::int64_t head_dim,
            const LshOptions& o);
   std::int64_t bytes() const;
