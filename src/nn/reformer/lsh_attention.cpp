@@ -43,11 +43,16 @@ struct Geometry {
   std::int64_t row(std::int64_t b, std::int64_t i, std::int64_t h) const { return ((b * len + i) * heads + h) * dim; }
 };
 
-// Runs fn(task) for task in [0, count) in parallel; exceptions are kept.
+// Below this many multiply-adds in all a stage runs on one thread: a parallel
+// region costs more than the work (tests, decode steps of short sequences).
+constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 18;
+
+// Runs fn(task) for task in [0, count), in parallel when the stage's total
+// work (multiply-adds) is worth it; exceptions are kept.
 template <typename Fn>
-void parallel_tasks(std::int64_t count, const Fn& fn) {
+void parallel_tasks(std::int64_t count, std::int64_t work, const Fn& fn) {
   std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic, 1) if (count > 1 && !omp_in_parallel())
+#pragma omp parallel for schedule(dynamic, 1) if (count > 1 && work >= kParallelMinWork && !omp_in_parallel())
   for (std::int64_t t = 0; t < count; ++t) {
     try {
       fn(t);
@@ -250,7 +255,7 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
   std::int32_t* sorted = s.sorted_pos.data<std::int32_t>();
   const float* qkp = qk.data<float>();
   const float* rot = rotations.data<float>();
-  parallel_tasks(batch * g.heads, [&](std::int64_t t) {
+  parallel_tasks(batch * g.heads, n * g.heads * (d * g.rounds * g.half + g.rounds), [&](std::int64_t t) {
     const std::int64_t b = t / g.heads, h = t % g.heads;
     hash_and_sort(sorted + t * g.rounds * g.padded, qkp + g.row(b, 0, h), rot + h * d * g.rounds * g.half,
                   mask_row(mask, b, seq_len), g);
@@ -265,7 +270,8 @@ void lsh_attention_kernel_forward(const Tensor& out, LshKernelSaved& s, const Te
   float* rsum = round_sum.data<float>();
   const float* keys = s.keys.data<float>();
   const float* vp = v.data<float>();
-  parallel_tasks(batch * g.heads * g.rounds, [&](std::int64_t t) {
+  const std::int64_t chunk_work = batch * g.heads * g.rounds * g.padded * 2 * c * (2 * d + 1);
+  parallel_tasks(batch * g.heads * g.rounds, chunk_work, [&](std::int64_t t) {
     const std::int64_t b = t / (g.heads * g.rounds), h = (t / g.rounds) % g.heads, r = t % g.rounds;
     const std::int32_t* m = mask_row(mask, b, seq_len);
     const std::int32_t* sorted_bh = sorted + (b * g.heads + h) * g.rounds * g.padded;
@@ -357,7 +363,8 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
   const float* lse_max = s.lse_max.data<float>();
   const float* lse_log_sum = s.lse_log_sum.data<float>();
   const std::int32_t* sorted = s.sorted_pos.data<std::int32_t>();
-  parallel_tasks(batch * g.heads * g.rounds, [&](std::int64_t t) {
+  const std::int64_t chunk_work = batch * g.heads * g.rounds * g.padded * 2 * c * (5 * d + 2);
+  parallel_tasks(batch * g.heads * g.rounds, chunk_work, [&](std::int64_t t) {
     const std::int64_t b = t / (g.heads * g.rounds), h = (t / g.rounds) % g.heads, r = t % g.rounds;
     const std::int32_t* m = mask_row(mask, b, seq_len);
     const std::int32_t* sorted_bh = sorted + (b * g.heads + h) * g.rounds * g.padded;
@@ -617,7 +624,7 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
   }
   // All new rows in one product, as the forward hashes a prompt (a step uses
   // the state's scratch; a longer call allocates its own).
-  parallel_tasks(batch * h, [&](std::int64_t t) {
+  parallel_tasks(batch * h, n * h * d * g.rounds * g.half, [&](std::int64_t t) {
     const std::int64_t b = t / h, hh = t % h;
     std::vector<float> rows_scratch(seq_len > 1 ? static_cast<std::size_t>(seq_len * g.rounds * g.half) : 0);
     hash_rows(cache.buckets.data<std::int32_t>() + t * g.rounds * cap + past, cap,
@@ -634,7 +641,8 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
                                  p.rotations->value, batch, seq_len, Tensor(), causal.opt);
   } else {
     const std::int64_t c = g.chunk, width = g.rounds * 2 * c;
-    parallel_tasks(batch * h, [&](std::int64_t task) {
+    const std::int64_t step_work = n * h * g.rounds * (2 * (past + seq_len) + 2 * c * (2 * d + 1));
+    parallel_tasks(batch * h, step_work, [&](std::int64_t task) {
       const std::int64_t b = task / h, hh = task % h;
       std::int32_t* window = cache.window.data() + task * width;
       std::int32_t* counts = cache.counts.data() + task * 2 * (g.buckets + 1);

@@ -32,8 +32,17 @@
 //     that form: P = exp(score - lse(i)) with the combined lse).
 //   y = out Wo^T (+ bias).
 // Queries at pad rows (>= L) are not computed; queries of padding tokens are
-// (as HF) but no other row sees them. Time and memory are O(n_hashes L c D).
-// Scores are assumed to stay above -1e5 (|qk| < 1e5), as in HF.
+// (as HF) but no other row sees them. Time is O(n_hashes L c D), memory
+// O(n_hashes L D) plus a [c, 2c] score tile per thread (a chunk longer than L
+// is cut to L: one chunk per round either way, same output). Scores are
+// assumed to stay above -1e5 (|qk| < 1e5), as in HF.
+// Where this differs from HF: the rotations are a fixed buffer drawn from the
+// seed (HF draws new ones every forward unless config.hash_seed is set: this is
+// HF with a fixed hash); no dropout; HF runs plain attention when L <=
+// chunk_length, which gives the output of our one chunk per round; HF's cached
+// decoding (the new token's chunk in the sorted order of the cached tokens,
+// unpadded, wrapping within the round) does not equal its own full forward, so
+// generation follows the rule below instead.
 //
 // Generation rule (a forward with a state): a prompt (past 0) is the full causal
 // forward above over its L tokens, and fills the cache; each later token t is
