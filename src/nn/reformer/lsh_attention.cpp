@@ -167,6 +167,15 @@ void chunk_scores(ChunkWork& w, const std::int32_t* mask, bool causal, const Geo
   }
 }
 
+void check_mask(const Tensor& mask, std::int64_t batch, std::int64_t seq_len) {
+  if (mask.defined()) {
+    MF_CHECK(mask.dtype() == DType::I32, kOp, " key_padding_mask must be int32");
+    MF_CHECK(mask.is_contiguous() && mask.shape() == Shape({batch, seq_len}), kOp,
+             " key_padding_mask must be a contiguous [B, L] = ", shape_str({batch, seq_len}),
+             " tensor but has shape ", shape_str(mask.shape()));
+  }
+}
+
 void check_kernel_args(const Tensor& qk, const Tensor& v, const Tensor& rotations, std::int64_t batch,
                        std::int64_t seq_len, const Tensor& mask, const LshOptions& o) {
   lsh_check_options(o);
@@ -182,12 +191,7 @@ void check_kernel_args(const Tensor& qk, const Tensor& v, const Tensor& rotation
                rotations.dtype() == DType::F32,
            kOp, " rotations must be a contiguous float32 tensor [H, D, n_hashes, n_buckets/2] = ",
            shape_str(rot_shape), " but have shape ", rotations.defined() ? shape_str(rotations.shape()) : "(undefined)");
-  if (mask.defined()) {
-    MF_CHECK(mask.dtype() == DType::I32, kOp, " key_padding_mask must be int32");
-    MF_CHECK(mask.is_contiguous() && mask.shape() == Shape({batch, seq_len}), kOp,
-             " key_padding_mask must be a contiguous [B, L] = ", shape_str({batch, seq_len}),
-             " tensor but has shape ", shape_str(mask.shape()));
-  }
+  check_mask(mask, batch, seq_len);
 }
 
 const std::int32_t* mask_row(const Tensor& mask, std::int64_t b, std::int64_t len) {
@@ -336,6 +340,11 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
                                    const Tensor& v, const LshKernelSaved& s, std::int64_t batch,
                                    std::int64_t seq_len, const Tensor& mask, const LshOptions& o) {
   lsh_check_options(o);
+  MF_CHECK(qk.defined() && qk.dim() == 3 && qk.is_contiguous() && qk.dtype() == DType::F32 && batch >= 1 &&
+               seq_len >= 1 && qk.size(0) == batch * seq_len,
+           kOp, " backward: qk must be a contiguous float32 [B*L, H, D] tensor of B*L = ", batch * seq_len, " rows");
+  v.check_shape(qk.shape(), "lsh_attention", "v");
+  check_mask(mask, batch, seq_len);
   const Geometry g(o, batch, seq_len, qk.size(1), qk.size(2));
   MF_CHECK(s.out.defined() && s.out.shape() == qk.shape() && s.padded_len == g.padded && s.sorted_pos.defined() &&
                s.sorted_pos.shape() == Shape({batch, g.heads, g.rounds, g.padded}),
@@ -463,12 +472,7 @@ void lsh_attention_check(const Tensor& x, std::int64_t batch, std::int64_t seq_l
   MF_CHECK(p.rotations->value.shape() == rot_shape && p.rotations->value.dtype() == DType::F32, kOp, " buffer '",
            p.rotations->name, "' must be float32 [H, D, n_hashes, n_buckets/2] = ", shape_str(rot_shape),
            " but has shape ", shape_str(p.rotations->value.shape()));
-  if (mask.defined()) {
-    MF_CHECK(mask.dtype() == DType::I32, kOp, " key_padding_mask must be int32");
-    MF_CHECK(mask.is_contiguous() && mask.shape() == Shape({batch, seq_len}), kOp,
-             " key_padding_mask must be a contiguous [B, L] = ", shape_str({batch, seq_len}),
-             " tensor but has shape ", shape_str(mask.shape()));
-  }
+  check_mask(mask, batch, seq_len);
 }
 
 void lsh_attention_forward(const Tensor& y, LshAttentionSaved& s, const Tensor& x, std::int64_t batch,
@@ -605,7 +609,9 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
   const std::int64_t h = p.num_heads, d = p.head_dim, hd = h * d, n = batch * seq_len;
   MF_CHECK(batch == cache.batch && h == cache.heads && d == cache.head_dim && p.opt.n_hashes == cache.n_hashes &&
                p.opt.n_buckets == cache.n_buckets,
-           kOp, " generation state was made for batch ", cache.batch, " but the call has batch ", batch);
+           kOp, " generation state was made for batch ", cache.batch, ", ", cache.heads, " heads of ", cache.head_dim,
+           ", ", cache.n_hashes, " rounds and ", cache.n_buckets, " buckets, but the call has batch ", batch, ", ", h,
+           " heads of ", d, ", ", p.opt.n_hashes, " rounds and ", p.opt.n_buckets, " buckets");
   MF_CHECK(cache.length + seq_len <= cache.capacity, kOp, " generation state is full: ", cache.length,
            " positions held + ", seq_len, " new exceed its capacity ", cache.capacity);
   const Tensor qk = linear_forward(x, p.qk->value, value_of(p.qk_bias));  // [N, H*D]
