@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -41,6 +42,16 @@ inline Tensor tail_and_hole_mask(std::int64_t b, std::int64_t l) {
   for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;
   if (b > 1 && l > 2) p[l + 1] = 0;
   return m;
+}
+
+// Every value of the tensors, in order (for bitwise comparisons of a run).
+inline std::vector<float> all_values(const std::vector<Tensor>& tensors) {
+  std::vector<float> all;
+  for (const Tensor& t : tensors) {
+    const std::vector<float> v = t.to_vector();
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
 }
 
 }  // namespace mf::testing

@@ -277,13 +277,9 @@ TEST(Linformer, SavedStateAndDeterminism) {
   for (Layer* l : {&lin, &mx}) {
     mf::testing::expect_same_bits_across_threads([&] {
       const LayerRun r = run_fast(*l, x, dy, 2, 64, mf::testing::tail_and_hole_mask(2, 64));
-      std::vector<float> all = r.y.to_vector(), d = r.dx.to_vector();
-      all.insert(all.end(), d.begin(), d.end());
-      for (const Tensor& g : r.grads) {
-        const auto v = g.to_vector();
-        all.insert(all.end(), v.begin(), v.end());
-      }
-      return all;
+      std::vector<Tensor> all = {r.y, r.dx};
+      all.insert(all.end(), r.grads.begin(), r.grads.end());
+      return mf::testing::all_values(all);
     });
   }
 }
