@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -402,12 +401,5 @@ TEST(Linformer, MatchesPyTorchFixtures) {
 
 // Every linformer_* fixture written by tools/fixtures/linformer.py is checked.
 TEST(Linformer, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("linformer_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kLinformerFixtures.begin(), kLinformerFixtures.end(), stem), kLinformerFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kLinformerFixtures.size()));
+  mf::testing::expect_fixtures_listed("linformer_", kLinformerFixtures);
 }

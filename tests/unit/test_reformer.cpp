@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -373,14 +372,7 @@ TEST(LshAttention, MatchesPyTorchFixtures) {
 
 // Every lsh_* fixture written by tools/fixtures/reformer.py is checked.
 TEST(LshAttention, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("lsh_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kLshFixtures.begin(), kLshFixtures.end(), stem), kLshFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kLshFixtures.size()));
+  mf::testing::expect_fixtures_listed("lsh_", kLshFixtures);
 }
 
 // Each bad input is refused with a message naming the problem.
