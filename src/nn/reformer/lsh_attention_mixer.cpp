@@ -5,7 +5,9 @@
 // n_buckets/2] (HF's layout: a rotation per head and round), drawn N(0, 1)
 // from the seed through Philox, saved in the checkpoint and never trained.
 // Positions come from the model's absolute embeddings (as HF's Reformer):
-// RoPE and ALiBi are refused, and so is GQA (one shared query/key per head).
+// RoPE and ALiBi are refused. num_key_value_heads is not used: the shared
+// query/key projection has one key per query head (an LSH layer may sit in a
+// GQA model beside attention layers).
 #include "nn/reformer/lsh_attention_mixer.h"
 
 #include <tuple>
@@ -46,9 +48,6 @@ class LshAttentionMixer final : public TokenMixer {
     p_.opt.n_buckets = o.at("n_buckets").get<std::int64_t>();
     p_.opt.chunk_length = o.at("chunk_length").get<std::int64_t>();
     lsh_check_options(p_.opt);
-    MF_CHECK(ctx.num_kv_heads == ctx.num_heads, "[lsh_attention] the query/key projection is shared, one key per "
-             "query head: num_key_value_heads (", ctx.num_kv_heads, ") must equal num_attention_heads (",
-             ctx.num_heads, ")");
     MF_CHECK(ctx.rope == nullptr && !ctx.alibi, "[lsh_attention] RoPE and ALiBi are not supported (shared QK with "
              "hashed keys; HF's Reformer uses absolute positions): use position \"learned\" or \"sinusoidal\"");
     const std::int64_t c = ctx.hidden_size, hd = ctx.num_heads * ctx.head_dim;
