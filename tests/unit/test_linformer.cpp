@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -17,11 +16,13 @@
 #include "testing/gradcheck.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/mixer_checks.h"
 #include "../support/parameters.h"
 #include "../support/threads.h"
 
 using namespace mf;
 using mf::testing::ScopedThreads;
+using mf::testing::close;
 
 namespace {
 
@@ -57,34 +58,6 @@ struct Layer : mf::testing::OwnedParameters {
     for (auto& q : owned) q->grad.fill(0.0f);
   }
 };
-
-Tensor make_mask(std::int64_t b, std::int64_t l) {
-  Tensor m = Tensor::empty({b, l}, DType::I32);
-  std::int32_t* p = m.data<std::int32_t>();
-  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
-  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;  // tail padding, row 0
-  if (b > 1) p[l + 1] = 0;                                                                 // a hole, row 1
-  return m;
-}
-
-// max |got - want| <= tol * max(max |want|, floor), over the flattened tensors.
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
-}
 
 struct LayerRun {
   Tensor y, dx;
@@ -187,7 +160,7 @@ TEST(Linformer, FastMatchesReference) {
           Layer l(s, proj, share, padded, 21 + cases);
           const std::int64_t n = s.batch * s.seq_len;
           const Tensor x = randn({n, s.c}, 30 + cases), dy = randn({n, s.c}, 60 + cases);
-          const Tensor mask = padded ? make_mask(s.batch, s.seq_len) : Tensor();
+          const Tensor mask = padded ? mf::testing::tail_and_hole_mask(s.batch, s.seq_len) : Tensor();
           const LayerRun fast = run_fast(l, x, dy, s.batch, s.seq_len, mask);
           const LayerRun ref = run_reference(l, x, dy, s.batch, s.seq_len, mask);
           EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
@@ -219,7 +192,7 @@ TEST(Linformer, GradientsMatchFiniteDifferences) {
     Layer l(s, c.proj, c.share, true, 5);
     const std::int64_t n = s.batch * s.seq_len;
     Tensor x = randn({n, s.c}, 6);
-    const Tensor w = randn({n, s.c}, 7), mask = make_mask(s.batch, s.seq_len);
+    const Tensor w = randn({n, s.c}, 7), mask = mf::testing::tail_and_hole_mask(s.batch, s.seq_len);
     if (c.proj == LinformerProjection::Max) {
       // Keep every window's maximum clear of its runner-up (and of the zero pad)
       // so that no finite-difference step crosses a tie: a sawtooth feature
@@ -302,14 +275,10 @@ TEST(Linformer, SavedStateAndDeterminism) {
   EXPECT_EQ(sl.kp.shape(), Shape({2 * 16, 2, 16}));
   for (Layer* l : {&lin, &mx}) {
     mf::testing::expect_same_bits_across_threads([&] {
-      const LayerRun r = run_fast(*l, x, dy, 2, 64, make_mask(2, 64));
-      std::vector<float> all = r.y.to_vector(), d = r.dx.to_vector();
-      all.insert(all.end(), d.begin(), d.end());
-      for (const Tensor& g : r.grads) {
-        const auto v = g.to_vector();
-        all.insert(all.end(), v.begin(), v.end());
-      }
-      return all;
+      const LayerRun r = run_fast(*l, x, dy, 2, 64, mf::testing::tail_and_hole_mask(2, 64));
+      std::vector<Tensor> all = {r.y, r.dx};
+      all.insert(all.end(), r.grads.begin(), r.grads.end());
+      return mf::testing::all_values(all);
     });
   }
 }
@@ -432,12 +401,5 @@ TEST(Linformer, MatchesPyTorchFixtures) {
 
 // Every linformer_* fixture written by tools/fixtures/linformer.py is checked.
 TEST(Linformer, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("linformer_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kLinformerFixtures.begin(), kLinformerFixtures.end(), stem), kLinformerFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kLinformerFixtures.size()));
+  mf::testing::expect_fixtures_listed("linformer_", kLinformerFixtures);
 }

@@ -1,0 +1,71 @@
+// Shared by the token-mixer tests (Linformer, Reformer LSH, ...): a tensor
+// comparison relative to the expected tensor's scale, and a key padding mask
+// with tail padding and a hole.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace mf::testing {
+
+// max |got - want| <= tol * max(max |want|, floor), over the flattened tensors.
+inline ::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
+                                        double floor = 1e-30) {
+  if (got.shape() != want.shape())
+    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
+                                         << shape_str(want.shape());
+  const auto a = got.to_vector(), b = want.to_vector();
+  double mag = 0, err = 0;
+  std::size_t worst = 0;
+  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double e = std::fabs(double(a[i]) - b[i]);
+    if (!(e <= err)) err = e, worst = i;
+  }
+  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
+                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
+}
+
+// int32 [b, l], 1 = token: row 0 ends in min(3, l - 1) padding tokens; row 1
+// (when b > 1 and l > 2) has a hole at position 1.
+inline Tensor tail_and_hole_mask(std::int64_t b, std::int64_t l) {
+  Tensor m = Tensor::empty({b, l}, DType::I32);
+  std::int32_t* p = m.data<std::int32_t>();
+  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
+  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;
+  if (b > 1 && l > 2) p[l + 1] = 0;
+  return m;
+}
+
+// Every fixture file named PREFIX*.safetensors is in `listed` (a test that
+// checks a fixture list cannot silently skip a file the generator writes).
+inline void expect_fixtures_listed(const std::string& prefix, const std::vector<std::string>& listed) {
+  std::size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
+    const std::string stem = e.path().stem().string();
+    if (stem.rfind(prefix, 0) != 0 || e.path().extension() != ".safetensors") continue;
+    ++files;
+    EXPECT_NE(std::find(listed.begin(), listed.end(), stem), listed.end()) << stem;
+  }
+  EXPECT_EQ(files, listed.size());
+}
+
+// Every value of the tensors, in order (for bitwise comparisons of a run).
+inline std::vector<float> all_values(const std::vector<Tensor>& tensors) {
+  std::vector<float> all;
+  for (const Tensor& t : tensors) {
+    const std::vector<float> v = t.to_vector();
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
+}
+
+}  // namespace mf::testing
