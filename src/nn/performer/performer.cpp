@@ -29,6 +29,9 @@ constexpr const char* kOp = "[performer]";
 constexpr float kNoKey = -1e30f;
 // Non-causal query rows per block (a [rows, m] feature block per query head).
 constexpr std::int64_t kQueryBlock = 128;
+// Calls below this many multiply-adds (B * Hq * L * m * (d + 1)) run their
+// tasks in order: ~0.1 ms of work, a few OpenMP fork/joins.
+constexpr double kParallelMinWork = 1 << 20;
 
 // row[f] = mul * exp(row[f] - shift) + add (the scalar and AVX2 forms give the same bits).
 void exp_affine(float* row, std::int64_t n, float shift, float mul, float add) {
@@ -74,7 +77,7 @@ struct Geometry {
         softmax(o.kernel == PerformerKernel::Softmax),
         c(static_cast<float>(std::pow(static_cast<double>(q.size(2)), -0.25))),
         ratio(softmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(w.size(0)))) : 1.0f),
-        add(softmax ? static_cast<float>(kPerformerSoftmaxEps / std::sqrt(static_cast<double>(w.size(0))))
+        add(softmax ? static_cast<float>(o.softmax_epsilon / std::sqrt(static_cast<double>(w.size(0))))
                     : static_cast<float>(o.kernel_epsilon)),
         key_eps(softmax && is_causal ? add : 0.0f), chunk(is_causal ? std::min(o.chunk_size, l) : kQueryBlock) {}
   std::int64_t chunks() const { return (len + chunk - 1) / chunk; }
@@ -176,9 +179,12 @@ void augmented_grad(float* doa, const float* dout, const float* out, std::int64_
   }
 }
 
+// fn(0..tasks-1) on the threads when the call is large enough (each task's
+// GEMMs then run single-threaded inside the region); small calls (decode
+// steps, tiny test models) run in order, where a fork/join would dominate.
 template <typename Fn>
-void for_each_task(std::int64_t tasks, const Fn& fn) {
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && !omp_in_parallel())
+void for_each_task(std::int64_t tasks, double work, const Fn& fn) {
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && work >= kParallelMinWork && !omp_in_parallel())
   for (std::int64_t t = 0; t < tasks; ++t) fn(t);
 }
 
@@ -539,8 +545,9 @@ void check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
            kOp, " projection must be a contiguous float32 [m, d] = [m, ", q.size(2), "] tensor with m >= 1 but is ",
            w.defined() ? shape_str(w.shape()) : "undefined");
   MF_CHECK(opt.chunk_size >= 1, kOp, " option 'chunk_size' must be >= 1 but is ", opt.chunk_size);
-  MF_CHECK(opt.kernel != PerformerKernel::Relu || opt.kernel_epsilon >= 0, kOp,
-           " option 'kernel_epsilon' must be >= 0 but is ", opt.kernel_epsilon);
+  MF_CHECK(opt.kernel_epsilon >= 0 && opt.softmax_epsilon >= 0, kOp,
+           " option 'kernel_epsilon' (", opt.kernel_epsilon, ") and the softmax eps (", opt.softmax_epsilon,
+           ") must be >= 0");
   (void)causal;
   if (mask.defined())
     MF_CHECK(mask.dtype() == DType::I32 && mask.is_contiguous() && mask.shape() == Shape({batch, len}), kOp,
@@ -600,7 +607,8 @@ void performer_attention_forward(const Tensor& out, PerformerAttentionSaved* sav
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>(), *wp = projection.data<float>();
   const std::int32_t* mp = mask.defined() ? mask.data<std::int32_t>() : nullptr;
   float* op = out.data<float>();
-  for_each_task(batch * g.hkv, [&](std::int64_t task) {
+  const double work = static_cast<double>(batch) * g.hq * seq_len * g.m * g.da;
+  for_each_task(batch * g.hkv, work, [&](std::int64_t task) {
     const TaskRows t{task / g.hkv, task % g.hkv, (task / g.hkv) * seq_len};
     const std::int32_t* tm = mp ? mp + t.row0 : nullptr;
     if (!causal) {
@@ -640,7 +648,8 @@ void performer_attention_backward(const Tensor& dq, const Tensor& dk, const Tens
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>(), *wp = projection.data<float>();
   const std::int32_t* mp = mask.defined() ? mask.data<std::int32_t>() : nullptr;
   float *dqp = dq.data<float>(), *dkp = dk.data<float>(), *dvp = dv.data<float>();
-  for_each_task(batch * g.hkv, [&](std::int64_t task) {
+  const double work = static_cast<double>(batch) * g.hq * seq_len * g.m * g.da;
+  for_each_task(batch * g.hkv, work, [&](std::int64_t task) {
     const TaskRows t{task / g.hkv, task % g.hkv, (task / g.hkv) * seq_len};
     const std::int32_t* tm = mp ? mp + t.row0 : nullptr;
     if (causal)

@@ -49,6 +49,10 @@ inline constexpr double kPerformerSoftmaxEps = 1e-4;  // performer-pytorch softm
 struct PerformerOptions {
   PerformerKernel kernel = PerformerKernel::Softmax;
   double kernel_epsilon = 1e-3;  // relu kernel only
+  // softmax kernel's eps (performer-pytorch: 1e-4). With eps = 0 the output no
+  // longer depends on the stabilizers, so the detached-stabilizer gradient is
+  // the exact derivative (the finite-difference test uses that).
+  double softmax_epsilon = kPerformerSoftmaxEps;
   std::int64_t chunk_size = 64;  // causal scan: rows per chunk (any >= 1; L need not be a multiple)
 };
 

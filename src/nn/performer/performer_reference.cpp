@@ -48,7 +48,7 @@ void performer_attention_forward(const Tensor& out, const Tensor& q, const Tenso
         std::vector<double> phiq(m);
         const double qmax = *std::max_element(qa.begin(), qa.end()), qdiag = half_sq(qi);
         for (std::int64_t f = 0; f < m; ++f)
-          phiq[f] = softmax ? ratio * (std::exp(qa[f] - qdiag - qmax) + kPerformerSoftmaxEps)
+          phiq[f] = softmax ? ratio * (std::exp(qa[f] - qdiag - qmax) + opt.softmax_epsilon)
                             : std::max(qa[f], 0.0) + opt.kernel_epsilon;
         const std::int64_t last = causal ? i : seq_len - 1;
         double stab = -INFINITY;  // max over the visible real keys and features
@@ -62,7 +62,7 @@ void performer_attention_forward(const Tensor& out, const Tensor& q, const Tenso
           const double kdiag = half_sq(kj);
           double a = 0;
           for (std::int64_t f = 0; f < m; ++f)
-            a += phiq[f] * (softmax ? ratio * (std::exp(ka[j][f] - kdiag - stab) + kPerformerSoftmaxEps)
+            a += phiq[f] * (softmax ? ratio * (std::exp(ka[j][f] - kdiag - stab) + opt.softmax_epsilon)
                                     : std::max(ka[j][f], 0.0) + opt.kernel_epsilon);
           const float* vj = vp + ((b * seq_len + j) * hkv + g) * d;
           for (std::int64_t e = 0; e < d; ++e) num[e] += a * vj[e];
