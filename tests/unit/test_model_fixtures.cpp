@@ -94,7 +94,8 @@ TEST_P(ModelFixtures, LogitsLossAndEveryGradientMatchTorch) {
 INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
-                                         "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types"),
+                                         "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
+                                         "model_performer_lm"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
@@ -122,7 +123,7 @@ TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
 INSTANTIATE_TEST_SUITE_P(
     Kinds, EncoderFixtures,
     ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling",
-                                         "model_encoder_fnet_linformer"),
+                                         "model_encoder_fnet_linformer", "model_encoder_performer"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
