@@ -27,8 +27,8 @@ constexpr const char* kOp = "[performer]";
 // The running max before any real key: exp(kNoKey - M) is 0 for every real M,
 // and exp(0) = 1 multiplies only zero rows (no key yet).
 constexpr float kNoKey = -1e30f;
-// Non-causal query rows per block (a [rows, m] feature block per query head).
-constexpr std::int64_t kQueryBlock = 128;
+// Non-causal rows per block of keys or queries (a [rows, m] feature block).
+constexpr std::int64_t kRowBlock = 128;
 // Calls below this many multiply-adds (B * Hq * L * m * (d + 1)) run their
 // tasks in order: ~0.1 ms of work, a few OpenMP fork/joins.
 constexpr double kParallelMinWork = 1 << 20;
@@ -70,23 +70,24 @@ struct Geometry {
   float add;      // the constant of a full feature: softmax ratio * eps, relu kernel_epsilon
   float key_eps;  // causal softmax: the eps part r * eps of every key (kept out of the exp-part features)
   std::int64_t chunk;
-  Geometry(const Tensor& q, const Tensor& k, const Tensor& w, std::int64_t b, std::int64_t l, bool is_causal,
+  const float* w;  // the projection [m, d]
+  Geometry(const Tensor& q, const Tensor& k, const Tensor& w_, std::int64_t b, std::int64_t l, bool is_causal,
            const PerformerOptions& o)
-      : batch(b), len(l), hq(q.size(1)), hkv(k.size(1)), group(q.size(1) / k.size(1)), d(q.size(2)), m(w.size(0)),
+      : batch(b), len(l), hq(q.size(1)), hkv(k.size(1)), group(q.size(1) / k.size(1)), d(q.size(2)), m(w_.size(0)),
         da(q.size(2) + 1), ldq(q.size(1) * q.size(2)), ldk(k.size(1) * k.size(2)), causal(is_causal),
         softmax(o.kernel == PerformerKernel::Softmax),
         c(static_cast<float>(std::pow(static_cast<double>(q.size(2)), -0.25))),
-        ratio(softmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(w.size(0)))) : 1.0f),
-        add(softmax ? static_cast<float>(o.softmax_epsilon / std::sqrt(static_cast<double>(w.size(0))))
+        ratio(softmax ? static_cast<float>(1.0 / std::sqrt(static_cast<double>(w_.size(0)))) : 1.0f),
+        add(softmax ? static_cast<float>(o.softmax_epsilon / std::sqrt(static_cast<double>(w_.size(0))))
                     : static_cast<float>(o.kernel_epsilon)),
-        key_eps(softmax && is_causal ? add : 0.0f), chunk(is_causal ? std::min(o.chunk_size, l) : kQueryBlock) {}
+        key_eps(softmax && is_causal ? add : 0.0f), chunk(std::min(is_causal ? o.chunk_size : kRowBlock, l)),
+        w(w_.data<float>()) {}
   std::int64_t chunks() const { return (len + chunk - 1) / chunk; }
 };
 
 // logits [rows, m] = c x W^T, x rows at stride ldx.
-void feature_logits(float* logits, const float* x, std::int64_t ldx, std::int64_t rows, const float* w,
-                    const Geometry& g) {
-  gemm(Trans::N, Trans::T, rows, g.m, g.d, g.c, x, ldx, w, g.d, 0.0f, logits, g.m);
+void feature_logits(float* logits, const float* x, std::int64_t ldx, std::int64_t rows, const Geometry& g) {
+  gemm(Trans::N, Trans::T, rows, g.m, g.d, g.c, x, ldx, g.w, g.d, 0.0f, logits, g.m);
 }
 
 // Full features from logits (queries; non-causal keys): softmax r (exp(z - diag - stab) + eps), relu relu(z) + eps.
@@ -108,8 +109,7 @@ void full_features(float* feat, const float* logits, const float* x, std::int64_
 // dz = dfeat * dfeat/dz in place (the stabilizer is a constant), then
 // dx (rows at ldx) = c dz W (- c^2 x sum_f dz for softmax's diag term).
 void feature_backward(float* dx, std::int64_t lddx, float* dfeat, const float* feat, const float* logits,
-                      const float* x, std::int64_t ldx, std::int64_t rows, float additive, const float* w,
-                      const Geometry& g) {
+                      const float* x, std::int64_t ldx, std::int64_t rows, float additive, const Geometry& g) {
   for (std::int64_t i = 0; i < rows; ++i) {
     float* df = dfeat + i * g.m;
     if (g.softmax) {
@@ -120,7 +120,7 @@ void feature_backward(float* dx, std::int64_t lddx, float* dfeat, const float* f
       for (std::int64_t j = 0; j < g.m; ++j) df[j] = z[j] > 0.0f ? df[j] : 0.0f;
     }
   }
-  gemm(Trans::N, Trans::N, rows, g.d, g.m, g.c, dfeat, g.m, w, g.d, 0.0f, dx, lddx);
+  gemm(Trans::N, Trans::N, rows, g.d, g.m, g.c, dfeat, g.m, g.w, g.d, 0.0f, dx, lddx);
   if (!g.softmax) return;
   const float c2 = g.c * g.c;
   for (std::int64_t i = 0; i < rows; ++i) {
@@ -196,47 +196,89 @@ struct TaskRows {
 
 // ---------------------------------------------------------------- non-causal
 
-void noncausal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved* s, const float* q, const float* k,
-                            const float* v, const float* w, const std::int32_t* mask, const Geometry& g) {
-  const std::int64_t l = g.len, m = g.m, da = g.da;
-  std::vector<float> klog(l * m), kf(l * m), va(l * da), ctx(m * da);
-  const float* kb = k + t.row0 * g.ldk + t.kvh * g.d;
-  const float* vb = v + t.row0 * g.ldk + t.kvh * g.d;
-  feature_logits(klog.data(), kb, g.ldk, l, w, g);
-  float stab = 0.0f;  // M: the max over real keys and features (softmax)
-  bool any = false;
-  for (std::int64_t j = 0; j < l; ++j)
-    if (is_real(mask, j)) {
-      const float mx = row_max(klog.data() + j * m, m);
-      stab = any ? std::max(stab, mx) : mx;
-      any = true;
+// Exp-part features of a block of keys against the reference `ref`:
+// softmax r exp(a_j - diag_j - ref), relu the full feature; zero rows for padding.
+void block_key_features(float* kf, const float* klog, const float* kb, std::int64_t rows, const std::int32_t* mask,
+                        float ref, const Geometry& g) {
+  for (std::int64_t j = 0; j < rows; ++j) {
+    float* f = kf + j * g.m;
+    if (!is_real(mask, j)) {
+      std::fill_n(f, g.m, 0.0f);
+    } else if (g.softmax) {
+      std::copy_n(klog + j * g.m, g.m, f);
+      const float diag = static_cast<float>(0.5 * g.c * g.c * sum_sq(kb + j * g.ldk, g.d));
+      exp_affine(f, g.m, diag + ref, g.ratio, 0.0f);
+    } else {
+      for (std::int64_t e = 0; e < g.m; ++e) f[e] = std::max(klog[j * g.m + e], 0.0f) + g.add;
     }
-  std::vector<float> stabs(l, stab);
-  full_features(kf.data(), klog.data(), kb, g.ldk, l, stabs.data(), g);
-  for (std::int64_t j = 0; j < l; ++j)
-    if (!is_real(mask, j)) std::fill_n(kf.data() + j * m, m, 0.0f);
-  augment_values(va.data(), vb, g.ldk, l, mask, g);
-  gemm(Trans::T, Trans::N, m, da, l, 1.0f, kf.data(), m, va.data(), da, 0.0f, ctx.data(), da);
+  }
+}
+
+// ctx [m, d+1] = sum over real keys of phi(k_j) [v_j, 1]^T, in blocks of keys.
+// Softmax: the key stabilizer M (max over real keys and features) is found on
+// the way: the exp-part sum is kept against the running max and rescaled by
+// exp(old - new) <= 1 when it grows; at the end ctx = E + r eps sum_j [v_j, 1]
+// (the eps part of phi). With `known_stab` (the backward) M is given. Returns M.
+float key_context(float* ctx, float* klog, float* kf, float* va, const float* kb, const float* vb,
+                  const std::int32_t* mask, const float* known_stab, const Geometry& g) {
+  const std::int64_t m = g.m, da = g.da;
+  std::vector<float> plain(da, 0.0f);
+  std::fill_n(ctx, m * da, 0.0f);
+  float ref = known_stab ? *known_stab : (g.softmax ? kNoKey : 0.0f);
+  for (std::int64_t j0 = 0; j0 < g.len; j0 += g.chunk) {
+    const std::int64_t rows = std::min(g.chunk, g.len - j0);
+    const std::int32_t* bm = mask ? mask + j0 : nullptr;
+    feature_logits(klog, kb + j0 * g.ldk, g.ldk, rows, g);
+    float new_ref = ref;
+    if (g.softmax && !known_stab)
+      for (std::int64_t j = 0; j < rows; ++j)
+        if (is_real(bm, j)) new_ref = std::max(new_ref, row_max(klog + j * m, m));
+    block_key_features(kf, klog, kb + j0 * g.ldk, rows, bm, new_ref, g);
+    augment_values(va, vb + j0 * g.ldk, g.ldk, rows, bm, g);
+    for (std::int64_t j = 0; j < rows; ++j)
+      for (std::int64_t e = 0; e < da; ++e) plain[e] += va[j * da + e];
+    gemm(Trans::T, Trans::N, m, da, rows, 1.0f, kf, m, va, da, decay(ref, new_ref), ctx, da);
+    ref = new_ref;
+  }
+  if (g.softmax)
+    for (std::int64_t f = 0; f < m; ++f)
+      for (std::int64_t e = 0; e < da; ++e) ctx[f * da + e] += g.add * plain[e];
+  return ref;
+}
+
+struct BlockWork {
+  std::vector<float> klog, kf, va, ctx, qstab, oa;
+  explicit BlockWork(const Geometry& g)
+      : klog(g.chunk * g.m), kf(g.chunk * g.m), va(g.chunk * g.da), ctx(g.m * g.da), qstab(g.chunk),
+        oa(g.chunk * g.da) {}
+};
+
+void noncausal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved* s, const float* q, const float* k,
+                            const float* v, const std::int32_t* mask, const Geometry& g) {
+  const std::int64_t l = g.len, m = g.m, da = g.da;
+  BlockWork wk(g);
+  std::vector<float>& qlog = wk.klog;  // the key blocks are done: their buffers hold query blocks
+  std::vector<float>& qf = wk.kf;
+  const float stab = key_context(wk.ctx.data(), wk.klog.data(), wk.kf.data(), wk.va.data(),
+                                 k + t.row0 * g.ldk + t.kvh * g.d, v + t.row0 * g.ldk + t.kvh * g.d, mask, nullptr, g);
   if (s)
     for (std::int64_t j = 0; j < l; ++j) s->key_stab.data<float>()[(t.row0 + j) * g.hkv + t.kvh] = stab;
-  std::vector<float> qlog(g.chunk * m), qf(g.chunk * m), qstab(g.chunk), oa(g.chunk * da);
-  float* den = s ? s->den.data<float>() : nullptr;
   std::vector<float> den_scratch(g.chunk);
   for (std::int64_t hh = 0; hh < g.group; ++hh) {
     const std::int64_t h = t.kvh * g.group + hh;
     for (std::int64_t i0 = 0; i0 < l; i0 += g.chunk) {
-      const std::int64_t rows = std::min(g.chunk, l - i0);
-      const float* qb = q + (t.row0 + i0) * g.ldq + h * g.d;
-      feature_logits(qlog.data(), qb, g.ldq, rows, w, g);
-      for (std::int64_t i = 0; i < rows; ++i) qstab[i] = g.softmax ? row_max(qlog.data() + i * m, m) : 0.0f;
-      full_features(qf.data(), qlog.data(), qb, g.ldq, rows, qstab.data(), g);
-      gemm(Trans::N, Trans::N, rows, da, m, 1.0f, qf.data(), m, ctx.data(), da, 0.0f, oa.data(), da);
-      float* ob = out + (t.row0 + i0) * g.ldq + h * g.d;
+      const std::int64_t rows = std::min(g.chunk, l - i0), r0 = t.row0 + i0;
+      const float* qb = q + r0 * g.ldq + h * g.d;
+      feature_logits(qlog.data(), qb, g.ldq, rows, g);
+      for (std::int64_t i = 0; i < rows; ++i) wk.qstab[i] = g.softmax ? row_max(qlog.data() + i * m, m) : 0.0f;
+      full_features(qf.data(), qlog.data(), qb, g.ldq, rows, wk.qstab.data(), g);
+      gemm(Trans::N, Trans::N, rows, da, m, 1.0f, qf.data(), m, wk.ctx.data(), da, 0.0f, wk.oa.data(), da);
+      float* ob = out + r0 * g.ldq + h * g.d;
       if (s) {
-        finish_rows(ob, g.ldq, den + (t.row0 + i0) * g.hq + h, g.hq, oa.data(), rows, g);
-        for (std::int64_t i = 0; i < rows; ++i) s->query_stab.data<float>()[(t.row0 + i0 + i) * g.hq + h] = qstab[i];
+        finish_rows(ob, g.ldq, s->den.data<float>() + r0 * g.hq + h, g.hq, wk.oa.data(), rows, g);
+        for (std::int64_t i = 0; i < rows; ++i) s->query_stab.data<float>()[(r0 + i) * g.hq + h] = wk.qstab[i];
       } else {
-        finish_rows(ob, g.ldq, den_scratch.data(), 1, oa.data(), rows, g);
+        finish_rows(ob, g.ldq, den_scratch.data(), 1, wk.oa.data(), rows, g);
       }
     }
   }
@@ -244,20 +286,14 @@ void noncausal_forward_task(const TaskRows& t, float* out, PerformerAttentionSav
 
 void noncausal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, const float* dout,
                              const PerformerAttentionSaved& s, const float* q, const float* k, const float* v,
-                             const float* w, const std::int32_t* mask, const Geometry& g) {
+                             const std::int32_t* mask, const Geometry& g) {
   const std::int64_t l = g.len, m = g.m, da = g.da;
-  std::vector<float> klog(l * m), kf(l * m), va(l * da), ctx(m * da), dctx(m * da, 0.0f);
+  BlockWork wk(g);
   const float* kb = k + t.row0 * g.ldk + t.kvh * g.d;
   const float* vb = v + t.row0 * g.ldk + t.kvh * g.d;
-  feature_logits(klog.data(), kb, g.ldk, l, w, g);
-  std::vector<float> stabs(l);
-  for (std::int64_t j = 0; j < l; ++j) stabs[j] = s.key_stab.data<float>()[(t.row0 + j) * g.hkv + t.kvh];
-  full_features(kf.data(), klog.data(), kb, g.ldk, l, stabs.data(), g);
-  for (std::int64_t j = 0; j < l; ++j)
-    if (!is_real(mask, j)) std::fill_n(kf.data() + j * m, m, 0.0f);
-  augment_values(va.data(), vb, g.ldk, l, mask, g);
-  gemm(Trans::T, Trans::N, m, da, l, 1.0f, kf.data(), m, va.data(), da, 0.0f, ctx.data(), da);
-  std::vector<float> qlog(g.chunk * m), qf(g.chunk * m), qstab(g.chunk), doa(g.chunk * da), dqf(g.chunk * m);
+  const float stab = s.key_stab.data<float>()[t.row0 * g.hkv + t.kvh];
+  key_context(wk.ctx.data(), wk.klog.data(), wk.kf.data(), wk.va.data(), kb, vb, mask, &stab, g);
+  std::vector<float> dctx(m * da, 0.0f), doa(g.chunk * da), dfeat(g.chunk * m);
   const float* out = s.out.data<float>();
   const float* den = s.den.data<float>();
   for (std::int64_t hh = 0; hh < g.group; ++hh) {
@@ -265,31 +301,42 @@ void noncausal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv,
     for (std::int64_t i0 = 0; i0 < l; i0 += g.chunk) {
       const std::int64_t rows = std::min(g.chunk, l - i0), r0 = t.row0 + i0;
       const float* qb = q + r0 * g.ldq + h * g.d;
-      feature_logits(qlog.data(), qb, g.ldq, rows, w, g);
-      for (std::int64_t i = 0; i < rows; ++i) qstab[i] = s.query_stab.data<float>()[(r0 + i) * g.hq + h];
-      full_features(qf.data(), qlog.data(), qb, g.ldq, rows, qstab.data(), g);
+      feature_logits(wk.klog.data(), qb, g.ldq, rows, g);
+      for (std::int64_t i = 0; i < rows; ++i) wk.qstab[i] = s.query_stab.data<float>()[(r0 + i) * g.hq + h];
+      full_features(wk.kf.data(), wk.klog.data(), qb, g.ldq, rows, wk.qstab.data(), g);
       augmented_grad(doa.data(), dout + r0 * g.ldq + h * g.d, out + r0 * g.ldq + h * g.d, g.ldq,
                      den + r0 * g.hq + h, g.hq, rows, g);
       // dphi(Q) = doa ctx^T; dctx += phi(Q)^T doa.
-      gemm(Trans::N, Trans::T, rows, m, da, 1.0f, doa.data(), da, ctx.data(), da, 0.0f, dqf.data(), m);
-      gemm(Trans::T, Trans::N, m, da, rows, 1.0f, qf.data(), m, doa.data(), da, 1.0f, dctx.data(), da);
-      feature_backward(dq + r0 * g.ldq + h * g.d, g.ldq, dqf.data(), qf.data(), qlog.data(), qb, g.ldq, rows, g.add,
-                       w, g);
+      gemm(Trans::N, Trans::T, rows, m, da, 1.0f, doa.data(), da, wk.ctx.data(), da, 0.0f, dfeat.data(), m);
+      gemm(Trans::T, Trans::N, m, da, rows, 1.0f, wk.kf.data(), m, doa.data(), da, 1.0f, dctx.data(), da);
+      feature_backward(dq + r0 * g.ldq + h * g.d, g.ldq, dfeat.data(), wk.kf.data(), wk.klog.data(), qb, g.ldq, rows,
+                       g.add, g);
     }
   }
-  // dphi(K) = [V, 1] dctx^T; d[V, 1] = phi(K) dctx.
-  std::vector<float> dkf(l * m), dva(l * da);
-  gemm(Trans::N, Trans::T, l, m, da, 1.0f, va.data(), da, dctx.data(), da, 0.0f, dkf.data(), m);
-  gemm(Trans::N, Trans::N, l, da, m, 1.0f, kf.data(), m, dctx.data(), da, 0.0f, dva.data(), da);
-  float* dkb = dk + t.row0 * g.ldk + t.kvh * g.d;
-  float* dvb = dv + t.row0 * g.ldk + t.kvh * g.d;
-  feature_backward(dkb, g.ldk, dkf.data(), kf.data(), klog.data(), kb, g.ldk, l, g.add, w, g);
-  for (std::int64_t j = 0; j < l; ++j) {
-    if (is_real(mask, j)) {
-      std::copy_n(dva.data() + j * da, g.d, dvb + j * g.ldk);
-    } else {
-      std::fill_n(dkb + j * g.ldk, g.d, 0.0f);
-      std::fill_n(dvb + j * g.ldk, g.d, 0.0f);
+  // Per key block: dphi(K) = [V, 1] dctx^T; d[V, 1] = phi(K) dctx (phi the full feature).
+  std::vector<float> dva(g.chunk * da);
+  for (std::int64_t j0 = 0; j0 < l; j0 += g.chunk) {
+    const std::int64_t rows = std::min(g.chunk, l - j0);
+    const std::int32_t* bm = mask ? mask + j0 : nullptr;
+    feature_logits(wk.klog.data(), kb + j0 * g.ldk, g.ldk, rows, g);
+    block_key_features(wk.kf.data(), wk.klog.data(), kb + j0 * g.ldk, rows, bm, stab, g);
+    if (g.softmax)
+      for (std::int64_t j = 0; j < rows; ++j)
+        if (is_real(bm, j))
+          for (std::int64_t e = 0; e < m; ++e) wk.kf[j * m + e] += g.add;
+    augment_values(wk.va.data(), vb + j0 * g.ldk, g.ldk, rows, bm, g);
+    gemm(Trans::N, Trans::T, rows, m, da, 1.0f, wk.va.data(), da, dctx.data(), da, 0.0f, dfeat.data(), m);
+    gemm(Trans::N, Trans::N, rows, da, m, 1.0f, wk.kf.data(), m, dctx.data(), da, 0.0f, dva.data(), da);
+    float* dkb = dk + (t.row0 + j0) * g.ldk + t.kvh * g.d;
+    float* dvb = dv + (t.row0 + j0) * g.ldk + t.kvh * g.d;
+    feature_backward(dkb, g.ldk, dfeat.data(), wk.kf.data(), wk.klog.data(), kb + j0 * g.ldk, g.ldk, rows, g.add, g);
+    for (std::int64_t j = 0; j < rows; ++j) {
+      if (is_real(bm, j)) {
+        std::copy_n(dva.data() + j * da, g.d, dvb + j * g.ldk);
+      } else {
+        std::fill_n(dkb + j * g.ldk, g.d, 0.0f);
+        std::fill_n(dvb + j * g.ldk, g.d, 0.0f);
+      }
     }
   }
 }
@@ -300,9 +347,9 @@ void noncausal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv,
 // exp-part features G_j = r exp(a_j - diag_j - M_j) (relu: the full feature,
 // M = 0), [v, 1]; padding rows zero (M carried).
 void causal_keys(float* klog, float* kf, float* kstab, float* va, float& running, const float* kb, const float* vb,
-                 std::int64_t rows, const std::int32_t* mask, const float* w, const Geometry& g,
+                 std::int64_t rows, const std::int32_t* mask, const Geometry& g,
                  const float* saved_stab) {
-  feature_logits(klog, kb, g.ldk, rows, w, g);
+  feature_logits(klog, kb, g.ldk, rows, g);
   for (std::int64_t j = 0; j < rows; ++j) {
     const bool real = is_real(mask, j);
     if (g.softmax) {
@@ -347,7 +394,7 @@ void causal_mask(float* a, std::int64_t rows, const float* kstab, const float* q
 
 // One (sequence, KV head): exp_state [m, da], plain [da] and ref carried in and out.
 void causal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved* s, float* exp_state, float* plain,
-                         float& ref, const float* q, const float* k, const float* v, const float* w,
+                         float& ref, const float* q, const float* k, const float* v,
                          const std::int32_t* mask, const Geometry& g) {
   const std::int64_t m = g.m, da = g.da, chunks = g.chunks();
   CausalWork wk(g);
@@ -361,13 +408,13 @@ void causal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved*
       std::copy_n(plain, da, s->chunk_plain.data<float>() + slot * da);
     }
     causal_keys(wk.klog.data(), wk.kf.data(), wk.kstab.data(), wk.va.data(), running, k + r0 * g.ldk + t.kvh * g.d,
-                v + r0 * g.ldk + t.kvh * g.d, rows, mask ? mask + t0 : nullptr, w, g, nullptr);
+                v + r0 * g.ldk + t.kvh * g.d, rows, mask ? mask + t0 : nullptr, g, nullptr);
     if (s)
       for (std::int64_t j = 0; j < rows; ++j) s->key_stab.data<float>()[(r0 + j) * g.hkv + t.kvh] = wk.kstab[j];
     for (std::int64_t hh = 0; hh < g.group; ++hh) {
       const std::int64_t h = t.kvh * g.group + hh;
       const float* qb = q + r0 * g.ldq + h * g.d;
-      feature_logits(wk.qlog.data(), qb, g.ldq, rows, w, g);
+      feature_logits(wk.qlog.data(), qb, g.ldq, rows, g);
       for (std::int64_t i = 0; i < rows; ++i) wk.qstab[i] = g.softmax ? row_max(wk.qlog.data() + i * m, m) : 0.0f;
       full_features(wk.qf.data(), wk.qlog.data(), qb, g.ldq, rows, wk.qstab.data(), g);
       for (std::int64_t i = 0; i < rows; ++i) {
@@ -409,7 +456,7 @@ void causal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved*
 
 void causal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, const float* dout,
                           const PerformerAttentionSaved& s, const float* q, const float* k, const float* v,
-                          const float* w, const std::int32_t* mask, const Geometry& g) {
+                          const std::int32_t* mask, const Geometry& g) {
   const std::int64_t m = g.m, da = g.da, chunks = g.chunks(), cm = g.chunk;
   CausalWork wk(g);
   std::vector<float> ks(cm * m), vs(cm * da), dkf(cm * m), dva(cm * da), da_mat(cm * cm), doa(cm * da),
@@ -429,7 +476,7 @@ void causal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, co
     const float* kb = k + r0 * g.ldk + t.kvh * g.d;
     float running = 0.0f;
     causal_keys(wk.klog.data(), wk.kf.data(), wk.kstab.data(), wk.va.data(), running, kb,
-                v + r0 * g.ldk + t.kvh * g.d, rows, mask ? mask + t0 : nullptr, w, g,
+                v + r0 * g.ldk + t.kvh * g.d, rows, mask ? mask + t0 : nullptr, g,
                 kstab_saved + r0 * g.hkv + t.kvh);
     std::fill_n(dkf.data(), rows * m, 0.0f);
     std::fill_n(dva.data(), rows * da, 0.0f);
@@ -444,7 +491,7 @@ void causal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, co
       float* fl = later.data() + hh * m * da;
       float* fs = later_sum.data() + hh * da;
       const float* qb = q + r0 * g.ldq + h * g.d;
-      feature_logits(wk.qlog.data(), qb, g.ldq, rows, w, g);
+      feature_logits(wk.qlog.data(), qb, g.ldq, rows, g);
       for (std::int64_t i = 0; i < rows; ++i) wk.qstab[i] = s.query_stab.data<float>()[(r0 + i) * g.hq + h];
       full_features(wk.qf.data(), wk.qlog.data(), qb, g.ldq, rows, wk.qstab.data(), g);
       for (std::int64_t i = 0; i < rows; ++i) {
@@ -500,7 +547,7 @@ void causal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, co
       for (std::int64_t i = 0; i < rows; ++i)
         for (std::int64_t e = 0; e < da; ++e) fs[e] += wk.qsum[i] * doa[i * da + e];
       feature_backward(dq + r0 * g.ldq + h * g.d, g.ldq, dqf.data(), wk.qf.data(), wk.qlog.data(), qb, g.ldq, rows,
-                       g.add, w, g);
+                       g.add, g);
       for (std::int64_t i = 0; i < rows; ++i) {
         const float f = decay(new_ref, wk.kstab[i]);
         for (std::int64_t e = 0; e < m; ++e) wk.qf[i * m + e] *= f;
@@ -511,7 +558,7 @@ void causal_backward_task(const TaskRows& t, float* dq, float* dk, float* dv, co
     later_ref = wk.kstab[0];
     float* dkb = dk + r0 * g.ldk + t.kvh * g.d;
     float* dvb = dv + r0 * g.ldk + t.kvh * g.d;
-    feature_backward(dkb, g.ldk, dkf.data(), wk.kf.data(), wk.klog.data(), kb, g.ldk, rows, 0.0f, w, g);
+    feature_backward(dkb, g.ldk, dkf.data(), wk.kf.data(), wk.klog.data(), kb, g.ldk, rows, 0.0f, g);
     for (std::int64_t j = 0; j < rows; ++j) {
       if (is_real(mask, t0 + j)) {
         std::copy_n(dva.data() + j * da, g.d, dvb + j * g.ldk);
@@ -604,7 +651,7 @@ void performer_attention_forward(const Tensor& out, PerformerAttentionSaved* sav
       saved->chunk_plain = Tensor::empty({batch, g.hkv, g.chunks(), g.da});
     }
   }
-  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>(), *wp = projection.data<float>();
+  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   const std::int32_t* mp = mask.defined() ? mask.data<std::int32_t>() : nullptr;
   float* op = out.data<float>();
   const double work = static_cast<double>(batch) * g.hq * seq_len * g.m * g.da;
@@ -612,7 +659,7 @@ void performer_attention_forward(const Tensor& out, PerformerAttentionSaved* sav
     const TaskRows t{task / g.hkv, task % g.hkv, (task / g.hkv) * seq_len};
     const std::int32_t* tm = mp ? mp + t.row0 : nullptr;
     if (!causal) {
-      noncausal_forward_task(t, op, saved, qp, kp, vp, wp, tm, g);
+      noncausal_forward_task(t, op, saved, qp, kp, vp, tm, g);
       return;
     }
     if (state) {
@@ -620,12 +667,12 @@ void performer_attention_forward(const Tensor& out, PerformerAttentionSaved* sav
       float* pl = state->plain_sum.data<float>() + task * g.da;
       float& ref = state->ref.data<float>()[task];
       if (!g.softmax) ref = 0.0f;
-      causal_forward_task(t, op, nullptr, e, pl, ref, qp, kp, vp, wp, tm, g);
+      causal_forward_task(t, op, nullptr, e, pl, ref, qp, kp, vp, tm, g);
       return;
     }
     std::vector<float> e(g.m * g.da, 0.0f), pl(g.da, 0.0f);
     float ref = g.softmax ? kNoKey : 0.0f;
-    causal_forward_task(t, op, saved, e.data(), pl.data(), ref, qp, kp, vp, wp, tm, g);
+    causal_forward_task(t, op, saved, e.data(), pl.data(), ref, qp, kp, vp, tm, g);
   });
   if (state) state->past += seq_len;
 }
@@ -645,7 +692,7 @@ void performer_attention_backward(const Tensor& dq, const Tensor& dk, const Tens
   dv.check_shape(v.shape(), "performer", "dv");
   dout.check_shape(q.shape(), "performer", "dout");
   const Tensor dout_c = dout.contiguous();
-  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>(), *wp = projection.data<float>();
+  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   const std::int32_t* mp = mask.defined() ? mask.data<std::int32_t>() : nullptr;
   float *dqp = dq.data<float>(), *dkp = dk.data<float>(), *dvp = dv.data<float>();
   const double work = static_cast<double>(batch) * g.hq * seq_len * g.m * g.da;
@@ -653,9 +700,9 @@ void performer_attention_backward(const Tensor& dq, const Tensor& dk, const Tens
     const TaskRows t{task / g.hkv, task % g.hkv, (task / g.hkv) * seq_len};
     const std::int32_t* tm = mp ? mp + t.row0 : nullptr;
     if (causal)
-      causal_backward_task(t, dqp, dkp, dvp, dout_c.data<float>(), saved, qp, kp, vp, wp, tm, g);
+      causal_backward_task(t, dqp, dkp, dvp, dout_c.data<float>(), saved, qp, kp, vp, tm, g);
     else
-      noncausal_backward_task(t, dqp, dkp, dvp, dout_c.data<float>(), saved, qp, kp, vp, wp, tm, g);
+      noncausal_backward_task(t, dqp, dkp, dvp, dout_c.data<float>(), saved, qp, kp, vp, tm, g);
   });
 }
 
