@@ -417,9 +417,11 @@ TEST(Performer, ProjectionHasOrthogonalBlocksAndChiNorms) {
   EXPECT_GT(max_abs_diff(a, redrawn), 0.1f);
 }
 
-// Redraws: the same (seed, step) gives the same W; W changes exactly when
-// step crosses a multiple of feature_redraw_interval; a forward (evaluation,
-// generation) never redraws; interval 0 never redraws.
+// Redraws: the same (seed, step) gives the same W; W changes exactly at the
+// steps that are positive multiples of feature_redraw_interval; a model built
+// with another seed that takes over the W in use (a checkpoint resume) at any
+// step, a redraw step included, continues exactly like the uninterrupted run;
+// a forward (evaluation, generation) never redraws; interval 0 never redraws.
 TEST(Performer, RedrawFollowsTheTrainingStepOnly) {
   const nlohmann::json o = {{"feature_redraw_interval", 3}, {"nb_features", 16}};
   MixerUnderTest a(o, 16, 2, 2, 8, false, nullptr, 21), b(o, 16, 2, 2, 8, false, nullptr, 21);
@@ -428,19 +430,29 @@ TEST(Performer, RedrawFollowsTheTrainingStepOnly) {
   ASSERT_NE(wa, nullptr);
   EXPECT_FALSE(wa->trainable);
   const Tensor initial = wa->value.clone();
-  EXPECT_EQ(max_abs_diff(wa->value, wb->value), 0.0f);
   std::vector<Tensor> seen;
-  for (std::int64_t step = 0; step < 8; ++step) {
+  for (std::int64_t step = 0; step < 10; ++step) {
     const Tensor before = wa->value.clone();
     a.mixer->begin_training_step(step);
+    b.mixer->begin_training_step(step);
     const bool changed = max_abs_diff(before, wa->value) > 0.0f;
     EXPECT_EQ(changed, step > 0 && step % 3 == 0) << "step " << step;
+    EXPECT_EQ(max_abs_diff(wa->value, wb->value), 0.0f) << "same seed, step " << step;
     seen.push_back(wa->value.clone());
   }
   EXPECT_EQ(max_abs_diff(seen[0], initial), 0.0f);
-  // A fresh mixer jumping to step 7 (a resumed run) has the W of steps 6..8.
-  b.mixer->begin_training_step(7);
-  EXPECT_EQ(max_abs_diff(wb->value, seen[7]), 0.0f);
+  a.mixer->begin_training_step(9);  // the same step again: no second redraw
+  EXPECT_EQ(max_abs_diff(wa->value, seen[9]), 0.0f);
+  for (std::int64_t resume : {4, 6}) {  // resumed at a plain step and at a redraw step
+    MixerUnderTest r(o, 16, 2, 2, 8, false, nullptr, 99);
+    Parameter* wr = r.find("self_attn.performer_projection");
+    EXPECT_GT(max_abs_diff(wr->value, initial), 0.0f);  // another seed: another W
+    wr->value.copy_from(seen[resume - 1]);              // the checkpoint written after step resume - 1
+    for (std::int64_t step = resume; step < 10; ++step) {
+      r.mixer->begin_training_step(step);
+      EXPECT_EQ(max_abs_diff(wr->value, seen[step]), 0.0f) << "resumed at " << resume << ", step " << step;
+    }
+  }
   // Forwards and generation states leave W alone.
   const Tensor w_now = wa->value.clone();
   const Tensor x = randn({10, 16}, 3);
@@ -535,11 +547,11 @@ std::string temp_dir(const std::string& tag) {
 }
 }  // namespace
 
-// A saved and reloaded model (its W redrawn to draw 2 first) computes the same function.
+// A saved and reloaded model (its W redrawn first) computes the same function.
 TEST(Performer, CheckpointReloadComputesTheSameFunction) {
   mt::ScopedThreads one(1);
   Transformer m(config_from_json(performer_lm_json(), "test.json"), 4);
-  m.begin_training_step(12);  // interval 5: draw 2
+  m.begin_training_step(10);  // interval 5: W redrawn
   const Tensor tok = mt::random_tokens({2, 20}, 1, 256);
   const Tensor want = m.logits(tok);
   const std::string dir = temp_dir("ckpt");
@@ -547,7 +559,7 @@ TEST(Performer, CheckpointReloadComputesTheSameFunction) {
   const auto loaded = load_checkpoint(dir);
   EXPECT_EQ(max_abs_diff(loaded->logits(tok), want), 0.0f);
   ASSERT_NE(loaded->find_parameter("model.layers.1.self_attn.performer_projection"), nullptr);
-  Transformer fresh(config_from_json(performer_lm_json(), "test.json"), 4);  // draw 0
+  Transformer fresh(config_from_json(performer_lm_json(), "test.json"), 4);  // the initial W
   EXPECT_GT(max_abs_diff(fresh.logits(tok), want), 1e-4f);
   fs::remove_all(dir);
 }

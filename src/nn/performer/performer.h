@@ -116,6 +116,13 @@ Tensor performer_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
 void performer_draw_projection(Tensor& projection, std::uint64_t seed, std::uint64_t stream, std::uint64_t draw,
                                PerformerScaling scaling);
 
+// A feature redraw: W is replaced by draw `draw` of a seed hashed from W's own
+// bits (splitmix64 over its float32 words). So the next W depends only on the
+// W in use (which the checkpoint holds) and the draw number: a run resumed
+// from a checkpoint redraws exactly as the uninterrupted run did, whatever
+// seed the reloaded model was built with.
+void performer_redraw_projection(Tensor& projection, std::uint64_t draw, PerformerScaling scaling);
+
 // The whole sublayer: y = Wo merge_h(performer(RoPE(x Wq^T + bq), RoPE(x Wk^T + bk), x Wv^T + bv)) + bo.
 struct PerformerParams {
   std::int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;

@@ -2,11 +2,12 @@
 // interface. Checkpoint names: self_attn.{q,k,v,o}_proj.weight (.bias with
 // attention_bias) and the buffer self_attn.performer_projection [m, d] (one W
 // for every head of the layer, as performer-pytorch's FastAttention), saved
-// in the checkpoint and never trained. W's draw k (k = step /
-// feature_redraw_interval) is a pure function of (seed, the buffer's stream,
-// k): begin_training_step(step) redraws when k changes (so exactly at
-// multiples of the interval, and a resumed run redraws the W it had); a
-// forward (evaluation, generation) never redraws.
+// in the checkpoint and never trained. W is drawn from (seed, the buffer's
+// stream) at construction; begin_training_step(step) redraws it at every step
+// that is a positive multiple of feature_redraw_interval, from the W in use
+// (performer_redraw_projection), so a run resumed from a checkpoint redraws
+// exactly as the uninterrupted run; a forward (evaluation, generation) never
+// redraws.
 #include "nn/performer/performer_mixer.h"
 
 #include <tuple>
@@ -65,10 +66,8 @@ class PerformerMixer final : public TokenMixer {
     }
     p_.projection = store.add_buffer(
         "self_attn.performer_projection", {m, ctx.head_dim},
-        [this](Tensor& w, std::uint64_t seed, std::uint64_t stream) {
-          seed_ = seed;
-          stream_ = stream;
-          performer_draw_projection(w, seed, stream, 0, scaling_);
+        [scaling = scaling_](Tensor& w, std::uint64_t seed, std::uint64_t stream) {
+          performer_draw_projection(w, seed, stream, 0, scaling);
         });
   }
 
@@ -103,18 +102,16 @@ class PerformerMixer final : public TokenMixer {
   }
 
   void begin_training_step(std::int64_t step) override {
-    if (redraw_interval_ <= 0 || step < 0) return;
-    const auto draw = static_cast<std::uint64_t>(step / redraw_interval_);
-    if (draw == drawn_) return;
-    performer_draw_projection(p_.projection->value, seed_, stream_, draw, scaling_);
-    drawn_ = draw;
+    if (redraw_interval_ <= 0 || step <= 0 || step % redraw_interval_ != 0 || step == last_redraw_step_) return;
+    performer_redraw_projection(p_.projection->value, static_cast<std::uint64_t>(step / redraw_interval_), scaling_);
+    last_redraw_step_ = step;  // a step begun twice redraws once
   }
 
  private:
   PerformerParams p_;
   PerformerScaling scaling_ = PerformerScaling::Chi;
   std::int64_t redraw_interval_ = 0;
-  std::uint64_t seed_ = 0, stream_ = 0, drawn_ = 0;
+  std::int64_t last_redraw_step_ = -1;
 };
 
 }  // namespace

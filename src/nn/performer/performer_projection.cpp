@@ -3,6 +3,7 @@
 // gaussian_orthogonal_random_matrix with our own QR (modified Gram-Schmidt
 // in double) and Philox draws, so a (seed, stream, draw) gives the same W on
 // every machine and thread count.
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -55,6 +56,21 @@ void performer_draw_projection(Tensor& projection, std::uint64_t seed, std::uint
     }
     for (std::int64_t r = 0; r < d; ++r) w[i * d + r] = static_cast<float>(w[i * d + r] * mult);
   }
+}
+
+void performer_redraw_projection(Tensor& projection, std::uint64_t draw, PerformerScaling scaling) {
+  MF_CHECK(projection.defined() && projection.dtype() == DType::F32 && projection.is_contiguous(),
+           "[performer] the projection must be a contiguous float32 [m, d] tensor");
+  std::uint64_t h = 0x9e3779b97f4a7c15ull ^ draw;
+  const float* w = projection.data<float>();
+  for (std::int64_t i = 0; i < projection.numel(); ++i) {  // splitmix64 steps, each word folded in
+    h += 0x9e3779b97f4a7c15ull + std::bit_cast<std::uint32_t>(w[i]);
+    std::uint64_t z = h;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    h = z ^ (z >> 31);
+  }
+  performer_draw_projection(projection, h, 0, draw, scaling);
 }
 
 }  // namespace mf
