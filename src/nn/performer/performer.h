@@ -3,33 +3,39 @@
 // attention is linear in L; non-causal by two GEMMs, causal by a chunked
 // prefix scan; forward, backward and a recurrent generation state.
 //
-// The math, per (sequence, query head h, its KV head g), d = head dim, m =
-// nb_features, W [m, d] the projection (rows w_f), c = d^(-1/4), r = m^(-1/2):
+// The math, per (sequence, query head h, its KV head h / (Hq/Hkv)); d = head
+// dim, m = nb_features, W [m, d] the projection, c = d^(-1/4), r = m^(-1/2):
 //   logits   a_j = c W k_j (keys), b_i = c W q_i (queries); diag(x) = c^2 |x|^2 / 2
-//   softmax: phi_q(q_i) = r (exp(b_i - diag(q_i) - max_f b_i,f) + eps),  eps = 1e-4
+//   softmax: phi_q(q_i) = r (exp(b_i - diag(q_i) - max_f b_i,f) + eps)    (eps = 1e-4)
 //            phi_k(k_j) = r (exp(a_j - diag(k_j) - M) + eps)
-//   relu:    phi(x) = relu(c W x) + kernel_epsilon (no stabilizer, no r)
-//   A_ij = phi_q(q_i) . phi_k(k_j);  out_i = sum_j A_ij v_j / sum_j A_ij
+//   relu:    phi(x)     = relu(c W x) + kernel_epsilon                     (no stabilizer, no r)
+//   A_ij = phi_q(q_i) . phi_k(k_j);   out_i = sum_j A_ij v_j / sum_j A_ij
 // over the visible keys j: non-causal every real (non-padding) key, causal the
-// real keys j <= i. This is performer-pytorch's softmax_kernel /
-// generalized_kernel / linear_attention (M = max of a over all keys and
-// features), with padding keys left out of the sums and of M.
+// real keys j <= i. Non-causal, this is performer-pytorch's softmax_kernel /
+// generalized_kernel + linear_attention, M = the max of a over all (real) keys
+// and features. Padding keys are left out of the sums and of M; a row that
+// sees no real key outputs 0.
 //
-// Causal key stabilizer (our rule; the reference's global max lets a future key
-// change the past): row i uses M_i = max over the real keys j <= i of
-// max_f a_j,f (a running max), i.e. row i is exactly the non-causal formula on
-// the prefix 0..i. So eps is added after the row's own stabilizer:
-//   A_ij = r^2 [ exp(M_j' - M_i) (e_i . g_j) ] + r eps s_i,
-// with g_j = exp(a_j - diag(k_j) - M_j) (each key against its own running max,
-// entries <= 1), e_i . g_j the exp parts and s_i = sum_f phi_q(q_i)_f, so
-// sum_j A_ij [v_j, 1] needs the exp-part prefix state sum_j exp(M_j - M_ref)
-// g_j [v_j, 1]^T [m, d+1] (rescaled by exp(M_ref_old - M_ref_new) <= 1 when M
-// grows) plus the plain sums sum_j [v_j, 1] for the eps part. Every factor
-// exp(.) has an argument <= 0: nothing overflows, and row i depends only on
-// keys <= i (bit-identically, tested). A row that sees no real key outputs 0.
+// Causal key stabilizer (our rule; the reference's global M lets a future key
+// change the past): row i uses M_i = the max of a over the real keys j <= i
+// and all features (a running max), i.e. row i is exactly the non-causal
+// formula on the prefix 0..i, eps added after the row's own stabilizer:
+//   phi_k^(i)(k_j) = r (exp(a_j - diag(k_j) - M_i) + eps).
+// The scan keeps each key against its own running max, g_j = r exp(a_j -
+// diag(k_j) - M_j) (entries <= 1), so that
+//   A_ij = exp(M_j - M_i) (phi_q(q_i) . g_j) + r eps s_i,   s_i = sum_f phi_q(q_i)_f:
+// intra-chunk an elementwise factor exp(M_j - M_i) <= 1 on the masked C x C
+// matrix; inter-chunk the state sum_j exp(M_j - R) g_j [v_j, 1]^T [m, d+1]
+// against a reference R (the running max at the chunk's start, rescaled by
+// exp(R_old - R_new) <= 1 as it grows) plus the plain sum_j [v_j, 1] for the
+// eps part. No exp(.) argument is positive, so nothing overflows, and row i
+// depends only on keys <= i (bit-identically: tested). The last causal row
+// equals the non-causal one.
 //
 // The stabilizers are constants for the gradient (the reference's .detach()).
-// RoPE (when the sublayer has one) is applied to q and k before the features.
+// With eps = 0 the output does not depend on them at all. RoPE (when the
+// sublayer has one) is applied to q and k before the features (as
+// performer-pytorch's rotary option).
 #pragma once
 #include <cstdint>
 #include <string>
