@@ -15,6 +15,7 @@
 #include "nn/linear.h"
 #include "nn/linformer/linformer.h"
 #include "testing/gradcheck.h"
+#include "../support/compare.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/parameters.h"
@@ -24,6 +25,8 @@ using namespace mf;
 using mf::testing::ScopedThreads;
 
 namespace {
+
+using mf::testing::close;
 
 struct LayerShape {
   std::int64_t batch, seq_len, c, hq, hkv, d, n, k;
@@ -58,33 +61,7 @@ struct Layer : mf::testing::OwnedParameters {
   }
 };
 
-Tensor make_mask(std::int64_t b, std::int64_t l) {
-  Tensor m = Tensor::empty({b, l}, DType::I32);
-  std::int32_t* p = m.data<std::int32_t>();
-  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
-  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;  // tail padding, row 0
-  if (b > 1) p[l + 1] = 0;                                                                 // a hole, row 1
-  return m;
-}
-
-// max |got - want| <= tol * max(max |want|, floor), over the flattened tensors.
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
-}
+Tensor make_mask(std::int64_t b, std::int64_t l) { return mf::testing::test_padding_mask(b, l); }
 
 struct LayerRun {
   Tensor y, dx;

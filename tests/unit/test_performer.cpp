@@ -14,7 +14,6 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "core/rng.h"
@@ -24,6 +23,7 @@
 #include "nn/performer/performer.h"
 #include "testing/gradcheck.h"
 #include "train/trainer.h"
+#include "../support/compare.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/parameters.h"
@@ -37,34 +37,9 @@ namespace mt = mf::testing;
 
 namespace {
 
-// max |got - want| <= tol * max(max |want|, floor).
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
-}
+using mf::testing::close;
 
-Tensor make_mask(std::int64_t b, std::int64_t l) {
-  Tensor m = Tensor::empty({b, l}, DType::I32);
-  std::int32_t* p = m.data<std::int32_t>();
-  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
-  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;  // tail padding, row 0
-  if (b > 1 && l > 2) p[l + 1] = 0;                                                        // a hole, row 1
-  if (b > 2) p[2 * l] = 0;  // row 2 starts with padding: causal rows before a real key output 0
-  return m;
-}
+Tensor make_mask(std::int64_t b, std::int64_t l) { return mf::testing::test_padding_mask(b, l); }
 
 Tensor projection(std::int64_t m, std::int64_t d, std::uint64_t seed, PerformerScaling s = PerformerScaling::Chi) {
   Tensor w = Tensor::empty({m, d});
@@ -539,12 +514,6 @@ nlohmann::json performer_lm_json() {
           {"token_mixer", "performer"}, {"performer", {{"nb_features", 32}, {"chunk_size", 8},
                                                        {"feature_redraw_interval", 5}}}};
 }
-std::string temp_dir(const std::string& tag) {
-  const fs::path d = fs::temp_directory_path() / ("mf_performer_" + std::to_string(::getpid()) + "_" + tag);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
 }  // namespace
 
 // A saved and reloaded model (its W redrawn first) computes the same function.
@@ -554,7 +523,7 @@ TEST(Performer, CheckpointReloadComputesTheSameFunction) {
   m.begin_training_step(10);  // interval 5: W redrawn
   const Tensor tok = mt::random_tokens({2, 20}, 1, 256);
   const Tensor want = m.logits(tok);
-  const std::string dir = temp_dir("ckpt");
+  const std::string dir = mt::fresh_temp_dir("performer_ckpt");
   save_checkpoint(dir, m);
   const auto loaded = load_checkpoint(dir);
   EXPECT_EQ(max_abs_diff(loaded->logits(tok), want), 0.0f);
@@ -572,7 +541,7 @@ TEST(Performer, LanguageModelTrainsAndGeneratesLikeTheFullForward) {
   for (int i = 0; i < 300; ++i) text += "the cat sat on the mat and the dog sat on the log. ";
   const TextCorpus corpus = TextCorpus::from_text(text, 0.02, "performer test");
   Transformer m(config_from_json(performer_lm_json(), "test.json"), 7);
-  const std::string dir = temp_dir("train");
+  const std::string dir = mt::fresh_temp_dir("performer_train");
   TrainConfig cfg = mt::small_train_config(dir);
   cfg.steps = 30;
   cfg.batch_size = 4;

@@ -147,15 +147,20 @@ void augment_values(float* va, const float* v, std::int64_t ldv, std::int64_t ro
   }
 }
 
-// out_i = oa_i[:d] / oa_i[d] (0 when the row saw no key); den_i = oa_i[d].
-void finish_rows(float* out, std::int64_t ldo, float* den, std::int64_t ldden, const float* oa, std::int64_t rows,
-                 const Geometry& g) {
+// out_i = oa_i[:d] / oa_i[d] (0 when the row saw no key) for rows r0.. of query
+// head h; a training forward also keeps den_i = oa_i[d] and the query stabilizer.
+void finish_rows(float* out, PerformerAttentionSaved* s, std::int64_t r0, std::int64_t h, const float* oa,
+                 const float* qstab, std::int64_t rows, const Geometry& g) {
   for (std::int64_t i = 0; i < rows; ++i) {
     const float* r = oa + i * g.da;
     const float dn = r[g.d];
-    den[i * ldden] = dn;
     const float inv = dn != 0.0f ? 1.0f / dn : 0.0f;
-    for (std::int64_t e = 0; e < g.d; ++e) out[i * ldo + e] = r[e] * inv;
+    float* o = out + (r0 + i) * g.ldq + h * g.d;
+    for (std::int64_t e = 0; e < g.d; ++e) o[e] = r[e] * inv;
+    if (s) {
+      s->den.data<float>()[(r0 + i) * g.hq + h] = dn;
+      s->query_stab.data<float>()[(r0 + i) * g.hq + h] = qstab[i];
+    }
   }
 }
 
@@ -263,7 +268,6 @@ void noncausal_forward_task(const TaskRows& t, float* out, PerformerAttentionSav
                                  k + t.row0 * g.ldk + t.kvh * g.d, v + t.row0 * g.ldk + t.kvh * g.d, mask, nullptr, g);
   if (s)
     for (std::int64_t j = 0; j < l; ++j) s->key_stab.data<float>()[(t.row0 + j) * g.hkv + t.kvh] = stab;
-  std::vector<float> den_scratch(g.chunk);
   for (std::int64_t hh = 0; hh < g.group; ++hh) {
     const std::int64_t h = t.kvh * g.group + hh;
     for (std::int64_t i0 = 0; i0 < l; i0 += g.chunk) {
@@ -273,13 +277,7 @@ void noncausal_forward_task(const TaskRows& t, float* out, PerformerAttentionSav
       for (std::int64_t i = 0; i < rows; ++i) wk.qstab[i] = g.softmax ? row_max(qlog.data() + i * m, m) : 0.0f;
       full_features(qf.data(), qlog.data(), qb, g.ldq, rows, wk.qstab.data(), g);
       gemm(Trans::N, Trans::N, rows, da, m, 1.0f, qf.data(), m, wk.ctx.data(), da, 0.0f, wk.oa.data(), da);
-      float* ob = out + r0 * g.ldq + h * g.d;
-      if (s) {
-        finish_rows(ob, g.ldq, s->den.data<float>() + r0 * g.hq + h, g.hq, wk.oa.data(), rows, g);
-        for (std::int64_t i = 0; i < rows; ++i) s->query_stab.data<float>()[(r0 + i) * g.hq + h] = wk.qstab[i];
-      } else {
-        finish_rows(ob, g.ldq, den_scratch.data(), 1, wk.oa.data(), rows, g);
-      }
+      finish_rows(out, s, r0, h, wk.oa.data(), wk.qstab.data(), rows, g);
     }
   }
 }
@@ -399,7 +397,6 @@ void causal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved*
   const std::int64_t m = g.m, da = g.da, chunks = g.chunks();
   CausalWork wk(g);
   float running = ref;
-  std::vector<float> den_scratch(g.chunk);
   for (std::int64_t ci = 0; ci < chunks; ++ci) {
     const std::int64_t t0 = ci * g.chunk, rows = std::min(g.chunk, g.len - t0), r0 = t.row0 + t0;
     if (s) {
@@ -433,13 +430,7 @@ void causal_forward_task(const TaskRows& t, float* out, PerformerAttentionSaved*
         for (std::int64_t e = 0; e < da; ++e) wk.oa[i * da + e] += g.key_eps * wk.qsum[i] * plain[e];
       }
       gemm(Trans::N, Trans::N, rows, da, m, 1.0f, wk.qf.data(), m, exp_state, da, 1.0f, wk.oa.data(), da);
-      float* ob = out + r0 * g.ldq + h * g.d;
-      if (s) {
-        finish_rows(ob, g.ldq, s->den.data<float>() + r0 * g.hq + h, g.hq, wk.oa.data(), rows, g);
-        for (std::int64_t i = 0; i < rows; ++i) s->query_stab.data<float>()[(r0 + i) * g.hq + h] = wk.qstab[i];
-      } else {
-        finish_rows(ob, g.ldq, den_scratch.data(), 1, wk.oa.data(), rows, g);
-      }
+      finish_rows(out, s, r0, h, wk.oa.data(), wk.qstab.data(), rows, g);
     }
     // State update to the new reference M_last: E = exp(ref - M_last) E + (exp(M_j - M_last) G_j)^T [V, 1].
     const float new_ref = wk.kstab[rows - 1];
