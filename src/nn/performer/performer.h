@@ -62,11 +62,12 @@ struct PerformerOptions {
   std::int64_t chunk_size = 64;  // causal scan: rows per chunk (any >= 1; L need not be a multiple)
 };
 
-// The recurrent generation state of one layer, per (sequence, KV head):
-// exp_state [B, Hkv, m, d+1] = sum over past real keys of exp(a_j - diag_j -
-// ref) phi-exp-part times [v_j, 1] (relu: the whole feature), plain_sum [B,
-// Hkv, d+1] = sum of [v_j, 1], ref [B, Hkv] the running max M of the last
-// position (a very negative sentinel before any real key; relu: 0).
+// The recurrent generation state of one layer, per (sequence, KV head), over
+// the real keys j seen so far: exp_state [B, Hkv, m, d+1] = sum_j r exp(a_j -
+// diag(k_j) - ref) [v_j, 1]^T (relu: sum_j phi(k_j) [v_j, 1]^T), plain_sum
+// [B, Hkv, d+1] = sum_j [v_j, 1] (the eps part), ref [B, Hkv] = the running
+// max M of the last position (-1e30 before any real key; relu: 0). O(m d)
+// per head, whatever the length.
 struct PerformerState {
   Tensor exp_state, plain_sum, ref;
   std::int64_t past = 0;  // positions consumed
@@ -83,6 +84,7 @@ struct PerformerAttentionSaved {
   Tensor query_stab;  // [N, Hq]   max_f b_i,f (softmax)
   Tensor key_stab;    // [N, Hkv]  M (non-causal: the sequence's M on every row; causal: the running M_i)
   Tensor chunk_exp;   // [B, Hkv, chunks, m, d+1] causal: the exp-part state before each chunk
+                      //   (per-chunk states only; the backward recomputes features per chunk)
   Tensor chunk_plain; // [B, Hkv, chunks, d+1]    causal: the plain sums before each chunk
   std::vector<const Tensor*> tensors() const;
 };
