@@ -87,7 +87,9 @@ struct MixerUnderTest {
 // The fast core == the double reference (row-by-row definition) over
 // kernels, causal or not, padding, GQA 1..4, L = 1, chunks that do not divide L.
 TEST(Performer, FastMatchesReference) {
-  const CoreCase cases[] = {{2, 13, 4, 2, 8, 12}, {1, 1, 2, 2, 16, 16}, {3, 33, 4, 1, 8, 20}, {1, 24, 2, 2, 32, 40}};
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
+  const CoreCase cases[] = {{2, 13, 4, 2, 8, 12}, {1, 1, 2, 2, 16, 16}, {3, 33, 4, 1, 8, 20}, {1, 24, 2, 2, 32, 40},
+                            {1, 20, 2, 1, 64, 256}};  // the defaults: d 64, m 256 (four W blocks)
   int n = 0;
   for (const CoreCase& s : cases)
     for (PerformerKernel kernel : {PerformerKernel::Softmax, PerformerKernel::Relu})
@@ -111,7 +113,7 @@ TEST(Performer, FastMatchesReference) {
             EXPECT_TRUE(close(fast, ref, 2e-5, "out"));
             ++n;
           }
-  EXPECT_EQ(n, 4 * 2 * (2 + 2 * 3));
+  EXPECT_EQ(n, 5 * 2 * (2 + 2 * 3));
 }
 
 // With the same features (ReLU: no stabilizer), the causal chunked scan is the
@@ -119,6 +121,7 @@ TEST(Performer, FastMatchesReference) {
 // written out here, for chunk sizes that divide L and ones that do not; and
 // the softmax scan gives the same bits... up to float rounding for every chunk size.
 TEST(Performer, CausalScanEqualsMaskedQuadraticForm) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   const std::int64_t l = 21, d = 8, m = 12, h = 2;
   const Tensor q = randn({l, h, d}, 1), k = randn({l, h, d}, 2), v = randn({l, h, d}, 3), w = projection(m, d, 4);
   PerformerOptions opt;
@@ -171,6 +174,7 @@ TEST(Performer, CausalScanEqualsMaskedQuadraticForm) {
 // leaves outputs up to i bit-identical, through the whole mixer; not so
 // for the bidirectional mixer (negative control).
 TEST(Performer, CausalOutputsDoNotDependOnLaterTokens) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   const std::int64_t b = 2, l = 37, c = 16;
   for (const char* kernel : {"softmax", "relu"}) {
     SCOPED_TRACE(kernel);
@@ -291,6 +295,7 @@ double opt_num(const SafetensorsContents& f, const std::string& name) {
 }  // namespace
 
 TEST(Performer, MatchesPyTorchFixtures) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   for (const std::string& name : kPerformerFixtures) {
     const SafetensorsContents f = mt::load_fixture(name);
     const auto& t = f.tensors;
@@ -398,6 +403,7 @@ TEST(Performer, ProjectionHasOrthogonalBlocksAndChiNorms) {
 // step, a redraw step included, continues exactly like the uninterrupted run;
 // a forward (evaluation, generation) never redraws; interval 0 never redraws.
 TEST(Performer, RedrawFollowsTheTrainingStepOnly) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   const nlohmann::json o = {{"feature_redraw_interval", 3}, {"nb_features", 16}};
   MixerUnderTest a(o, 16, 2, 2, 8, false, nullptr, 21), b(o, 16, 2, 2, 8, false, nullptr, 21);
   Parameter* wa = a.find("self_attn.performer_projection");
@@ -573,6 +579,7 @@ TEST(Performer, LanguageModelTrainsAndGeneratesLikeTheFullForward) {
 
 // Each bad input is refused with a message naming the problem and the mixer.
 TEST(Performer, RejectsBadInput) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   using mt::error_of;
   auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
     const std::string e = error_of(f);
@@ -634,6 +641,7 @@ TEST(Performer, RejectsBadInput) {
 // sequence without its padding (bidirectional), and padding after the last
 // real token changes no causal output.
 TEST(Performer, PaddingKeysAreIgnored) {
+  mt::ScopedThreads one(1);  // tiny shapes: fork/join would dominate
   MixerUnderTest t({{"nb_features", 16}}, 16, 2, 2, 8, true, nullptr, 2);
   const Tensor x = randn({12, 16}, 1);
   Tensor mask = Tensor::zeros({1, 12}, DType::I32);
