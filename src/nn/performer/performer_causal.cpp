@@ -18,8 +18,7 @@ namespace {
 // exp-part features G_j = r exp(a_j - diag_j - M_j) (relu: the full feature,
 // M = 0), [v, 1]; padding rows zero (M carried).
 void causal_keys(float* klog, float* kf, float* kstab, float* va, float& running, const float* kb, const float* vb,
-                 std::int64_t rows, const std::int32_t* mask, const Geometry& g,
-                 const float* saved_stab) {
+                 std::int64_t rows, const std::int32_t* mask, const Geometry& g, const float* saved_stab) {
   feature_logits(klog, kb, g.ldk, rows, g);
   for (std::int64_t j = 0; j < rows; ++j) {
     const bool real = is_real(mask, j);
