@@ -1,6 +1,6 @@
-// Shared by the token-mixer tests (Linformer, Reformer LSH, ...): a tensor
-// comparison relative to the expected tensor's scale, and a key padding mask
-// with tail padding and a hole.
+// Shared by the token-mixer tests (Linformer, Reformer LSH, Performer, ...): a
+// tensor comparison relative to the expected tensor's scale, key padding masks
+// with tail padding and holes, fixture-list and bitwise-run helpers.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -42,6 +42,18 @@ inline Tensor tail_and_hole_mask(std::int64_t b, std::int64_t l) {
   for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
   for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;
   if (b > 1 && l > 2) p[l + 1] = 0;
+  return m;
+}
+
+// int32 [b, l], 1 = token: as tail_and_hole_mask (the hole when l > 1), and
+// row 2 (when b > 2) starts with a padding token.
+inline Tensor test_padding_mask(std::int64_t b, std::int64_t l) {
+  Tensor m = Tensor::empty({b, l}, DType::I32);
+  std::int32_t* p = m.data<std::int32_t>();
+  for (std::int64_t i = 0; i < b * l; ++i) p[i] = 1;
+  for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;
+  if (b > 1 && l > 1) p[l + 1] = 0;
+  if (b > 2) p[2 * l] = 0;
   return m;
 }
 

@@ -3,6 +3,9 @@
 // evaluations and checkpoints at different intervals) and metrics.jsonl read
 // back without its one wall-clock field.
 #pragma once
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -11,6 +14,15 @@
 #include "train/trainer.h"
 
 namespace mf::testing {
+
+// An empty folder under the system temp dir, unique per process and tag.
+inline std::string fresh_temp_dir(const std::string& tag) {
+  const std::filesystem::path d =
+      std::filesystem::temp_directory_path() / ("mf_test_" + std::to_string(::getpid()) + "_" + tag);
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d.string();
+}
 
 inline TrainConfig small_train_config(const std::string& dir) {
   TrainConfig cfg;

@@ -14,6 +14,7 @@
 #include "nn/linear.h"
 #include "nn/linformer/linformer.h"
 #include "testing/gradcheck.h"
+#include "../support/mixer_checks.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/mixer_checks.h"
@@ -25,6 +26,8 @@ using mf::testing::ScopedThreads;
 using mf::testing::close;
 
 namespace {
+
+using mf::testing::close;
 
 struct LayerShape {
   std::int64_t batch, seq_len, c, hq, hkv, d, n, k;

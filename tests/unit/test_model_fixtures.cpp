@@ -95,7 +95,7 @@ INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
                                          "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
-                                         "model_reversible_sandwich", "model_lsh_decoder"),
+                                         "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
@@ -123,7 +123,8 @@ TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
 INSTANTIATE_TEST_SUITE_P(
     Kinds, EncoderFixtures,
     ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling",
-                                         "model_encoder_fnet_linformer", "model_encoder_lsh"),
+                                         "model_encoder_fnet_linformer", "model_encoder_lsh",
+                                         "model_encoder_performer"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");

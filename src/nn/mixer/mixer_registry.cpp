@@ -7,6 +7,7 @@
 #include "nn/ffn/ffn_mixer.h"
 #include "nn/fnet/fnet_mixer.h"
 #include "nn/linformer/linformer_mixer.h"
+#include "nn/performer/performer_mixer.h"
 #include "nn/reformer/lsh_attention_mixer.h"
 
 namespace mf {
@@ -18,6 +19,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       fnet_mixer_entry(),
       linformer_mixer_entry(),
       lsh_attention_mixer_entry(),
+      performer_mixer_entry(),
   };
   return table;
 }
