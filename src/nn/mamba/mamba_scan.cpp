@@ -79,9 +79,13 @@ std::vector<float> padded_a(const Tensor& a_log, const ScanGeometry& g) {
 // Lanes of [j, j + kW) that are real state entries.
 inline std::int64_t lanes(std::int64_t j, std::int64_t n) { return std::min(kW, n - j); }
 
+// Runs fn(0..count-1) (disjoint outputs), in parallel when the whole scan has
+// at least kParallelMinWork state updates (below that, waking threads costs
+// more than the work: a decode step of a small model).
+constexpr std::int64_t kParallelMinWork = 1 << 14;
 template <typename Fn>
-void parallel_tasks(std::int64_t count, const Fn& fn) {
-#pragma omp parallel for schedule(dynamic, 1) if (count > 1)
+void parallel_tasks(std::int64_t count, std::int64_t work, const Fn& fn) {
+#pragma omp parallel for schedule(dynamic, 1) if (count > 1 && work >= kParallelMinWork)
   for (std::int64_t i = 0; i < count; ++i) fn(i);
 }
 
@@ -104,7 +108,7 @@ void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const S
   float* yp = y.data<float>();
   float* cs = chunk_states.defined() ? chunk_states.data<float>() : nullptr;
   float* st = state.defined() ? state.data<float>() : nullptr;
-  parallel_tasks(batch * g.groups, [&](std::int64_t task) {
+  parallel_tasks(batch * g.groups, batch * g.len * g.dim * g.n, [&](std::int64_t task) {
     const std::int64_t b = task / g.groups, d0 = (task % g.groups) * kScanGroup;
     const std::int64_t width = std::min(kScanGroup, g.dim - d0), np = g.padded_n;
     std::vector<float> h(static_cast<std::size_t>(width * np), 0.0f);  // one buffer per task
@@ -163,7 +167,7 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
   Tensor part_bc = Tensor::empty({g.groups, rows, 2 * g.n});
   Tensor part_a = Tensor::zeros({batch, g.dim, g.n}), part_d = Tensor::zeros({batch, g.dim});
   float *pbc = part_bc.data<float>(), *pa = part_a.data<float>(), *pd = part_d.data<float>();
-  parallel_tasks(batch * g.groups, [&](std::int64_t task) {
+  parallel_tasks(batch * g.groups, batch * g.len * g.dim * g.n, [&](std::int64_t task) {
     const std::int64_t b = task / g.groups, grp = task % g.groups, d0 = grp * kScanGroup;
     const std::int64_t width = std::min(kScanGroup, g.dim - d0), tmax = std::min(g.chunk, g.len);
     // Per task, never per step: the carried g, one chunk of one channel's
