@@ -175,9 +175,7 @@ Tensor time_slice(const Tensor& t, std::int64_t batch, std::int64_t t0, std::int
   return t.contiguous().reshape({batch, -1, t.size(1)}).slice(1, t0, t1).contiguous().reshape({-1, t.size(1)});
 }
 
-std::int64_t opt(const SafetensorsContents& f, const std::string& name) {
-  return f.tensors.at("opt_" + name).to(DType::I64).data<std::int64_t>()[0];
-}
+std::int64_t opt(const SafetensorsContents& f, const std::string& name) { return mf::testing::fixture_option(f, name); }
 
 const std::vector<std::string> kMambaFixtures = {
     "mamba_scan_batch2",           "mamba_scan_odd_state",          "mamba_scan_one_step",
@@ -310,12 +308,8 @@ TEST(Mamba, MatchesPyTorchFixtures) {
     SCOPED_TRACE(name);
     const SafetensorsContents f = mf::testing::load_fixture(name);
     const auto& t = f.tensors;
-    std::vector<std::unique_ptr<Parameter>> params;
-    auto param = [&](const std::string& key) -> Parameter* {
-      if (!t.count(key)) return nullptr;
-      params.push_back(std::make_unique<Parameter>(key, t.at(key).contiguous().clone(), true));
-      return params.back().get();
-    };
+    mf::testing::FixtureParameters fp(f);
+    auto param = [&](const std::string& key) { return fp.get(key); };
     MambaParams p;
     const Tensor& x = t.at("x");
     p.hidden = x.size(1), p.inner = opt(f, "expand") * p.hidden, p.state_size = opt(f, "state_size");
@@ -332,7 +326,7 @@ TEST(Mamba, MatchesPyTorchFixtures) {
     mamba_backward(dx, t.at("dy"), x, saved, b, len, p);
     EXPECT_TRUE(close(y, t.at("y"), 1e-5, "y", 1.0));
     EXPECT_TRUE(close(dx, t.at("dx"), 1e-5, "dx", 1.0));
-    for (const auto& q : params) EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
+    for (const auto& q : fp.owned) EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
   }
 }
 
