@@ -27,9 +27,13 @@ namespace mf {
 namespace {
 
 constexpr const char* kOp = "[mamba]";
-// Channels per task: partial dB/dC rows cost groups x 2N floats per token, and
-// B x Di / kScanGroup tasks must keep the threads busy.
-constexpr std::int64_t kScanGroup = 64;
+// Channels per task. Larger groups read longer runs of each token row when a
+// chunk is packed (the packing, one row per page at Di = 1536, dominated the
+// scan at 64: /tmp standalone scan measurement, L 8192, Di 1536, N 16, 1 thread,
+// forward about 540 ms at 64 vs 455 ms at 128 and 260-455 ms at 256 on a
+// loaded AVX-512 machine); smaller groups give B x Di / kScanGroup tasks for
+// the threads and fewer partial dB/dC rows (groups x 2N floats per token).
+constexpr std::int64_t kScanGroup = 128;
 
 using simd::Vec;
 constexpr std::int64_t kW = simd::kWidth;
@@ -79,6 +83,24 @@ std::vector<float> padded_a(const Tensor& a_log, const ScanGeometry& g) {
 // Lanes of [j, j + kW) that are real state entries.
 inline std::int64_t lanes(std::int64_t j, std::int64_t n) { return std::min(kW, n - j); }
 
+// A chunk's [rows, width] block of columns d0.. of a [*, dim] matrix (from row
+// row0) to channel-major packed[k * ld + i], and back: the channel loops then
+// read contiguously instead of one cache line (and often one page) per step.
+void pack_columns(float* packed, std::int64_t ld, const float* src, std::int64_t row0, std::int64_t rows,
+                  std::int64_t dim, std::int64_t d0, std::int64_t width) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* r = src + (row0 + i) * dim + d0;
+    for (std::int64_t k = 0; k < width; ++k) packed[k * ld + i] = r[k];
+  }
+}
+void unpack_columns(float* dst, const float* packed, std::int64_t ld, std::int64_t row0, std::int64_t rows,
+                    std::int64_t dim, std::int64_t d0, std::int64_t width) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float* r = dst + (row0 + i) * dim + d0;
+    for (std::int64_t k = 0; k < width; ++k) r[k] = packed[k * ld + i];
+  }
+}
+
 // Runs fn(0..count-1) (disjoint outputs), in parallel when the whole scan has
 // at least kParallelMinWork state updates (below that, waking threads costs
 // more than the work: a decode step of a small model).
@@ -111,19 +133,25 @@ void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const S
   parallel_tasks(batch * g.groups, batch * g.len * g.dim * g.n, [&](std::int64_t task) {
     const std::int64_t b = task / g.groups, d0 = (task % g.groups) * kScanGroup;
     const std::int64_t width = std::min(kScanGroup, g.dim - d0), np = g.padded_n;
-    std::vector<float> h(static_cast<std::size_t>(width * np), 0.0f);  // one buffer per task
+    const std::int64_t tmax = std::min(g.chunk, g.len);
+    // Per task, never per step: the group's states, a chunk's delta, u and y packed per channel.
+    std::vector<float> h(static_cast<std::size_t>(width * np), 0.0f);
+    std::vector<float> packed(static_cast<std::size_t>(3 * width * tmax));
+    float *delta_c = packed.data(), *u_c = delta_c + width * tmax, *y_c = u_c + width * tmax;
     if (st)
       for (std::int64_t k = 0; k < width; ++k) std::copy_n(st + (b * g.dim + d0 + k) * g.n, g.n, &h[k * np]);
     for (std::int64_t c = 0; c < g.chunks; ++c) {
-      const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk);
+      const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk), row0 = b * g.len + t0;
+      pack_columns(delta_c, tmax, delta, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(u_c, tmax, u, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t k = 0; k < width; ++k) {
         const std::int64_t d = d0 + k;
         float* hd = &h[k * np];
         const float* ad = &a[d * np];
         if (cs) std::copy_n(hd, g.n, cs + ((b * g.chunks + c) * g.dim + d) * g.n);
         for (std::int64_t t = t0; t < t1; ++t) {
-          const std::int64_t row = b * g.len + t;
-          const float dl = delta[row * g.dim + d], uu = u[row * g.dim + d];
+          const std::int64_t row = b * g.len + t, i = k * tmax + t - t0;
+          const float dl = delta_c[i], uu = u_c[i];
           const float* brow = bm + row * g.ld_bc;
           const float* crow = cm + row * g.ld_bc;
           const Vec dl_v = simd::set1(dl), du_v = simd::set1(dl * uu);
@@ -135,9 +163,10 @@ void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const S
             simd::store(hd + j, hv);
             acc = simd::fmadd(simd::load(crow + j, cnt), hv, acc);  // C . s
           }
-          yp[row * g.dim + d] = simd::reduce_add(acc) + dskip[d] * uu;
+          y_c[i] = simd::reduce_add(acc) + dskip[d] * uu;
         }
       }
+      unpack_columns(yp, y_c, tmax, row0, t1 - t0, g.dim, d0, width);
     }
     if (st)
       for (std::int64_t k = 0; k < width; ++k) std::copy_n(&h[k * np], g.n, st + (b * g.dim + d0 + k) * g.n);
@@ -175,9 +204,16 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
     std::vector<float> carry(static_cast<std::size_t>(width * np), 0.0f);
     std::vector<float> hbuf(static_cast<std::size_t>((tmax + 1) * np), 0.0f), abuf(static_cast<std::size_t>(tmax * np));
     std::vector<float> bc_rows(static_cast<std::size_t>(tmax * 2 * np)), da(static_cast<std::size_t>(np));
+    // The chunk's delta, u, dy (in) and du, ddelta (out), packed per channel.
+    std::vector<float> packed(static_cast<std::size_t>(5 * width * tmax));
+    float *delta_c = packed.data(), *u_c = delta_c + width * tmax, *dy_c = u_c + width * tmax;
+    float *du_c = dy_c + width * tmax, *ddelta_c = du_c + width * tmax;
     for (std::int64_t c = g.chunks - 1; c >= 0; --c) {
-      const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk);
+      const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk), row0 = b * g.len + t0;
       std::fill(bc_rows.begin(), bc_rows.end(), 0.0f);
+      pack_columns(delta_c, tmax, delta, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(u_c, tmax, u, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(dy_c, tmax, dyp, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t k = 0; k < width; ++k) {
         const std::int64_t d = d0 + k;
         const float* ad = &a[d * np];
@@ -185,8 +221,8 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
         std::copy_n(cs + ((b * g.chunks + c) * g.dim + d) * g.n, g.n, hbuf.data());
         for (std::int64_t t = t0; t < t1; ++t) {
           const std::int64_t row = b * g.len + t, i = t - t0;
-          const float dl = delta[row * g.dim + d];
-          const Vec dl_v = simd::set1(dl), du_v = simd::set1(dl * u[row * g.dim + d]);
+          const float dl = delta_c[k * tmax + i];
+          const Vec dl_v = simd::set1(dl), du_v = simd::set1(dl * u_c[k * tmax + i]);
           const float* brow = bm + row * g.ld_bc;
           for (std::int64_t j = 0; j < np; j += kW) {
             const Vec at = simd::exp(dl_v * simd::load(ad + j));
@@ -200,8 +236,8 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
         std::fill(da.begin(), da.end(), 0.0f);
         float dd_sum = 0.0f;
         for (std::int64_t t = t1 - 1; t >= t0; --t) {
-          const std::int64_t row = b * g.len + t, i = t - t0;
-          const float dyv = dyp[row * g.dim + d], dl = delta[row * g.dim + d], uu = u[row * g.dim + d];
+          const std::int64_t row = b * g.len + t, i = t - t0, ki = k * tmax + i;
+          const float dyv = dy_c[ki], dl = delta_c[ki], uu = u_c[ki];
           const float* brow = bm + row * g.ld_bc;
           const float* crow = cm + row * g.ld_bc;
           const Vec dy_v = simd::set1(dyv), dl_v = simd::set1(dl), dlu_v = simd::set1(dl * uu);
@@ -221,13 +257,15 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
             simd::store(gc + j, at * gv);  // a_t g_t, for step t - 1
           }
           const float gb = simd::reduce_add(g_b);
-          ddelta[row * g.dim + d] = simd::reduce_add(g_a) + uu * gb;
-          du[row * g.dim + d] = dl * gb + dskip[d] * dyv;
+          ddelta_c[ki] = simd::reduce_add(g_a) + uu * gb;
+          du_c[ki] = dl * gb + dskip[d] * dyv;
           dd_sum += dyv * uu;
         }
         for (std::int64_t j = 0; j < g.n; ++j) pa[(b * g.dim + d) * g.n + j] += da[j] * ad[j];  // dA_log = dA * A
         pd[b * g.dim + d] += dd_sum;
       }
+      unpack_columns(du, du_c, tmax, row0, t1 - t0, g.dim, d0, width);
+      unpack_columns(ddelta, ddelta_c, tmax, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t t = t0; t < t1; ++t) {
         float* dst = pbc + (grp * rows + b * g.len + t) * 2 * g.n;
         const float* src = &bc_rows[(t - t0) * 2 * np];
