@@ -1,8 +1,9 @@
 // Mamba's selective scan, fast path (the math: mamba.h). One task is one
 // (sequence, group of kScanGroup channels); it walks the chunks of T steps in
-// order, and inside a chunk one channel after another, so that the T rows of
-// delta, u, B and C a chunk reads stay in cache for every channel of the
-// group. Each step is vectorized over the state (N lanes, padded to the SIMD
+// order, packs the chunk's delta and u (and dy) columns of its group
+// channel-major, and inside the chunk runs one channel after another over
+// contiguous values (the T rows of B and C stay in cache for every channel of
+// the group). Each step is vectorized over the state (N lanes, padded to the SIMD
 // width with lanes that stay 0). The backward walks the chunks in reverse,
 // recomputes the states of one channel's chunk from the saved chunk start
 // into a (T + 1) x N buffer, and runs the reverse recurrence
