@@ -1,10 +1,10 @@
 // Mamba's selective scan, fast path (the math: mamba.h). One task is one
 // (sequence, group of kScanGroup channels); it walks the chunks of T steps in
-// order, packs the chunk's delta and u (and dy) columns of its group
-// channel-major, and inside the chunk runs one channel after another over
-// contiguous values (the T rows of B and C stay in cache for every channel of
-// the group). Each step is vectorized over the state (N lanes, padded to the SIMD
-// width with lanes that stay 0). The backward walks the chunks in reverse,
+// order, copies the chunk's delta and u (and dy) columns of its group into a
+// compact buffer, and inside the chunk runs one channel after another (the T
+// rows of B and C stay in cache for every channel of the group). Each step is
+// vectorized over the state (N lanes, padded to the SIMD width with lanes that
+// stay 0). The backward walks the chunks in reverse,
 // recomputes the states of one channel's chunk from the saved chunk start
 // into a (T + 1) x N buffer, and runs the reverse recurrence
 //   g_t = dy_t C_t + a_{t+1} g_{t+1}            (g = dLoss/ds_t, carried across chunks)
@@ -85,21 +85,15 @@ std::vector<float> padded_a(const Tensor& a_log, const ScanGeometry& g) {
 inline std::int64_t lanes(std::int64_t j, std::int64_t n) { return std::min(kW, n - j); }
 
 // A chunk's [rows, width] block of columns d0.. of a [*, dim] matrix (from row
-// row0) to channel-major packed[k * ld + i], and back: the channel loops then
-// read contiguously instead of one cache line (and often one page) per step.
-void pack_columns(float* packed, std::int64_t ld, const float* src, std::int64_t row0, std::int64_t rows,
-                  std::int64_t dim, std::int64_t d0, std::int64_t width) {
-  for (std::int64_t i = 0; i < rows; ++i) {
-    const float* r = src + (row0 + i) * dim + d0;
-    for (std::int64_t k = 0; k < width; ++k) packed[k * ld + i] = r[k];
-  }
+// row0) copied to a compact packed[i * width + k], and back: the channel loops
+// then step through a few KiB instead of one token row (often one page) per step.
+void pack_columns(float* packed, const float* src, std::int64_t row0, std::int64_t rows, std::int64_t dim,
+                  std::int64_t d0, std::int64_t width) {
+  for (std::int64_t i = 0; i < rows; ++i) std::copy_n(src + (row0 + i) * dim + d0, width, packed + i * width);
 }
-void unpack_columns(float* dst, const float* packed, std::int64_t ld, std::int64_t row0, std::int64_t rows,
-                    std::int64_t dim, std::int64_t d0, std::int64_t width) {
-  for (std::int64_t i = 0; i < rows; ++i) {
-    float* r = dst + (row0 + i) * dim + d0;
-    for (std::int64_t k = 0; k < width; ++k) r[k] = packed[k * ld + i];
-  }
+void unpack_columns(float* dst, const float* packed, std::int64_t row0, std::int64_t rows, std::int64_t dim,
+                    std::int64_t d0, std::int64_t width) {
+  for (std::int64_t i = 0; i < rows; ++i) std::copy_n(packed + i * width, width, dst + (row0 + i) * dim + d0);
 }
 
 // Runs fn(0..count-1) (disjoint outputs), in parallel when the whole scan has
@@ -143,15 +137,15 @@ void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const S
       for (std::int64_t k = 0; k < width; ++k) std::copy_n(st + (b * g.dim + d0 + k) * g.n, g.n, &h[k * np]);
     for (std::int64_t c = 0; c < g.chunks; ++c) {
       const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk), row0 = b * g.len + t0;
-      pack_columns(delta_c, tmax, delta, row0, t1 - t0, g.dim, d0, width);
-      pack_columns(u_c, tmax, u, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(delta_c, delta, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(u_c, u, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t k = 0; k < width; ++k) {
         const std::int64_t d = d0 + k;
         float* hd = &h[k * np];
         const float* ad = &a[d * np];
         if (cs) std::copy_n(hd, g.n, cs + ((b * g.chunks + c) * g.dim + d) * g.n);
         for (std::int64_t t = t0; t < t1; ++t) {
-          const std::int64_t row = b * g.len + t, i = k * tmax + t - t0;
+          const std::int64_t row = b * g.len + t, i = (t - t0) * width + k;
           const float dl = delta_c[i], uu = u_c[i];
           const float* brow = bm + row * g.ld_bc;
           const float* crow = cm + row * g.ld_bc;
@@ -167,7 +161,7 @@ void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const S
           y_c[i] = simd::reduce_add(acc) + dskip[d] * uu;
         }
       }
-      unpack_columns(yp, y_c, tmax, row0, t1 - t0, g.dim, d0, width);
+      unpack_columns(yp, y_c, row0, t1 - t0, g.dim, d0, width);
     }
     if (st)
       for (std::int64_t k = 0; k < width; ++k) std::copy_n(&h[k * np], g.n, st + (b * g.dim + d0 + k) * g.n);
@@ -212,9 +206,9 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
     for (std::int64_t c = g.chunks - 1; c >= 0; --c) {
       const std::int64_t t0 = c * g.chunk, t1 = std::min(g.len, t0 + g.chunk), row0 = b * g.len + t0;
       std::fill(bc_rows.begin(), bc_rows.end(), 0.0f);
-      pack_columns(delta_c, tmax, delta, row0, t1 - t0, g.dim, d0, width);
-      pack_columns(u_c, tmax, u, row0, t1 - t0, g.dim, d0, width);
-      pack_columns(dy_c, tmax, dyp, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(delta_c, delta, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(u_c, u, row0, t1 - t0, g.dim, d0, width);
+      pack_columns(dy_c, dyp, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t k = 0; k < width; ++k) {
         const std::int64_t d = d0 + k;
         const float* ad = &a[d * np];
@@ -222,8 +216,8 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
         std::copy_n(cs + ((b * g.chunks + c) * g.dim + d) * g.n, g.n, hbuf.data());
         for (std::int64_t t = t0; t < t1; ++t) {
           const std::int64_t row = b * g.len + t, i = t - t0;
-          const float dl = delta_c[k * tmax + i];
-          const Vec dl_v = simd::set1(dl), du_v = simd::set1(dl * u_c[k * tmax + i]);
+          const float dl = delta_c[i * width + k];
+          const Vec dl_v = simd::set1(dl), du_v = simd::set1(dl * u_c[i * width + k]);
           const float* brow = bm + row * g.ld_bc;
           for (std::int64_t j = 0; j < np; j += kW) {
             const Vec at = simd::exp(dl_v * simd::load(ad + j));
@@ -237,7 +231,7 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
         std::fill(da.begin(), da.end(), 0.0f);
         float dd_sum = 0.0f;
         for (std::int64_t t = t1 - 1; t >= t0; --t) {
-          const std::int64_t row = b * g.len + t, i = t - t0, ki = k * tmax + i;
+          const std::int64_t row = b * g.len + t, i = t - t0, ki = i * width + k;
           const float dyv = dy_c[ki], dl = delta_c[ki], uu = u_c[ki];
           const float* brow = bm + row * g.ld_bc;
           const float* crow = cm + row * g.ld_bc;
@@ -265,8 +259,8 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
         for (std::int64_t j = 0; j < g.n; ++j) pa[(b * g.dim + d) * g.n + j] += da[j] * ad[j];  // dA_log = dA * A
         pd[b * g.dim + d] += dd_sum;
       }
-      unpack_columns(du, du_c, tmax, row0, t1 - t0, g.dim, d0, width);
-      unpack_columns(ddelta, ddelta_c, tmax, row0, t1 - t0, g.dim, d0, width);
+      unpack_columns(du, du_c, row0, t1 - t0, g.dim, d0, width);
+      unpack_columns(ddelta, ddelta_c, row0, t1 - t0, g.dim, d0, width);
       for (std::int64_t t = t0; t < t1; ++t) {
         float* dst = pbc + (grp * rows + b * g.len + t) * 2 * g.n;
         const float* src = &bc_rows[(t - t0) * 2 * np];
