@@ -13,8 +13,8 @@
 //   s_t[d, n]   = exp(Delta_t[d] A[d, n]) s_{t-1}[d, n] + Delta_t[d] B_t[n] u_t[d]     (s_{-1} = 0 or the state)
 //   y_t[d]      = sum_n C_t[n] s_t[d, n] + D[d] u_t[d]
 //   out_t       = W_out (y_t * SiLU(z_t)) (+ b_out)
-// The scan is parallel over (sequence, group of channels), vectorized over the
-// state, and chunked over time: the forward keeps the state only at chunk
+// The scan is parallel over (sequence, group of channels), vectorized over
+// channels (see mamba_scan.cpp for why not over the state), and chunked over time: the forward keeps the state only at chunk
 // starts ([B, ceil(L/T), Di, N]) and the backward recomputes inside a chunk,
 // so no [B, L, Di, N] tensor is ever made.
 #pragma once
