@@ -282,6 +282,28 @@ TEST(Mamba, FastMatchesReference) {
     }
 }
 
+// Delta = softplus(pre) over its whole range: tiny (pre -30: Delta ~ 1e-13,
+// kept to its relative precision), moderate, and past torch's threshold of 20
+// (Delta = pre, gradient 1): fast == double reference.
+TEST(Mamba, SoftplusAcrossItsRange) {
+  const MixerShape s{16, 2, 4, 4, 1, false, true};
+  Layer l(s, 8, 31);
+  float* bias = l.p.dt_bias->value.data<float>();
+  for (std::int64_t d = 0; d < l.p.inner; ++d) bias[d] = -30.0f + 60.0f * static_cast<float>(d) / (l.p.inner - 1);
+  const std::int64_t b = 2, len = 9;
+  const Tensor x = randn({b * len, s.c}, 32), dy = randn({b * len, s.c}, 33);
+  const LayerRun fast = run_fast(l, x, dy, b, len), ref = run_reference(l, x, dy, b, len);
+  EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
+  EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
+  for (std::size_t g = 0; g < fast.grads.size(); ++g)
+    EXPECT_TRUE(close(fast.grads[g], ref.grads[g], 2e-5, "grad " + l.owned[g]->name));
+  // Element-wise: the smallest Delta's channel keeps its gradient to the bias.
+  const auto got = fast.grads[5].to_vector(), want = ref.grads[5].to_vector();  // mixer.dt_proj.bias
+  ASSERT_EQ(l.owned[5]->name, "mixer.dt_proj.bias");
+  for (std::size_t d = 0; d < got.size(); ++d)
+    EXPECT_NEAR(got[d], want[d], 1e-4 * std::fabs(want[d]) + 1e-30) << "channel " << d;
+}
+
 // Gradients of x and every parameter vs four-point finite differences.
 TEST(Mamba, GradientsMatchFiniteDifferences) {
   ScopedThreads one(1);

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "kernels/activations.h"
 #include "kernels/gemm.h"
+#include "kernels/simd.h"
 #include "nn/linear.h"
 
 namespace mf {
@@ -139,28 +140,60 @@ void conv_backward(float* dxz, const float* dxc, const float* xz, const MambaPar
   }
 }
 
-// delta = softplus(dt_low W_dt^T + dt_bias), in place on the GEMM output.
-void delta_forward(float* delta, const float* x_dbl, const MambaParams& p, const Dims& g) {
-  gemm(Trans::N, Trans::T, g.rows, g.di, g.r, 1.0f, x_dbl, g.xw, p.dt_proj->value.data<float>(), g.r, 0.0f, delta,
-       g.di);
+// pre = dt_low W_dt^T + dt_bias ([rows, Di]).
+void delta_preactivation(float* pre, const float* x_dbl, const MambaParams& p, const Dims& g) {
+  gemm(Trans::N, Trans::T, g.rows, g.di, g.r, 1.0f, x_dbl, g.xw, p.dt_proj->value.data<float>(), g.r, 0.0f, pre, g.di);
   const float* bias = p.dt_bias->value.data<float>();
 #pragma omp parallel for schedule(static) if (g.rows * g.di >= (1 << 15))
-  for (std::int64_t row = 0; row < g.rows; ++row) {
-    float* v = delta + row * g.di;
-    for (std::int64_t d = 0; d < g.di; ++d) {
-      const float pre = v[d] + bias[d];
-      v[d] = pre > kSoftplusThreshold ? pre : std::log1p(std::exp(pre));
-    }
+  for (std::int64_t row = 0; row < g.rows; ++row)
+    for (std::int64_t d = 0; d < g.di; ++d) pre[row * g.di + d] += bias[d];
+}
+
+// softplus(v) = max(v, 0) + log1p(e) with e = exp(-|v|) in (0, 1], and
+// log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = e / (2 + e) <= 1/3
+// (eight terms: the next is below 2^-26 relative), so that a tiny e keeps its
+// relative precision; v above the threshold is returned as is (torch).
+inline simd::Vec softplus(simd::Vec v) {
+  using simd::Vec;
+  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v));
+  const Vec s = e / (simd::set1(2.0f) + e), z = s * s;
+  Vec poly = simd::set1(1.0f / 15);
+  for (float c : {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) poly = simd::fmadd(poly, z, simd::set1(c));
+  const Vec soft = simd::fmadd(simd::set1(2.0f) * s, poly, simd::max(v, simd::set1(0.0f)));
+  return simd::select_lt(simd::set1(kSoftplusThreshold), v, v, soft);
+}
+
+// softplus'(v) = sigmoid(v) = 1 / (1 + e) (v >= 0) or e / (1 + e) (v < 0) with
+// e = exp(-|v|); 1 above the threshold.
+inline simd::Vec softplus_grad(simd::Vec v) {
+  using simd::Vec;
+  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v)), one = simd::set1(1.0f);
+  const Vec sig = simd::select_lt(v, simd::set1(0.0f), e, one) / (one + e);
+  return simd::select_lt(simd::set1(kSoftplusThreshold), v, one, sig);
+}
+
+// delta = softplus(pre), in place.
+void delta_forward(float* delta, const float* x_dbl, const MambaParams& p, const Dims& g) {
+  delta_preactivation(delta, x_dbl, p, g);
+  const std::int64_t total = g.rows * g.di;
+#pragma omp parallel for schedule(static) if (total >= (1 << 15))
+  for (std::int64_t i = 0; i < total; i += simd::kWidth) {
+    const std::int64_t count = std::min<std::int64_t>(simd::kWidth, total - i);
+    simd::store(delta + i, softplus(simd::load(delta + i, count)), count);
   }
 }
 
-// d pre-activation = ddelta * softplus'(pre), with softplus'(pre) = sigmoid(pre)
-// = 1 - exp(-delta) (1 above the threshold, where delta = pre), in place.
-void delta_backward(float* ddelta, const float* delta, const Dims& g) {
-#pragma omp parallel for schedule(static) if (g.rows * g.di >= (1 << 15))
-  for (std::int64_t i = 0; i < g.rows * g.di; ++i) {
-    const float v = delta[i];
-    ddelta[i] *= v > kSoftplusThreshold ? 1.0f : -std::expm1(-v);
+// ddelta *= softplus'(pre) in place, pre recomputed (one small GEMM) rather
+// than kept: dLoss/dpre.
+void delta_backward(float* ddelta, const float* x_dbl, const MambaParams& p, const Dims& g) {
+  Tensor pre = Tensor::empty({g.rows, g.di});
+  float* pp = pre.data<float>();
+  delta_preactivation(pp, x_dbl, p, g);
+  const std::int64_t total = g.rows * g.di;
+#pragma omp parallel for schedule(static) if (total >= (1 << 15))
+  for (std::int64_t i = 0; i < total; i += simd::kWidth) {
+    const std::int64_t count = std::min<std::int64_t>(simd::kWidth, total - i);
+    simd::store(ddelta + i, simd::load(ddelta + i, count) * softplus_grad(simd::load(pp + i, count)), count);
   }
 }
 
@@ -299,7 +332,7 @@ void mamba_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const M
   selective_scan_backward(sg, dy_ssm, in, s.chunk_states, batch, p.chunk_len);
   // Delta = softplus(dt_low W_dt^T + dt_bias).
   float* ddt = ddelta.data<float>();
-  delta_backward(ddt, s.delta.data<float>(), g);
+  delta_backward(ddt, s.x_dbl.data<float>(), p, g);
   column_sums(p.dt_bias->grad.data<float>(), ddt, g);
   gemm(Trans::T, Trans::N, g.di, g.r, g.rows, 1.0f, ddt, g.di, s.x_dbl.data<float>(), g.xw, 1.0f,
        p.dt_proj->grad.data<float>(), g.r);
