@@ -1,8 +1,11 @@
 // Mamba mixer, fast path (the math: mamba.h): the projections through the
 // linear/GEMM interface, the causal depthwise conv as token-major row loops
 // (vectorized over channels, parallel over tokens; its weight gradient
-// parallel over channel blocks, each summing the rows in order), the
-// activations through kernels/activations.h, the scan in mamba_scan.cpp.
+// parallel over channel blocks, each summing the rows in order), SiLU and the
+// SiLU gate through kernels/activations.h, the softplus of Delta with the SIMD
+// exp (its pre-activation is recomputed in the backward, not kept), the scan
+// in mamba_scan.cpp. Saved for the backward: see MambaSaved (about 7 Di floats
+// per token plus the chunk states, Di N / T per token).
 #include "nn/mamba/mamba.h"
 
 #include <algorithm>
