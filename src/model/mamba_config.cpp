@@ -19,10 +19,11 @@ constexpr std::int64_t kMaxDim = std::int64_t{1} << 20;
 constexpr std::int64_t kMaxPositions = std::int64_t{1} << 24;
 
 // HF MambaConfig fields that go to the "mamba" token mixer's options, under
-// the same names (time_step_rank: "auto" becomes 0).
-const char* const kMixerFields[] = {"state_size",    "expand",        "conv_kernel",   "use_bias",
-                                    "use_conv_bias", "time_step_min", "time_step_max", "time_step_floor",
-                                    "time_step_scale"};
+// the same names (time_step_rank: "auto" becomes 0), and our chunk_len (the
+// scan's checkpoint interval: speed and memory only).
+const char* const kMixerFields[] = {"state_size",      "expand",          "conv_kernel",           "use_bias",
+                                    "use_conv_bias",   "time_step_min",   "time_step_max",         "time_step_floor",
+                                    "time_step_scale", "time_step_init_scheme", "chunk_len"};
 
 }  // namespace
 
@@ -82,13 +83,6 @@ ModelConfig mamba_config_from_json(const json& j, const std::string& s) {
       {"initializer_range", [&](const json& v, const std::string& f) { c.initializer_range = get_double(v, s, f); }},
       {"tie_word_embeddings", [&](const json& v, const std::string& f) { c.tie_word_embeddings = get_bool(v, s, f); }},
       {"residual_in_fp32", [&](const json& v, const std::string& f) { get_bool(v, s, f); }},  // we are float32 throughout
-      {"time_step_init_scheme",
-       [&](const json& v, const std::string& f) {
-         const std::string k = get_string(v, s, f);
-         if (k != "random")
-           field_error(s, f, "only \"random\" (dt_proj.weight ~ U(+-time_step_rank^-0.5 * time_step_scale)) is "
-                             "offered; got \"" + k + "\"");
-       }},
       {"rescale_prenorm_residual",
        [&](const json& v, const std::string& f) {
          if (get_bool(v, s, f))
@@ -123,7 +117,7 @@ ModelConfig mamba_config_from_json(const json& j, const std::string& s) {
                   "num_hidden_layers, intermediate_size, state_size, expand, conv_kernel, use_bias, use_conv_bias, "
                   "time_step_rank, time_step_scale, time_step_min, time_step_max, time_step_floor, "
                   "time_step_init_scheme, layer_norm_epsilon, hidden_act, initializer_range, residual_in_fp32, "
-                  "rescale_prenorm_residual, tie_word_embeddings, token ids, use_cache; and our "
+                  "rescale_prenorm_residual, tie_word_embeddings, token ids, use_cache; and our chunk_len, "
                   "max_position_embeddings, gradient_checkpointing)");
     h->second(it.value(), it.key());
     seen.insert(it.key());
@@ -152,7 +146,6 @@ json mamba_config_to_json(const ModelConfig& c) {
   for (const char* m : kMixerFields) j[m] = o.at(m);
   const std::int64_t rank = o.at("time_step_rank").get<std::int64_t>();
   j["time_step_rank"] = rank == 0 ? json("auto") : json(rank);
-  j["time_step_init_scheme"] = "random";
   j["rescale_prenorm_residual"] = false;
   j["residual_in_fp32"] = true;
   j["layer_norm_epsilon"] = c.rms_norm_eps;

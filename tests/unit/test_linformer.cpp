@@ -359,9 +359,7 @@ const std::vector<std::string> kLinformerFixtures = {
     "linformer_max_partial_padded",
 };
 
-std::int64_t opt(const SafetensorsContents& f, const std::string& name) {
-  return f.tensors.at("opt_" + name).to(DType::I64).data<std::int64_t>()[0];
-}
+std::int64_t opt(const SafetensorsContents& f, const std::string& name) { return mf::testing::fixture_option(f, name); }
 }  // namespace
 
 TEST(Linformer, MatchesPyTorchFixtures) {
@@ -369,12 +367,8 @@ TEST(Linformer, MatchesPyTorchFixtures) {
     SCOPED_TRACE(name);
     const SafetensorsContents f = mf::testing::load_fixture(name);
     const auto& t = f.tensors;
-    std::vector<std::unique_ptr<Parameter>> params;
-    auto param = [&](const std::string& key) -> Parameter* {
-      if (!t.count(key)) return nullptr;
-      params.push_back(std::make_unique<Parameter>(key, t.at(key).contiguous().clone(), true));
-      return params.back().get();
-    };
+    mf::testing::FixtureParameters fp(f);
+    auto param = [&](const std::string& key) { return fp.get(key); };
     LinformerParams p;
     p.num_heads = opt(f, "num_heads"), p.num_kv_heads = opt(f, "num_kv_heads"), p.head_dim = opt(f, "head_dim");
     p.max_len = opt(f, "max_len"), p.proj_len = opt(f, "proj_len");
@@ -397,7 +391,7 @@ TEST(Linformer, MatchesPyTorchFixtures) {
     // terms, hence the floor of 1 on the magnitude.
     EXPECT_TRUE(close(y, t.at("y"), 1e-5, "y", 1.0));
     EXPECT_TRUE(close(dx, t.at("dx"), 1e-5, "dx", 1.0));
-    for (const auto& q : params)
+    for (const auto& q : fp.owned)
       EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
   }
 }

@@ -95,7 +95,8 @@ INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
                                          "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
-                                         "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm"),
+                                         "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm",
+                                         "model_mamba_hf"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");

@@ -9,6 +9,7 @@
 #include "nn/linformer/linformer_mixer.h"
 #include "nn/performer/performer_mixer.h"
 #include "nn/reformer/lsh_attention_mixer.h"
+#include "nn/mamba/mamba_mixer.h"
 
 namespace mf {
 
@@ -20,6 +21,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       linformer_mixer_entry(),
       lsh_attention_mixer_entry(),
       performer_mixer_entry(),
+      mamba_mixer_entry(),
   };
   return table;
 }
