@@ -4,6 +4,12 @@
 // The forward works on S^T (keys x stacked query rows), so the softmax
 // statistics are SIMD lanes and nothing is transposed per tile; the backward
 // works on S (rows x keys) with K^T and V^T packed once per key tile.
+// Thread counts: each forward work item (a query tile, or one key chunk of the
+// split path) runs on one thread and chunks merge in a fixed order, so out and
+// lse are the same bits for any thread count; in the backward each key tile
+// owns its dK, dV rows (the same bits too), while dQ adds the key tiles of a
+// (batch, KV head) pair that is cut between threads through per-thread partial
+// sums, whose rounding depends on the thread count (FlashAttention.ThreadCountIndependence).
 #include <omp.h>
 
 #include <algorithm>
@@ -122,7 +128,7 @@ struct Common {
   static constexpr i64 kMaxReachKeys = 256;
 
   Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
-      : p(prob), tiles(flash_tiles()), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
+      : p(prob), tiles(prob.tiles), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
         slopes(prob.alibi_slopes), k(kp), v(vp), dec_seg(seg) {
     // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
     // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
@@ -636,7 +642,9 @@ void fwd_rows_small(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i6
   if (first) std::memset(o, 0, static_cast<std::size_t>(R * Dp) * sizeof(float));
 }
 
-// out = O / l, lse = m + ln l; rows with l == 0 (no visible key) get 0 and -inf.
+// out = O / l, lse = m + ln l (NaN inputs give NaN l or O, which reach out and lse).
+// l == 0: the row sees no key (out 0, lse -inf), or every score it sees is -inf
+// (only from infinite inputs: out and lse NaN, as in the dense reference).
 void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o, const float* m, const float* l,
                 float* out, float* lse) {
   const AttentionProblem& p = cm.p;
@@ -644,9 +652,12 @@ void write_rows(const Common& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float* o
     const i64 h = kvh * cm.G + g, i = i0 + ii;
     float* orow = out + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
     float& lr = lse[p.lse_off[b] + h * p.lse_head_stride + i];
-    if (l[r] > 0.0f) {
+    if (l[r] != 0.0f) {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
       lr = static_cast<float>(static_cast<double>(m[r]) + std::log(static_cast<double>(l[r])));  // one rounding
+    } else if (attention_row_sees_a_key(p, b, i)) {
+      for (i64 d = 0; d < cm.D; ++d) orow[d] = std::numeric_limits<float>::quiet_NaN();
+      lr = std::numeric_limits<float>::quiet_NaN();
     } else {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = 0.0f;
       lr = kNegInf;
@@ -671,8 +682,8 @@ void forward_impl(const Common& cm, const float* q, float* out, float* lse) {
   std::vector<i64> nsplit(p.batch, 0), part_base(p.batch, 0);
   i64 part_total = 0;
   for (i64 b = 0; b < p.batch; ++b) {
-    if (ceil_div(p.q_len[b], bq) == 1 && p.k_len[b] >= t.split_min_keys && p.k_len[b] > t.split_chunk) {
-      nsplit[b] = ceil_div(p.k_len[b], t.split_chunk);
+    nsplit[b] = flash_forward_key_splits(t, cm.G, p.q_len[b], p.k_len[b]);
+    if (nsplit[b] > 0) {
       part_base[b] = part_total;
       part_total += p.hkv * nsplit[b] * slot;
     }
@@ -1051,7 +1062,6 @@ void backward_impl(const Common& cm, const float* q, const float* k, const float
 // ---------------------------------------------------------------- dispatch
 
 std::atomic<int> g_isa{static_cast<int>(FlashIsa::Auto)};
-FlashTiles g_tiles;
 
 template <class F>
 void with_isa(F&& f) {
@@ -1128,15 +1138,26 @@ FlashIsa flash_isa() {
 #endif
 }
 
-const FlashTiles& flash_tiles() { return flash::g_tiles; }
-
-void set_flash_tiles(const FlashTiles& t) {
-  for (std::int64_t x : {t.fwd_rows, t.fwd_keys, t.bwd_rows, t.bwd_keys, t.split_chunk})
-    MF_CHECK(x >= 16 && x % 16 == 0 && x <= 4096, "[flash_attention] tile sizes must be multiples of 16 in [16, 4096], got ", x);
+void check_flash_tiles(const FlashTiles& t) {
+  const std::pair<const char*, std::int64_t> sizes[] = {{"fwd_rows", t.fwd_rows},
+                                                         {"fwd_keys", t.fwd_keys},
+                                                         {"bwd_rows", t.bwd_rows},
+                                                         {"bwd_keys", t.bwd_keys},
+                                                         {"split_chunk", t.split_chunk}};
+  for (const auto& [name, x] : sizes)
+    MF_CHECK(x >= 16 && x % 16 == 0 && x <= 4096, "[flash_attention] tile size ", name,
+             " must be a multiple of 16 in [16, 4096], got ", x);
   MF_CHECK(t.small_rows >= 0 && t.small_rows <= t.fwd_rows, "[flash_attention] small_rows must be in [0, fwd_rows], got ",
            t.small_rows);
   MF_CHECK(t.split_min_keys >= 1, "[flash_attention] split_min_keys must be >= 1, got ", t.split_min_keys);
-  flash::g_tiles = t;
+}
+
+std::int64_t flash_forward_key_splits(const FlashTiles& tiles, std::int64_t group, std::int64_t q_len,
+                                      std::int64_t k_len) {
+  const std::int64_t rows_per_tile = std::max<std::int64_t>(1, tiles.fwd_rows / group);
+  const bool one_query_tile = flash::ceil_div(q_len, rows_per_tile) == 1;
+  if (!one_query_tile || k_len < tiles.split_min_keys || k_len <= tiles.split_chunk) return 0;
+  return flash::ceil_div(k_len, tiles.split_chunk);
 }
 
 void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
