@@ -2,8 +2,9 @@
 // a float64 naive loop on a grid of every option and awkward shape (every
 // SIMD path compiled in, default and tiny tiles), forward and backward, with
 // the flash-attention repo's rule (error <= 2x that of a float32 naive loop,
-// plus a floor); finite differences; determinism; the split-KV decode path
-// and the decode API with rolling-buffer segments; O(L d) memory at 32k.
+// plus a floor); PyTorch fixtures element by element; finite differences;
+// determinism and the thread-count contract; the split-KV decode path; O(L d)
+// memory at 32k.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -24,7 +25,6 @@
 #include "nn/attention/attention.h"
 #include "nn/attention/attention_problem.h"
 #include "nn/attention/flash_attention.h"
-#include "nn/attention/flash_decode.h"
 #include "nn/attention/flash_tiles.h"
 #include "testing/gradcheck.h"
 #include "../support/attention_spec.h"
@@ -671,83 +671,6 @@ TEST(FlashAttention, SplitKvDecodePathEqualsNormalPath) {
     EXPECT_LE(max_abs_diff(split.lse, whole.lse), 2e-5);
     check_spec(s, 21, /*backward=*/false);  // the split path against the float64 loop
   }
-}
-
-// The decode API over a rolling buffer given as two segments equals the
-// front door on the same keys laid out in order.
-TEST(FlashAttention, DecodeApiWithRollingBufferSegments) {
-  const std::int64_t hq = 8, hkv = 2, d = 40, cap = 3000, n_tokens = 7777, lq = 2;
-  for (const bool alibi : {false, true}) {
-    SCOPED_TRACE(alibi ? "alibi" : "plain");
-    Tensor ring = randn({2, hkv, cap, d}, 5);  // [k|v, head, slot, d]
-    Tensor q = randn({1, hq, lq, d}, 6);
-    const float* kring = ring.data<float>();
-    const float* vring = kring + hkv * cap * d;
-    KvCacheSegment seg[2];
-    kv_ring_segments(kring, vring, cap, n_tokens, d, seg);
-    ASSERT_EQ(seg[0].len + seg[1].len, cap);
-    ASSERT_EQ(seg[0].len, cap - n_tokens % cap);
-    Tensor out = Tensor::zeros({hq, lq, d}), lse = Tensor::zeros({hq, lq});
-    FlashDecodeArgs a;
-    a.hq = hq;
-    a.hkv = hkv;
-    a.d = d;
-    a.lq = lq;
-    a.q = q.data<float>();
-    a.out = out.data<float>();
-    a.lse = lse.data<float>();
-    a.q_head_stride = lq * d;
-    a.q_row_stride = d;
-    a.seg[0] = seg[0];
-    a.seg[1] = seg[1];
-    a.k_head_stride = cap * d;
-    a.k_row_stride = d;
-    a.causal = true;
-    a.window_left = 2500;
-    a.alibi = alibi;
-    flash_attention_decode(a);
-    // The same keys in logical order (oldest first) through the front door.
-    Tensor k = Tensor::zeros({1, hkv, cap, d}), v = Tensor::zeros({1, hkv, cap, d});
-    for (std::int64_t h = 0; h < hkv; ++h)
-      for (std::int64_t j = 0; j < cap; ++j) {
-        const std::int64_t slot = (n_tokens - cap + j) % cap;
-        std::memcpy(k.data<float>() + (h * cap + j) * d, kring + (h * cap + slot) * d, d * sizeof(float));
-        std::memcpy(v.data<float>() + (h * cap + j) * d, vring + (h * cap + slot) * d, d * sizeof(float));
-      }
-    AttentionOptions opt;
-    opt.causal = true;
-    opt.window_left = 2500;
-    opt.alibi = alibi;
-    const auto ref = attention_forward(q, k, v, opt, AttentionImpl::Dense);
-    EXPECT_LE(max_abs_diff(out.reshape({1, hq, lq, d}), ref.out), 2e-6);
-    EXPECT_LE(max_abs_diff(lse.reshape({1, hq, lq}), ref.lse), 2e-5);
-  }
-}
-
-TEST(FlashAttention, DecodeApiRejectsBadArguments) {
-  FlashDecodeArgs a;
-  a.hq = 6;
-  a.hkv = 4;
-  a.d = 64;
-  try {
-    flash_attention_decode(a);
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[flash_decode] hq (6) must be a positive multiple of hkv (4)"),
-              std::string::npos)
-        << e.what();
-  }
-  a.hkv = 2;
-  a.d = 12;
-  EXPECT_THROW(flash_attention_decode(a), Error);
-  a.d = 64;
-  a.seg[0].len = 10;  // no pointers
-  float x = 0;
-  a.q = &x;
-  a.out = &x;
-  a.q_row_stride = a.k_row_stride = 64;
-  EXPECT_THROW(flash_attention_decode(a), Error);
-  EXPECT_THROW(kv_ring_segments(nullptr, nullptr, 0, 5, 64, a.seg), Error);
 }
 
 // A 32k-token single head: forward + backward hold O(L d) extra memory (the

@@ -27,7 +27,6 @@
 #include "nn/attention/attention.h"
 #include "nn/attention/attention_problem.h"
 #include "nn/attention/flash_attention.h"
-#include "nn/attention/flash_decode.h"
 #include "nn/attention/flash_tiles.h"
 
 namespace mf {
@@ -99,16 +98,10 @@ struct KeyRanges {  // key offsets within a tile: [ea, ee) seen by some rows, [b
 
 enum class TileKind { Skip, Full, Edge };  // Full: every (row, key) visible; Edge: element masks needed
 
-// Keys [start, start + len) of one (batch, KV head), stored contiguously (row stride k_row_stride).
-struct KeySeg {
+// The keys of one (batch, KV head): row j of K at k + j * k_row_stride (V likewise).
+struct KeyRows {
   const float* k = nullptr;
   const float* v = nullptr;
-  i64 start = 0, len = 0;
-};
-struct KvView {
-  KeySeg seg[2];
-  int nseg = 1;
-  const KeySeg& seg_of(i64 j) const { return (nseg > 1 && j >= seg[1].start) ? seg[1] : seg[0]; }
 };
 
 // What one call's tile loops read: the problem, tile sizes, and lookup
@@ -122,14 +115,13 @@ struct Common {
   std::vector<i64> pad_prefix, pad_base;  // padded keys before j of entry b: pad_prefix[pad_base[b] + j]
   const float* k;
   const float* v;
-  const KvCacheSegment* dec_seg;  // decode: the cache's two segments (else null)
   bool fwd_whole_reach = false;   // a forward key tile covers a row tile's whole window reach
   bool bwd_whole_reach = false;   // a backward row step covers a key tile's whole window reach
   static constexpr i64 kMaxReachKeys = 256;
 
-  Common(const AttentionProblem& prob, const float* kp, const float* vp, const KvCacheSegment* seg)
+  Common(const AttentionProblem& prob, const float* kp, const float* vp)
       : p(prob), tiles(prob.tiles), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
-        slopes(prob.alibi_slopes), k(kp), v(vp), dec_seg(seg) {
+        slopes(prob.alibi_slopes), k(kp), v(vp) {
     // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
     // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
     // shrink to ~span / 4 (at least 16) to keep windowed time proportional to density.
@@ -270,18 +262,9 @@ struct Common {
     return {lo, std::max(lo, std::min(hi, lq))};
   }
 
-  KvView kv(i64 b, i64 kvh) const {
-    KvView view;
-    const i64 off = kvh * p.k_head_stride;
-    if (dec_seg != nullptr) {
-      view.nseg = 2;
-      view.seg[0] = {dec_seg[0].k + off, dec_seg[0].v + off, 0, dec_seg[0].len};
-      view.seg[1] = {dec_seg[1].k == nullptr ? nullptr : dec_seg[1].k + off,
-                     dec_seg[1].v == nullptr ? nullptr : dec_seg[1].v + off, dec_seg[0].len, dec_seg[1].len};
-    } else {
-      view.seg[0] = {k + p.k_off[b] + off, v + p.k_off[b] + off, 0, p.k_len[b]};
-    }
-    return view;
+  KeyRows kv(i64 b, i64 kvh) const {
+    const i64 off = p.k_off[b] + kvh * p.k_head_stride;
+    return {k + off, v + off};
   }
 };
 
@@ -395,7 +378,7 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   }
   bool first = true;  // the first computed tile stores O (no zeroing pass); none computed: zeroed at the end
 
-  const KvView kv = cm.kv(b, kvh);
+  const KeyRows keys = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
   const i64 krs = p.k_row_stride;
   const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
@@ -404,23 +387,22 @@ void fwd_rows(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 nq, 
   // still cached; only long ranges are worth prefetching.
   const bool long_range = (kend - kfirst) * D >= (i64{1} << 16);
   for (i64 j0 = kfirst; j0 < kend;) {
-    const KeySeg& sg = kv.seg_of(j0);
-    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kend, sg.start + sg.len});
+    const i64 j1 = std::min(j0 + cm.tiles.fwd_keys, kend);
     const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
       continue;
     }
     const i64 nc = j1 - j0;
-    const float* kr = sg.k + (j0 - sg.start) * krs;
-    const float* vr = sg.v + (j0 - sg.start) * krs;
+    const float* kr = keys.k + j0 * krs;
+    const float* vr = keys.v + j0 * krs;
     if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
                        // head's K and V outgrow L2 from a few thousand keys on).
-      const i64 ja = j1 - sg.start, jb = std::min(ja + cm.tiles.fwd_keys, sg.len);
+      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(sg.k + jj * krs + d), _MM_HINT_T1);
-          _mm_prefetch(reinterpret_cast<const char*>(sg.v + jj * krs + d), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * krs + d), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * krs + d), _MM_HINT_T1);
         }
     }
     const bool edge = kind == TileKind::Edge;
@@ -551,28 +533,27 @@ void fwd_rows_small(const Common& cm, const float* q, i64 b, i64 kvh, i64 i0, i6
   }
   bool first = true;  // as in fwd_rows
 
-  const KvView kv = cm.kv(b, kvh);
+  const KeyRows keys = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
   const i64 krs = p.k_row_stride;
   const i64 kend = cm.end_key(ip_hi, kb);
   for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
-    const KeySeg& sg = kv.seg_of(j0);
-    const i64 j1 = std::min({j0 + cm.tiles.fwd_keys, kend, sg.start + sg.len});
+    const i64 j1 = std::min(j0 + cm.tiles.fwd_keys, kend);
     const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
       continue;
     }
     const i64 nc = j1 - j0, ncp = round_up(nc, W);
-    const float* kr = sg.k + (j0 - sg.start) * krs;
-    const float* vr = sg.v + (j0 - sg.start) * krs;
+    const float* kr = keys.k + j0 * krs;
+    const float* vr = keys.v + j0 * krs;
     {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
        // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
-      const i64 ja = j1 - sg.start, jb = std::min(ja + cm.tiles.fwd_keys, sg.len);
+      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(sg.k + jj * krs + d), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(sg.v + jj * krs + d), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * krs + d), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * krs + d), _MM_HINT_T0);
         }
     }
     // S[R x ncp] = (scale Q) K^T   (lanes >= nc: 0, masked below)
@@ -1162,71 +1143,15 @@ std::int64_t flash_forward_key_splits(const FlashTiles& tiles, std::int64_t grou
 
 void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
                              float* lse) {
-  const flash::Common cm(p, k, v, nullptr);
+  const flash::Common cm(p, k, v);
   flash::with_isa([&](auto isa) { flash::forward_impl<decltype(isa)>(cm, q, out, lse); });
 }
 
 void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
-  const flash::Common cm(p, k, v, nullptr);
+  const flash::Common cm(p, k, v);
   flash::with_isa(
       [&](auto isa) { flash::backward_impl<decltype(isa)>(cm, q, k, v, out, lse, dout, dq, dk, dv); });
-}
-
-void kv_ring_segments(const float* k, const float* v, std::int64_t capacity, std::int64_t n_tokens,
-                      std::int64_t k_row_stride, KvCacheSegment seg[2]) {
-  MF_CHECK(capacity >= 1 && n_tokens >= 0, "[flash_decode] ring capacity must be >= 1 and n_tokens >= 0, got ",
-           capacity, " and ", n_tokens);
-  if (n_tokens <= capacity) {
-    seg[0] = {k, v, n_tokens};
-    seg[1] = {nullptr, nullptr, 0};
-    return;
-  }
-  const std::int64_t head = n_tokens % capacity;  // slot of the oldest retained token
-  seg[0] = {k + head * k_row_stride, v + head * k_row_stride, capacity - head};
-  seg[1] = {k, v, head};
-}
-
-void flash_attention_decode(const FlashDecodeArgs& a) {
-  MF_CHECK(a.hq >= 1 && a.hkv >= 1 && a.hq % a.hkv == 0, "[flash_decode] hq (", a.hq,
-           ") must be a positive multiple of hkv (", a.hkv, ")");
-  MF_CHECK(a.d >= 8 && a.d <= 256 && a.d % 8 == 0, "[flash_decode] head dim must be a multiple of 8 in [8, 256], got ",
-           a.d);
-  MF_CHECK(a.lq >= 1, "[flash_decode] lq must be >= 1, got ", a.lq);
-  MF_CHECK(a.q != nullptr && a.out != nullptr, "[flash_decode] q and out must be given");
-  MF_CHECK(a.seg[0].len >= 0 && a.seg[1].len >= 0, "[flash_decode] segment lengths must be >= 0");
-  for (int s = 0; s < 2; ++s)
-    MF_CHECK(a.seg[s].len == 0 || (a.seg[s].k != nullptr && a.seg[s].v != nullptr), "[flash_decode] segment ", s,
-             " has ", a.seg[s].len, " rows but no k/v pointer");
-  MF_CHECK(a.k_row_stride >= a.d && a.q_row_stride >= a.d, "[flash_decode] row strides must be >= d");
-  MF_CHECK(a.window_left >= -1, "[flash_decode] window_left must be >= 0 or -1 (unbounded), got ", a.window_left);
-  AttentionProblem p;
-  p.batch = 1;
-  p.hq = a.hq;
-  p.hkv = a.hkv;
-  p.d = a.d;
-  p.q_len = {a.lq};
-  p.k_len = {a.seg[0].len + a.seg[1].len};
-  p.q_off = {0};
-  p.k_off = {0};
-  p.lse_off = {0};
-  p.q_head_stride = a.q_head_stride;
-  p.q_row_stride = a.q_row_stride;
-  p.k_head_stride = a.k_head_stride;
-  p.k_row_stride = a.k_row_stride;
-  p.lse_head_stride = a.lq;
-  p.scale = a.scale > 0.0f ? a.scale : 1.0f / std::sqrt(static_cast<float>(a.d));
-  p.causal = a.causal;
-  p.window_left = a.window_left;
-  if (a.alibi) p.alibi_slopes = alibi_slopes(a.hq);
-  std::vector<float> lse_tmp;
-  float* lse = a.lse;
-  if (lse == nullptr) {
-    lse_tmp.resize(static_cast<std::size_t>(a.hq * a.lq));
-    lse = lse_tmp.data();
-  }
-  const flash::Common cm(p, nullptr, nullptr, a.seg);
-  flash::with_isa([&](auto isa) { flash::forward_impl<decltype(isa)>(cm, a.q, a.out, lse); });
 }
 
 }  // namespace mf

@@ -2,7 +2,7 @@
 // path runs (process-wide; tests exercise all three on one machine) and the
 // tile sizes, a per-call setting (AttentionOptions::flash_tiles) that the
 // benchmark's tuning rows sweep. The kernels themselves are
-// declared in attention_problem.h (contract) and flash_decode.h (decode).
+// declared in attention_problem.h.
 #pragma once
 #include <cstdint>
 #include <string>
