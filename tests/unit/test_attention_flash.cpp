@@ -746,11 +746,14 @@ Spec spec_from_fixture(const std::string& name, const SafetensorsContents& fx) {
 // values (lse: 1), must satisfy
 //   |flash_i - ref_i| <= 2 |float32 loop_i - ref_i| + c u (|ref_i| + row scale)
 // with u = 2^-24 and row scale = max |ref| over the row (and, for dQ and dK,
-// the magnitude of the terms that cancel in dS, `mag`, over sqrt(d)), so a
-// small element is held to its own scale, not to the largest one.
-constexpr double kElementBoundC = 64.0;
+// the magnitude of the terms that cancel in dS, `mag`, times sqrt(d); for lse,
+// at least 1: lse = m + ln l may cancel to near 0 from terms of order 1), so a
+// small element is held to its own scale, not to the largest one. c = 16: the
+// worst element of every fixture, SIMD path and tile setting needs c < 5.6
+// (run with MF_ATTENTION_BOUND_REPORT=1 to print it).
+constexpr double kElementBoundC = 16.0;
 void expect_close_per_element(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
-                              const std::vector<float>& base, std::int64_t row_len,
+                              const std::vector<float>& base, std::int64_t row_len, double min_row_scale = 0.0,
                               const std::vector<float>* mag = nullptr, std::int64_t d = 0) {
   ASSERT_EQ(got.size(), ref.size()) << what;
   const double u = std::ldexp(1.0, -24);
@@ -758,7 +761,7 @@ void expect_close_per_element(const char* what, const std::vector<float>& got, c
   double worst_ratio = 0;
   for (std::size_t row0 = 0; row0 < ref.size(); row0 += static_cast<std::size_t>(row_len)) {
     const std::size_t row1 = std::min(ref.size(), row0 + static_cast<std::size_t>(row_len));
-    double row_scale = 0;
+    double row_scale = min_row_scale;
     for (std::size_t i = row0; i < row1; ++i) {
       if (std::isfinite(ref[i])) row_scale = std::max(row_scale, std::fabs(ref[i]));
       if (mag != nullptr) row_scale = std::max(row_scale, std::sqrt(static_cast<double>(d)) * (*mag)[i]);
@@ -819,10 +822,10 @@ TEST(FlashAttention, MatchesPyTorchFixtures) {
         SCOPED_TRACE(name + " isa=" + flash_isa_name(isa) + " " + tc.name);
         const auto f = run_fwd(s, q, k, v);
         expect_close_per_element("out", f.out.to_vector(), ref_out, base.out, s.d);
-        expect_close_per_element("lse", f.lse.to_vector(), ref_lse, base.lse, 1);
+        expect_close_per_element("lse", f.lse.to_vector(), ref_lse, base.lse, 1, 1.0);
         const auto g = run_bwd(s, q, k, v, f, dout);
-        expect_close_per_element("dq", g.dq.to_vector(), ref_dq, base.dq, s.d, &base.dq_mag, s.d);
-        expect_close_per_element("dk", g.dk.to_vector(), ref_dk, base.dk, s.d, &base.dk_mag, s.d);
+        expect_close_per_element("dq", g.dq.to_vector(), ref_dq, base.dq, s.d, 0.0, &base.dq_mag, s.d);
+        expect_close_per_element("dk", g.dk.to_vector(), ref_dk, base.dk, s.d, 0.0, &base.dk_mag, s.d);
         expect_close_per_element("dv", g.dv.to_vector(), ref_dv, base.dv, s.d);
       }
     }
