@@ -18,36 +18,18 @@
 #include "core/tensor.h"
 #include "nn/attention/attention.h"
 #include "nn/attention/flash_attention.h"
+#include "../support/flash_knobs.h"
 
 using namespace mf;
+using mf::testing::flash_isas;
+using mf::testing::ScopedFlashIsa;
+using mf::testing::tiny_flash_tiles;
 
 namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr std::int64_t kI64Max = std::numeric_limits<std::int64_t>::max();
-
-struct RestoreIsa {
-  FlashIsa isa = flash_isa();
-  ~RestoreIsa() { set_flash_isa(isa); }
-};
-
-std::vector<FlashIsa> isas() {
-  std::vector<FlashIsa> v;
-  for (FlashIsa i : {FlashIsa::Avx512, FlashIsa::Avx2, FlashIsa::Scalar})
-    if (flash_isa_available(i)) v.push_back(i);
-  return v;
-}
-
-// 16-wide tiles; small_rows 16 sends every forward tile to the few-row kernel.
-FlashTiles tiny_tiles(std::int64_t small_rows) {
-  FlashTiles t;
-  t.fwd_rows = t.fwd_keys = t.bwd_rows = t.bwd_keys = 16;
-  t.small_rows = small_rows;
-  t.split_chunk = 16;
-  t.split_min_keys = 1 << 30;
-  return t;
-}
 
 // Flash and dense agree element by element on which values are NaN and which
 // are +-Inf, and are close where both are finite.
@@ -94,7 +76,7 @@ struct Poison {
 // in the dense reference: the tiled (S^T) kernel, the few-row kernel and the
 // split-KV (flash-decoding) path, on every SIMD path; causal and not.
 TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
-  RestoreIsa restore;
+  ScopedFlashIsa restore;
   const std::vector<Poison> poisons{{"nan_q", 'q', 5, kNaN},   {"nan_k", 'k', 7, kNaN},    {"nan_v", 'v', 7, kNaN},
                                     {"inf_q", 'q', 5, kInfF},  {"neg_inf_q", 'q', 5, -kInfF}, {"inf_k", 'k', 7, kInfF},
                                     {"inf_v", 'v', 7, kInfF}};
@@ -103,13 +85,13 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
     std::int64_t lq, lk;
     FlashTiles tiles;
   };
-  FlashTiles split = tiny_tiles(0);
+  FlashTiles split = tiny_flash_tiles(0);
   split.split_min_keys = 32;  // lq 2 (one tile), 70 keys: 5 chunks of 16 merged
-  const std::vector<Path> paths{{"tiled", 37, 45, tiny_tiles(0)},
-                                {"few_row", 37, 45, tiny_tiles(16)},
+  const std::vector<Path> paths{{"tiled", 37, 45, tiny_flash_tiles(0)},
+                                {"few_row", 37, 45, tiny_flash_tiles(16)},
                                 {"default_tiles", 37, 45, FlashTiles{}},
                                 {"split_kv", 2, 70, split}};
-  for (FlashIsa isa : isas()) {
+  for (FlashIsa isa : flash_isas()) {
     set_flash_isa(isa);
     for (const Path& path : paths)
       for (const bool causal : {false, true})
@@ -142,10 +124,10 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
 // The backward propagates NaN rather than hiding it: from a NaN query (the
 // row's dq, and dk/dv of the keys it sees) and a NaN key.
 TEST(AttentionEdgeCases, NonFiniteInputsReachTheGradients) {
-  RestoreIsa restore;
-  for (FlashIsa isa : isas()) {
+  ScopedFlashIsa restore;
+  for (FlashIsa isa : flash_isas()) {
     set_flash_isa(isa);
-    for (const FlashTiles& tiles : {tiny_tiles(0), FlashTiles{}})
+    for (const FlashTiles& tiles : {tiny_flash_tiles(0), FlashTiles{}})
       for (const bool causal : {false, true})
         for (const char which : {'q', 'k'}) {
           SCOPED_TRACE(std::string(flash_isa_name(isa)) + (causal ? " causal " : " ") + which + " tile " +
@@ -184,7 +166,7 @@ TEST(AttentionEdgeCases, HugeWindowBoundsMeanUnbounded) {
         AttentionOptions unbounded;
         unbounded.causal = causal;
         unbounded.alibi = true;
-        unbounded.flash_tiles = tiny_tiles(0);
+        unbounded.flash_tiles = tiny_flash_tiles(0);
         const auto ref = attention_forward(q, k, v, unbounded, impl);
         const auto gref = attention_backward(q, k, v, ref.out, ref.lse, dout, unbounded, impl);
         for (const std::int64_t bound : {kI64Max, kI64Max - 1, std::int64_t{60}})
@@ -213,7 +195,7 @@ TEST(AttentionEdgeCases, ConcurrentCallsWithDifferentTiles) {
          dout = randn({1, 4, 150, 32}, 15);
   AttentionOptions a, b;
   a.causal = b.causal = true;
-  a.flash_tiles = tiny_tiles(0);
+  a.flash_tiles = tiny_flash_tiles(0);
   b.flash_tiles = FlashTiles{};
   auto run = [&](const AttentionOptions& opt) {
     const auto f = attention_forward(q, k, v, opt);

@@ -29,26 +29,18 @@
 #include "testing/gradcheck.h"
 #include "../support/attention_spec.h"
 #include "../support/fixtures.h"
+#include "../support/flash_knobs.h"
 #include "../support/threads.h"
 
 using namespace mf;
+using mf::testing::flash_isas;
+using mf::testing::ScopedFlashIsa;
+using mf::testing::tiny_flash_tiles;
 
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Restores the SIMD path a test changes (tile sizes are per call: Spec::opt.flash_tiles).
-struct FlashKnobs {
-  FlashIsa isa = flash_isa();
-  ~FlashKnobs() { set_flash_isa(isa); }
-};
-
-std::vector<FlashIsa> isas() {
-  std::vector<FlashIsa> v;
-  for (FlashIsa i : {FlashIsa::Avx512, FlashIsa::Avx2, FlashIsa::Scalar})
-    if (flash_isa_available(i)) v.push_back(i);
-  return v;
-}
 
 // ------------------------------------------------------------ micro-kernel
 
@@ -454,33 +446,20 @@ std::vector<Spec> option_grid() {
   return g.specs();
 }
 
-// 16-wide tiles, so that small shapes cross many tiles; small_rows picks the
-// forward kernel: 0 = the S^T kernel everywhere, 16 = the few-row kernel everywhere.
-FlashTiles tiny_tiles(std::int64_t small_rows = 0) {
-  FlashTiles t;
-  t.fwd_rows = 16;
-  t.fwd_keys = 16;
-  t.bwd_rows = 16;
-  t.bwd_keys = 16;
-  t.small_rows = small_rows;
-  t.split_chunk = 16;
-  t.split_min_keys = 1 << 30;
-  return t;
-}
 
 struct TileConfig {
   std::string name;
   FlashTiles tiles;
 };
 std::vector<TileConfig> tile_configs(const FlashTiles& defaults) {
-  return {{"tiles=16", tiny_tiles(0)}, {"tiles=16,few-row", tiny_tiles(16)}, {"tiles=default", defaults}};
+  return {{"tiles=16", tiny_flash_tiles(0)}, {"tiles=16,few-row", tiny_flash_tiles(16)}, {"tiles=default", defaults}};
 }
 
 }  // namespace
 
 TEST(FlashAttention, MatchesFloat64LoopOnOptionGrid) {
-  FlashKnobs knobs;
-  for (FlashIsa isa : isas()) {
+  ScopedFlashIsa knobs;
+  for (FlashIsa isa : flash_isas()) {
     set_flash_isa(isa);
     for (const TileConfig& tc : tile_configs(FlashTiles{})) {
       for (Spec s : option_grid()) {
@@ -525,7 +504,7 @@ TEST(FlashAttention, GradcheckFiniteDifferences) {
   for (Spec s : option_grid()) {
     if (std::find(picked.begin(), picked.end(), s.name) == picked.end()) continue;
     ++found;
-    s.opt.flash_tiles = tiny_tiles();
+    s.opt.flash_tiles = tiny_flash_tiles();
     SCOPED_TRACE(s.name);
     const Inputs in = make_inputs(s, 11);
     const auto f = run_fwd(s, in.q, in.k, in.v);
@@ -644,7 +623,7 @@ TEST(FlashAttention, ThreadCountIndependence) {
 // The split-KV path (few rows, many keys) equals the one-pass path, for GQA,
 // ALiBi, causal + left window, key padding and a ragged last chunk.
 TEST(FlashAttention, SplitKvDecodePathEqualsNormalPath) {
-  FlashKnobs knobs;
+  ScopedFlashIsa knobs;
   for (const std::int64_t lq : {1, 3}) {
     Spec s;
     s.hq = 8;
@@ -800,7 +779,7 @@ std::vector<double> doubles(const Tensor& t) {
 // flash (every SIMD path, default and tiny tiles) == PyTorch float64 fixtures,
 // element by element (expect_close_per_element).
 TEST(FlashAttention, MatchesPyTorchFixtures) {
-  FlashKnobs knobs;
+  ScopedFlashIsa knobs;
   std::vector<std::string> names;
   for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
     const std::string f = e.path().filename().string();
@@ -816,7 +795,7 @@ TEST(FlashAttention, MatchesPyTorchFixtures) {
     const auto base = naive<float>(s, q.to_vector(), k.to_vector(), v.to_vector(), dout.to_vector());
     const auto ref_out = doubles(t.at("out")), ref_lse = doubles(t.at("lse"));
     const auto ref_dq = doubles(t.at("dq")), ref_dk = doubles(t.at("dk")), ref_dv = doubles(t.at("dv"));
-    for (FlashIsa isa : isas()) {
+    for (FlashIsa isa : flash_isas()) {
       set_flash_isa(isa);
       for (const TileConfig& tc : tile_configs(FlashTiles{})) {
         s.opt.flash_tiles = tc.tiles;
