@@ -91,24 +91,24 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
                                 {"few_row", 37, 45, tiny_flash_tiles(16)},
                                 {"default_tiles", 37, 45, FlashTiles{}},
                                 {"split_kv", 2, 70, split}};
-  for (FlashIsa isa : flash_isas()) {
-    set_flash_isa(isa);
-    for (const Path& path : paths)
-      for (const bool causal : {false, true})
-        for (const Poison& poison : poisons) {
-          // inf_v with causal: rows that do not see the key may still multiply its V by P = 0 (NaN, as
-          // in PyTorch's math path); the dense reference skips P = 0. Only unmasked rows are compared.
-          if (causal && poison.tensor == 'v') continue;
+  for (const Path& path : paths)
+    for (const bool causal : {false, true})
+      for (const Poison& poison : poisons) {
+        // inf_v with causal: rows that do not see the key may still multiply its V by P = 0 (NaN, as
+        // in PyTorch's math path); the dense reference skips P = 0. Only unmasked rows are compared.
+        if (causal && poison.tensor == 'v') continue;
+        Tensor q = randn({1, 4, path.lq, 16}, 1), k = randn({1, 2, path.lk, 16}, 2), v = randn({1, 2, path.lk, 16}, 3);
+        Tensor& t = poison.tensor == 'q' ? q : poison.tensor == 'k' ? k : v;
+        const std::int64_t row = std::min(poison.row, t.size(2) - 1);
+        t.data<float>()[row * 16 + 3] = poison.value;
+        AttentionOptions opt;
+        opt.causal = causal;
+        opt.flash_tiles = path.tiles;
+        const auto d = attention_forward(q, k, v, opt, AttentionImpl::Dense);
+        for (FlashIsa isa : flash_isas()) {
+          set_flash_isa(isa);
           SCOPED_TRACE(std::string(flash_isa_name(isa)) + " " + path.name + (causal ? " causal " : " ") + poison.name);
-          Tensor q = randn({1, 4, path.lq, 16}, 1), k = randn({1, 2, path.lk, 16}, 2), v = randn({1, 2, path.lk, 16}, 3);
-          Tensor& t = poison.tensor == 'q' ? q : poison.tensor == 'k' ? k : v;
-          const std::int64_t row = std::min(poison.row, t.size(2) - 1);
-          t.data<float>()[row * 16 + 3] = poison.value;
-          AttentionOptions opt;
-          opt.causal = causal;
-          opt.flash_tiles = path.tiles;
           const auto f = attention_forward(q, k, v, opt, AttentionImpl::Flash);
-          const auto d = attention_forward(q, k, v, opt, AttentionImpl::Dense);
           expect_same_non_finite("out", f.out, d.out);
           expect_same_non_finite("lse", f.lse, d.lse);
           // The poisoned query row (or, for a NaN in K or V, the last row, which sees every key) is
@@ -118,7 +118,7 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
             EXPECT_FALSE(std::isfinite(f.out.data<float>()[checked * 16 + 3])) << "row " << checked;
           }
         }
-  }
+      }
 }
 
 // The backward propagates NaN rather than hiding it: from a NaN query (the
