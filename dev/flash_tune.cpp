@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   const int rounds = atoi(argv[4]);
   std::vector<FlashTiles> cfgs;
   for (int a = 5; a < argc; ++a) {
-    FlashTiles t = flash_tiles();
+    FlashTiles t;
     long fr, fk, br, bk;
     std::sscanf(argv[a], "%ld,%ld,%ld,%ld", &fr, &fk, &br, &bk);
     t.fwd_rows = fr; t.fwd_keys = fk; t.bwd_rows = br; t.bwd_keys = bk;
@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   std::vector<double> tf(cfgs.size(), 1e30), tb(cfgs.size(), 1e30);
   for (int r = 0; r < rounds; ++r)
     for (size_t c = 0; c < cfgs.size(); ++c) {
-      set_flash_tiles(cfgs[c]);
+      o.flash_tiles = cfgs[c];
       double t0 = cpu_now();
       f = attention_forward(q, k, v, o);
       tf[c] = std::min(tf[c], cpu_now() - t0);

@@ -258,7 +258,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   const auto& cpu = cpu_features();
   const bool onednn = gemm_backend_available(GemmBackend::OneDNN);
   const bool child = !opt.self_exe.empty() && cpu.avx512f && blas_core_name() != "SkylakeX";
-  const FlashTiles& tiles = flash_tiles();
+  const FlashTiles tiles;  // the defaults, which every row but the tuning ones uses
 
   std::cout << "modformer bench attention: exact attention, fp32, B = 1, Hq = Hkv = max(2, 16384 / L) heads\n"
             << "  (decode: Hq = 32), best of " << opt.reps << " after 1 warmup; FLOPs count unmasked work only:\n"
@@ -539,7 +539,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
   };
   std::vector<TuneRow> tune_rows;
   if (has("tune")) {
-    const FlashTiles saved = flash_tiles();
+    const FlashTiles defaults;
     const i64 L = 4096, H = 4;
     for (i64 d : opt.dims) {
       Tensor q = randn({1, H, L, d}, 1), k = randn({1, H, L, d}, 2), v = randn({1, H, L, d}, 3),
@@ -547,27 +547,25 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
       // Every tile shape of a pass timed in interleaved rounds (tiles set inside each call).
       using Shapes = std::vector<std::pair<i64, i64>>;
       auto tune = [&](const char* pass, const Shapes& shapes, i64 FlashTiles::*rows_of, i64 FlashTiles::*keys_of,
-                      const std::function<void()>& call) {
+                      const std::function<void(const AttentionOptions&)>& call) {
         std::vector<std::function<void()>> calls;
-        for (auto [rows, keys] : shapes)
-          calls.push_back([&, rows, keys] {
-            FlashTiles t = saved;
-            t.*rows_of = rows;
-            t.*keys_of = keys;
-            set_flash_tiles(t);
-            call();
-          });
+        for (auto [rows, keys] : shapes) {
+          AttentionOptions ao;
+          ao.flash_tiles = defaults;
+          ao.flash_tiles.*rows_of = rows;
+          ao.flash_tiles.*keys_of = keys;
+          calls.push_back([&call, ao] { call(ao); });
+        }
         const std::vector<double> times = best_times_interleaved(opt.reps, calls);
-        set_flash_tiles(saved);
         for (std::size_t i = 0; i < shapes.size(); ++i)
           tune_rows.push_back({pass, d, shapes[i].first, shapes[i].second, times[i]});
         progress.advance(static_cast<i64>(shapes.size()), str_cat("tune ", pass, " d=", d));
       };
       tune("fwd", Shapes{{64, 64}, {128, 64}, {192, 64}, {256, 64}, {192, 32}, {192, 128}}, &FlashTiles::fwd_rows,
-           &FlashTiles::fwd_keys, [&] { attention_forward(q, k, v, {}); });
+           &FlashTiles::fwd_keys, [&](const AttentionOptions& ao) { attention_forward(q, k, v, ao); });
       const AttentionOutput f = attention_forward(q, k, v, {});
       tune("bwd", Shapes{{64, 32}, {64, 64}, {32, 64}}, &FlashTiles::bwd_rows, &FlashTiles::bwd_keys,
-           [&] { attention_backward(q, k, v, f.out, f.lse, dout, {}); });
+           [&](const AttentionOptions& ao) { attention_backward(q, k, v, f.out, f.lse, dout, ao); });
     }
   }
   progress.finish();

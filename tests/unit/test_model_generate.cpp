@@ -169,25 +169,22 @@ TEST(ModelGenerate, CachedDecodingEqualsFullForward) {
 }
 
 // Decode steps through the flash-decoding path (keys split into chunks that
-// are merged): forced here with small split sizes, against the full forward
-// (whose 40 query rows take the ordinary tiled path).
+// are merged): with the default tiles a step takes it from 2048 cached keys
+// on, so a 2048-token prefill is followed by steps at 2049..2064 keys (split
+// into 3 chunks), against the full forward (whose rows take the tiled path).
 TEST(ModelGenerate, FlashDecodingSplitPathEqualsFullForward) {
   mt::ScopedThreads one(1);
-  struct TilesGuard {
-    FlashTiles prev = flash_tiles();
-    ~TilesGuard() { set_flash_tiles(prev); }
-  } guard;
-  FlashTiles t = guard.prev;
-  t.split_chunk = 16;
-  t.split_min_keys = 16;
-  set_flash_tiles(t);
-  for (const char* kind : {"llama", "alibi", "learned"}) {
-    Transformer m(tiny(kind, AttentionImpl::Flash), 7);
-    const Tensor tok = mt::random_tokens({1, 40}, 3, 23);
+  const FlashTiles defaults;
+  const std::int64_t prefill = defaults.split_min_keys, steps = 16;
+  for (const char* kind : {"llama", "alibi"}) {
+    ModelConfig c = tiny(kind, AttentionImpl::Flash);
+    c.max_position_embeddings = prefill + steps;
+    Transformer m(c, 7);
+    const Tensor tok = mt::random_tokens({1, prefill + steps}, 3, 23);
     const Tensor full = m.logits(tok);
     auto cache = state_for(m, 1);
-    std::vector<std::int64_t> chunks = {8};
-    chunks.resize(33, 1);  // decode steps at 9..40 keys: split into up to 3 chunks from 17 keys on
+    std::vector<std::int64_t> chunks = {prefill};
+    chunks.resize(1 + steps, 1);
     const Tensor got = cached_logits(m, *cache, tok, chunks);
     EXPECT_LE(max_abs_diff(got, full), logit_tolerance(m.config(), full)) << kind;
   }

@@ -41,6 +41,14 @@ void check_heads(std::int64_t hq, std::int64_t hkv) {
   MF_CHECK(hq % hkv == 0, kOp, " query heads (", hq, ") must be a multiple of key/value heads (", hkv, ")");
 }
 
+// Positions enter the kernels' masks and ALiBi distances as float32, which
+// holds every integer only up to 2^24: longer sequences are refused.
+void check_length(std::int64_t len, const char* what) {
+  MF_CHECK(len <= kMaxAttentionLength, kOp, " ", what, " is ", len, " positions long but at most ", kMaxAttentionLength,
+           " = 2^24 are supported (positions are compared and ALiBi distances computed in float32, exact only up to "
+           "2^24)");
+}
+
 // Fills the option fields of `p` (everything but the layout) and validates
 // them; `max_k_len` bounds the global token positions.
 void set_options(AttentionProblem& p, const AttentionOptions& opt, std::int64_t max_k_len) {
@@ -60,10 +68,13 @@ void set_options(AttentionProblem& p, const AttentionOptions& opt, std::int64_t 
   p.causal = opt.causal;
   p.window_left = opt.window_left;
   p.window_right = opt.window_right;
+  drop_vacuous_window_bounds(p);
   p.global_tokens = std::move(globals);
   if (opt.alibi) p.alibi_slopes = alibi_slopes(p.hq);
   p.dropout_p = opt.dropout_p;
   p.dropout_seed = opt.dropout_seed;
+  check_flash_tiles(opt.flash_tiles);
+  p.tiles = opt.flash_tiles;
 }
 
 // Dense layout: q/out [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], lse [B, Hq, Lq].
@@ -90,6 +101,8 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
   check_float_tensor(v, "v", 4, "[B, Hkv, Lk, D]");
   const std::int64_t b = q.size(0), hq = q.size(1), lq = q.size(2), d = q.size(3);
   const std::int64_t hkv = k.size(1), lk = k.size(2);
+  check_length(lq, "q (Lq)");
+  check_length(lk, "k (Lk)");
   MF_CHECK(k.size(0) == b, kOp, " k has batch size ", k.size(0), " but q has ", b, " (q ", shape_str(q.shape()),
            ", k ", shape_str(k.shape()), ")");
   MF_CHECK(k.size(3) == d, kOp, " k has head dimension ", k.size(3), " but q has ", d, " (q ", shape_str(q.shape()),
@@ -185,6 +198,8 @@ DenseInputs prepare_varlen(const Tensor& q, const Tensor& k, const Tensor& v, co
     p.k_off.push_back(ck[i] * hkv * d);
     p.lse_off.push_back(cq[i]);
     max_k = std::max(max_k, ck[i + 1] - ck[i]);
+    check_length(p.q_len.back(), "a query sequence (cu_seqlens_q)");
+    check_length(p.k_len.back(), "a key sequence (cu_seqlens_k)");
   }
   set_options(p, opt, max_k);
   return in;

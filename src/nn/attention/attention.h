@@ -13,20 +13,31 @@
 //     visible keys; O = dropout(P) V. LSE = log sum exp(score) over visible keys
 //     (natural log, before dropout).
 //   - A row that sees no key gets O = 0, LSE = -inf and zero gradients.
+//   - NaN or Inf in Q, K or V follows IEEE arithmetic through these formulas:
+//     a NaN score, an infinite max or a row whose visible scores are all -inf
+//     gives that row NaN O and LSE, and NaN gradients in backward.
+//   - Lq and Lk are at most kMaxAttentionLength (2^24) per batch entry.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "core/tensor.h"
+#include "nn/attention/flash_attention.h"
 
 namespace mf {
 
 enum class AttentionImpl { Flash, Dense };
 
+// Longest query or key sequence accepted (per batch entry): positions are
+// compared and ALiBi distances computed in float32, exact up to 2^24.
+inline constexpr std::int64_t kMaxAttentionLength = std::int64_t{1} << 24;
+
 struct AttentionOptions {
   bool causal = false;
-  std::int64_t window_left = -1;   // -1: unbounded (other negative values are rejected)
-  std::int64_t window_right = -1;  // -1: unbounded (other negative values are rejected)
+  // -1: unbounded (other negative values are rejected); any bound up to INT64_MAX is
+  // accepted, and one at least as long as the sequences is the same as unbounded.
+  std::int64_t window_left = -1;
+  std::int64_t window_right = -1;
   // Absolute positions (0-based, key coordinates) of global tokens (Longformer).
   std::vector<std::int64_t> global_tokens;
   bool alibi = false;  // slopes of the ALiBi paper for Hq heads
@@ -35,6 +46,9 @@ struct AttentionOptions {
   std::uint64_t dropout_seed = 0;
   // Optional int32 [B, Lk]: nonzero = key may be attended, 0 = padding.
   Tensor key_padding_mask;
+  // Tile sizes of the flash kernels for this call (results depend on them only
+  // through rounding); validated by check_flash_tiles.
+  FlashTiles flash_tiles;
 };
 
 struct AttentionOutput {

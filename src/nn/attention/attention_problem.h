@@ -3,12 +3,14 @@
 // [B, H, L, D] tensors and varlen packed [total, H, D] tensors are one case.
 // Built and validated by the front door (attention.cpp); kernels trust it.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "core/rng.h"
+#include "nn/attention/flash_attention.h"
 
 namespace mf {
 
@@ -33,6 +35,7 @@ struct AttentionProblem {
   std::uint64_t dropout_seed = 0;
   const std::int32_t* key_mask = nullptr;  // [batch, key_mask_stride] or null
   std::int64_t key_mask_stride = 0;
+  FlashTiles tiles;  // the flash kernels' tile sizes (the dense reference ignores them)
 
   std::int64_t group() const { return hq / hkv; }  // query heads per KV head
   std::int64_t shift(std::int64_t b) const { return k_len[b] - q_len[b]; }  // i' = i + shift
@@ -50,6 +53,25 @@ inline bool attention_visible(const AttentionProblem& p, std::int64_t b, std::in
   if (p.key_mask != nullptr && p.key_mask[b * p.key_mask_stride + j] == 0) return false;
   const bool in_window = (p.window_left < 0 || j >= ip - p.window_left) && (p.window_right < 0 || j <= ip + p.window_right);
   return in_window || (!p.global_tokens.empty() && (p.is_global(ip) || p.is_global(j)));
+}
+
+// Whether row i of batch entry b sees at least one key.
+inline bool attention_row_sees_a_key(const AttentionProblem& p, std::int64_t b, std::int64_t i) {
+  const std::int64_t ip = i + p.shift(b);
+  const std::int64_t key_end = p.causal ? std::min(p.k_len[b], ip + 1) : p.k_len[b];
+  for (std::int64_t j = 0; j < key_end; ++j)
+    if (attention_visible(p, b, i, j)) return true;
+  return false;
+}
+
+// Window bounds at least as long as the longest sequence cut no key (a row at
+// position i' in [-Lq, Lk) reaches every key in [0, Lk)): they are made
+// unbounded, so that no kernel adds a bound of up to INT64_MAX to a position.
+inline void drop_vacuous_window_bounds(AttentionProblem& p) {
+  std::int64_t longest = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) longest = std::max({longest, p.q_len[b], p.k_len[b]});
+  if (p.window_left >= longest) p.window_left = -1;
+  if (p.window_right >= longest) p.window_right = -1;
 }
 
 // Score bias added to scale * q.k (ALiBi), for query head h.
@@ -76,6 +98,13 @@ void dense_attention_backward(const AttentionProblem& p, const float* q, const f
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv);
 void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
                              float* lse);
+// The flash forward's plan for one batch entry: the number of key chunks
+// (tiles.split_chunk keys each) of its split-KV (flash-decoding) path, taken
+// when the entry's query rows fit one tile and it has at least
+// tiles.split_min_keys keys; 0 when the keys are walked in one pass. (A call
+// whose partial results would exceed 256 MiB takes no split at all.)
+std::int64_t flash_forward_key_splits(const FlashTiles& tiles, std::int64_t group, std::int64_t q_len,
+                                      std::int64_t k_len);
 void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv);
 

@@ -100,7 +100,8 @@ void softmax_probs(const AttentionProblem& p, std::int64_t b, std::int64_t h, co
     if (lse_out != nullptr) lse_out[lse_base + i] = static_cast<float>(row_lse);
     float* prow = P.data() + i * lk;
     // A row that sees no key (LSE = -inf) keeps P = 0: O = 0 and zero gradients.
-    const bool empty = !any || !(row_lse > kNegInf);
+    // A NaN LSE (NaN or infinite inputs) gives NaN P, which reaches O and the gradients.
+    const bool empty = !any || row_lse == kNegInf;
     for (std::int64_t j = 0; j < lk; ++j)
       prow[j] = (!empty && visible[j]) ? static_cast<float>(std::exp(s[j] - row_lse)) : 0.0f;
   }

@@ -1,7 +1,8 @@
 // Knobs of the flash attention kernels (flash_attention.cpp): which SIMD
-// path runs (tests exercise all three on one machine) and the tile sizes,
-// which the benchmark's tuning rows sweep. The kernels themselves are
-// declared in attention_problem.h (contract) and flash_decode.h (decode).
+// path runs (process-wide; tests exercise all three on one machine) and the
+// tile sizes, a per-call setting (AttentionOptions::flash_tiles) that the
+// benchmark's tuning rows sweep. The kernels themselves are
+// declared in attention_problem.h.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -34,7 +35,8 @@ struct FlashTiles {
   std::int64_t split_chunk = 1024; // keys per split of the decode path (flash-decoding)
   std::int64_t split_min_keys = 2048;  // the decode path is taken from this many keys on
 };
-const FlashTiles& flash_tiles();
-void set_flash_tiles(const FlashTiles& tiles);  // validates (multiples of 16, >= 16)
+// Throws mf::Error naming the bad field: the row/key tiles and split_chunk must be
+// multiples of 16 in [16, 4096], small_rows in [0, fwd_rows], split_min_keys >= 1.
+void check_flash_tiles(const FlashTiles& tiles);
 
 }  // namespace mf

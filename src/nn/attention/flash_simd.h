@@ -2,7 +2,8 @@
 // set (AVX-512, AVX2+FMA, scalar) with the same static functions, so every
 // kernel is written once as a template on the ISA and all three are tested.
 // exp2 is a degree-5 polynomial on [-1/2, 1/2] scaled by 2^n; inputs below
-// -125 give exactly 0 (no denormals, -inf -> 0), which masking relies on.
+// -125 give exactly 0 (no denormals, -inf -> 0), which masking relies on;
+// NaN gives NaN, so a NaN score reaches its row's output.
 #pragma once
 #include <immintrin.h>
 
@@ -58,7 +59,7 @@ struct IsaScalar {
   static V select(M m, V a, V b) { return m ? a : b; }
   static float reduce_add(V v) { return v; }
   static float reduce_max(V v) { return v; }
-  static V exp2(V x) { return x >= kExp2Min ? std::exp2(x) : 0.0f; }
+  static V exp2(V x) { return x < kExp2Min ? 0.0f : std::exp2(x); }  // NaN stays NaN
   static V sum_lanes_transposed(const V* a) { return a[0]; }
   static void transpose_rows(const float* const* rows, int n_cols, float scale, float* dst, std::int64_t ldd) {
     transpose_rows_plain<W>(rows, n_cols, scale, dst, ldd);
@@ -107,8 +108,9 @@ struct IsaAvx2 {
     return _mm_cvtss_f32(s);
   }
   static V exp2(V x) {
-    const M live = ge(x, set1(kExp2Min));
-    x = _mm256_min_ps(_mm256_max_ps(x, set1(kExp2Min)), set1(127.0f));
+    const M live = _mm256_cmp_ps(x, set1(kExp2Min), _CMP_NLT_UQ);  // NaN lanes stay live
+    // max/min return their second operand when one is NaN: NaN passes through to the result.
+    x = _mm256_min_ps(set1(127.0f), _mm256_max_ps(set1(kExp2Min), x));
     const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = sub(x, n);
     V p = fmadd(set1(kExp2C5), f, set1(kExp2C4));
@@ -183,7 +185,7 @@ struct IsaAvx512 {
     return _mm_cvtss_f32(s);
   }
   static V exp2(V x) {
-    const M live = ge(x, set1(kExp2Min));
+    const M live = _mm512_cmp_ps_mask(x, set1(kExp2Min), _CMP_NLT_UQ);  // NaN lanes stay live (NaN result)
     // No upper clamp: scalef overflows to +inf by itself (softmax inputs are <= 0 anyway).
     const V n = _mm512_maskz_roundscale_ps(kAll, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = sub(x, n);

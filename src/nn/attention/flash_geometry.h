@@ -1,0 +1,318 @@
+// Flash attention, stage 1 of 3 (flash_forward.cpp, flash_backward.cpp):
+// the tile geometry and visibility shared by the forward and the backward.
+// FlashCall holds what one call's tile loops read (the problem, its tile
+// sizes, shrunk for narrow windows, and lookup tables for global tokens and
+// key padding) and classifies (row range, key range) tiles as skipped, full
+// or edge; visible_pairs is the element rule on SIMD lanes.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "core/alloc.h"
+#include "nn/attention/attention_problem.h"
+#include "nn/attention/flash_attention.h"
+#include "nn/attention/flash_tiles.h"
+
+namespace mf::flash {
+
+using i64 = std::int64_t;
+
+inline i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
+inline i64 ceil_div(i64 x, i64 m) { return (x + m - 1) / m; }
+
+// Below this many multiply-adds (forward) a call runs on one thread: a
+// parallel region costs a barrier, which on a loaded machine can wait a
+// whole scheduler time slice; ~40 us of single-thread work.
+inline constexpr i64 kParallelMinWork = i64{1} << 21;
+
+inline i64 total_work(const AttentionProblem& p) {
+  i64 w = 0;
+  for (i64 b = 0; b < p.batch; ++b) w += p.q_len[b] * p.k_len[b];
+  return w * p.hq * p.d;
+}
+
+// One scratch object per thread, made before the parallel region (so that
+// an allocation failure throws here, not inside OpenMP).
+template <class S>
+std::vector<std::unique_ptr<S>> make_scratch(int n, const auto& cm) {
+  std::vector<std::unique_ptr<S>> v;
+  for (int t = 0; t < n; ++t) v.push_back(std::make_unique<S>(cm));
+  return v;
+}
+
+// Aligned scratch, counted by the engine allocator so memory claims include it.
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(i64 n) { reset(n); }
+  ~Buf() { release(); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  Buf(Buf&& o) noexcept : p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  void reset(i64 n) {
+    release();
+    if (n > 0) {
+      p_ = static_cast<float*>(aligned_alloc_counted(static_cast<std::size_t>(n) * sizeof(float)));
+      n_ = n;
+    }
+  }
+  void zero() {
+    if (n_ > 0) std::memset(p_, 0, static_cast<std::size_t>(n_) * sizeof(float));
+  }
+  float* data() const { return p_; }
+
+ private:
+  void release() {
+    if (p_ != nullptr) aligned_free_counted(p_, static_cast<std::size_t>(n_) * sizeof(float));
+    p_ = nullptr;
+    n_ = 0;
+  }
+  float* p_ = nullptr;
+  i64 n_ = 0;
+};
+
+// Key offsets within a tile, for a block of rows: keys [seen_begin, seen_end) are seen by some
+// row and keys [all_begin, all_end) by every row (key padding aside); no row sees the others.
+struct KeyRanges {
+  i64 seen_begin, seen_end, all_begin, all_end;
+};
+
+enum class TileKind { Skip, Full, Edge };  // Full: every (row, key) visible; Edge: element masks needed
+
+// The keys of one (batch, KV head): row j of K at k + j * k_row_stride (V likewise).
+struct KeyRows {
+  const float* k = nullptr;
+  const float* v = nullptr;
+};
+
+// What one call's tile loops read: the problem, tile sizes, and lookup
+// tables for global tokens and key padding.
+struct FlashCall {
+  const AttentionProblem& p;
+  FlashTiles tiles;
+  i64 G, D, Dp;
+  std::vector<float> slopes;        // [hq] ALiBi slopes; empty without ALiBi
+  std::vector<std::uint8_t> global_key;  // [max k_len] key position is a global token
+  std::vector<i64> pad_prefix, pad_base;  // padded keys before j of entry b: pad_prefix[pad_base[b] + j]
+  const float* k;
+  const float* v;
+  bool fwd_whole_reach = false;   // a forward key tile covers a row tile's whole window reach
+  bool bwd_whole_reach = false;   // a backward row step covers a key tile's whole window reach
+  static constexpr i64 kMaxReachKeys = 256;
+
+  FlashCall(const AttentionProblem& prob, const float* kp, const float* vp)
+      : p(prob), tiles(prob.tiles), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
+        slopes(prob.alibi_slopes), k(kp), v(vp) {
+    // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
+    // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
+    // shrink to ~span / 4 (at least 16) to keep windowed time proportional to density.
+    // When a forward row tile's whole reach (its positions + span - 1 keys) fits in
+    // kMaxReachKeys, it is one key tile starting at the window's left edge: one pass of the
+    // online softmax and one long P V product per row tile instead of several short ones.
+    const bool left_bounded = p.window_left >= 0, right_bounded = p.causal || p.window_right >= 0;
+    if (left_bounded && right_bounded) {
+      const i64 span = p.window_left + 1 + (p.causal ? 0 : p.window_right);
+      i64 t = 16;
+      while (t * 2 <= span / 4) t *= 2;
+      tiles.fwd_rows = std::min(tiles.fwd_rows, t);
+      tiles.fwd_keys = std::min(tiles.fwd_keys, t);
+      tiles.bwd_rows = std::min(tiles.bwd_rows, t);
+      tiles.bwd_keys = std::min(tiles.bwd_keys, t);
+      tiles.small_rows = std::min(tiles.small_rows, tiles.fwd_rows);
+      // The backward likewise: a key tile's query rows (tile keys + span - 1 positions) in one step.
+      const auto whole_reach = [&](i64 tile, i64& other_side) {
+        const i64 reach = round_up(tile + span - 1, 16);
+        if (!p.global_tokens.empty() || reach > kMaxReachKeys) return false;
+        other_side = reach;
+        return true;
+      };
+      fwd_whole_reach = whole_reach(std::max<i64>(1, tiles.fwd_rows / G), tiles.fwd_keys);
+      bwd_whole_reach = whole_reach(tiles.bwd_keys, tiles.bwd_rows);
+    }
+    if (!p.global_tokens.empty()) {
+      i64 max_k = 0;
+      for (i64 b = 0; b < p.batch; ++b) max_k = std::max(max_k, p.k_len[b]);
+      global_key.assign(static_cast<std::size_t>(max_k), 0);
+      for (i64 g : p.global_tokens)
+        if (g >= 0 && g < max_k) global_key[g] = 1;
+    }
+    if (p.key_mask != nullptr) {
+      pad_base.resize(p.batch);
+      i64 total = 0;
+      for (i64 b = 0; b < p.batch; ++b) {
+        pad_base[b] = total;
+        total += p.k_len[b] + 1;
+      }
+      pad_prefix.resize(total);
+      for (i64 b = 0; b < p.batch; ++b) {
+        i64 n = 0;
+        for (i64 j = 0; j < p.k_len[b]; ++j) {
+          pad_prefix[pad_base[b] + j] = n;
+          n += p.key_mask[b * p.key_mask_stride + j] == 0;
+        }
+        pad_prefix[pad_base[b] + p.k_len[b]] = n;
+      }
+    }
+  }
+
+  bool has_global() const { return !p.global_tokens.empty(); }
+  // Forward query tiles: positions per tile, and the first row of entry b from
+  // which the forward took the few-row kernel (whose scores the backward must
+  // reproduce): every row when a whole tile is few rows, else at most the last,
+  // partial tile's.
+  i64 fwd_tile_rows() const { return std::max<i64>(1, tiles.fwd_rows / G); }
+  i64 fwd_few_rows_from(i64 b) const {
+    const i64 bq = fwd_tile_rows(), lq = p.q_len[b];
+    if (G * bq <= tiles.small_rows || lq == 0) return 0;
+    const i64 last = (lq - 1) / bq * bq;
+    return G * (lq - last) <= tiles.small_rows ? last : lq;
+  }
+  bool global_pos(i64 pos) const { return pos >= 0 && pos < static_cast<i64>(global_key.size()) && global_key[pos] != 0; }
+  bool any_global_in(i64 lo, i64 hi) const {  // a global token in [lo, hi]
+    auto it = std::lower_bound(p.global_tokens.begin(), p.global_tokens.end(), lo);
+    return it != p.global_tokens.end() && *it <= hi;
+  }
+  bool key_padded(i64 b, i64 j) const { return p.key_mask != nullptr && p.key_mask[b * p.key_mask_stride + j] == 0; }
+  i64 padded_in(i64 b, i64 j0, i64 j1) const {
+    return p.key_mask == nullptr ? 0 : pad_prefix[pad_base[b] + j1] - pad_prefix[pad_base[b] + j0];
+  }
+
+  // Rows at absolute positions [ip_lo, ip_hi] against keys [j0, j1).
+  TileKind classify(i64 b, i64 ip_lo, i64 ip_hi, i64 j0, i64 j1) const {
+    if (j1 <= j0 || ip_hi < ip_lo) return TileKind::Skip;
+    if (p.causal && j0 > ip_hi) return TileKind::Skip;
+    const i64 npad = padded_in(b, j0, j1);
+    if (npad == j1 - j0) return TileKind::Skip;
+    const bool wl = p.window_left >= 0, wr = p.window_right >= 0;
+    const bool outside = (wl && j1 - 1 < ip_lo - p.window_left) || (wr && j0 > ip_hi + p.window_right);
+    if (outside && !(has_global() && (any_global_in(ip_lo, ip_hi) || any_global_in(j0, j1 - 1))))
+      return TileKind::Skip;
+    const bool full = (!p.causal || j1 - 1 <= ip_lo) && (!wl || j0 >= ip_hi - p.window_left) &&
+                      (!wr || j1 - 1 <= ip_lo + p.window_right) && npad == 0;
+    return full ? TileKind::Full : TileKind::Edge;
+  }
+
+  // First key tile start (on the grid ka + n * step) that rows [ip_lo, ip_hi] may see:
+  // the window's left edge when there are no global tokens, else ka.
+  i64 first_key(i64 ip_lo, i64 ka, i64 step) const {
+    if (has_global() || p.window_left < 0) return ka;
+    const i64 lo = ip_lo - p.window_left;
+    if (fwd_whole_reach) return std::max(lo, ka);
+    return lo <= ka ? ka : ka + (lo - ka) / step * step;
+  }
+  // KeyRanges of keys [j0, j0 + nc) against rows at positions [pos_lo, pos_hi] (no global
+  // tokens), as offsets from j0: seen_begin <= all_begin <= all_end <= seen_end.
+  KeyRanges lane_keys(i64 pos_lo, i64 pos_hi, i64 j0, i64 nc) const {
+    const auto at = [&](i64 j) { return std::clamp<i64>(j - j0, 0, nc); };
+    i64 vis_end = j0 + nc, all_end = j0 + nc, seen_begin = 0, all_begin = 0;
+    if (p.causal) {
+      vis_end = std::min(vis_end, pos_hi + 1);
+      all_end = std::min(all_end, pos_lo + 1);
+    }
+    if (p.window_right >= 0) {
+      vis_end = std::min(vis_end, pos_hi + p.window_right + 1);
+      all_end = std::min(all_end, pos_lo + p.window_right + 1);
+    }
+    if (p.window_left >= 0) {
+      seen_begin = at(pos_lo - p.window_left);
+      all_begin = at(pos_hi - p.window_left);
+    }
+    const i64 seen_end = std::max(seen_begin, at(vis_end));
+    const i64 all_end_offset = std::min(seen_end, std::max(all_begin, at(all_end)));
+    return {seen_begin, seen_end, std::min(all_begin, all_end_offset), all_end_offset};
+  }
+  // One past the last key rows [.., ip_hi] may see (causal / right window), at most kb.
+  i64 end_key(i64 ip_hi, i64 kb) const {
+    i64 e = kb;
+    if (p.causal) e = std::min(e, ip_hi + 1);
+    if (!has_global() && p.window_right >= 0) e = std::min(e, ip_hi + p.window_right + 1);
+    return std::max<i64>(e, 0);
+  }
+  // Query rows [i_begin, i_end) of entry b (on the grid of `step`) that may see keys [j0, j1).
+  std::pair<i64, i64> query_range(i64 b, i64 j0, i64 j1, i64 step) const {
+    const i64 shift = p.shift(b), lq = p.q_len[b];
+    i64 lo = 0, hi = lq;  // rows
+    if (p.causal) lo = std::max(lo, j0 - shift);
+    if (!has_global()) {
+      if (p.window_right >= 0) lo = std::max(lo, j0 - p.window_right - shift);
+      if (p.window_left >= 0) hi = std::min(hi, j1 - 1 + p.window_left - shift + 1);
+    }
+    lo = std::max<i64>(0, std::min(lo, lq));
+    if (!bwd_whole_reach) lo = lo / step * step;
+    return {lo, std::max(lo, std::min(hi, lq))};
+  }
+
+  KeyRows kv(i64 b, i64 kvh) const {
+    const i64 off = p.k_off[b] + kvh * p.k_head_stride;
+    return {k + off, v + off};
+  }
+};
+
+// dst[d * ldd + r] = scale * row(r)[d] for r < n (a multiple of W; row(r) == nullptr: a
+// zero row) and d < D, in W x W blocks transposed in registers.
+template <class Isa, class RowFn>
+void pack_transposed(RowFn row, i64 n, i64 D, float scale, float* dst, i64 ldd) {
+  constexpr int W = Isa::W;
+  static const float zeros[16] = {};
+  for (i64 r0 = 0; r0 < n; r0 += W) {
+    const float* rows[W];
+    for (int t = 0; t < W; ++t) {
+      const float* r = row(r0 + t);
+      rows[t] = r != nullptr ? r : zeros;
+    }
+    for (i64 d0 = 0; d0 < D; d0 += W) {
+      const float* shifted[W];
+      for (int t = 0; t < W; ++t) shifted[t] = rows[t] == zeros ? zeros : rows[t] + d0;
+      Isa::transpose_rows(shifted, static_cast<int>(std::min<i64>(W, D - d0)), scale, dst + d0 * ldd + r0, ldd);
+    }
+  }
+}
+
+// The visibility rule of attention.h on a vector of (row, key) pairs, written
+// once for every kernel and ISA (the scalar one included): positions as floats,
+// exact because lengths are at most 2^24 and window bounds below the longest
+// length (larger ones are dropped by the front door). row_global / key_global:
+// the row's / key's position is a global token; key_usable: the key is in range
+// and not padded.
+template <class I>
+typename I::M visible_pairs(const AttentionProblem& p, typename I::V row_pos, typename I::V key_pos,
+                            typename I::M row_global, typename I::M key_global, typename I::M key_usable) {
+  typename I::M in_window = I::mall(true);
+  if (p.window_left >= 0)
+    in_window = I::mand(in_window, I::ge(key_pos, I::sub(row_pos, I::set1(static_cast<float>(p.window_left)))));
+  if (p.window_right >= 0)
+    in_window = I::mand(in_window, I::le(key_pos, I::add(row_pos, I::set1(static_cast<float>(p.window_right)))));
+  if (!p.global_tokens.empty()) in_window = I::mor(in_window, I::mor(row_global, key_global));
+  typename I::M visible = I::mand(in_window, key_usable);
+  if (p.causal) visible = I::mand(visible, I::le(key_pos, row_pos));
+  return visible;
+}
+
+// Runs f(Isa{}) for the SIMD path in use (flash_isa()).
+template <class F>
+void with_isa(F&& f) {
+  switch (flash_isa()) {
+#ifdef MF_FLASH_HAVE_AVX512
+    case FlashIsa::Avx512:
+      f(IsaAvx512{});
+      return;
+#endif
+#ifdef MF_FLASH_HAVE_AVX2
+    case FlashIsa::Avx2:
+      f(IsaAvx2{});
+      return;
+#endif
+    default:
+      f(IsaScalar{});
+      return;
+  }
+}
+
+}  // namespace mf::flash
