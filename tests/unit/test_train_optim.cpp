@@ -7,9 +7,14 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <set>
+#include <vector>
 
 #include "../support/fixtures.h"
+#include "../support/tiny_models.h"
 #include "core/rng.h"
+#include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/grad_clip.h"
 #include "train/schedule.h"
@@ -204,4 +209,73 @@ TEST(TrainGradClip, NormScaleAndNonFinite) {
   EXPECT_EQ(global_grad_norm({&big}), std::sqrt(want));
   zero_grads(ps);
   EXPECT_EQ(global_grad_norm(ps), 0.0);
+}
+
+// Weight decay goes to the matrices of the projections and the untied output
+// head, never to norms, biases or embeddings (token and learned positions):
+// checked by name on a Llama config and on a post-norm LayerNorm model with
+// biases, learned positions and tied embeddings. A step with zero gradients
+// then leaves every undecayed parameter bit for bit and multiplies every
+// decayed one by exactly (1 - lr * weight_decay).
+TEST(TrainAdamW, WeightDecayGoesToProjectionMatricesOnly) {
+  ModelConfig gpt_like = mf::testing::tiny_modformer_config(AttentionImpl::Flash);
+  mf::testing::use_post_norm_gelu_learned(gpt_like);
+  const std::vector<std::pair<ModelConfig, std::set<std::string>>> cases = {
+      {mf::testing::tiny_llama_config(),
+       {"model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight", "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight"}},
+      {gpt_like,
+       {"model.embed_tokens.weight", "model.embed_positions.weight", "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.self_attn.k_proj.bias", "model.layers.0.self_attn.v_proj.bias",
+        "model.layers.0.self_attn.o_proj.bias", "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.bias", "model.layers.0.mlp.up_proj.bias",
+        "model.layers.0.mlp.down_proj.bias", "model.layers.0.post_feedforward_layernorm.weight",
+        "model.layers.0.post_feedforward_layernorm.bias", "model.layers.1.self_attn.q_proj.bias",
+        "model.layers.1.self_attn.k_proj.bias", "model.layers.1.self_attn.v_proj.bias",
+        "model.layers.1.self_attn.o_proj.bias", "model.layers.1.post_attention_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.bias", "model.layers.1.mlp.up_proj.bias",
+        "model.layers.1.mlp.down_proj.bias", "model.layers.1.post_feedforward_layernorm.weight",
+        "model.layers.1.post_feedforward_layernorm.bias"}}};
+  const std::vector<std::set<std::string>> decayed_by_case = {
+      {"lm_head.weight"}, {}};  // plus every *_proj.weight; the GPT-like head is tied to the embedding
+  for (std::size_t c = 0; c < cases.size(); ++c) {
+    const auto& [cfg, undecayed] = cases[c];
+    Transformer model(cfg, 7);
+    std::set<std::string> decayed_names, undecayed_names;
+    for (Parameter* p : model.parameters()) (p->weight_decay ? decayed_names : undecayed_names).insert(p->name);
+    EXPECT_EQ(undecayed_names, undecayed) << "case " << c;
+    std::set<std::string> decayed = decayed_by_case[c];
+    for (const std::string& layer : {"model.layers.0.", "model.layers.1."})
+      for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.up_proj", "mlp.down_proj"})
+        decayed.insert(layer + proj + ".weight");
+    if (c == 0)
+      for (const std::string& layer : {"model.layers.0.", "model.layers.1."}) decayed.insert(layer + "mlp.gate_proj.weight");
+    EXPECT_EQ(decayed_names, decayed) << "case " << c;
+
+    // Nonzero values everywhere (biases start at zero, norm weights at one),
+    // zero gradients (as the model leaves them before any backward).
+    std::map<std::string, std::vector<float>> before;
+    std::uint64_t seed = 100;
+    for (Parameter* p : model.parameters()) {
+      p->value.copy_from(randn(p->value.shape(), ++seed));
+      ASSERT_EQ(global_grad_norm({p}), 0.0) << p->name;
+      before[p->name] = p->value.to_vector();
+    }
+    AdamWConfig opt_cfg;
+    opt_cfg.weight_decay = 0.1;
+    const double lr = 0.05;
+    AdamW opt(model.parameters(), opt_cfg);
+    opt.step(lr);
+    const float factor = static_cast<float>(1.0 - lr * opt_cfg.weight_decay);
+    for (const Parameter* p : model.parameters()) {
+      const std::vector<float>& old_values = before.at(p->name);
+      const std::vector<float> new_values = p->value.to_vector();
+      std::size_t mismatches = 0;
+      for (std::size_t i = 0; i < old_values.size(); ++i)
+        mismatches += new_values[i] != (p->weight_decay ? old_values[i] * factor : old_values[i]);
+      EXPECT_EQ(mismatches, 0u) << p->name << (p->weight_decay ? " (decayed)" : " (not decayed)");
+    }
+  }
 }
