@@ -11,6 +11,7 @@
 #include <set>
 #include <vector>
 
+#include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/tiny_models.h"
 #include "core/rng.h"
@@ -126,7 +127,7 @@ TEST(TrainAdamW, StateRoundTripContinuesBitwise) {
   }
   Parameter e("layer.weight", randn({5, 7}, 1), true);
   AdamW oe({&e}, {});
-  EXPECT_THROW(oe.load(dir + "/opt.safetensors"), Error);
+  EXPECT_ERROR("tensor 'layer.weight.exp_avg' must have shape [5, 7] but has [7, 5]", oe.load(dir + "/opt.safetensors"));
   std::filesystem::remove_all(dir);
 }
 
@@ -148,14 +149,14 @@ TEST(TrainAdamW, RejectsBadConfig) {
   Parameter p("x", randn({3}, 1), true);
   AdamWConfig c;
   c.beta2 = 1.0;
-  EXPECT_THROW(AdamW({&p}, c), Error);
+  EXPECT_ERROR("beta2 must be in [0, 1) but is 1", AdamW({&p}, c));
   c = {};
   c.eps = 0;
-  EXPECT_THROW(AdamW({&p}, c), Error);
+  EXPECT_ERROR("eps must be > 0 but is 0", AdamW({&p}, c));
   Parameter q("x", randn({3}, 2), true);
-  EXPECT_THROW(AdamW({&p, &q}, {}), Error);  // duplicate name
+  EXPECT_ERROR("parameter name 'x' appears twice", AdamW({&p, &q}, {}));  // duplicate name
   AdamW ok({&p}, {});
-  EXPECT_THROW(ok.step(std::nan("")), Error);
+  EXPECT_ERROR("learning rate must be finite and >= 0 but is nan", ok.step(std::nan("")));
 }
 
 TEST(TrainSchedule, WarmupThenCosine) {
@@ -172,9 +173,9 @@ TEST(TrainSchedule, WarmupThenCosine) {
   for (int i = 11; i < 110; ++i) EXPECT_LE(s.lr_at(i), s.lr_at(i - 1));
   CosineSchedule none{2e-3, 0.0, 0, 1};
   EXPECT_DOUBLE_EQ(none.lr_at(0), 2e-3);  // a one-step run without warmup uses the peak
-  EXPECT_THROW((CosineSchedule{1e-3, 2e-3, 0, 10}.validate()), Error);
-  EXPECT_THROW((CosineSchedule{1e-3, 0, -1, 10}.validate()), Error);
-  EXPECT_THROW((CosineSchedule{0, 0, 0, 10}.validate()), Error);
+  EXPECT_ERROR("min_lr must be in [0, lr = 0.001] but is 0.002", (CosineSchedule{1e-3, 2e-3, 0, 10}.validate()));
+  EXPECT_ERROR("warmup_steps must be >= 0 but is -1", (CosineSchedule{1e-3, 0, -1, 10}.validate()));
+  EXPECT_ERROR("lr must be > 0 but is 0", (CosineSchedule{0, 0, 0, 10}.validate()));
 }
 
 TEST(TrainGradClip, NormScaleAndNonFinite) {
