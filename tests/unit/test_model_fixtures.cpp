@@ -42,6 +42,10 @@ Fixture load(const std::string& name) {
   if (st.tensors.count("labels")) f.labels = st.tensors.at("labels");
   f.logits = st.tensors.at("logits");
   f.loss = st.tensors.at("loss").to_vector()[0];
+  // The two eps differ a thousandfold (1e-5, 1e-2), so a norm that reads the
+  // other one's eps fails every fixture (measured by swapping them in
+  // ModelConfig::norm_eps: all 28 model fixture tests fail).
+  EXPECT_GE(f.cfg.layer_norm_eps, 1000 * f.cfg.rms_norm_eps) << name;
   return f;
 }
 
