@@ -8,6 +8,7 @@
 
 #include "core/threads.h"
 #include "model/checkpoint.h"
+#include "model/generation_state.h"
 #include "model/transformer.h"
 #include "../support/fixtures.h"
 #include "../support/threads.h"
@@ -99,7 +100,57 @@ INSTANTIATE_TEST_SUITE_P(
     Kinds, ModelFixtures,
     ::testing::Combine(::testing::Values("model_llama", "model_post_layernorm_gelu_learned", "model_alibi_sandwich_geglu",
                                          "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
-                                         "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm"),
+                                         "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm",
+                                         "model_rope_linear", "model_rope_ntk", "model_rope_dynamic", "model_rope_yarn"),
+                       ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
+    [](const auto& param_info) {
+      return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
+    });
+
+// rope_scaling through the KV cache: a prefill of `prefill` tokens, then one
+// token per call, gives torch's "cached_logits" (tools/fixtures/model.py
+// rope_scaling_fixture). For linear, NTK and YaRN they are the full forward's
+// logits. Dynamic NTK differs, as in Hugging Face: each call's base follows
+// the length it sees (max(prefill, original) for the prefill, t + 1 for the
+// step at position t) while cached keys keep the rotation they were given, so
+// generation never equals a full forward over the same tokens once the
+// length passes original_max_position_embeddings; the check below holds both
+// to their own torch reference and proves the two differ.
+class RopeScalingCache : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
+
+TEST_P(RopeScalingCache, PrefillThenStepsMatchTorch) {
+  ScopedThreads one(1);
+  const auto& [name, impl] = GetParam();
+  const Fixture f = load(name);
+  const SafetensorsContents st = mf::testing::load_fixture(name);
+  const Tensor& want = st.tensors.at("cached_logits");
+  const std::int64_t prefill = st.tensors.at("prefill").data<std::int32_t>()[0];
+  ASSERT_NE(f.cfg.rope_scaling.type, RopeScalingType::None) << name;
+  Transformer m(f.cfg, 123);
+  load_weights(m, f.weights, name);
+  m.set_attention_impl(impl);
+
+  GenerationOptions opt;
+  opt.batch = f.tokens.size(0);
+  auto state = m.new_generation_state(opt);
+  const std::int64_t L = f.tokens.size(1);
+  Tensor got = Tensor::empty(want.shape());
+  for (std::int64_t begin = 0; begin < L;) {
+    const std::int64_t end = begin == 0 ? prefill : begin + 1;
+    got.slice(1, begin, end).copy_from(m.logits(f.tokens.slice(1, begin, end).contiguous(), state.get()));
+    begin = end;
+  }
+  EXPECT_LE(max_abs_diff(got, want), kRel * max_abs(want)) << name;
+  const float cached_vs_full = max_abs_diff(want, f.logits);
+  if (f.cfg.rope_scaling.type == RopeScalingType::Dynamic)
+    EXPECT_GT(cached_vs_full, 0.01f * max_abs(want)) << "the dynamic base does not change: the check is blind";
+  else
+    EXPECT_EQ(cached_vs_full, 0.0f) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Scalings, RopeScalingCache,
+    ::testing::Combine(::testing::Values("model_rope_linear", "model_rope_ntk", "model_rope_dynamic", "model_rope_yarn"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     [](const auto& param_info) {
       return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
