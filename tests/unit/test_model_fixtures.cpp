@@ -1,6 +1,7 @@
 // Whole-model fixtures (tools/fixtures/model.py, plain torch in float64):
 // the same weights loaded into our model give the same logits, loss and
-// every parameter gradient, for each model kind and both attention kernels.
+// every parameter gradient, for each model kind and both attention kernels;
+// with rope_scaling, also through the KV cache (prefill, then single steps).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -77,7 +78,14 @@ void expect_loss_and_gradients(Transformer& m, const Fixture& f, const std::stri
   }
 }
 
-class ModelFixtures : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
+using FixtureAndImpl = std::tuple<std::string, AttentionImpl>;
+
+// A test's name: the fixture's and the attention kernel's, e.g. model_llama_flash.
+std::string fixture_and_impl_name(const ::testing::TestParamInfo<FixtureAndImpl>& info) {
+  return std::get<0>(info.param) + (std::get<1>(info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
+}
+
+class ModelFixtures : public ::testing::TestWithParam<FixtureAndImpl> {};
 
 }  // namespace
 
@@ -103,9 +111,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm",
                                          "model_rope_linear", "model_rope_ntk", "model_rope_dynamic", "model_rope_yarn"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
-    [](const auto& param_info) {
-      return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
-    });
+    fixture_and_impl_name);
 
 // rope_scaling through the KV cache: a prefill of `prefill` tokens, then one
 // token per call, gives torch's "cached_logits" (tools/fixtures/model.py
@@ -116,7 +122,7 @@ INSTANTIATE_TEST_SUITE_P(
 // generation never equals a full forward over the same tokens once the
 // length passes original_max_position_embeddings; the check below holds both
 // to their own torch reference and proves the two differ.
-class RopeScalingCache : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
+class RopeScalingCache : public ::testing::TestWithParam<FixtureAndImpl> {};
 
 TEST_P(RopeScalingCache, PrefillThenStepsMatchTorch) {
   ScopedThreads one(1);
@@ -152,14 +158,12 @@ INSTANTIATE_TEST_SUITE_P(
     Scalings, RopeScalingCache,
     ::testing::Combine(::testing::Values("model_rope_linear", "model_rope_ntk", "model_rope_dynamic", "model_rope_yarn"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
-    [](const auto& param_info) {
-      return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
-    });
+    fixture_and_impl_name);
 
 
 // Encoder classifiers (bidirectional blocks, a padded sequence, pooled
 // classification head): class logits, loss and every gradient.
-class EncoderFixtures : public ::testing::TestWithParam<std::tuple<std::string, AttentionImpl>> {};
+class EncoderFixtures : public ::testing::TestWithParam<FixtureAndImpl> {};
 
 TEST_P(EncoderFixtures, ClassLogitsLossAndEveryGradientMatchTorch) {
   ScopedThreads one(1);
@@ -181,6 +185,4 @@ INSTANTIATE_TEST_SUITE_P(
                                          "model_encoder_fnet_linformer", "model_encoder_lsh",
                                          "model_encoder_performer"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
-    [](const auto& param_info) {
-      return std::get<0>(param_info.param) + (std::get<1>(param_info.param) == AttentionImpl::Dense ? "_dense" : "_flash");
-    });
+    fixture_and_impl_name);
