@@ -13,6 +13,28 @@ std::vector<Command>& command_registry() {
 }
 }  // namespace mf::cli
 
+namespace {
+
+// CLI11 reports an unknown subcommand ("modformer frobnicate", "modformer bench
+// nosuch") as "A subcommand is required"; this names the word it did not know
+// and the subcommands that exist at that level instead. Returns false (nothing
+// printed) for every other parse error.
+bool report_unknown_subcommand(CLI::App& app, const CLI::ParseError& error) {
+  if (dynamic_cast<const CLI::RequiredError*>(&error) == nullptr) return false;
+  CLI::App* level = &app;
+  while (!level->get_subcommands().empty()) level = level->get_subcommands().front();
+  const std::vector<std::string> unknown = level->remaining();
+  if (unknown.empty()) return false;
+  std::string known;
+  for (const CLI::App* sub : level->get_subcommands({})) known += (known.empty() ? "" : ", ") + sub->get_name();
+  std::cerr << "error: unknown subcommand '" << unknown.front() << "'" << (level == &app ? "" : " of '")
+            << (level == &app ? "" : level->get_name() + "'") << "; known: " << known << "\n"
+            << "Run with --help for more information.\n";
+  return true;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"modformer: modern transformer components, trained and measured (C++20)"};
   app.require_subcommand(1);
@@ -32,11 +54,15 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (report_unknown_subcommand(app, e)) return e.get_exit_code();
     return app.exit(e);
   }
   try {
-    mf::init_threads_from_env();
-    if (threads > 0) mf::set_num_threads(threads);
+    // --threads wins over MODFORMER_THREADS, which is then not read at all.
+    if (threads > 0)
+      mf::set_num_threads(threads);
+    else
+      mf::init_threads_from_env();
     return action ? action() : 0;
   } catch (const mf::Error& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -15,6 +15,7 @@
 #include "core/atomic_file.h"
 #include "model/config.h"
 #include "model/transformer.h"
+#include "../support/errors.h"
 #include "../support/tiny_models.h"
 
 using namespace mf;
@@ -91,7 +92,7 @@ TEST(BenchTrain, CliRunsTinyConfigAndWritesJson) {
 }
 
 TEST(BenchTrain, BadOptionsAreNamed) {
-  EXPECT_THROW(bench::measure_modformer_training(tiny_llama_config(), 2, 65, 0, 1, false), Error);  // > max positions
+  EXPECT_ERROR("seq_len 65 exceeds the model's max_position_embeddings (64)", bench::measure_modformer_training(tiny_llama_config(), 2, 65, 0, 1, false));  // > max positions
   try {
     bench::measure_modformer_training(tiny_llama_config(), 0, 8, 0, 1, false);
     FAIL() << "batch 0 accepted";

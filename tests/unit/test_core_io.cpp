@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/errors.h"
 #include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/npy.h"
@@ -602,7 +603,7 @@ TEST_F(IoTest, InjectedWriteFlushRenameFailuresKeepThePreviousFile) {
   // Skip counts: the second write fails, the first lands.
   inject_io_fault(IoStep::Rename, 1);
   write_file_atomic(path("first"), std::string("1"));
-  EXPECT_THROW(write_file_atomic(path("second"), std::string("2")), Error);
+  EXPECT_ERROR("[write] cannot rename", write_file_atomic(path("second"), std::string("2")));
   clear_io_faults();
   EXPECT_TRUE(fs::exists(path("first")));
   EXPECT_FALSE(fs::exists(path("second")));
@@ -621,12 +622,12 @@ TEST_F(IoTest, FailedSaveLeavesPreviousFileIntact) {
   save_safetensors(st, {{"w", randn({3}, 1)}});
   const std::string before = read_file(st);
   const Tensor t = Tensor::zeros({2});
-  EXPECT_THROW(save_safetensors(st, {{"a", t}, {"b", t}, {"a", t}}), Error);
+  EXPECT_ERROR("duplicate tensor name 'a'", save_safetensors(st, {{"a", t}, {"b", t}, {"a", t}}));
   EXPECT_EQ(read_file(st), before);
   const std::string np = path("keep.npy");
   save_npy(np, randn({4}, 2));
   const std::string before_npy = read_file(np);
-  EXPECT_THROW(save_npy(np, Tensor::zeros({2}, DType::F16)), Error);
+  EXPECT_ERROR("dtype float16 cannot be stored in .npy", save_npy(np, Tensor::zeros({2}, DType::F16)));
   EXPECT_EQ(read_file(np), before_npy);
   std::size_t files = 0;
   for (const auto& e : fs::directory_iterator(dir_)) {

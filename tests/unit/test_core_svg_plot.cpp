@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "../support/errors.h"
 #include "core/io_faults.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -105,7 +106,7 @@ TEST(SvgPlot, WritesFileAtomically) {
   EXPECT_NE(back.find("</svg>"), std::string::npos);
   // A failure while writing the next version leaves this one.
   inject_io_fault(IoStep::Write);
-  EXPECT_THROW(write_svg_line_chart(path, {{"b", {1, 2, 3}, {5, 6, 7}}}, PlotOptions{}), Error);
+  EXPECT_ERROR("[write] error while writing", write_svg_line_chart(path, {{"b", {1, 2, 3}, {5, 6, 7}}}, PlotOptions{}));
   clear_io_faults();
   EXPECT_EQ(read_file(path), back);
   std::remove(path.c_str());

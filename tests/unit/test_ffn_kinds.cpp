@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "nn/ffn/ffn.h"
 #include "testing/gradcheck.h"
+#include "../support/errors.h"
 #include "../support/parameters.h"
 #include "../support/threads.h"
 
@@ -150,7 +151,7 @@ TEST(FfnParamsCheck, NamesTheBadParameter) {
   Tensor x = randn({3, 8}, 2), y = Tensor::empty({3, 8});
   FfnSaved s;
   f.p.act = Activation::GELU;
-  EXPECT_THROW(ffn_forward(y, s, x, f.p), Error);
+  EXPECT_ERROR("SwiGLU needs the SiLU activation", ffn_forward(y, s, x, f.p));
   f.p.act = Activation::SiLU;
   Parameter wrong("model.layers.0.mlp.down_proj.weight", Tensor::zeros({8, 15}), true);
   f.p.down = &wrong;
@@ -162,5 +163,5 @@ TEST(FfnParamsCheck, NamesTheBadParameter) {
   }
   FfnFixture g(FfnKind::SwiGLU, Activation::SiLU, false, 8, 16, 1);
   g.p.gate = nullptr;
-  EXPECT_THROW(ffn_forward(y, s, x, g.p), Error);
+  EXPECT_ERROR("the gate parameter is missing", ffn_forward(y, s, x, g.p));
 }

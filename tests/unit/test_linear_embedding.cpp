@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "../support/errors.h"
 #include "core/rng.h"
 #include "nn/embedding.h"
 #include "nn/linear.h"
@@ -71,10 +72,10 @@ TEST(LinearLayer, ParameterGradientsAccumulate) {
 
 TEST(LinearLayer, RejectsBadShapes) {
   Tensor x = randn({5, 4}, 1), w = randn({3, 4}, 2);
-  EXPECT_THROW(linear_forward(x, randn({3, 5}, 2), Tensor()), Error);
-  EXPECT_THROW(linear_forward(x, w, randn({4}, 3)), Error);
-  EXPECT_THROW(linear_forward(randn({5, 4, 1}, 1), w, Tensor()), Error);
-  EXPECT_THROW(linear_forward(x.transpose(0, 1), randn({3, 5}, 2), Tensor()), Error);
+  EXPECT_ERROR("in has 4 features but weight [3, 5] expects 5", linear_forward(x, randn({3, 5}, 2), Tensor()));
+  EXPECT_ERROR("tensor 'bias' must have shape [3] but has [4]", linear_forward(x, w, randn({4}, 3)));
+  EXPECT_ERROR("tensor 'in' must have 2 dimensions but has shape [5, 4, 1]", linear_forward(randn({5, 4, 1}, 1), w, Tensor()));
+  EXPECT_ERROR("tensor 'in' must be contiguous", linear_forward(x.transpose(0, 1), randn({3, 5}, 2), Tensor()));
   try {
     linear_forward(Tensor::empty({5, 2}), x, w, Tensor());
     FAIL();
@@ -112,6 +113,6 @@ TEST(EmbeddingLayer, RejectsOutOfRangeIdsNamingThePosition) {
     EXPECT_NE(std::string(e.what()).find("token id 9 at position [1, 1] is out of range [0, 5)"), std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(embedding_forward(out, tokens_from({6}, {0, 1, -1, 3, 4, 4}), table), Error);
-  EXPECT_THROW(embedding_forward(out, tokens_from({5}, {0, 1, 1, 3, 4}), table), Error);  // out has 6 rows
+  EXPECT_ERROR("token id -1 at position [2] is out of range [0, 5)", embedding_forward(out, tokens_from({6}, {0, 1, -1, 3, 4, 4}), table));
+  EXPECT_ERROR("tensor 'out' must have shape [5, 8] but has [6, 8]", embedding_forward(out, tokens_from({5}, {0, 1, 1, 3, 4}), table));  // out has 6 rows
 }

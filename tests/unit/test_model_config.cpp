@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../support/errors.h"
 #include "model/config.h"
 
 using namespace mf;
@@ -139,8 +140,8 @@ TEST(ModelConfig, RejectsUnknownFieldsAndWrongTypes) {
   json missing = tiny_llama();
   missing.erase("vocab_size");
   expect_rejected(missing, "vocab_size", "missing");
-  EXPECT_THROW(config_from_string("{\"vocab_size\": 3,", "bad.json"), Error);
-  EXPECT_THROW(config_from_string("[1, 2]", "bad.json"), Error);
+  EXPECT_ERROR("bad.json: invalid JSON", config_from_string("{\"vocab_size\": 3,", "bad.json"));
+  EXPECT_ERROR("bad.json: must be a JSON object but is array", config_from_string("[1, 2]", "bad.json"));
 }
 
 TEST(ModelConfig, RejectsOutOfRangeValues) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 
+#include "../support/errors.h"
 #include "model/sampling.h"
 
 using namespace mf;
@@ -87,14 +88,14 @@ TEST(Sampling, SameSeedSameTokens) {
 TEST(Sampling, RejectsBadOptions) {
   SamplingOptions opt;
   opt.temperature = -1;
-  EXPECT_THROW(opt.validate(), Error);
+  EXPECT_ERROR("temperature must be >= 0, got -1", opt.validate());
   opt = {};
   opt.top_p = 0;
-  EXPECT_THROW(opt.validate(), Error);
+  EXPECT_ERROR("top_p must be in (0, 1], got 0", opt.validate());
   opt = {};
   opt.top_k = -3;
-  EXPECT_THROW(opt.validate(), Error);
+  EXPECT_ERROR("top_k must be >= 0, got -3", opt.validate());
   const float nan_logits[2] = {0.0f, NAN};
   Rng rng(1);
-  EXPECT_THROW(sample_token(nan_logits, 2, SamplingOptions{}, rng), Error);
+  EXPECT_ERROR("logit 1 is NaN", sample_token(nan_logits, 2, SamplingOptions{}, rng));
 }

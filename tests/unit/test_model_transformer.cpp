@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "model/transformer.h"
 #include "testing/gradcheck.h"
+#include "../support/errors.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -235,8 +236,8 @@ TEST(ModelTransformer, RejectsBadInputNamingThePosition) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("target id 99 at position [0, 1]"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(m.loss(tok, mt::random_tokens({2, 4}, 2, 23), false), Error);  // shape mismatch
-  EXPECT_THROW(m.logits(mt::random_tokens({10}, 2, 23)), Error);              // not [B, L]
+  EXPECT_ERROR("targets must have the shape of tokens [2, 5] but have [2, 4]", m.loss(tok, mt::random_tokens({2, 4}, 2, 23), false));  // shape mismatch
+  EXPECT_ERROR("tokens must be a [B, L] tensor but has shape [10]", m.logits(mt::random_tokens({10}, 2, 23)));              // not [B, L]
   try {
     m.logits(mt::random_tokens({1, 65}, 2, 23));  // learned table has 64 positions
     FAIL();
@@ -245,7 +246,7 @@ TEST(ModelTransformer, RejectsBadInputNamingThePosition) {
   }
   ModelConfig bad = tiny("llama_like");
   bad.num_key_value_heads = 3;
-  EXPECT_THROW(Transformer(bad, 1), Error);
+  EXPECT_ERROR("field 'num_key_value_heads': 3 does not divide num_attention_heads 4", Transformer(bad, 1));
 }
 
 // The flash kernels against the dense reference inside the whole model, at a

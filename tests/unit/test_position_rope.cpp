@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "nn/position/rope.h"
 #include "testing/gradcheck.h"
+#include "../support/errors.h"
 #include "../support/fixtures.h"
 
 using namespace mf;
@@ -135,9 +136,9 @@ TEST(PositionRope, ConfigValidationNamesTheField) {
   EXPECT_NE(message(e).find("rope_scaling.factor is 2 but rope_scaling.rope_type is default"), std::string::npos);
   EXPECT_EQ(parse_rope_scaling("dynamic"), RopeScaling::DynamicNtk);
   EXPECT_EQ(parse_rope_scaling("default"), RopeScaling::None);
-  EXPECT_THROW(parse_rope_scaling("llama3"), Error);
+  EXPECT_ERROR("rope_scaling.rope_type must be one of default, linear, ntk, dynamic, yarn; got 'llama3'", parse_rope_scaling("llama3"));
   // The table validates its config.
-  EXPECT_THROW(RopeTable(c, 8), Error);
+  EXPECT_ERROR("rope_scaling.factor must be >= 1, got 0.5", RopeTable(c, 8));
 }
 
 TEST(PositionRope, ScalingFormulasByHand) {

@@ -246,7 +246,7 @@ TEST(ClassifyTrain, ResumeAfterKillIsBitIdentical) {
 
   MeanPoolClassifier b(8, 2, 7);
   b.kill_at_call = 2 * 9 + 2;  // grad_accum 2: the second micro-batch of step 10
-  EXPECT_THROW(train(b, train_set(), val_set(), small_config(dir_b)), std::runtime_error);
+  EXPECT_EQ(mf::testing::exception_message_of([&] { train(b, train_set(), val_set(), small_config(dir_b)); }), "simulated kill");
   EXPECT_EQ(metric_lines(dir_b).size(), 3u);  // steps 3, 6, 9
 
   MeanPoolClassifier c(8, 2, 12345);

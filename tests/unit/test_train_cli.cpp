@@ -14,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "train/trainer.h"
+#include "../support/errors.h"
 #include "../support/tiny_models.h"
 
 using namespace mf;
@@ -89,7 +90,7 @@ TEST(TrainTransformer, ResumeAfterKillIsBitIdentical) {
 
   Transformer b(tiny_llama(), 3);
   KillAt killed(b, 2 * 4 + 1);  // first micro-batch of step 5, after the step-4 checkpoint
-  EXPECT_THROW(train(killed, corpus, tiny_run(dir + "/b")), std::runtime_error);
+  EXPECT_EQ(mf::testing::exception_message_of([&] { train(killed, corpus, tiny_run(dir + "/b")); }), "simulated kill");
   Transformer c(tiny_llama(), 999);  // other init: the checkpoint must restore everything
   const TrainResult rc = train(c, corpus, tiny_run(dir + "/b"), true);
   EXPECT_EQ(rc.start_step, 4);

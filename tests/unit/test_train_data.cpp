@@ -114,8 +114,8 @@ TEST(TrainData, SplitIsContiguousAndDisjoint) {
   EXPECT_LT(thin[3], val.back() + 1);
   EXPECT_GT(thin[3], val[val.size() / 2]);  // spread over the split, not the first four
   EXPECT_NE(error_of([&] { val_window_offsets(c, 1000); }).find("validation split"), std::string::npos);
-  EXPECT_THROW(TextCorpus::from_text("x", 0.1), Error);
-  EXPECT_THROW(TextCorpus::from_text("abc", 1.0), Error);
+  EXPECT_ERROR("corpus 'text' has 1 bytes; need at least 2 to split", TextCorpus::from_text("x", 0.1));
+  EXPECT_ERROR("val_fraction must be in (0, 1) but is 1", TextCorpus::from_text("abc", 1.0));
 }
 
 TEST(TrainData, SamplerIsAPureFunctionOfSeedAndStep) {
@@ -140,6 +140,6 @@ TEST(TrainData, SamplerIsAPureFunctionOfSeedAndStep) {
       EXPECT_EQ(tok.data<std::int32_t>()[b * 32 + j], static_cast<unsigned char>((*c.bytes)[a[b] + j]));
       EXPECT_EQ(tgt.data<std::int32_t>()[b * 32 + j], static_cast<unsigned char>((*c.bytes)[a[b] + j + 1]));
     }
-  EXPECT_THROW(fill_windows(c, {c.size() - 10}, 32, tok, tgt), Error);
+  EXPECT_ERROR("window at 49990 of 33 bytes is outside the corpus (50000 bytes)", fill_windows(c, {c.size() - 10}, 32, tok, tgt));
   EXPECT_NE(c.fingerprint(), TextCorpus::from_text(sample_text(50001), 0.01).fingerprint());
 }

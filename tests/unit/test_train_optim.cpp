@@ -7,9 +7,15 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <set>
+#include <vector>
 
+#include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/tiny_models.h"
 #include "core/rng.h"
+#include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/grad_clip.h"
 #include "train/schedule.h"
@@ -121,7 +127,7 @@ TEST(TrainAdamW, StateRoundTripContinuesBitwise) {
   }
   Parameter e("layer.weight", randn({5, 7}, 1), true);
   AdamW oe({&e}, {});
-  EXPECT_THROW(oe.load(dir + "/opt.safetensors"), Error);
+  EXPECT_ERROR("tensor 'layer.weight.exp_avg' must have shape [5, 7] but has [7, 5]", oe.load(dir + "/opt.safetensors"));
   std::filesystem::remove_all(dir);
 }
 
@@ -143,14 +149,14 @@ TEST(TrainAdamW, RejectsBadConfig) {
   Parameter p("x", randn({3}, 1), true);
   AdamWConfig c;
   c.beta2 = 1.0;
-  EXPECT_THROW(AdamW({&p}, c), Error);
+  EXPECT_ERROR("beta2 must be in [0, 1) but is 1", AdamW({&p}, c));
   c = {};
   c.eps = 0;
-  EXPECT_THROW(AdamW({&p}, c), Error);
+  EXPECT_ERROR("eps must be > 0 but is 0", AdamW({&p}, c));
   Parameter q("x", randn({3}, 2), true);
-  EXPECT_THROW(AdamW({&p, &q}, {}), Error);  // duplicate name
+  EXPECT_ERROR("parameter name 'x' appears twice", AdamW({&p, &q}, {}));  // duplicate name
   AdamW ok({&p}, {});
-  EXPECT_THROW(ok.step(std::nan("")), Error);
+  EXPECT_ERROR("learning rate must be finite and >= 0 but is nan", ok.step(std::nan("")));
 }
 
 TEST(TrainSchedule, WarmupThenCosine) {
@@ -167,9 +173,9 @@ TEST(TrainSchedule, WarmupThenCosine) {
   for (int i = 11; i < 110; ++i) EXPECT_LE(s.lr_at(i), s.lr_at(i - 1));
   CosineSchedule none{2e-3, 0.0, 0, 1};
   EXPECT_DOUBLE_EQ(none.lr_at(0), 2e-3);  // a one-step run without warmup uses the peak
-  EXPECT_THROW((CosineSchedule{1e-3, 2e-3, 0, 10}.validate()), Error);
-  EXPECT_THROW((CosineSchedule{1e-3, 0, -1, 10}.validate()), Error);
-  EXPECT_THROW((CosineSchedule{0, 0, 0, 10}.validate()), Error);
+  EXPECT_ERROR("min_lr must be in [0, lr = 0.001] but is 0.002", (CosineSchedule{1e-3, 2e-3, 0, 10}.validate()));
+  EXPECT_ERROR("warmup_steps must be >= 0 but is -1", (CosineSchedule{1e-3, 0, -1, 10}.validate()));
+  EXPECT_ERROR("lr must be > 0 but is 0", (CosineSchedule{0, 0, 0, 10}.validate()));
 }
 
 TEST(TrainGradClip, NormScaleAndNonFinite) {
@@ -204,4 +210,73 @@ TEST(TrainGradClip, NormScaleAndNonFinite) {
   EXPECT_EQ(global_grad_norm({&big}), std::sqrt(want));
   zero_grads(ps);
   EXPECT_EQ(global_grad_norm(ps), 0.0);
+}
+
+// Weight decay goes to the matrices of the projections and the untied output
+// head, never to norms, biases or embeddings (token and learned positions):
+// checked by name on a Llama config and on a post-norm LayerNorm model with
+// biases, learned positions and tied embeddings. A step with zero gradients
+// then leaves every undecayed parameter bit for bit and multiplies every
+// decayed one by exactly (1 - lr * weight_decay).
+TEST(TrainAdamW, WeightDecayGoesToProjectionMatricesOnly) {
+  ModelConfig gpt_like = mf::testing::tiny_modformer_config(AttentionImpl::Flash);
+  mf::testing::use_post_norm_gelu_learned(gpt_like);
+  const std::vector<std::pair<ModelConfig, std::set<std::string>>> cases = {
+      {mf::testing::tiny_llama_config(),
+       {"model.embed_tokens.weight", "model.norm.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight", "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight"}},
+      {gpt_like,
+       {"model.embed_tokens.weight", "model.embed_positions.weight", "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.0.self_attn.k_proj.bias", "model.layers.0.self_attn.v_proj.bias",
+        "model.layers.0.self_attn.o_proj.bias", "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.bias", "model.layers.0.mlp.up_proj.bias",
+        "model.layers.0.mlp.down_proj.bias", "model.layers.0.post_feedforward_layernorm.weight",
+        "model.layers.0.post_feedforward_layernorm.bias", "model.layers.1.self_attn.q_proj.bias",
+        "model.layers.1.self_attn.k_proj.bias", "model.layers.1.self_attn.v_proj.bias",
+        "model.layers.1.self_attn.o_proj.bias", "model.layers.1.post_attention_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.bias", "model.layers.1.mlp.up_proj.bias",
+        "model.layers.1.mlp.down_proj.bias", "model.layers.1.post_feedforward_layernorm.weight",
+        "model.layers.1.post_feedforward_layernorm.bias"}}};
+  const std::vector<std::set<std::string>> decayed_by_case = {
+      {"lm_head.weight"}, {}};  // plus every *_proj.weight; the GPT-like head is tied to the embedding
+  for (std::size_t c = 0; c < cases.size(); ++c) {
+    const auto& [cfg, undecayed] = cases[c];
+    Transformer model(cfg, 7);
+    std::set<std::string> decayed_names, undecayed_names;
+    for (Parameter* p : model.parameters()) (p->weight_decay ? decayed_names : undecayed_names).insert(p->name);
+    EXPECT_EQ(undecayed_names, undecayed) << "case " << c;
+    std::set<std::string> decayed = decayed_by_case[c];
+    for (const std::string& layer : {"model.layers.0.", "model.layers.1."})
+      for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.up_proj", "mlp.down_proj"})
+        decayed.insert(layer + proj + ".weight");
+    if (c == 0)
+      for (const std::string& layer : {"model.layers.0.", "model.layers.1."}) decayed.insert(layer + "mlp.gate_proj.weight");
+    EXPECT_EQ(decayed_names, decayed) << "case " << c;
+
+    // Nonzero values everywhere (biases start at zero, norm weights at one),
+    // zero gradients (as the model leaves them before any backward).
+    std::map<std::string, std::vector<float>> before;
+    std::uint64_t seed = 100;
+    for (Parameter* p : model.parameters()) {
+      p->value.copy_from(randn(p->value.shape(), ++seed));
+      ASSERT_EQ(global_grad_norm({p}), 0.0) << p->name;
+      before[p->name] = p->value.to_vector();
+    }
+    AdamWConfig opt_cfg;
+    opt_cfg.weight_decay = 0.1;
+    const double lr = 0.05;
+    AdamW opt(model.parameters(), opt_cfg);
+    opt.step(lr);
+    const float factor = static_cast<float>(1.0 - lr * opt_cfg.weight_decay);
+    for (const Parameter* p : model.parameters()) {
+      const std::vector<float>& old_values = before.at(p->name);
+      const std::vector<float> new_values = p->value.to_vector();
+      std::size_t mismatches = 0;
+      for (std::size_t i = 0; i < old_values.size(); ++i)
+        mismatches += new_values[i] != (p->weight_decay ? old_values[i] * factor : old_values[i]);
+      EXPECT_EQ(mismatches, 0u) << p->name << (p->weight_decay ? " (decayed)" : " (not decayed)");
+    }
+  }
 }
