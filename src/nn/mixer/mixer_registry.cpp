@@ -7,6 +7,7 @@
 #include "nn/ffn/ffn_mixer.h"
 #include "nn/fnet/fnet_mixer.h"
 #include "nn/linformer/linformer_mixer.h"
+#include "nn/retnet/retention_mixer.h"
 
 namespace mf {
 
@@ -16,6 +17,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       sliding_attention_mixer_entry(),
       fnet_mixer_entry(),
       linformer_mixer_entry(),
+      retention_mixer_entry(),
   };
   return table;
 }
