@@ -15,6 +15,7 @@
 #include "nn/linear.h"
 #include "nn/linformer/linformer.h"
 #include "testing/gradcheck.h"
+#include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/parameters.h"
@@ -22,6 +23,7 @@
 
 using namespace mf;
 using mf::testing::ScopedThreads;
+using mf::testing::close;
 
 namespace {
 
@@ -65,25 +67,6 @@ Tensor make_mask(std::int64_t b, std::int64_t l) {
   for (std::int64_t i = 0; i < std::min<std::int64_t>(3, l - 1); ++i) p[l - 1 - i] = 0;  // tail padding, row 0
   if (b > 1) p[l + 1] = 0;                                                                 // a hole, row 1
   return m;
-}
-
-// max |got - want| <= tol * max(max |want|, floor), over the flattened tensors.
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
 }
 
 struct LayerRun {

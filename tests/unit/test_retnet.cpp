@@ -20,6 +20,7 @@
 #include "nn/mixer/mixer_registry.h"
 #include "nn/retnet/retention.h"
 #include "testing/gradcheck.h"
+#include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/parameters.h"
@@ -28,6 +29,7 @@
 
 using namespace mf;
 using mf::testing::ScopedThreads;
+using mf::testing::close;
 
 namespace {
 
@@ -61,25 +63,6 @@ struct Layer : mf::testing::OwnedParameters {
     for (auto& q : owned) q->grad.fill(0.0f);
   }
 };
-
-// max |got - want| <= tol * max(max |want|, floor).
-::testing::AssertionResult close(const Tensor& got, const Tensor& want, double tol, const std::string& what,
-                                 double floor = 1e-30) {
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << shape_str(got.shape()) << " vs "
-                                         << shape_str(want.shape());
-  const auto a = got.to_vector(), b = want.to_vector();
-  double mag = 0, err = 0;
-  std::size_t worst = 0;
-  for (float v : b) mag = std::max(mag, std::fabs(double(v)));
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const double e = std::fabs(double(a[i]) - b[i]);
-    if (!(e <= err)) err = e, worst = i;
-  }
-  if (err <= tol * std::max(mag, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": worst element " << worst << " got " << a[worst] << " want "
-                                       << b[worst] << " (err " << err << ", max |want| " << mag << ")";
-}
 
 struct LayerRun {
   Tensor y, dx;
