@@ -41,27 +41,35 @@ std::vector<double> rotation_angles(std::int64_t key_dim) {
   return theta;
 }
 
-// rows [B*L, H*Dk] in place: the theta shift at positions past + (row mod L),
-// or its transpose (the backward).
-void theta_shift(const Tensor& rows, std::int64_t seq_len, std::int64_t past, std::int64_t heads,
-                 std::int64_t key_dim, bool transpose) {
-  const std::int64_t half = key_dim / 2, n = rows.size(0);
-  const std::vector<double> theta = rotation_angles(key_dim);
-  std::vector<float> cos_t(static_cast<std::size_t>(seq_len * half)), sin_t(cos_t.size());
-  for (std::int64_t t = 0; t < seq_len; ++t)
-    for (std::int64_t i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(past + t) * theta[i];
-      cos_t[t * half + i] = static_cast<float>(std::cos(angle));
-      sin_t[t * half + i] = static_cast<float>(std::sin(angle));
-    }
+// cos and sin of (past + t) theta_i for t < L, i < Dk/2 ([L, Dk/2] each).
+struct RotationTable {
+  std::int64_t seq_len = 0, half = 0;
+  std::vector<float> cos_t, sin_t;
+  RotationTable(std::int64_t length, std::int64_t past, std::int64_t key_dim)
+      : seq_len(length), half(key_dim / 2), cos_t(static_cast<std::size_t>(length * (key_dim / 2))),
+        sin_t(cos_t.size()) {
+    const std::vector<double> theta = rotation_angles(key_dim);
+    for (std::int64_t t = 0; t < seq_len; ++t)
+      for (std::int64_t i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(past + t) * theta[i];
+        cos_t[t * half + i] = static_cast<float>(std::cos(angle));
+        sin_t[t * half + i] = static_cast<float>(std::sin(angle));
+      }
+  }
+};
+
+// rows [B*L, H*Dk] in place: the theta shift at position (row mod L) of the
+// table, or its transpose (the backward).
+void theta_shift(const Tensor& rows, const RotationTable& table, std::int64_t heads, bool transpose) {
+  const std::int64_t half = table.half, n = rows.size(0);
   const float sign = transpose ? -1.0f : 1.0f;
   float* r = rows.data<float>();
-#pragma omp parallel for schedule(static) if (n * heads * key_dim >= (1 << 15))
+#pragma omp parallel for schedule(static) if (n * heads * half >= (1 << 14))
   for (std::int64_t row = 0; row < n; ++row) {
-    const float* c = cos_t.data() + (row % seq_len) * half;
-    const float* s = sin_t.data() + (row % seq_len) * half;
+    const float* c = table.cos_t.data() + (row % table.seq_len) * half;
+    const float* s = table.sin_t.data() + (row % table.seq_len) * half;
     for (std::int64_t h = 0; h < heads; ++h) {
-      float* x = r + (row * heads + h) * key_dim;
+      float* x = r + (row * heads + h) * 2 * half;
       for (std::int64_t i = 0; i < half; ++i) {
         // forward: (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); transpose: sin -> -sin
         const float x0 = x[2 * i], x1 = x[2 * i + 1], si = sign * s[i];
@@ -365,8 +373,9 @@ void retention_forward(const Tensor& y, RetentionSaved* saved, const Tensor& x, 
   const Tensor v = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, H*Dv]
   const Tensor g = linear_forward(x, p.g->value, bias_of(p.g_bias));  // [N, H*Dv]
   scale_in_place(k, static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.key_dim))));
-  theta_shift(q, seq_len, past, heads, p.key_dim, false);
-  theta_shift(k, seq_len, past, heads, p.key_dim, false);
+  const RotationTable rotation(seq_len, past, p.key_dim);
+  theta_shift(q, rotation, heads, false);
+  theta_shift(k, rotation, heads, false);
   const Tensor retained = Tensor::empty({n, vd}), normalizer = Tensor::empty({n * heads});
   const Geometry geo{batch, seq_len, heads, p.key_dim, p.value_dim, std::min(p.chunk_size, seq_len)};
   core_forward(retained.data<float>(), normalizer.data<float>(), q.data<float>(), k.data<float>(),
@@ -413,8 +422,9 @@ void retention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, con
   const Geometry geo{batch, seq_len, heads, p.key_dim, p.value_dim, std::min(p.chunk_size, seq_len)};
   core_backward(dq.data<float>(), dk.data<float>(), dv.data<float>(), dr.data<float>(), s.q.data<float>(),
                 s.k.data<float>(), s.v.data<float>(), geo);
-  theta_shift(dq, seq_len, 0, heads, p.key_dim, true);
-  theta_shift(dk, seq_len, 0, heads, p.key_dim, true);
+  const RotationTable rotation(seq_len, 0, p.key_dim);
+  theta_shift(dq, rotation, heads, true);
+  theta_shift(dk, rotation, heads, true);
   scale_in_place(dk, static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.key_dim))));
   linear_backward(dx, p.q->grad, bias_grad_of(p.q_bias), dq, x, p.q->value);
   linear_backward(dx, p.k->grad, bias_grad_of(p.k_bias), dk, x, p.k->value, /*accumulate_din=*/true);
