@@ -136,12 +136,17 @@ void scaled_rows(float* dst, const float* src, std::int64_t ld, std::int64_t row
   }
 }
 
-// Runs fn(i, scratch) for every (sequence, head) i in parallel; scratch is
-// this thread's Geometry::scratch_floats() floats.
+// Runs fn(i, scratch) for every (sequence, head) i, in parallel unless the
+// work is too small to pay for a parallel region (a generation step: about
+// (Dk + Dv) T multiply-adds per row); scratch is this thread's
+// Geometry::scratch_floats() floats.
 template <typename Fn>
 void for_each_head(const Geometry& g, const Fn& fn) {
-  const std::int64_t count = g.batch * g.heads;
-  const int threads = omp_in_parallel() ? 1 : static_cast<int>(std::min<std::int64_t>(num_threads(), count));
+  constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 18;  // multiply-adds
+  const std::int64_t count = g.batch * g.heads, work = count * g.seq_len * g.block * (g.dk + g.dv);
+  const int threads = omp_in_parallel() || work < kParallelMinWork
+                          ? 1
+                          : static_cast<int>(std::min<std::int64_t>(num_threads(), count));
   Tensor scratch = Tensor::empty({threads, g.scratch_floats()});
   float* base = scratch.data<float>();
   std::exception_ptr error;
