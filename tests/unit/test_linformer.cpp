@@ -24,6 +24,7 @@
 using namespace mf;
 using mf::testing::ScopedThreads;
 using mf::testing::close;
+using mf::testing::fixture_option;
 
 namespace {
 
@@ -369,10 +370,6 @@ const std::vector<std::string> kLinformerFixtures = {
     "linformer_conv_kv_short",           "linformer_mean_padded_partial",       "linformer_max_full",
     "linformer_max_partial_padded",
 };
-
-std::int64_t opt(const SafetensorsContents& f, const std::string& name) {
-  return f.tensors.at("opt_" + name).to(DType::I64).data<std::int64_t>()[0];
-}
 }  // namespace
 
 TEST(Linformer, MatchesPyTorchFixtures) {
@@ -387,14 +384,15 @@ TEST(Linformer, MatchesPyTorchFixtures) {
       return params.back().get();
     };
     LinformerParams p;
-    p.num_heads = opt(f, "num_heads"), p.num_kv_heads = opt(f, "num_kv_heads"), p.head_dim = opt(f, "head_dim");
-    p.max_len = opt(f, "max_len"), p.proj_len = opt(f, "proj_len");
-    p.projection = static_cast<LinformerProjection>(opt(f, "projection"));
-    p.sharing = static_cast<LinformerSharing>(opt(f, "sharing"));
+    p.num_heads = fixture_option(f, "num_heads"), p.num_kv_heads = fixture_option(f, "num_kv_heads");
+    p.head_dim = fixture_option(f, "head_dim");
+    p.max_len = fixture_option(f, "max_len"), p.proj_len = fixture_option(f, "proj_len");
+    p.projection = static_cast<LinformerProjection>(fixture_option(f, "projection"));
+    p.sharing = static_cast<LinformerSharing>(fixture_option(f, "sharing"));
     p.q = param("wq"), p.k = param("wk"), p.v = param("wv"), p.o = param("wo");
     p.q_bias = param("bq"), p.k_bias = param("bk"), p.v_bias = param("bv"), p.o_bias = param("bo");
     p.e = param("e"), p.f = param("f");
-    const std::int64_t b = opt(f, "batch"), l = opt(f, "seq_len");
+    const std::int64_t b = fixture_option(f, "batch"), l = fixture_option(f, "seq_len");
     const Tensor mask = t.count("mask") ? t.at("mask") : Tensor();
     const Tensor& x = t.at("x");
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
@@ -415,12 +413,5 @@ TEST(Linformer, MatchesPyTorchFixtures) {
 
 // Every linformer_* fixture written by tools/fixtures/linformer.py is checked.
 TEST(Linformer, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("linformer_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kLinformerFixtures.begin(), kLinformerFixtures.end(), stem), kLinformerFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kLinformerFixtures.size()));
+  mf::testing::expect_fixture_list_covers("linformer_", kLinformerFixtures);
 }

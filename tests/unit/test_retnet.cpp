@@ -30,6 +30,7 @@
 using namespace mf;
 using mf::testing::ScopedThreads;
 using mf::testing::close;
+using mf::testing::fixture_option;
 
 namespace {
 
@@ -226,7 +227,8 @@ TEST(RetNet, FutureIndependence) {
     retention_forward(y1, nullptr, x, b, len, form, nullptr, l.p);
     retention_forward(y2, nullptr, x2, b, len, form, nullptr, l.p);
     for (std::int64_t s = 0; s < b; ++s) {
-      const Tensor a = y1.slice(0, s * len, s * len + cut).contiguous(), z = y2.slice(0, s * len, s * len + cut).contiguous();
+      const Tensor a = y1.slice(0, s * len, s * len + cut).contiguous();
+      const Tensor z = y2.slice(0, s * len, s * len + cut).contiguous();
       EXPECT_EQ(max_abs_diff(a, z), 0.0f) << "sequence " << s;
       EXPECT_GT(max_abs_diff(y1.slice(0, s * len + cut, (s + 1) * len).contiguous(),
                              y2.slice(0, s * len + cut, (s + 1) * len).contiguous()),
@@ -344,10 +346,6 @@ const std::vector<std::string> kRetNetFixtures = {
     "retnet_parallel_b2_l9",    "retnet_parallel_bias_h4", "retnet_chunkwise_l12_c4",
     "retnet_chunkwise_l11_c4",  "retnet_chunkwise_c1",     "retnet_recurrent_b2_l7",
 };
-
-std::int64_t opt(const SafetensorsContents& f, const std::string& name) {
-  return f.tensors.at("opt_" + name).to(DType::I64).data<std::int64_t>()[0];
-}
 }  // namespace
 
 TEST(RetNet, MatchesPyTorchFixtures) {
@@ -362,14 +360,15 @@ TEST(RetNet, MatchesPyTorchFixtures) {
       return params.back().get();
     };
     RetentionParams p;
-    p.num_heads = opt(f, "num_heads"), p.key_dim = opt(f, "key_dim"), p.value_dim = opt(f, "value_dim");
-    p.chunk_size = opt(f, "chunk_size");
+    p.num_heads = fixture_option(f, "num_heads"), p.key_dim = fixture_option(f, "key_dim");
+    p.value_dim = fixture_option(f, "value_dim");
+    p.chunk_size = fixture_option(f, "chunk_size");
     p.eps = t.at("opt_eps").to_vector()[0];
-    const auto form = static_cast<RetentionForm>(opt(f, "form"));
+    const auto form = static_cast<RetentionForm>(fixture_option(f, "form"));
     p.q = param("wq"), p.k = param("wk"), p.v = param("wv"), p.g = param("wg"), p.o = param("wo");
     p.q_bias = param("bq"), p.k_bias = param("bk"), p.v_bias = param("bv"), p.g_bias = param("bg"),
     p.o_bias = param("bo");
-    const std::int64_t b = opt(f, "batch"), l = opt(f, "seq_len");
+    const std::int64_t b = fixture_option(f, "batch"), l = fixture_option(f, "seq_len");
     const Tensor& x = t.at("x");
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
     RetentionSaved saved;
@@ -383,14 +382,7 @@ TEST(RetNet, MatchesPyTorchFixtures) {
 }
 
 TEST(RetNet, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("retnet_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kRetNetFixtures.begin(), kRetNetFixtures.end(), stem), kRetNetFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kRetNetFixtures.size()));
+  mf::testing::expect_fixture_list_covers("retnet_", kRetNetFixtures);
 }
 
 // A 2-layer retention LM ("token_mixer": "retention") learns a repeating

@@ -103,7 +103,8 @@ Forward run_forward(const Tensor& x, std::int64_t batch, std::int64_t seq_len, R
   f.normalizer.assign(static_cast<std::size_t>(f.n * H), 0.0);
   auto qk = [&](std::int64_t b, std::int64_t h, std::int64_t t, std::int64_t m) {
     double s = 0;
-    for (std::int64_t d = 0; d < dk; ++d) s += f.q[((b * L + t) * H + h) * dk + d] * f.k[((b * L + m) * H + h) * dk + d];
+    for (std::int64_t d = 0; d < dk; ++d)
+      s += f.q[((b * L + t) * H + h) * dk + d] * f.k[((b * L + m) * H + h) * dk + d];
     return s;
   };
   auto vrow = [&](std::int64_t b, std::int64_t h, std::int64_t m) { return &f.v[((b * L + m) * H + h) * dv]; };
@@ -124,7 +125,8 @@ Forward run_forward(const Tensor& x, std::int64_t batch, std::int64_t seq_len, R
         for (std::int64_t t = 0; t < L; ++t) {
           const double r = std::sqrt(row_sum(t));  // mask / mask.sum(-1).sqrt()
           double abs_sum = 0;
-          for (std::int64_t m = 0; m <= t; ++m) abs_sum += std::fabs(qk(b, h, t, m) * std::pow(gamma, double(t - m)) / r);
+          for (std::int64_t m = 0; m <= t; ++m)
+            abs_sum += std::fabs(qk(b, h, t, m) * std::pow(gamma, double(t - m)) / r);
           const double scale = std::min(std::max(abs_sum, 1.0), 5e4);  // .detach().abs().sum().clamp(1, 5e4)
           for (std::int64_t m = 0; m <= t; ++m) {
             const double w = qk(b, h, t, m) * std::pow(gamma, double(t - m)) / r / scale;
@@ -142,7 +144,8 @@ Forward run_forward(const Tensor& x, std::int64_t batch, std::int64_t seq_len, R
             const std::int64_t t = c0 + i;
             const double r = std::sqrt(row_sum(i));  // scale = mask.sum(-1).sqrt()
             double inner_scale = 0;
-            for (std::int64_t j = 0; j <= i; ++j) inner_scale += std::fabs(qk(b, h, t, c0 + j) * std::pow(gamma, double(i - j)) / r);
+            for (std::int64_t j = 0; j <= i; ++j)
+              inner_scale += std::fabs(qk(b, h, t, c0 + j) * std::pow(gamma, double(i - j)) / r);
             inner_scale = std::max(inner_scale, 1.0);
             const double all_scale = std::max(inner_scale, kv_scale);
             // inner_output / (all / inner) + cross_output / (all / cross)
@@ -153,7 +156,8 @@ Forward run_forward(const Tensor& x, std::int64_t batch, std::int64_t seq_len, R
             const double query_inner_decay = std::pow(gamma, double(i + 1)) / (r / tail);
             for (std::int64_t e = 0; e < dv; ++e) {
               double cross = 0;
-              for (std::int64_t d = 0; d < dk; ++d) cross += qrow(b, h, t)[d] * query_inner_decay * kv_state[d * dv + e] / kv_scale;
+              for (std::int64_t d = 0; d < dk; ++d)
+                cross += qrow(b, h, t)[d] * query_inner_decay * kv_state[d * dv + e] / kv_scale;
               orow(t)[e] += cross / (all_scale / kv_scale);
             }
             cref(t) = 1.0 / (r * all_scale);
@@ -163,7 +167,8 @@ Forward run_forward(const Tensor& x, std::int64_t batch, std::int64_t seq_len, R
           for (std::int64_t j = 0; j < tc; ++j)
             for (std::int64_t d = 0; d < dk; ++d)
               for (std::int64_t e = 0; e < dv; ++e)
-                kv_state[d * dv + e] += krow(b, h, c0 + j)[d] * vrow(b, h, c0 + j)[e] * std::pow(gamma, double(T - 1 - j)) / tail;
+                kv_state[d * dv + e] +=
+                    krow(b, h, c0 + j)[d] * vrow(b, h, c0 + j)[e] * std::pow(gamma, double(T - 1 - j)) / tail;
           kv_scale = 0;
           for (std::int64_t e = 0; e < dv; ++e) {
             double s = 0;
