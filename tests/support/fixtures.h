@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/safetensors.h"
+#include "nn/parameter.h"
+#include "close.h"
 
 namespace mf::testing {
 
@@ -34,5 +37,29 @@ inline void expect_fixture_list_covers(const std::string& prefix, const std::vec
   }
   EXPECT_EQ(files, static_cast<int>(names.size()));
 }
+
+// A module fixture (x, y, dy, dx, weights and grad_<weight>): its weights as
+// parameters owned here, and the check of a module's outputs against it.
+struct FixtureModule {
+  SafetensorsContents file;
+  std::vector<std::unique_ptr<Parameter>> params;
+  explicit FixtureModule(const std::string& name) : file(load_fixture(name)) {}
+  const Tensor& tensor(const std::string& key) const { return file.tensors.at(key); }
+  std::int64_t option(const std::string& name) const { return fixture_option(file, name); }
+  // The tensor `key` as a new parameter (zero gradient), or null when absent.
+  Parameter* param(const std::string& key) {
+    if (!file.tensors.count(key)) return nullptr;
+    params.push_back(std::make_unique<Parameter>(key, tensor(key).contiguous().clone(), true));
+    return params.back().get();
+  }
+  // y, dx and every parameter's gradient vs "y", "dx" and "grad_<name>", within
+  // tol times max(max |want|, 1) (a gradient that is 0 in theory is float32
+  // cancellation noise of O(1) terms, hence the floor of 1).
+  void expect_matches(const Tensor& y, const Tensor& dx, double tol) const {
+    EXPECT_TRUE(close(y, tensor("y"), tol, "y", 1.0));
+    EXPECT_TRUE(close(dx, tensor("dx"), tol, "dx", 1.0));
+    for (const auto& q : params) EXPECT_TRUE(close(q->grad, tensor("grad_" + q->name), tol, "grad_" + q->name, 1.0));
+  }
+};
 
 }  // namespace mf::testing

@@ -30,7 +30,6 @@
 using namespace mf;
 using mf::testing::ScopedThreads;
 using mf::testing::close;
-using mf::testing::fixture_option;
 
 namespace {
 
@@ -351,33 +350,22 @@ const std::vector<std::string> kRetNetFixtures = {
 TEST(RetNet, MatchesPyTorchFixtures) {
   for (const std::string& name : kRetNetFixtures) {
     SCOPED_TRACE(name);
-    const SafetensorsContents f = mf::testing::load_fixture(name);
-    const auto& t = f.tensors;
-    std::vector<std::unique_ptr<Parameter>> params;
-    auto param = [&](const std::string& key) -> Parameter* {
-      if (!t.count(key)) return nullptr;
-      params.push_back(std::make_unique<Parameter>(key, t.at(key).contiguous().clone(), true));
-      return params.back().get();
-    };
+    mf::testing::FixtureModule f(name);
     RetentionParams p;
-    p.num_heads = fixture_option(f, "num_heads"), p.key_dim = fixture_option(f, "key_dim");
-    p.value_dim = fixture_option(f, "value_dim");
-    p.chunk_size = fixture_option(f, "chunk_size");
-    p.eps = t.at("opt_eps").to_vector()[0];
-    const auto form = static_cast<RetentionForm>(fixture_option(f, "form"));
-    p.q = param("wq"), p.k = param("wk"), p.v = param("wv"), p.g = param("wg"), p.o = param("wo");
-    p.q_bias = param("bq"), p.k_bias = param("bk"), p.v_bias = param("bv"), p.g_bias = param("bg"),
-    p.o_bias = param("bo");
-    const std::int64_t b = fixture_option(f, "batch"), l = fixture_option(f, "seq_len");
-    const Tensor& x = t.at("x");
+    p.num_heads = f.option("num_heads"), p.key_dim = f.option("key_dim"), p.value_dim = f.option("value_dim");
+    p.chunk_size = f.option("chunk_size");
+    p.eps = f.tensor("opt_eps").to_vector()[0];
+    const auto form = static_cast<RetentionForm>(f.option("form"));
+    p.q = f.param("wq"), p.k = f.param("wk"), p.v = f.param("wv"), p.g = f.param("wg"), p.o = f.param("wo");
+    p.q_bias = f.param("bq"), p.k_bias = f.param("bk"), p.v_bias = f.param("bv"), p.g_bias = f.param("bg");
+    p.o_bias = f.param("bo");
+    const std::int64_t b = f.option("batch"), l = f.option("seq_len");
+    const Tensor& x = f.tensor("x");
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
     RetentionSaved saved;
     retention_forward(y, &saved, x, b, l, form, nullptr, p);
-    retention_backward(dx, t.at("dy"), x, saved, b, l, p);
-    EXPECT_TRUE(close(y, t.at("y"), 2e-5, "y", 1.0));
-    EXPECT_TRUE(close(dx, t.at("dx"), 2e-5, "dx", 1.0));
-    for (const auto& q : params)
-      EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 2e-5, "grad_" + q->name, 1.0));
+    retention_backward(dx, f.tensor("dy"), x, saved, b, l, p);
+    f.expect_matches(y, dx, 2e-5);
   }
 }
 
