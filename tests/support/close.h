@@ -1,12 +1,13 @@
-// Tensor closeness relative to the expected tensor's largest magnitude, with
-// the worst element named on failure: for fast-vs-reference and fixture
-// comparisons of one component.
+// A tensor comparison relative to the tensor's scale, for module tests
+// (fast vs reference twin, PyTorch fixtures): the worst element's error
+// against tol times the largest |want| (or a floor, for tensors that are
+// zero in theory and only carry rounding noise).
 #pragma once
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "core/tensor.h"
 

@@ -39,19 +39,6 @@ inline Tensor test_padding_mask(std::int64_t b, std::int64_t l) {
   return m;
 }
 
-// Every fixture file named PREFIX*.safetensors is in `listed` (a test that
-// checks a fixture list cannot silently skip a file the generator writes).
-inline void expect_fixtures_listed(const std::string& prefix, const std::vector<std::string>& listed) {
-  std::size_t files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind(prefix, 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(listed.begin(), listed.end(), stem), listed.end()) << stem;
-  }
-  EXPECT_EQ(files, listed.size());
-}
-
 // Every value of the tensors, in order (for bitwise comparisons of a run).
 inline std::vector<float> all_values(const std::vector<Tensor>& tensors) {
   std::vector<float> all;

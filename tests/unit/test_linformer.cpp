@@ -358,45 +358,37 @@ const std::vector<std::string> kLinformerFixtures = {
     "linformer_conv_kv_short",           "linformer_mean_padded_partial",       "linformer_max_full",
     "linformer_max_partial_padded",
 };
-
-std::int64_t opt(const SafetensorsContents& f, const std::string& name) { return mf::testing::fixture_option(f, name); }
 }  // namespace
 
 TEST(Linformer, MatchesPyTorchFixtures) {
   for (const std::string& name : kLinformerFixtures) {
     SCOPED_TRACE(name);
-    const SafetensorsContents f = mf::testing::load_fixture(name);
-    const auto& t = f.tensors;
-    mf::testing::FixtureParameters fp(f);
-    auto param = [&](const std::string& key) { return fp.get(key); };
+    mf::testing::FixtureModule f(name);
     LinformerParams p;
-    p.num_heads = opt(f, "num_heads"), p.num_kv_heads = opt(f, "num_kv_heads"), p.head_dim = opt(f, "head_dim");
-    p.max_len = opt(f, "max_len"), p.proj_len = opt(f, "proj_len");
-    p.projection = static_cast<LinformerProjection>(opt(f, "projection"));
-    p.sharing = static_cast<LinformerSharing>(opt(f, "sharing"));
-    p.q = param("wq"), p.k = param("wk"), p.v = param("wv"), p.o = param("wo");
-    p.q_bias = param("bq"), p.k_bias = param("bk"), p.v_bias = param("bv"), p.o_bias = param("bo");
-    p.e = param("e"), p.f = param("f");
-    const std::int64_t b = opt(f, "batch"), l = opt(f, "seq_len");
-    const Tensor mask = t.count("mask") ? t.at("mask") : Tensor();
-    const Tensor& x = t.at("x");
+    p.num_heads = f.option("num_heads"), p.num_kv_heads = f.option("num_kv_heads"), p.head_dim = f.option("head_dim");
+    p.max_len = f.option("max_len"), p.proj_len = f.option("proj_len");
+    p.projection = static_cast<LinformerProjection>(f.option("projection"));
+    p.sharing = static_cast<LinformerSharing>(f.option("sharing"));
+    p.q = f.param("wq"), p.k = f.param("wk"), p.v = f.param("wv"), p.o = f.param("wo");
+    p.q_bias = f.param("bq"), p.k_bias = f.param("bk"), p.v_bias = f.param("bv"), p.o_bias = f.param("bo");
+    p.e = f.param("e"), p.f = f.param("f");
+    const std::int64_t b = f.option("batch"), l = f.option("seq_len");
+    const Tensor mask = f.file.tensors.count("mask") ? f.tensor("mask") : Tensor();
+    const Tensor& x = f.tensor("x");
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
     LinformerSaved saved;
     linformer_forward(y, saved, x, b, l, mask, p);
-    linformer_backward(dx, t.at("dy"), x, saved, b, l, mask, p);
+    linformer_backward(dx, f.tensor("dy"), x, saved, b, l, mask, p);
     // float32 through every stage vs exact math: a few 1e-6 relative to the
     // largest value; 1e-5 still catches any semantic error (>= 1e-3). A
     // gradient that is exactly 0 in theory (the key bias under mean pooling:
     // softmax is shift invariant) is float32 cancellation noise of O(1)
     // terms, hence the floor of 1 on the magnitude.
-    EXPECT_TRUE(close(y, t.at("y"), 1e-5, "y", 1.0));
-    EXPECT_TRUE(close(dx, t.at("dx"), 1e-5, "dx", 1.0));
-    for (const auto& q : fp.owned)
-      EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
+    f.expect_matches(y, dx, 1e-5);
   }
 }
 
 // Every linformer_* fixture written by tools/fixtures/linformer.py is checked.
 TEST(Linformer, FixtureListCoversEveryFile) {
-  mf::testing::expect_fixtures_listed("linformer_", kLinformerFixtures);
+  mf::testing::expect_fixture_list_covers("linformer_", kLinformerFixtures);
 }

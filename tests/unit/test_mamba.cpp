@@ -328,10 +328,10 @@ TEST(Mamba, GradientsMatchFiniteDifferences) {
 TEST(Mamba, MatchesPyTorchFixtures) {
   for (const std::string name : {"mamba_mixer_defaults", "mamba_mixer_bias_k3_big_dt", "mamba_mixer_no_conv_bias_short"}) {
     SCOPED_TRACE(name);
-    const SafetensorsContents f = mf::testing::load_fixture(name);
-    const auto& t = f.tensors;
-    mf::testing::FixtureParameters fp(f);
-    auto param = [&](const std::string& key) { return fp.get(key); };
+    mf::testing::FixtureModule f(name);
+    const auto& t = f.file.tensors;
+    auto param = [&](const std::string& key) { return f.param(key); };
+    auto opt = [&](const mf::testing::FixtureModule& m, const std::string& n) { return m.option(n); };
     MambaParams p;
     const Tensor& x = t.at("x");
     p.hidden = x.size(1), p.inner = opt(f, "expand") * p.hidden, p.state_size = opt(f, "state_size");
@@ -346,22 +346,13 @@ TEST(Mamba, MatchesPyTorchFixtures) {
     MambaSaved saved;
     mamba_forward(y, &saved, x, b, len, p, nullptr);
     mamba_backward(dx, t.at("dy"), x, saved, b, len, p);
-    EXPECT_TRUE(close(y, t.at("y"), 1e-5, "y", 1.0));
-    EXPECT_TRUE(close(dx, t.at("dx"), 1e-5, "dx", 1.0));
-    for (const auto& q : fp.owned) EXPECT_TRUE(close(q->grad, t.at("grad_" + q->name), 1e-5, "grad_" + q->name, 1.0));
+    f.expect_matches(y, dx, 1e-5);
   }
 }
 
 // Every mamba_* fixture written by tools/fixtures/mamba.py is checked.
 TEST(Mamba, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("mamba_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kMambaFixtures.begin(), kMambaFixtures.end(), stem), kMambaFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kMambaFixtures.size()));
+  mf::testing::expect_fixture_list_covers("mamba_", kMambaFixtures);
 }
 
 // A sequence split into calls that carry (conv state, SSM state) equals the

@@ -343,14 +343,7 @@ TEST(Performer, MatchesPyTorchFixtures) {
 }
 
 TEST(Performer, FixtureListCoversEveryFile) {
-  int files = 0;
-  for (const auto& e : fs::directory_iterator(MODFORMER_FIXTURES_DIR)) {
-    const std::string stem = e.path().stem().string();
-    if (stem.rfind("performer_", 0) != 0 || e.path().extension() != ".safetensors") continue;
-    ++files;
-    EXPECT_NE(std::find(kPerformerFixtures.begin(), kPerformerFixtures.end(), stem), kPerformerFixtures.end()) << stem;
-  }
-  EXPECT_EQ(files, static_cast<int>(kPerformerFixtures.size()));
+  mf::testing::expect_fixture_list_covers("performer_", kPerformerFixtures);
 }
 
 // W: rows of each d-row block orthonormal before scaling (the last block

@@ -372,7 +372,7 @@ TEST(LshAttention, MatchesPyTorchFixtures) {
 
 // Every lsh_* fixture written by tools/fixtures/reformer.py is checked.
 TEST(LshAttention, FixtureListCoversEveryFile) {
-  mf::testing::expect_fixtures_listed("lsh_", kLshFixtures);
+  mf::testing::expect_fixture_list_covers("lsh_", kLshFixtures);
 }
 
 // Each bad input is refused with a message naming the problem.
