@@ -325,3 +325,39 @@ TEST(ModelMixers, BenchMixersCausalWritesDecodeRows) {
     EXPECT_TRUE(std::filesystem::exists(dir + svg)) << svg;
   std::filesystem::remove_all(dir);
 }
+
+// Hybrids (as Jamba mixes Mamba and attention): Mamba, retention and
+// attention layers in one decoder train, and generation carries each layer's
+// own state (conv + SSM state, retention state, KV cache) exactly like the
+// full forward. (PyTorch: the model_hybrid_mamba_retention_attention fixture.)
+TEST(ModelMixers, HybridMambaRetentionAttentionTrainsAndGenerates) {
+  mt::ScopedThreads one(1);
+  nlohmann::json j = tiny_json();
+  j["position"] = "none";
+  j["layer_types"] = {"mamba", "retention", "full_attention"};
+  j["mamba"] = {{"state_size", 4}};
+  j["retention"] = {{"form", "recurrent"}};  // the generation normalizer in training too: exact agreement
+  j["initializer_range"] = 0.05;
+  Transformer m(parse(j), 5);
+  const Tensor tok = mt::random_tokens({2, 17}, 7, 23);
+  const Tensor in = tok.slice(1, 0, 16).contiguous(), tgt = tok.slice(1, 1, 17).contiguous();
+  const double first = m.loss(in, tgt, false);
+  for (int step = 0; step < 40; ++step) {
+    for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
+    m.loss(in, tgt, true);
+    for (Parameter* p : m.parameters())
+      for (std::int64_t k = 0; k < p->value.numel(); ++k) p->value.data<float>()[k] -= 0.3f * p->grad.data<float>()[k];
+  }
+  const double last = m.loss(in, tgt, false);
+  EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
+  const Tensor full = m.logits(in);
+  GenerationOptions o;
+  o.batch = 2;
+  const auto state = m.new_generation_state(o);
+  const Tensor a = m.logits(in.slice(1, 0, 5).contiguous(), state.get());
+  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 5).contiguous()), 1e-4f);
+  for (std::int64_t t = 5; t < 16; ++t) {
+    const Tensor step = m.logits(in.slice(1, t, t + 1).contiguous(), state.get());
+    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
+  }
+}
