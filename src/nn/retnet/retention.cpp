@@ -150,7 +150,11 @@ void for_each_head(const Geometry& g, const Fn& fn) {
   Tensor scratch = Tensor::empty({threads, g.scratch_floats()});
   float* base = scratch.data<float>();
   std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+  if (threads == 1) {  // a plain loop: an inactive region would give each GEMM inside a nested team
+    for (std::int64_t i = 0; i < count; ++i) fn(i, base);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (std::int64_t i = 0; i < count; ++i) {
     try {
       fn(i, base + omp_get_thread_num() * g.scratch_floats());
