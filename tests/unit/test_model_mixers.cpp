@@ -19,6 +19,7 @@
 #include "train/trainer.h"
 #include "../support/cli.h"
 #include "../support/errors.h"
+#include "../support/generation.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 #include "../support/train_runs.h"
@@ -350,14 +351,5 @@ TEST(ModelMixers, HybridMambaRetentionAttentionTrainsAndGenerates) {
   }
   const double last = m.loss(in, tgt, false);
   EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
-  const Tensor full = m.logits(in);
-  GenerationOptions o;
-  o.batch = 2;
-  const auto state = m.new_generation_state(o);
-  const Tensor a = m.logits(in.slice(1, 0, 5).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 5).contiguous()), 1e-4f);
-  for (std::int64_t t = 5; t < 16; ++t) {
-    const Tensor step = m.logits(in.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  mt::expect_generation_equals_full_forward(m, in, 5, 1e-4f);
 }

@@ -18,6 +18,7 @@
 #include "nn/mixer/mixer_options.h"
 #include "nn/mixer/mixer_registry.h"
 #include "../support/errors.h"
+#include "../support/generation.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -239,16 +240,7 @@ TEST(Reversible, LmTrainsAndGeneratesLikeItsFullForward) {
   const double last = m.loss(in, tgt, false);
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
 
-  const Tensor full = m.logits(in);
-  GenerationOptions o;
-  o.batch = 2;
-  const auto state = m.new_generation_state(o);
-  const Tensor a = m.logits(in.slice(1, 0, 5).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 5).contiguous()), 1e-4f);
-  for (std::int64_t t = 5; t < 16; ++t) {
-    const Tensor step = m.logits(in.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  mt::expect_generation_equals_full_forward(m, in, 5, 1e-4f);
 }
 
 TEST(Reversible, RefusesWhatCannotBeReversible) {
@@ -321,15 +313,5 @@ TEST(Reversible, ReformerLmTrainsAndGenerates) {
   }
   const double last = m.loss(in, tgt, false);
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
-  const Tensor full = m.logits(in);
-  GenerationOptions o;
-  o.batch = 2;
-  o.capacity = 16;
-  const auto state = m.new_generation_state(o);
-  const Tensor a = m.logits(in.slice(1, 0, 6).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 6).contiguous()), 1e-4f);
-  for (std::int64_t t = 6; t < 16; ++t) {
-    const Tensor step = m.logits(in.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  mt::expect_generation_equals_full_forward(m, in, 6, 1e-4f);
 }
