@@ -185,7 +185,9 @@ std::string sample_parameters(const mf::TokenMixerEntry& e) {
     mf::ParamList params(0, c.initializer_range);
     e.make(mf::mixer_context(c, 0, e.name, nullptr), params);
     std::string s;
-    for (const auto& p : params.all()) s += (s.empty() ? "" : ", ") + p->name + " " + mf::shape_str(p->value.shape());
+    for (const auto& p : params.all())
+      s += (s.empty() ? "" : ", ") + p->name + " " + mf::shape_str(p->value.shape()) +
+           (p->trainable ? "" : " (buffer: saved, never trained)");
     return s.empty() ? "none" : s;
   } catch (const mf::Error& err) {
     return std::string("(needs options to show: ") + err.what() + ")";
