@@ -247,12 +247,12 @@ TEST(TrainAdamW, WeightDecayGoesToProjectionMatricesOnly) {
     for (Parameter* p : model.parameters()) (p->weight_decay ? decayed_names : undecayed_names).insert(p->name);
     EXPECT_EQ(undecayed_names, undecayed) << "case " << c;
     std::set<std::string> decayed = decayed_by_case[c];
-    for (const std::string& layer : {"model.layers.0.", "model.layers.1."})
+    for (const std::string layer : {"model.layers.0.", "model.layers.1."})
       for (const char* proj : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                "mlp.up_proj", "mlp.down_proj"})
         decayed.insert(layer + proj + ".weight");
     if (c == 0)
-      for (const std::string& layer : {"model.layers.0.", "model.layers.1."}) decayed.insert(layer + "mlp.gate_proj.weight");
+      for (const std::string layer : {"model.layers.0.", "model.layers.1."}) decayed.insert(layer + "mlp.gate_proj.weight");
     EXPECT_EQ(decayed_names, decayed) << "case " << c;
 
     // Nonzero values everywhere (biases start at zero, norm weights at one),
