@@ -187,12 +187,8 @@ Qkv model_qkv(const ApproxOptions& o) {
   Tensor q = proj("q_proj"), k = proj("k_proj"), v = proj("v_proj");  // [L, H*D], [L, Hkv*D]
   if (c.uses_rope()) {
     RopeTable table(rope_config(c), L);
-    RopeArgs a;
-    a.layout = RopeLayout::BL_HD;
-    a.num_heads = H;
-    rope_forward_inplace(q.reshape({1, L, H * D}), table, a);
-    a.num_heads = Hkv;
-    rope_forward_inplace(k.reshape({1, L, Hkv * D}), table, a);
+    rope_forward_inplace(q.reshape({1, L, H * D}), table, packed_rope_args(H, 0));
+    rope_forward_inplace(k.reshape({1, L, Hkv * D}), table, packed_rope_args(Hkv, 0));
   }
   auto expand = [&](const Tensor& t) {  // [L, Hkv*D] -> [L, H, D]
     Tensor out = Tensor::empty({L, H, D});

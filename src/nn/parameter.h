@@ -23,4 +23,9 @@ struct Parameter {
       : name(std::move(n)), value(std::move(v)), grad(Tensor::zeros(value.shape())), weight_decay(decay) {}
 };
 
+// An optional parameter's value or gradient (e.g. a bias that is off): an
+// undefined Tensor when the parameter is absent, as the kernels take it.
+inline Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
+inline Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
+
 }  // namespace mf

@@ -153,16 +153,7 @@ TEST(ModelMixers, MixedLayerTypesGenerateLikeTheFullForward) {
   j["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention"};
   Transformer m(parse(j), 5);
   const Tensor tok = mt::random_tokens({2, 20}, 7, 23);
-  const Tensor full = m.logits(tok);
-  GenerationOptions o;
-  o.batch = 2;
-  const auto state = m.new_generation_state(o);
-  const Tensor a = m.logits(tok.slice(1, 0, 7).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 7).contiguous()), 1e-4f);
-  for (std::int64_t t = 7; t < 20; ++t) {
-    const Tensor step = m.logits(tok.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  const auto state = mf::testing::expect_generation_equals_full_forward(m, tok, 7, 1e-4f);
   // Sliding layers hold 2W rows, the full layer its whole capacity (64).
   EXPECT_EQ(state->bytes(), (2 * (2 * 3) + 64) * 2 * 8 * 2 * 4);
 }

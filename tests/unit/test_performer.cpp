@@ -23,6 +23,7 @@
 #include "nn/performer/performer.h"
 #include "testing/gradcheck.h"
 #include "train/trainer.h"
+#include "../support/generation.h"
 #include "../support/mixer_checks.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -558,16 +559,7 @@ TEST(Performer, LanguageModelTrainsAndGeneratesLikeTheFullForward) {
   fs::remove_all(dir);
 
   const Tensor tok = mt::random_tokens({2, 20}, 7, 256);
-  const Tensor full = m.logits(tok);
-  GenerationOptions o;
-  o.batch = 2;
-  const auto state = m.new_generation_state(o);
-  const Tensor a = m.logits(tok.slice(1, 0, 7).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 7).contiguous()), 1e-4f);
-  for (std::int64_t t = 7; t < 20; ++t) {
-    const Tensor step = m.logits(tok.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  mf::testing::expect_generation_equals_full_forward(m, tok, 7, 1e-4f);
 }
 
 // Each bad input is refused with a message naming the problem and the mixer.

@@ -22,6 +22,7 @@
 #include "nn/reformer/lsh_attention.h"
 #include "testing/gradcheck.h"
 #include "train/adamw.h"
+#include "../support/generation.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/mixer_checks.h"
@@ -488,14 +489,5 @@ TEST(LshAttention, CausalLmTrainsAndGenerates) {
   // One chunk (64 >= every length): prefill + steps == the full forward.
   Transformer g(config_from_json(lsh_lm_json(64), "lsh.json"), 5);
   const Tensor tok = mf::testing::random_tokens({2, 20}, 7, 23);
-  const Tensor full = g.logits(tok);
-  GenerationOptions o;
-  o.batch = 2;
-  const auto state = g.new_generation_state(o);
-  const Tensor a = g.logits(tok.slice(1, 0, 7).contiguous(), state.get());
-  EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 7).contiguous()), 1e-4f);
-  for (std::int64_t t = 7; t < 20; ++t) {
-    const Tensor step = g.logits(tok.slice(1, t, t + 1).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-  }
+  mf::testing::expect_generation_equals_full_forward(g, tok, 7, 1e-4f);
 }

@@ -20,6 +20,7 @@
 #include "nn/mixer/mixer_registry.h"
 #include "nn/retnet/retention.h"
 #include "testing/gradcheck.h"
+#include "../support/generation.h"
 #include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -412,16 +413,7 @@ TEST(RetNet, TinyLmTrainsAndGeneratesLikeTheFullForward) {
     jf["retention"] = {{"chunk_size", 4}, {"form", form}, {"group_norm_eps", std::string(form) == "auto" ? 0.0 : 1e-6}};
     Transformer g(config_from_json(jf, "test.json"), 3);
     const Tensor tok = mf::testing::random_tokens({2, 13}, 7, cfg.vocab_size);
-    const Tensor full = g.logits(tok);
-    GenerationOptions o;
-    o.batch = 2;
-    const auto state = g.new_generation_state(o);
-    const Tensor a = g.logits(tok.slice(1, 0, 6).contiguous(), state.get());
-    EXPECT_LE(max_abs_diff(a, full.slice(1, 0, 6).contiguous()), 1e-4f);
-    for (std::int64_t t = 6; t < 13; ++t) {
-      const Tensor step = g.logits(tok.slice(1, t, t + 1).contiguous(), state.get());
-      EXPECT_LE(max_abs_diff(step, full.slice(1, t, t + 1).contiguous()), 1e-4f) << "position " << t;
-    }
+    mf::testing::expect_generation_equals_full_forward(g, tok, 6, 1e-4f);
   }
 }
 

@@ -12,8 +12,6 @@ namespace {
 
 constexpr const char* kOp = "[self_attention]";
 
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
 // [N, H*D] token-major rows -> contiguous [B, H, L, D].
 Tensor to_heads(const Tensor& rows, std::int64_t b, std::int64_t l, std::int64_t h, std::int64_t d) {
@@ -48,13 +46,6 @@ VarlenSeqlens seqlens(std::int64_t b, std::int64_t l) {
   return s;
 }
 
-RopeArgs rope_args(std::int64_t heads, std::int64_t offset) {
-  RopeArgs a;
-  a.layout = RopeLayout::BL_HD;
-  a.num_heads = heads;
-  a.positions.offset = offset;
-  return a;
-}
 
 }  // namespace
 
@@ -80,8 +71,8 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
   Tensor kl = linear_forward(x, p.k->value, bias_of(p.k_bias));  // [N, Hkv*D]
   Tensor vl = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, Hkv*D]
   if (p.rope) {
-    rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, past));
-    rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, past));
+    rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, past));
+    rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, past));
   }
   if (call.cache) {  // generation: [B, H, L, D] through the cache; nothing kept for a backward
     const Tensor q = to_heads(ql, b, l, p.num_heads, d);
@@ -142,8 +133,8 @@ void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x
     dv = g.dv.reshape({n, p.num_kv_heads * d});
   }
   if (p.rope) {  // RoPE^T: rotation by the negative angles
-    rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, rope_args(p.num_heads, 0));
-    rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, 0));
+    rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, 0));
+    rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, 0));
   }
   linear_backward(dx, p.q->grad, bias_grad_of(p.q_bias), dq, x, p.q->value);
   linear_backward(dx, p.k->grad, bias_grad_of(p.k_bias), dk, x, p.k->value, /*accumulate_din=*/true);

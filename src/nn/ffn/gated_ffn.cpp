@@ -7,13 +7,6 @@
 
 namespace mf {
 
-namespace {
-
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
-
-}  // namespace
-
 void gated_activation_forward(const Tensor& h, const Tensor& gate, const Tensor& up, Activation act) {
   const std::int64_t n = gate.numel();
   if (act == Activation::SiLU)

@@ -8,9 +8,6 @@ namespace mf {
 
 namespace {
 
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
-
 void activation_forward(const Tensor& h, const Tensor& a, Activation act) {
   if (act == Activation::SiLU)
     silu_forward(h.data<float>(), a.data<float>(), a.numel());

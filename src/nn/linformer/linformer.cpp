@@ -55,8 +55,6 @@ bool shares_kv(const LinformerParams& p) {
 }
 bool per_head(const LinformerParams& p) { return p.sharing == LinformerSharing::None; }
 
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
 // The sizes every stage needs. hd = Hkv*D is the row width of K, V, K', V'.
 struct Geometry {

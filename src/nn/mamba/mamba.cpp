@@ -24,8 +24,6 @@ namespace {
 constexpr const char* kOp = "[mamba]";
 constexpr float kSoftplusThreshold = 20.0f;  // torch.nn.functional.softplus: v above it is returned as is
 
-Tensor value_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
 void check_param(const Parameter* p, const char* what, const Shape& shape) {
   MF_CHECK(p != nullptr, kOp, " missing parameter ", what, " of shape ", shape_str(shape));
@@ -292,7 +290,7 @@ void mamba_forward(const Tensor& out, MambaSaved* saved, const Tensor& x, std::i
   s.gated = Tensor::empty({g.rows, g.di});
   s.chunk_states =
       saved ? Tensor::empty({batch, selective_scan_chunks(seq_len, p.chunk_len), g.di, g.n}) : Tensor();
-  linear_forward(s.xz, x, p.in_proj->value, value_of(p.in_proj_bias));
+  linear_forward(s.xz, x, p.in_proj->value, bias_of(p.in_proj_bias));
   conv_forward(s.xc.data<float>(), s.xz.data<float>(), p, g, cache ? cache->conv.data<float>() : nullptr);
   if (cache) conv_state_update(cache->conv, s.xz.data<float>(), g, batch);
   silu_forward(s.u.data<float>(), s.xc.data<float>(), s.u.numel());
@@ -302,7 +300,7 @@ void mamba_forward(const Tensor& out, MambaSaved* saved, const Tensor& x, std::i
                                s.x_dbl.slice(1, g.r + g.n, g.xw), p.d_skip->value};
   selective_scan_forward(s.y_ssm, s.chunk_states, in, batch, p.chunk_len, cache ? cache->ssm : Tensor());
   gate_forward(s.gated.data<float>(), s.y_ssm.data<float>(), s.xz.data<float>(), g);
-  linear_forward(out, s.gated, p.out_proj->value, value_of(p.out_proj_bias));
+  linear_forward(out, s.gated, p.out_proj->value, bias_of(p.out_proj_bias));
 }
 
 void mamba_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MambaSaved& s, std::int64_t batch,
@@ -314,7 +312,7 @@ void mamba_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const M
   dy.check_shape({g.rows, g.c}, "mamba", "dy");
   // out = gated W_out^T: dgated = dy W_out.
   Tensor dgated = Tensor::empty({g.rows, g.di});
-  linear_backward(dgated, p.out_proj->grad, grad_of(p.out_proj_bias), dy, s.gated, p.out_proj->value);
+  linear_backward(dgated, p.out_proj->grad, bias_grad_of(p.out_proj_bias), dy, s.gated, p.out_proj->value);
   // gated = y * SiLU(z): dy_ssm, and dz into the last Di columns of dxz.
   Tensor dxz = Tensor::empty({g.rows, 2 * g.di}), dy_ssm = Tensor::empty({g.rows, g.di});
   {
@@ -346,7 +344,7 @@ void mamba_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const M
   // u = SiLU(xc), then the conv (into the first Di columns of dxz), then in_proj.
   silu_backward(du.data<float>(), du.data<float>(), s.xc.data<float>(), du.numel());
   conv_backward(dxz.data<float>(), du.data<float>(), s.xz.data<float>(), p, g);
-  linear_backward(dx, p.in_proj->grad, grad_of(p.in_proj_bias), dxz, x, p.in_proj->value);
+  linear_backward(dx, p.in_proj->grad, bias_grad_of(p.in_proj_bias), dxz, x, p.in_proj->value);
 }
 
 }  // namespace mf

@@ -13,16 +13,7 @@ namespace {
 
 constexpr const char* kOp = "[performer]";
 
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
-RopeArgs rope_args(std::int64_t heads, std::int64_t offset) {
-  RopeArgs a;
-  a.layout = RopeLayout::BL_HD;
-  a.num_heads = heads;
-  a.positions.offset = offset;
-  return a;
-}
 
 void check_params(const PerformerParams& p, const Tensor& x, std::int64_t batch, std::int64_t seq_len) {
   MF_CHECK(p.q && p.k && p.v && p.o, kOp, " the q, k, v and o projections are required");
@@ -67,8 +58,8 @@ void performer_forward(const Tensor& y, PerformerSaved* saved, const Tensor& x, 
   Tensor k = linear_forward(x, p.k->value, bias_of(p.k_bias));  // [N, Hkv*d]
   Tensor v = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, Hkv*d]
   if (p.rope) {
-    rope_forward_inplace(q.reshape({batch, seq_len, p.num_heads * d}), *p.rope, rope_args(p.num_heads, past));
-    rope_forward_inplace(k.reshape({batch, seq_len, p.num_kv_heads * d}), *p.rope, rope_args(p.num_kv_heads, past));
+    rope_forward_inplace(q.reshape({batch, seq_len, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, past));
+    rope_forward_inplace(k.reshape({batch, seq_len, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, past));
   }
   q = q.reshape({n, p.num_heads, d});
   k = k.reshape({n, p.num_kv_heads, d});
@@ -99,8 +90,8 @@ void performer_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, con
   performer_attention_backward(dq, dk, dv, dout.reshape({n, hq, d}), s.q, s.k, s.v, p.projection->value, s.attn,
                                batch, seq_len, causal, mask, p.options);
   if (p.rope) {  // RoPE^T: rotation by the negative angles
-    rope_backward_inplace(dq.reshape({batch, seq_len, hq * d}), *p.rope, rope_args(hq, 0));
-    rope_backward_inplace(dk.reshape({batch, seq_len, hkv * d}), *p.rope, rope_args(hkv, 0));
+    rope_backward_inplace(dq.reshape({batch, seq_len, hq * d}), *p.rope, packed_rope_args(hq, 0));
+    rope_backward_inplace(dk.reshape({batch, seq_len, hkv * d}), *p.rope, packed_rope_args(hkv, 0));
   }
   linear_backward(dx, p.q->grad, bias_grad_of(p.q_bias), dq.reshape({n, hq * d}), x, p.q->value);
   linear_backward(dx, p.k->grad, bias_grad_of(p.k_bias), dk.reshape({n, hkv * d}), x, p.k->value, true);

@@ -108,6 +108,16 @@ struct RopeArgs {
   PositionIds positions;        // offset (KV-cache start) or explicit int32 [L] / [B, L] ids
 };
 
+// Arguments for rows [B, L, heads * D] as projections produce them, at
+// positions offset .. offset + L - 1 (a KV-cache continuation: offset = past).
+inline RopeArgs packed_rope_args(std::int64_t heads, std::int64_t offset) {
+  RopeArgs a;
+  a.layout = RopeLayout::BL_HD;
+  a.num_heads = heads;
+  a.positions.offset = offset;
+  return a;
+}
+
 // y = RoPE(x). In place: x's values are overwritten (x is a handle). Out of
 // place: a new contiguous tensor of x's shape. The table is prepared for
 // 1 + the largest position of the call.

@@ -28,8 +28,6 @@ namespace {
 constexpr const char* kOp = "[lsh_attention]";
 constexpr float kNormEps = 1e-6f;  // HF _len_norm epsilon
 
-Tensor value_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
 // The sizes every stage needs. A chunk longer than the sequence is cut to L:
 // one chunk per round either way, and the pad slots it drops have weight 0
@@ -481,11 +479,11 @@ void lsh_attention_forward(const Tensor& y, LshAttentionSaved& s, const Tensor& 
   y.check_shape(x.shape(), "lsh_attention", "y");
   const std::int64_t n = batch * seq_len, h = p.num_heads, d = p.head_dim;
   s = LshAttentionSaved{};
-  s.qk = linear_forward(x, p.qk->value, value_of(p.qk_bias)).reshape({n, h, d});
-  s.v = linear_forward(x, p.v->value, value_of(p.v_bias)).reshape({n, h, d});
+  s.qk = linear_forward(x, p.qk->value, bias_of(p.qk_bias)).reshape({n, h, d});
+  s.v = linear_forward(x, p.v->value, bias_of(p.v_bias)).reshape({n, h, d});
   const Tensor out = Tensor::empty({n, h, d});
   lsh_attention_kernel_forward(out, s.kernel, s.qk, s.v, p.rotations->value, batch, seq_len, mask, p.opt);
-  linear_forward(y, out.reshape({n, h * d}), p.o->value, value_of(p.o_bias));
+  linear_forward(y, out.reshape({n, h * d}), p.o->value, bias_of(p.o_bias));
 }
 
 void lsh_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const LshAttentionSaved& s,
@@ -498,11 +496,11 @@ void lsh_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
   MF_CHECK(s.qk.defined() && s.qk.size(0) == n && s.kernel.out.defined(), kOp,
            " backward called without the saved activations of a forward of this shape");
   Tensor dout = Tensor::empty({n, h * d});
-  linear_backward(dout, p.o->grad, grad_of(p.o_bias), dy, s.kernel.out.reshape({n, h * d}), p.o->value);
+  linear_backward(dout, p.o->grad, bias_grad_of(p.o_bias), dy, s.kernel.out.reshape({n, h * d}), p.o->value);
   const Tensor dqk = Tensor::empty({n, h, d}), dv = Tensor::empty({n, h, d});
   lsh_attention_kernel_backward(dqk, dv, dout.reshape({n, h, d}), s.qk, s.v, s.kernel, batch, seq_len, mask, p.opt);
-  linear_backward(dx, p.qk->grad, grad_of(p.qk_bias), dqk.reshape({n, h * d}), x, p.qk->value);
-  linear_backward(dx, p.v->grad, grad_of(p.v_bias), dv.reshape({n, h * d}), x, p.v->value, /*accumulate_din=*/true);
+  linear_backward(dx, p.qk->grad, bias_grad_of(p.qk_bias), dqk.reshape({n, h * d}), x, p.qk->value);
+  linear_backward(dx, p.v->grad, bias_grad_of(p.v_bias), dv.reshape({n, h * d}), x, p.v->value, /*accumulate_din=*/true);
 }
 
 // ---- meter entry points ----------------------------------------------------------
@@ -614,8 +612,8 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
            " heads of ", d, ", ", p.opt.n_hashes, " rounds and ", p.opt.n_buckets, " buckets");
   MF_CHECK(cache.length + seq_len <= cache.capacity, kOp, " generation state is full: ", cache.length,
            " positions held + ", seq_len, " new exceed its capacity ", cache.capacity);
-  const Tensor qk = linear_forward(x, p.qk->value, value_of(p.qk_bias));  // [N, H*D]
-  const Tensor v = linear_forward(x, p.v->value, value_of(p.v_bias));
+  const Tensor qk = linear_forward(x, p.qk->value, bias_of(p.qk_bias));  // [N, H*D]
+  const Tensor v = linear_forward(x, p.v->value, bias_of(p.v_bias));
   const Tensor out = Tensor::empty({n, hd});
   const Geometry g(p.opt, batch, cache.capacity, h, d);
   const std::int64_t cap = cache.capacity, past = cache.length;
@@ -686,7 +684,7 @@ void lsh_attention_generate(const Tensor& y, const Tensor& x, std::int64_t batch
     });
   }
   cache.length += seq_len;
-  linear_forward(y, out, p.o->value, value_of(p.o_bias));
+  linear_forward(y, out, p.o->value, bias_of(p.o_bias));
 }
 
 }  // namespace mf

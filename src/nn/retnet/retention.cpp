@@ -29,8 +29,6 @@ namespace {
 constexpr const char* kOp = "[retention]";
 constexpr double kParallelMaxScale = 5e4;  // torchscale's clamp(max=5e4) of the parallel form
 
-Tensor bias_of(const Parameter* p) { return p ? p->value : Tensor(); }
-Tensor bias_grad_of(const Parameter* p) { return p ? p->grad : Tensor(); }
 
 // theta_i = 10000^(-i / (Dk/2 - 1)) for i < Dk/2 (torchscale's 1 / 10000^linspace(0, 1, Dk/2)).
 std::vector<double> rotation_angles(std::int64_t key_dim) {
