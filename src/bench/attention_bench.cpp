@@ -174,8 +174,7 @@ void unfused_attention(i64 heads, i64 L, i64 d, bool causal, const float* q, con
 }
 
 // Memory read bandwidth: all threads sum disjoint parts of a buffer far larger than the caches.
-double measure_read_bandwidth(int reps) {
-  const i64 n = i64{1} << 28;  // 1 GiB of floats
+double measure_read_bandwidth(int reps, i64 n = i64{1} << 28) {  // default: 1 GiB of floats
   Tensor buf = Tensor::empty({n});
   float* p = buf.data<float>();
 #pragma omp parallel for schedule(static)
@@ -231,6 +230,12 @@ struct SgemmPair {  // best GFLOP/s over backends of the two products (QK^T and 
 };
 
 }  // namespace
+
+double read_bandwidth_bytes_per_s(int reps, std::int64_t bytes) {
+  MF_CHECK(reps >= 1 && bytes >= (std::int64_t{1} << 20), "[bench] read bandwidth needs reps >= 1 and a buffer of at "
+           "least 1 MiB, got ", reps, " reps and ", bytes, " bytes");
+  return measure_read_bandwidth(reps, bytes / (4 * 4096) * 4096);
+}
 
 AttentionBenchOptions quick_attention_bench_options() {
   AttentionBenchOptions o;

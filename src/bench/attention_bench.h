@@ -31,4 +31,9 @@ AttentionBenchOptions quick_attention_bench_options();
 // Prints the header and tables to stdout (progress on stderr); returns the exit code.
 int run_attention_bench(const AttentionBenchOptions& options);
 
+// Memory read bandwidth (bytes/s, best of reps) of all num_threads() threads
+// summing disjoint parts of a `bytes` buffer (1 GiB in the decode section;
+// use one far larger than the last-level cache). Shared by `bench generate`.
+double read_bandwidth_bytes_per_s(int reps, std::int64_t bytes = std::int64_t{1} << 30);
+
 }  // namespace mf::bench

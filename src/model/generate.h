@@ -28,6 +28,7 @@ struct GenerateResult {
   std::int64_t prompt_tokens = 0;
   double prefill_seconds = 0;  // prompt forward + first token's sampling
   double decode_seconds = 0;   // the tokens after the first: one cached forward + sampling each
+  std::vector<double> decode_step_seconds;  // each of those steps (step s feeds position prompt_tokens + s - 1)
   double prefill_tokens_per_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
   double decode_tokens_per_s() const {
     const auto n = static_cast<double>(tokens.size()) - 1.0;
@@ -43,5 +44,29 @@ using TokenCallback = std::function<void(std::int32_t token)>;
 // up front that prompt + max_new_tokens - 1 positions fit the cache.
 GenerateResult generate(Transformer& model, const std::vector<std::int32_t>& prompt, const GenerateOptions& opt,
                         const TokenCallback& on_token = {});
+
+// Several prompts at once (batched generation): each prompt is prefilled on
+// its own, then every step feeds one token per prompt through
+// Transformer::logits_rows, so each weight is read once per step for all
+// prompts while each prompt keeps its own positions and caches (ragged
+// lengths). Prompt i samples with Rng(opt.seed), as generate() alone would:
+// its tokens equal generate(model, prompts[i], opt).tokens (bit for bit
+// logits, so greedy and seeded sampling alike).
+struct BatchGenerateResult {
+  std::vector<std::vector<std::int32_t>> tokens;  // per prompt: its new tokens
+  std::int64_t prompt_tokens = 0;                 // all prompts
+  double prefill_seconds = 0;                     // every prompt's prefill + first sampling
+  double decode_seconds = 0;                      // the batched steps (forward + sampling of every row)
+  std::int64_t decode_tokens = 0;                 // tokens made by the batched steps
+  std::vector<double> decode_step_seconds;        // each batched step
+  double prefill_tokens_per_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0.0; }
+  double decode_tokens_per_s() const { return decode_seconds > 0 ? decode_tokens / decode_seconds : 0.0; }
+};
+
+// Called with (prompt index, token) as soon as a token is sampled.
+using BatchTokenCallback = std::function<void(std::int64_t prompt, std::int32_t token)>;
+
+BatchGenerateResult generate_batch(Transformer& model, const std::vector<std::vector<std::int32_t>>& prompts,
+                                   const GenerateOptions& opt, const BatchTokenCallback& on_token = {});
 
 }  // namespace mf

@@ -4,6 +4,7 @@
 // backward through all of it, with optional per-block gradient checkpointing.
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 
@@ -451,6 +452,75 @@ Tensor Transformer::logits(const Tensor& tokens, GenerationState* state) {
   Tensor out = Tensor::empty({B * L, cfg_.vocab_size});
   linear_forward(out, h, lm_head_weight(), Tensor());
   return out.reshape({B, L, cfg_.vocab_size});
+}
+
+Tensor Transformer::logits_rows(std::span<const std::int32_t> tokens, std::span<GenerationState* const> states) {
+  MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no token logits (use class_logits)");
+  const auto n = static_cast<std::int64_t>(tokens.size());
+  const std::int64_t C = cfg_.hidden_size, V = cfg_.vocab_size;
+  MF_CHECK(n >= 1, kOp, " batched decode needs at least one row");
+  MF_CHECK(states.size() == tokens.size(), kOp, " batched decode: ", n, " tokens but ", states.size(), " states");
+  std::set<const GenerationState*> distinct;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const GenerationState* st = states[static_cast<std::size_t>(i)];
+    MF_CHECK(st != nullptr, kOp, " batched decode: row ", i, " has no generation state");
+    MF_CHECK(st->batch() == 1, kOp, " batched decode: the state of row ", i, " was made for batch ", st->batch(),
+             " (each row needs a batch-1 state of its own)");
+    MF_CHECK(distinct.insert(st).second, kOp, " batched decode: row ", i, " shares its state with an earlier row");
+    st->check_room(1, "a batched decode step");
+    MF_CHECK(tokens[static_cast<std::size_t>(i)] >= 0 && tokens[static_cast<std::size_t>(i)] < V, kOp, " token id ",
+             tokens[static_cast<std::size_t>(i)], " of row ", i, " is out of range [0, ", V, ")");
+  }
+  Tensor out = Tensor::empty({n, V});
+  if (cfg_.reversible) {  // two streams per block: rows one after another
+    for (std::int64_t i = 0; i < n; ++i) {
+      Tensor tok = Tensor::empty({1, 1}, DType::I32);
+      *tok.data<std::int32_t>() = tokens[static_cast<std::size_t>(i)];
+      const Tensor row = logits(tok, states[static_cast<std::size_t>(i)]).contiguous();
+      std::copy(row.data<float>(), row.data<float>() + V, out.data<float>() + i * V);
+    }
+    return out;
+  }
+  std::vector<std::int64_t> past(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) past[static_cast<std::size_t>(i)] = states[static_cast<std::size_t>(i)]->past_length();
+  if (cfg_.position == PositionKind::Learned || cfg_.position == PositionKind::Sinusoidal)
+    for (std::int64_t i = 0; i < n; ++i)
+      MF_CHECK(past[static_cast<std::size_t>(i)] < cfg_.max_position_embeddings, kOp, " row ", i, " position ",
+               past[static_cast<std::size_t>(i)], " exceeds max_position_embeddings ", cfg_.max_position_embeddings,
+               " of the ", position_kind_name(cfg_.position), " position table");
+
+  Tensor ids = Tensor::empty({n, 1}, DType::I32);
+  std::copy(tokens.begin(), tokens.end(), ids.data<std::int32_t>());
+  Tensor x = Tensor::empty({n, C});
+  embedding_forward(x, ids, embed_->value);
+  for (std::int64_t i = 0; i < n; ++i) {  // absolute positions: each row at its own
+    PositionIds pos;
+    pos.offset = past[static_cast<std::size_t>(i)];
+    const Tensor row = x.slice(0, i, i + 1).reshape({1, 1, C});
+    if (cfg_.position == PositionKind::Learned)
+      learned_position_forward_inplace(row, *param("model.embed_positions.weight"), pos);
+    else if (cfg_.position == PositionKind::Sinusoidal)
+      sinusoidal_forward_inplace(row, sinusoidal_, pos);
+  }
+  MixerCall call = mixer_call(n, 1, Tensor());
+  std::vector<MixerState*> layer_states(static_cast<std::size_t>(n));
+  call.row_states = layer_states.data();
+  call.row_past = past.data();
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    for (std::int64_t i = 0; i < n; ++i)
+      layer_states[static_cast<std::size_t>(i)] = states[static_cast<std::size_t>(i)]->layer(static_cast<std::int64_t>(l));
+    BlockSaved local;
+    x = block_forward(local, x, layers_[l].p, call, false);
+  }
+  for (GenerationState* st : states) st->advance(1);
+  Tensor h = x;
+  if (final_norm_.weight != nullptr) {
+    h = Tensor::empty({n, C});
+    NormSaved stats;
+    norm_forward(h, stats, x, final_norm_);
+  }
+  linear_forward(out, h, lm_head_weight(), Tensor());
+  return out;
 }
 
 // pooled [B, C]: the first token's hidden state, or the mean over the

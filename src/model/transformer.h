@@ -29,6 +29,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,13 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor logits(const Tensor& tokens) override;
   // With a generation state: tokens are the next positions after state->past_length().
   Tensor logits(const Tensor& tokens, GenerationState* state);
+  // Batched decode: tokens[i] is the next position of the sequence of
+  // states[i] (batch-1 states, all distinct; their lengths may differ).
+  // Returns logits [n, V], row i equal bit for bit to logits({tokens[i]},
+  // states[i]); the projections read each weight once for all rows (the
+  // mixers' forward_rows), every state advances by one. Reversible models run
+  // the rows one after another.
+  Tensor logits_rows(std::span<const std::int32_t> tokens, std::span<GenerationState* const> states);
   // One state per layer (refused, naming the layer's mixer, when a mixer
   // cannot generate). capacity 0: max_position_embeddings.
   std::unique_ptr<GenerationState> new_generation_state(const GenerationOptions& opt = {}) const;

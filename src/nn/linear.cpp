@@ -1,4 +1,5 @@
 // Linear forward/backward: three GEMMs (y = x W^T, dx = dy W, dW += dy^T x)
+// (a forward of at most kGemvMaxRows rows, a decode step, is a GEMV instead)
 // and a column sum for the bias, parallel over column blocks so that every
 // sum runs over the rows in one fixed order (deterministic for any thread count).
 #include "nn/linear.h"
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/gemv.h"
 
 namespace mf {
 
@@ -62,9 +64,14 @@ void linear_forward(const Tensor& out, const Tensor& in, const Tensor& weight, c
   out.check_shape({d.n, d.out}, "linear", "out");
   if (d.n == 0) return;
   float* y = out.data<float>();
+  if (bias.defined()) check_vector(bias, d.out, "bias");
+  if (d.n <= gemv_max_rows() && d.in > 0) {  // decode: one pass over W shared by the few rows (kernels/gemv.h)
+    gemv(weight.data<float>(), bias.defined() ? bias.data<float>() : nullptr, d.out, d.in, in.data<float>(), d.in,
+         d.n, y, d.out);
+    return;
+  }
   float beta = 0.0f;
   if (bias.defined()) {
-    check_vector(bias, d.out, "bias");
     const float* b = bias.data<float>();
 #pragma omp parallel for schedule(static) if (d.n * d.out >= (1 << 15))
     for (std::int64_t r = 0; r < d.n; ++r)

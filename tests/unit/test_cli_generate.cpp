@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "core/threads.h"
@@ -137,4 +138,56 @@ TEST_F(CliGenerate, TrainingRunFolderIsAModel) {
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.err.find("holds neither config.json (a model folder) nor a training checkpoint"), std::string::npos)
       << r.err;
+}
+
+// --prompts FILE: one line per prompt, in order, each equal to generating that
+// prompt alone (greedy and seeded sampling); escapes keep each result one line.
+TEST_F(CliGenerate, PromptsFileGeneratesEveryLineLikeOneByOne) {
+  const std::string file = (dir_ / "prompts.txt").string();
+  {
+    std::ofstream f(file, std::ios::binary);
+    f << "Hello, \nab\r\nA much longer prompt\nz";  // ragged lengths, a CRLF line, no final newline
+  }
+  for (const std::string sampling : {"--temperature 0", "--top-k 40 --seed 3"}) {
+    const RunResult batch =
+        run_cli("generate --model " + model_ + " --prompts " + file + " --max-new-tokens 12 " + sampling, dir_);
+    ASSERT_EQ(batch.rc, 0) << batch.err;
+    EXPECT_NE(batch.err.find("batch of 4 prompts"), std::string::npos) << batch.err;
+    EXPECT_NE(batch.err.find("decode: 44 tokens"), std::string::npos) << batch.err;
+    std::string expected;
+    for (const std::string prompt : {"Hello, ", "ab", "A much longer prompt", "z"}) {
+      const RunResult one = run_cli("generate --no-echo --model " + model_ + " --prompt '" + prompt +
+                                        "' --max-new-tokens 12 " + sampling,
+                                    dir_);
+      ASSERT_EQ(one.rc, 0) << one.err;
+      std::string line = prompt;
+      for (char c : one.out.substr(0, one.out.size() - 1))  // the bytes without the final newline
+        line += c == '\n' ? std::string("\\n") : c == '\r' ? std::string("\\r") : c == '\\' ? std::string("\\\\")
+                                                                                            : std::string(1, c);
+      expected += line + "\n";
+    }
+    EXPECT_EQ(batch.out, expected) << sampling;
+  }
+}
+
+TEST_F(CliGenerate, PromptsFileErrorsAreClear) {
+  const std::string empty_line = (dir_ / "empty_line.txt").string(), empty = (dir_ / "empty.txt").string();
+  std::ofstream(empty_line) << "ok\n\nmore\n";
+  std::ofstream(empty) << "";
+  struct Case {
+    std::string args, message;
+  };
+  const std::string m = "generate --model " + model_;
+  const Case cases[] = {
+      {m + " --prompts " + empty_line, "line 2 is empty"},
+      {m + " --prompts " + empty, "holds no prompt"},
+      {m + " --prompts " + (dir_ / "missing.txt").string(), "cannot be opened"},
+      {m + " --prompts " + empty_line + " --prompt hi", "give --prompt or --prompts, not both"},
+      {m, "nothing to continue: give --prompt TEXT or --prompts FILE"},
+  };
+  for (const Case& c : cases) {
+    const RunResult r = run_cli(c.args, dir_);
+    EXPECT_NE(r.rc, 0) << c.args;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << "\nstderr: " << r.err;
+  }
 }

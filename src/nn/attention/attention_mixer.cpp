@@ -3,6 +3,7 @@
 #include "nn/attention/attention_mixer.h"
 
 #include <tuple>
+#include <vector>
 
 #include "core/error.h"
 #include "nn/attention/kv_cache.h"
@@ -66,6 +67,18 @@ class AttentionMixer final : public TokenMixer {
                 const MixerCall& call) override {
     const AttentionCall ac{call.batch, call.seq_len, 0, nullptr, 0, call.causal, call.key_padding_mask};
     self_attention_backward(dx, dy, x, static_cast<const AttentionSaved&>(saved).s, p_, ac);
+  }
+
+  // Batched decode: the projections of all rows share each weight read.
+  void forward_rows(const Tensor& y, const Tensor& x, const MixerCall& call) override {
+    check_call(call);
+    std::vector<KvCacheHook*> caches(static_cast<std::size_t>(call.batch));
+    for (std::int64_t i = 0; i < call.batch; ++i) {
+      auto* state = static_cast<AttentionState*>(call.row_states[i]);
+      MF_CHECK(state != nullptr, "[", name(), "] batched decode: row ", i, " has no generation state");
+      caches[static_cast<std::size_t>(i)] = &state->cache;
+    }
+    self_attention_forward_rows(y, x, p_, caches, call.row_past);
   }
 
   std::unique_ptr<MixerState> new_state(const GenerationOptions& opt) const override {

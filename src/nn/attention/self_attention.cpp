@@ -4,6 +4,9 @@
 // With a KV cache the call goes through [B, H, L, D] (the cache's layout).
 #include "nn/attention/self_attention.h"
 
+#include <algorithm>
+
+#include "kernels/gemv.h"
 #include "nn/linear.h"
 
 namespace mf {
@@ -47,6 +50,28 @@ VarlenSeqlens seqlens(std::int64_t b, std::int64_t l) {
 }
 
 
+// The q, k and v projections of x [N, C]: [N, Hq*D], [N, Hkv*D], [N, Hkv*D].
+// A decode step (N <= kGemvMaxRows) is one GEMV call over the three
+// matrices' rows (one pass over x, one parallel region); otherwise three GEMMs.
+std::tuple<Tensor, Tensor, Tensor> qkv_projections(const Tensor& x, const SelfAttentionParams& p) {
+  const std::int64_t n = x.size(0), c = x.size(1);
+  if (n > gemv_max_rows()) {
+    return {linear_forward(x, p.q->value, bias_of(p.q_bias)), linear_forward(x, p.k->value, bias_of(p.k_bias)),
+            linear_forward(x, p.v->value, bias_of(p.v_bias))};
+  }
+  Tensor q = Tensor::empty({n, p.q->value.size(0)});
+  Tensor k = Tensor::empty({n, p.k->value.size(0)});
+  Tensor v = Tensor::empty({n, p.v->value.size(0)});
+  auto target = [](const Parameter* w, const Parameter* b, const Tensor& y) {
+    const Tensor bias = bias_of(b);
+    return GemvTarget{w->value.data<float>(), bias.defined() ? bias.data<float>() : nullptr, y.data<float>(), y.size(1),
+                      y.size(1)};
+  };
+  const GemvTarget targets[] = {target(p.q, p.q_bias, q), target(p.k, p.k_bias, k), target(p.v, p.v_bias, v)};
+  gemv(targets, x.data<float>(), c, n, c);
+  return {q, k, v};
+}
+
 }  // namespace
 
 AttentionOptions self_attention_options(const SelfAttentionParams& p, const AttentionCall& call) {
@@ -67,9 +92,7 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
   const std::int64_t b = call.batch, l = call.seq_len, d = p.head_dim;
   const std::int64_t past = call.past;
   MF_CHECK(past == 0 || call.cache != nullptr, kOp, " a past length of ", past, " needs a KV cache");
-  Tensor ql = linear_forward(x, p.q->value, bias_of(p.q_bias));  // [N, Hq*D]
-  Tensor kl = linear_forward(x, p.k->value, bias_of(p.k_bias));  // [N, Hkv*D]
-  Tensor vl = linear_forward(x, p.v->value, bias_of(p.v_bias));  // [N, Hkv*D]
+  auto [ql, kl, vl] = qkv_projections(x, p);  // [N, Hq*D], [N, Hkv*D], [N, Hkv*D]
   if (p.rope) {
     rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, past));
     rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, past));
@@ -102,6 +125,32 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
   s.out = a.out;
   s.lse = a.lse;
   linear_forward(y, s.out.reshape({b * l, p.num_heads * d}), p.o->value, bias_of(p.o_bias));
+}
+
+void self_attention_forward_rows(const Tensor& y, const Tensor& x, const SelfAttentionParams& p,
+                                 std::span<KvCacheHook* const> caches, const std::int64_t* past) {
+  const std::int64_t n = x.size(0), d = p.head_dim, qd = p.num_heads * d, kd = p.num_kv_heads * d;
+  check_params(p, x, AttentionCall{n, 1});
+  MF_CHECK(static_cast<std::int64_t>(caches.size()) == n && past != nullptr, kOp, " batched decode of ", n,
+           " rows needs ", n, " caches and past lengths but got ", caches.size(), " caches");
+  auto [ql, kl, vl] = qkv_projections(x, p);  // [n, Hq*D], [n, Hkv*D], [n, Hkv*D]
+  Tensor merged = Tensor::empty({n, qd});     // attention outputs, token-major
+  AttentionCall row_call{1, 1};
+  for (std::int64_t i = 0; i < n; ++i) {
+    MF_CHECK(caches[i] != nullptr, kOp, " batched decode: row ", i, " has no KV cache");
+    // One position, so [1, 1, H*D] rows are also [1, H, 1, D] heads.
+    const Tensor q = ql.slice(0, i, i + 1), k = kl.slice(0, i, i + 1), v = vl.slice(0, i, i + 1);
+    if (p.rope) {
+      rope_forward_inplace(q.reshape({1, 1, qd}), *p.rope, packed_rope_args(p.num_heads, past[i]));
+      rope_forward_inplace(k.reshape({1, 1, kd}), *p.rope, packed_rope_args(p.num_kv_heads, past[i]));
+    }
+    auto [keys, values] = caches[i]->extend(0, k.reshape({1, p.num_kv_heads, 1, d}), v.reshape({1, p.num_kv_heads, 1, d}));
+    const AttentionOutput a = attention_forward(q.reshape({1, p.num_heads, 1, d}), keys, values,
+                                                self_attention_options(p, row_call), p.impl);
+    const Tensor row_out = a.out.contiguous();
+    std::copy(row_out.data<float>(), row_out.data<float>() + qd, merged.data<float>() + i * qd);
+  }
+  linear_forward(y, merged, p.o->value, bias_of(p.o_bias));
 }
 
 void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const SelfAttentionSaved& s,

@@ -7,6 +7,7 @@
 // (generation); the backward is then refused.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <tuple>
 #include <utility>
 
@@ -76,6 +77,14 @@ void self_attention_forward(const Tensor& y,  // [B*L, C] (written)
                             SelfAttentionSaved& saved,
                             const Tensor& x,  // [B*L, C]
                             const SelfAttentionParams& p, const AttentionCall& call);
+
+// Batched decode: row i of x is the next position past[i] of a sequence whose
+// keys and values are caches[i] (a one-layer cache each, extended here);
+// each row gets the bits self_attention_forward gives it alone with its cache.
+void self_attention_forward_rows(const Tensor& y,  // [n, C] (written)
+                                 const Tensor& x,  // [n, C]
+                                 const SelfAttentionParams& p, std::span<KvCacheHook* const> caches,
+                                 const std::int64_t* past);  // [n]
 
 // dx overwritten; parameter gradients accumulate (+=).
 void self_attention_backward(const Tensor& dx,  // [B*L, C]

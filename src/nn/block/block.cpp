@@ -10,7 +10,10 @@ Tensor block_forward(BlockSaved& s, const Tensor& x, const BlockParams& p, const
   MF_CHECK(p.token != nullptr, "[block] a token mixer is required");
   s.clear();
   s.x1 = residual_sublayer_forward(s.token_sub, x, p.token_norms, [&](const Tensor& out, const Tensor& in) {
-    s.token = p.token->forward(out, in, call, for_backward);
+    if (call.row_states)  // batched decode: each row continues its own sequence
+      p.token->forward_rows(out, in, call);
+    else
+      s.token = p.token->forward(out, in, call, for_backward);
   });
   if (p.channel == nullptr) return s.x1;  // ffn "none": the token sublayer alone
   return residual_sublayer_forward(s.channel_sub, s.x1, p.channel_norms, [&](const Tensor& out, const Tensor& in) {

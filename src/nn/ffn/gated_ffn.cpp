@@ -1,8 +1,10 @@
 // SwiGLU / GeGLU feed-forward: three projections and the fused gated
-// activation from src/kernels/activations.h.
+// activation from src/kernels/activations.h (a decode step of at most
+// kGemvMaxRows rows computes gate and up in one GEMV call).
 #include "nn/ffn/gated_ffn.h"
 
 #include "kernels/activations.h"
+#include "kernels/gemv.h"
 #include "nn/linear.h"
 
 namespace mf {
@@ -17,8 +19,26 @@ void gated_activation_forward(const Tensor& h, const Tensor& gate, const Tensor&
 }
 
 void gated_ffn_preactivations(FfnSaved& saved, const Tensor& in, const FfnParams& p) {
-  saved.gate = linear_forward(in, p.gate->value, bias_of(p.gate_bias));  // [N, I]
-  saved.up = linear_forward(in, p.up->value, bias_of(p.up_bias));        // [N, I]
+  const std::int64_t n = in.size(0);
+  if (n > gemv_max_rows() || n == 0) {
+    saved.gate = linear_forward(in, p.gate->value, bias_of(p.gate_bias));  // [N, I]
+    saved.up = linear_forward(in, p.up->value, bias_of(p.up_bias));        // [N, I]
+    return;
+  }
+  // A decode step: gate and up in one GEMV call (one pass over the input, one parallel region).
+  const std::int64_t inter = p.intermediate(), c = p.hidden();
+  MF_CHECK(in.dim() == 2 && in.size(1) == c && in.dtype() == DType::F32 && in.is_contiguous(), "[ffn] input must be a ",
+           "contiguous float32 [N, ", c, "] tensor but has shape ", shape_str(in.shape()));
+  saved.gate = Tensor::empty({n, inter});
+  saved.up = Tensor::empty({n, inter});
+  auto target = [&](const Parameter* w, const Parameter* b, const Tensor& y) {
+    w->value.check_shape({inter, c}, "ffn", w->name.c_str());
+    const Tensor bias = bias_of(b);
+    return GemvTarget{w->value.data<float>(), bias.defined() ? bias.data<float>() : nullptr, y.data<float>(), inter,
+                      inter};
+  };
+  const GemvTarget targets[] = {target(p.gate, p.gate_bias, saved.gate), target(p.up, p.up_bias, saved.up)};
+  gemv(targets, in.data<float>(), c, n, c);
 }
 
 void gated_ffn_forward(const Tensor& out, FfnSaved& saved, const Tensor& in, const FfnParams& p) {

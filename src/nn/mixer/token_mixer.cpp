@@ -1,5 +1,6 @@
 // The parts of the token-mixer interface shared by every mixer: refusing
-// calls outside a mixer's capabilities, and the default "cannot generate".
+// calls outside a mixer's capabilities, the default "cannot generate", and
+// the default batched decode (each row through forward on its own).
 #include "nn/mixer/token_mixer.h"
 
 #include "core/error.h"
@@ -14,6 +15,23 @@ std::string because(const std::string& limits) { return limits.empty() ? std::st
 
 std::unique_ptr<MixerState> TokenMixer::new_state(const GenerationOptions&) const {
   fail("[", name_, "] cannot generate: it has no generation state", because(limits_));
+}
+
+void TokenMixer::forward_rows(const Tensor& y, const Tensor& x, const MixerCall& call) {
+  MF_CHECK(call.row_states != nullptr && call.row_past != nullptr, "[", name_,
+           "] forward_rows needs one state and one past length per row");
+  MF_CHECK(call.seq_len == 1 && x.dim() == 2 && x.size(0) == call.batch && y.shape() == x.shape(), "[", name_,
+           "] forward_rows takes one position per row: x and y [", call.batch, ", C] but x is ", shape_str(x.shape()),
+           " and y ", shape_str(y.shape()));
+  for (std::int64_t i = 0; i < call.batch; ++i) {
+    MixerCall row;
+    row.batch = 1;
+    row.seq_len = 1;
+    row.causal = call.causal;
+    row.state = call.row_states[i];
+    row.past = call.row_past[i];
+    forward(y.slice(0, i, i + 1), x.slice(0, i, i + 1), row, false);
+  }
 }
 
 void TokenMixer::check_call(const MixerCall& call) const {

@@ -58,6 +58,11 @@ struct MixerCall {
   Tensor key_padding_mask;      // int32 [B, L], nonzero = token, 0 = padding; undefined: none
   class MixerState* state = nullptr;  // generation: this layer's state (forward only)
   std::int64_t past = 0;        // positions before this call (generation)
+  // Batched decode (TokenMixer::forward_rows): row i of x is the next position
+  // row_past[i] of its own sequence, whose state is row_states[i]; seq_len 1,
+  // batch = the rows, `state` null. Null: an ordinary call.
+  class MixerState* const* row_states = nullptr;
+  const std::int64_t* row_past = nullptr;
 };
 
 // What a forward keeps for its backward.
@@ -103,6 +108,11 @@ class TokenMixer {
                         const MixerCall& call) = 0;
   // A fresh generation state; refused (naming the mixer) when it cannot generate.
   virtual std::unique_ptr<MixerState> new_state(const GenerationOptions& opt) const;
+  // Batched decode: y [n, C] (written) from x [n, C], row i one new position
+  // of the sequence whose batch-1 state is call.row_states[i] (see MixerCall).
+  // Each row must get what forward gives it alone. Default: forward on each
+  // row in turn; a mixer overrides it to share its weight reads across rows.
+  virtual void forward_rows(const Tensor& y, const Tensor& x, const MixerCall& call);
 
   // Training step `step` begins (from the model's begin_training_step):
   // a mixer with per-step state (feature redraws) updates it here. Never
