@@ -125,19 +125,10 @@ Measured measure(Transformer& m, const std::vector<std::vector<std::int32_t>>& p
 }  // namespace
 
 ModelConfig generate_bench_default_config() {
-  ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 256;
-  c.hidden_size = 512;
-  c.intermediate_size = 1408;
-  c.num_hidden_layers = 8;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.max_position_embeddings = 4096;
-  c.attention_impl = AttentionImpl::Flash;
-  validate_config(c, "bench generate default config");
-  return c;
+  return config_from_string(R"({"model_type": "llama", "vocab_size": 256, "hidden_size": 512,
+                               "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
+                               "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 4096})",
+                            "bench generate default config");
 }
 
 int run_generate_bench(const GenerateBenchOptions& o) {

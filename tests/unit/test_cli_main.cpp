@@ -116,7 +116,7 @@ TEST(CliMain, EveryBenchmarkHasASmokeRun) {
   const std::regex row("\n  ([a-z_]+) {2,}\\S");
   for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator(); ++it)
     listed.insert((*it)[1]);
-  const std::set<std::string> covered = {"approx", "attention", "gemm", "train",        // test_bench_*.cpp
+  const std::set<std::string> covered = {"approx", "attention", "gemm", "generate", "train",  // test_bench_*.cpp
                                          "kernels", "kv_cache", "mixers", "rope"};  // below
   EXPECT_EQ(listed, covered) << r.out;
   fs::remove_all(dir);
