@@ -117,4 +117,6 @@ TEST(Gemv, RejectsBadArguments) {
                gemv(w.data(), nullptr, 3, 4, x.data(), 4, 1, y.data(), 2));
   EXPECT_ERROR("[gemv] target 0 has a null weight or y", gemv(nullptr, nullptr, 3, 4, x.data(), 4, 1, y.data(), 3));
   EXPECT_ERROR("[gemv] x is null", gemv(w.data(), nullptr, 3, 4, nullptr, 4, 1, y.data(), 3));
+  EXPECT_ERROR("[gemv] gemv_max_rows must be in [0, 1024], got -1", set_gemv_max_rows(-1));
+  EXPECT_EQ(gemv_max_rows(), kGemvMaxRows);
 }

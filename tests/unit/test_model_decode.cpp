@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "kernels/gemv.h"
 #include "model/generate.h"
 #include "model/transformer.h"
 #include "../support/errors.h"
@@ -121,6 +122,26 @@ TEST(ModelDecode, GemvDecodeEqualsFullForward) {
     Transformer m(decode_config(kind), 5);
     mt::expect_generation_equals_full_forward(m, mt::random_tokens({2, 13}, 6, m.vocab_size()), 1, 2e-5f);
   }
+}
+
+// The switch that bench generate's baseline uses: GEMM for every size gives
+// the same logits up to rounding.
+TEST(ModelDecode, GemmBaselineAgreesWithTheGemvPath) {
+  mt::ScopedThreads two(2);
+  Transformer m(decode_config("llama"), 7);
+  const auto prompt = random_prompt(6, 30, m.vocab_size());
+  auto run = [&](std::int64_t max_rows) {
+    const std::int64_t prev = gemv_max_rows();
+    set_gemv_max_rows(max_rows);
+    auto state = m.new_generation_state();
+    m.logits(row_tokens(prompt), state.get());
+    const Tensor step = m.logits(row_tokens({3}), state.get());
+    set_gemv_max_rows(prev);
+    return step;
+  };
+  const Tensor gemv_path = run(kGemvMaxRows), gemm_path = run(0);
+  EXPECT_LE(max_abs_diff(gemv_path, gemm_path), 2e-5f);
+  EXPECT_GT(max_abs_diff(gemm_path, Tensor::zeros(gemm_path.shape())), 0.1f);  // not trivially equal
 }
 
 TEST(ModelDecode, MisuseIsRefusedByName) {
