@@ -4,7 +4,10 @@
 // With a KV cache the call goes through [B, H, L, D] (the cache's layout).
 #include "nn/attention/self_attention.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <exception>
 
 #include "kernels/gemv.h"
 #include "nn/linear.h"
@@ -130,26 +133,40 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
 void self_attention_forward_rows(const Tensor& y, const Tensor& x, const SelfAttentionParams& p,
                                  std::span<KvCacheHook* const> caches, const std::int64_t* past) {
   const std::int64_t n = x.size(0), d = p.head_dim, qd = p.num_heads * d, kd = p.num_kv_heads * d;
-  check_params(p, x, AttentionCall{n, 1});
+  AttentionCall row_call;  // one position of one sequence
+  row_call.batch = row_call.seq_len = 1;
+  check_params(p, x.slice(0, 0, 1), row_call);
   MF_CHECK(static_cast<std::int64_t>(caches.size()) == n && past != nullptr, kOp, " batched decode of ", n,
            " rows needs ", n, " caches and past lengths but got ", caches.size(), " caches");
   auto [ql, kl, vl] = qkv_projections(x, p);  // [n, Hq*D], [n, Hkv*D], [n, Hkv*D]
   Tensor merged = Tensor::empty({n, qd});     // attention outputs, token-major
-  AttentionCall row_call{1, 1};
   for (std::int64_t i = 0; i < n; ++i) {
     MF_CHECK(caches[i] != nullptr, kOp, " batched decode: row ", i, " has no KV cache");
-    // One position, so [1, 1, H*D] rows are also [1, H, 1, D] heads.
-    const Tensor q = ql.slice(0, i, i + 1), k = kl.slice(0, i, i + 1), v = vl.slice(0, i, i + 1);
-    if (p.rope) {
-      rope_forward_inplace(q.reshape({1, 1, qd}), *p.rope, packed_rope_args(p.num_heads, past[i]));
-      rope_forward_inplace(k.reshape({1, 1, kd}), *p.rope, packed_rope_args(p.num_kv_heads, past[i]));
+    if (p.rope) {  // row by row on this thread: the table may grow (dynamic scaling)
+      rope_forward_inplace(ql.slice(0, i, i + 1).reshape({1, 1, qd}), *p.rope, packed_rope_args(p.num_heads, past[i]));
+      rope_forward_inplace(kl.slice(0, i, i + 1).reshape({1, 1, kd}), *p.rope,
+                           packed_rope_args(p.num_kv_heads, past[i]));
     }
-    auto [keys, values] = caches[i]->extend(0, k.reshape({1, p.num_kv_heads, 1, d}), v.reshape({1, p.num_kv_heads, 1, d}));
-    const AttentionOutput a = attention_forward(q.reshape({1, p.num_heads, 1, d}), keys, values,
-                                                self_attention_options(p, row_call), p.impl);
-    const Tensor row_out = a.out.contiguous();
-    std::copy(row_out.data<float>(), row_out.data<float>() + qd, merged.data<float>() + i * qd);
   }
+  // Each row's cache and attention are its own: rows in parallel (a row's
+  // kernels then run on one thread; their bits do not depend on that).
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && !omp_in_parallel())
+  for (std::int64_t i = 0; i < n; ++i) {
+    try {
+      // One position, so [1, 1, H*D] rows are also [1, H, 1, D] heads.
+      auto [keys, values] = caches[i]->extend(0, kl.slice(0, i, i + 1).reshape({1, p.num_kv_heads, 1, d}),
+                                              vl.slice(0, i, i + 1).reshape({1, p.num_kv_heads, 1, d}));
+      const AttentionOutput a = attention_forward(ql.slice(0, i, i + 1).reshape({1, p.num_heads, 1, d}), keys, values,
+                                                  self_attention_options(p, row_call), p.impl);
+      const Tensor row_out = a.out.contiguous();
+      std::copy(row_out.data<float>(), row_out.data<float>() + qd, merged.data<float>() + i * qd);
+    } catch (...) {
+#pragma omp critical(mf_self_attention_rows_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
   linear_forward(y, merged, p.o->value, bias_of(p.o_bias));
 }
 
