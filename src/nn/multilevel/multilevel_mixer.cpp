@@ -22,6 +22,7 @@ const MixerCapabilities kCaps{.causal = true, .bidirectional = true, .generation
 // "8, 64" -> {8, 64}: integers >= 0 separated by commas.
 std::vector<std::int64_t> parse_list(const std::string& text, const char* option) {
   std::vector<std::int64_t> out;
+  if (text.find_first_not_of(' ') == std::string::npos) return out;  // "": no levels (refused by the geometry check)
   std::size_t at = 0;
   while (true) {
     while (at < text.size() && text[at] == ' ') ++at;
