@@ -157,14 +157,14 @@ bool in_range(const MultilevelRange& r, std::int64_t x) { return x >= r.lo && x 
 // run [first, first + width) at column offset col[l] of the score rows.
 struct Tile {
   std::vector<MultilevelRanges> row_ranges;
-  std::vector<std::int64_t> first, width, col;
+  std::vector<std::int64_t> first, end, width, col;
   std::int64_t cols = 0;
 
   void build(const MultilevelGeometry& g, std::int64_t i0, std::int64_t rows, std::int64_t seq_len, bool causal) {
     const std::int64_t levels = g.levels() + 1;
     row_ranges.resize(kTileRows);
     first.assign(levels, std::numeric_limits<std::int64_t>::max());
-    std::vector<std::int64_t> end(levels, std::numeric_limits<std::int64_t>::min());
+    end.assign(levels, std::numeric_limits<std::int64_t>::min());
     for (std::int64_t r = 0; r < rows; ++r) {
       multilevel_ranges(row_ranges[r], g, i0 + r, seq_len, causal);
       for (std::int64_t l = 0; l < levels; ++l)

@@ -31,11 +31,12 @@
 // Every visible block is complete (it ends before lo_0 <= i) and none of its
 // positions is covered by a finer level; positions before lo_n * p_n are not
 // seen. Bidirectional (encoders): the same on the right, mirrored:
-//   level 0:  (i, e_0)           e_0 = ceil(min(i + w_0, ...) / p_1) p_1: the
-//             W - 1 positions after i, extended to the end of their p_1-block
-//   level l:  [e_{l-1} / r_l, e_l) with e_l = that + w_l, rounded up to a
-//             multiple of r_{l+1} (l < n); w_n = 0: to the end
-// all clipped to the sequence (the last block of a level may be partial).
+//   level 0:  [i + 1, e_0)       e_0 = ceil((i + w_0) / p_1) p_1: the w_0 - 1
+//             positions after i, extended to the end of their p_1-block
+//   level l:  [e_{l-1} / r_l, e_l) with e_l = e_{l-1} / r_l + w_l, then (l < n)
+//             rounded up to a multiple of r_{l+1}; w_n = 0: to the end
+// each clipped to the sequence afterwards (the recursion runs on the
+// unclipped ends; the last block of a level may be partial).
 //
 // Scores and the shared softmax: s = q_i . k / sqrt(D) for a position key and
 // s = q_i . K~_l[b] / sqrt(D) + log(c) for a pooled key (option count_bias,
