@@ -8,14 +8,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
-#include "core/safetensors.h"
-#include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "nn/attention/attention.h"
 #include "nn/mixer/mixer_options.h"
@@ -28,6 +25,7 @@
 #include "../support/fixtures.h"
 #include "../support/generation.h"
 #include "../support/mixer_checks.h"
+#include "../support/model_fixture.h"
 #include "../support/parameters.h"
 #include "../support/pattern_lm.h"
 #include "../support/threads.h"
@@ -446,25 +444,7 @@ TEST(MultilevelAttention, RejectsBadInput) {
 // parameter gradient vs plain torch in float64.
 TEST(MultilevelAttention, WholeModelFixtureMatchesTorch) {
   ScopedThreads one(1);
-  const std::string name = "model_multilevel_lm";
-  const SafetensorsContents st = mf::testing::load_fixture(name);
-  const Tensor cj = st.tensors.at("config_json");
-  std::string text;
-  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
-  std::map<std::string, Tensor> weights;
-  for (const auto& [k, t] : st.tensors)
-    if (k.rfind("w:", 0) == 0) weights[k.substr(2)] = t;
-  Transformer m(config_from_string(text, name), 123);
-  load_weights(m, weights, name);
-  EXPECT_EQ(m.token_mixer(0).name(), "multilevel_attention");
-  const Tensor& tokens = st.tensors.at("tokens");
-  EXPECT_TRUE(close(m.logits(tokens), st.tensors.at("logits"), 1e-4, "logits"));
-  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-  const double loss = m.loss(tokens, st.tensors.at("targets"), true);
-  const double want = st.tensors.at("loss").to_vector()[0];
-  EXPECT_NEAR(loss, want, 1e-4 * want);
-  for (Parameter* p : m.parameters()) {
-    ASSERT_TRUE(st.tensors.count("g:" + p->name)) << p->name;
-    EXPECT_TRUE(close(p->grad, st.tensors.at("g:" + p->name), 1e-4, "gradient of " + p->name, 1e-3));
-  }
+  mf::testing::ModelFixture f = mf::testing::load_model_fixture("model_multilevel_lm");
+  EXPECT_EQ(f.model->token_mixer(0).name(), "multilevel_attention");
+  mf::testing::expect_decoder_matches_fixture(f);
 }
