@@ -86,6 +86,14 @@ struct Layer : mf::testing::OwnedParameters {
   }
 };
 
+// t with -inf (the lse of a row that sees no key) replaced by 0, for comparisons.
+Tensor finite_or_zero(const Tensor& t) {
+  Tensor out = t.clone();
+  for (std::int64_t i = 0; i < out.numel(); ++i)
+    if (std::isinf(out.data<float>()[i])) out.data<float>()[i] = 0.0f;
+  return out;
+}
+
 // Rows [from, to) of each of the b sequences of length len.
 Tensor positions(const Tensor& t, std::int64_t b, std::int64_t len, std::int64_t from, std::int64_t to) {
   Tensor out = Tensor::empty({b * (to - from), t.size(1)});
@@ -158,7 +166,7 @@ TEST(MultilevelAttention, WindowCoveringEverythingIsExactAttention) {
                dout = randn({n, hq, d}, 4);
   for (bool causal : {true, false}) {
     SCOPED_TRACE(causal ? "causal" : "bidirectional");
-    const MultilevelProblem pr{b, len, hq, hkv, d, causal};
+    const MultilevelProblem pr{b, len, hq, hkv, d, causal, Tensor()};
     const CoreRun fast = run_core(false, q, k, v, dout, geometry(len, {2, 4}, {3, 0}), pr);
     VarlenSeqlens seqs{{0, len, n}, {0, len, n}};
     AttentionOptions opt;
@@ -191,25 +199,39 @@ TEST(MultilevelAttention, FastMatchesReference) {
   };
   int index = 0;
   for (const Case& c : cases)
-    for (bool causal : {true, false}) {
-      SCOPED_TRACE("case " + std::to_string(index) + (causal ? " causal" : " bidirectional"));
+    for (bool causal : {true, false})
+      for (bool padded : {false, true}) {
+      SCOPED_TRACE("case " + std::to_string(index) + (causal ? " causal" : " bidirectional") +
+                   (padded ? " padded" : ""));
       const std::int64_t n = c.b * c.len;
       const std::uint64_t s = 10 + 4 * static_cast<std::uint64_t>(index++);
       const Tensor q = randn({n, c.hq, c.d}, s), k = randn({n, c.hkv, c.d}, s + 1), v = randn({n, c.hkv, c.d}, s + 2),
                    dout = randn({n, c.hq, c.d}, s + 3);
-      const MultilevelProblem pr{c.b, c.len, c.hq, c.hkv, c.d, causal};
+      // Padding: tail, a hole, a padded first token (mixer_checks.h), and a
+      // last sequence of padding only when b = 3 (rows that see no key: 0).
+      Tensor mask;
+      if (padded) {
+        mask = mf::testing::test_padding_mask(c.b, c.len);
+        if (c.b == 3)
+          for (std::int64_t j = 0; j < c.len; ++j) mask.data<std::int32_t>()[2 * c.len + j] = 0;
+      }
+      const MultilevelProblem pr{c.b, c.len, c.hq, c.hkv, c.d, causal, mask};
       const CoreRun fast = run_core(false, q, k, v, dout, c.g, pr), ref = run_core(true, q, k, v, dout, c.g, pr);
       EXPECT_TRUE(close(fast.out, ref.out, 2e-5, "out"));
-      EXPECT_TRUE(close(fast.lse, ref.lse, 2e-5, "lse"));
+      EXPECT_TRUE(close(finite_or_zero(fast.lse), finite_or_zero(ref.lse), 2e-5, "lse"));
       EXPECT_TRUE(close(fast.dq, ref.dq, 2e-5, "dq", 1.0));
       EXPECT_TRUE(close(fast.dk, ref.dk, 2e-5, "dk", 1.0));
       EXPECT_TRUE(close(fast.dv, ref.dv, 2e-5, "dv", 1.0));
+      if (padded && c.b == 3) {
+        const Tensor dead = fast.out.slice(0, 2 * c.len, 3 * c.len).contiguous();
+        EXPECT_EQ(max_abs_diff(dead, Tensor::zeros(dead.shape())), 0.0f) << "rows that see no key";
+      }
     }
 }
 
 // Gradients vs four-point finite differences of sum(y * w): the core's q, k,
 // v (causal and not), and the sublayer's x and every weight and bias, with
-// RoPE on q and k before the pooling.
+// RoPE on q and k before the pooling and a key padding mask.
 TEST(MultilevelAttention, GradientsMatchFiniteDifferences) {
   ScopedThreads one(1);
   mf::testing::GradcheckOptions opt;
@@ -221,7 +243,7 @@ TEST(MultilevelAttention, GradientsMatchFiniteDifferences) {
     SCOPED_TRACE(causal ? "causal" : "bidirectional");
     Tensor q = randn({n, hq, d}, 1), k = randn({n, hkv, d}, 2), v = randn({n, hkv, d}, 3);
     const Tensor w = randn({n, hq, d}, 4);
-    const MultilevelProblem pr{b, len, hq, hkv, d, causal};
+    const MultilevelProblem pr{b, len, hq, hkv, d, causal, Tensor()};
     auto loss = [&] {
       Tensor out = Tensor::empty(q.shape()), lse = Tensor::empty({n, hq});
       multilevel_core_forward(out, lse, q, k, v, g, pr);
@@ -240,17 +262,17 @@ TEST(MultilevelAttention, GradientsMatchFiniteDifferences) {
     Layer l(8, hq, hkv, d, g, true, 5);
     l.p.rope = &rope;
     Tensor x = randn({n, 8}, 6);
-    const Tensor w = randn({n, 8}, 7);
+    const Tensor w = randn({n, 8}, 7), mask = mf::testing::tail_and_hole_mask(b, len);
     auto loss = [&] {
       Tensor y = Tensor::empty(x.shape());
-      multilevel_forward(y, nullptr, x, b, len, causal, nullptr, l.p);
+      multilevel_forward(y, nullptr, x, b, len, causal, nullptr, l.p, mask);
       return mf::testing::weighted_sum(y, w);
     };
     l.zero_grads();
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::full(x.shape(), 3.0f);
     MultilevelSaved saved;
-    multilevel_forward(y, &saved, x, b, len, causal, nullptr, l.p);
-    multilevel_backward(dx, w, x, saved, b, len, causal, l.p);
+    multilevel_forward(y, &saved, x, b, len, causal, nullptr, l.p, mask);
+    multilevel_backward(dx, w, x, saved, b, len, causal, l.p, mask);
     std::vector<Tensor> in = l.values(), grads = l.grads();
     in.push_back(x);
     grads.push_back(dx);
@@ -261,8 +283,9 @@ TEST(MultilevelAttention, GradientsMatchFiniteDifferences) {
 
 namespace {
 const std::vector<std::string> kMultilevelFixtures = {
-    "multilevel_causal_gqa2", "multilevel_bidir_unbounded", "multilevel_causal_three_levels_no_bias",
-    "multilevel_bidir_three_levels", "multilevel_causal_short"};
+    "multilevel_causal_gqa2",        "multilevel_bidir_unbounded", "multilevel_causal_three_levels_no_bias",
+    "multilevel_bidir_three_levels", "multilevel_causal_short",    "multilevel_bidir_padded",
+    "multilevel_causal_padded"};
 }  // namespace
 
 // vs the dense-mask PyTorch rewrite (float64 math rounded once): y, dx and every gradient.
@@ -283,11 +306,12 @@ TEST(MultilevelAttention, MatchesPyTorchFixtures) {
     p.q_bias = f.param("bq"), p.k_bias = f.param("bk"), p.v_bias = f.param("bv"), p.o_bias = f.param("bo");
     const std::int64_t b = f.option("batch"), len = f.option("seq_len");
     const bool causal = f.option("causal") != 0;
+    const Tensor mask = f.file.tensors.count("mask") ? f.tensor("mask") : Tensor();
     const Tensor& x = f.tensor("x");
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
     MultilevelSaved saved;
-    multilevel_forward(y, &saved, x, b, len, causal, nullptr, p);
-    multilevel_backward(dx, f.tensor("dy"), x, saved, b, len, causal, p);
+    multilevel_forward(y, &saved, x, b, len, causal, nullptr, p, mask);
+    multilevel_backward(dx, f.tensor("dy"), x, saved, b, len, causal, p, mask);
     f.expect_matches(y, dx, 1e-5);
   }
 }
@@ -415,13 +439,9 @@ TEST(MultilevelAttention, RejectsBadInput) {
   EXPECT_ERROR("unknown option", options({{"levels", 3}}));
   const MultilevelGeometry ok = options(nullptr);
   EXPECT_EQ(ok.pool_sizes, (std::vector<std::int64_t>{8, 64}));
-  // Model level: a padding mask, ALiBi, a bidirectional call with a generation state.
-  nlohmann::json j = tiny_multilevel_json();
-  Transformer m(config_from_json(j, "test.json"), 3);
+  // Model level: ALiBi.
+  nlohmann::json ja = tiny_multilevel_json();
   Tensor x = randn({8, 32}, 1), y = Tensor::empty({8, 32});
-  MixerCall call{2, 4, true, Tensor::zeros({2, 4}, DType::I32)};
-  EXPECT_ERROR("multilevel_attention", m.token_mixer(0).check_call(call));
-  nlohmann::json ja = j;
   ja["position"] = "alibi";
   EXPECT_ERROR("[multilevel_attention] ALiBi is not supported", Transformer(config_from_json(ja, "a.json"), 3));
   // The sublayer: wrong shapes, a state made for another batch, a capacity overrun.
@@ -431,6 +451,12 @@ TEST(MultilevelAttention, RejectsBadInput) {
   EXPECT_ERROR("the generation state was made for batch 1", multilevel_forward(y, nullptr, x, 2, 4, true, &st, l.p));
   MultilevelState st2 = multilevel_new_state(l.p.geometry, 2, 2, 8, 6);
   EXPECT_ERROR("generation is causal", multilevel_forward(y, nullptr, x, 2, 4, false, &st2, l.p));
+  EXPECT_ERROR("a key padding mask is not supported with a generation state",
+               multilevel_forward(y, nullptr, x, 2, 4, true, &st2, l.p, Tensor::zeros({2, 4}, DType::I32)));
+  EXPECT_ERROR("key_padding_mask must be a contiguous [B, L] = [2, 4] tensor but has shape [2, 3]",
+               multilevel_forward(y, nullptr, x, 2, 4, true, nullptr, l.p, Tensor::zeros({2, 3}, DType::I32)));
+  EXPECT_ERROR("key_padding_mask must be int32",
+               multilevel_forward(y, nullptr, x, 2, 4, true, nullptr, l.p, Tensor::zeros({2, 4})));
   multilevel_forward(y, nullptr, x, 2, 4, true, &st2, l.p);
   EXPECT_ERROR("generation capacity exceeded: 4 + 4 positions > capacity 6",
                multilevel_forward(y, nullptr, x, 2, 4, true, &st2, l.p));

@@ -91,6 +91,13 @@ void multilevel_core_check(const Tensor& q, const Tensor& k, const Tensor& v, co
   MF_CHECK(pr.num_heads >= 1 && pr.num_kv_heads >= 1 && pr.num_heads % pr.num_kv_heads == 0, kOp,
            " num_heads (", pr.num_heads, ") must be a positive multiple of num_kv_heads (", pr.num_kv_heads, ")");
   MF_CHECK(pr.head_dim >= 1, kOp, " head_dim must be >= 1 but is ", pr.head_dim);
+  if (pr.key_padding_mask.defined()) {
+    const Tensor& m = pr.key_padding_mask;
+    MF_CHECK(m.dtype() == DType::I32, kOp, " key_padding_mask must be int32 (nonzero = token)");
+    MF_CHECK(m.is_contiguous() && m.shape() == Shape({pr.batch, pr.seq_len}), kOp,
+             " key_padding_mask must be a contiguous [B, L] = [", pr.batch, ", ", pr.seq_len,
+             "] tensor but has shape ", shape_str(m.shape()));
+  }
   const std::int64_t n = pr.batch * pr.seq_len;
   for (auto [t, name, heads] : {std::tuple{&q, "q", pr.num_heads}, std::tuple{&k, "k", pr.num_kv_heads},
                                 std::tuple{&v, "v", pr.num_kv_heads}}) {
@@ -109,13 +116,22 @@ struct LevelKeys {
   std::vector<std::int64_t> ld;      // row stride
   std::vector<std::int64_t> offset;  // level l >= 1: first row in the pooled buffers
   std::vector<float> pooled_k, pooled_v;
-  std::vector<float> bias;           // per pooled row: log(count) or 0 (level 0 has none)
+  std::vector<float> bias;           // per pooled row: log(count) or 0; -inf for a block of padding only
+  std::vector<float> inv_count;      // per pooled row: 1 / its real tokens (0 when none)
+  std::vector<float> bias0;          // with a padding mask, per position: 0 for a token, -inf for padding
+  const std::int32_t* mask = nullptr;  // this sequence's padding mask row, or null
 };
 
-// Means over each level's blocks: acc = sum over the block's positions in
-// order, then times 1/count (the order generation's running sums use).
+// Means over each level's blocks: acc = sum over the block's (real) positions
+// in order, then times 1/count (the order generation's running sums use).
 void pool_levels(LevelKeys& lk, const MultilevelGeometry& g, const float* k0, const float* v0, std::int64_t ld0,
-                 std::int64_t seq_len, std::int64_t d) {
+                 std::int64_t seq_len, std::int64_t d, const std::int32_t* mask) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  lk.mask = mask;
+  if (mask) {
+    lk.bias0.resize(static_cast<std::size_t>(seq_len));
+    for (std::int64_t j = 0; j < seq_len; ++j) lk.bias0[j] = mask[j] ? 0.0f : neg_inf;
+  }
   const std::int64_t n = g.levels();
   lk.k.assign(n + 1, nullptr);
   lk.v.assign(n + 1, nullptr);
@@ -127,22 +143,32 @@ void pool_levels(LevelKeys& lk, const MultilevelGeometry& g, const float* k0, co
   lk.pooled_k.assign(static_cast<std::size_t>(rows * d), 0.0f);
   lk.pooled_v.assign(static_cast<std::size_t>(rows * d), 0.0f);
   lk.bias.assign(static_cast<std::size_t>(rows), 0.0f);
+  lk.inv_count.assign(static_cast<std::size_t>(rows), 0.0f);
   for (std::int64_t l = 1; l <= n; ++l) {
     const std::int64_t unit = g.unit(l), blocks = multilevel_blocks(g, l, seq_len);
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t first = b * unit, last = std::min(seq_len, first + unit);
       float* pk = lk.pooled_k.data() + (lk.offset[l] + b) * d;
       float* pv = lk.pooled_v.data() + (lk.offset[l] + b) * d;
+      std::int64_t count = 0;
       for (std::int64_t j = first; j < last; ++j) {
+        if (mask && !mask[j]) continue;
+        ++count;
         const float* kj = k0 + j * ld0;
         const float* vj = v0 + j * ld0;
 #pragma omp simd
         for (std::int64_t c = 0; c < d; ++c) pk[c] += kj[c], pv[c] += vj[c];
       }
-      const float inv = 1.0f / static_cast<float>(last - first);
+      const std::int64_t row = lk.offset[l] + b;
+      if (count == 0) {  // padding only: never seen (its mean stays 0)
+        lk.bias[row] = neg_inf;
+        continue;
+      }
+      const float inv = 1.0f / static_cast<float>(count);
 #pragma omp simd
       for (std::int64_t c = 0; c < d; ++c) pk[c] *= inv, pv[c] *= inv;
-      lk.bias[lk.offset[l] + b] = g.count_bias ? std::log(static_cast<float>(last - first)) : 0.0f;
+      lk.bias[row] = g.count_bias ? std::log(static_cast<float>(count)) : 0.0f;
+      lk.inv_count[row] = inv;
     }
   }
   for (std::int64_t l = 1; l <= n; ++l) {
@@ -204,6 +230,7 @@ void tile_scores(float* s, const Tile& t, const LevelKeys& lk, const float* q, s
         float& x = row[t.col[l] + c];
         if (!t.visible(r, l, key)) x = neg_inf;
         else if (l > 0) x += lk.bias[lk.offset[l] + key];
+        else if (lk.mask) x += lk.bias0[key];
       }
   }
 }
@@ -222,6 +249,7 @@ void multilevel_core_forward(const Tensor& out, const Tensor& lse, const Tensor&
   const float* vp = v.data<float>();
   float* op = out.data<float>();
   float* lp = lse.data<float>();
+  const std::int32_t* mask = pr.key_padding_mask.defined() ? pr.key_padding_mask.data<std::int32_t>() : nullptr;
   const std::int64_t group = hq / hkv, tasks = pr.batch * hkv;
 #pragma omp parallel
   {
@@ -232,7 +260,8 @@ void multilevel_core_forward(const Tensor& out, const Tensor& lse, const Tensor&
     for (std::int64_t task = 0; task < tasks; ++task) {
       const std::int64_t b = task / hkv, kh = task % hkv;
       const std::int64_t row0 = b * len;
-      pool_levels(lk, g, kp + (row0 * hkv + kh) * d, vp + (row0 * hkv + kh) * d, hkv * d, len, d);
+      pool_levels(lk, g, kp + (row0 * hkv + kh) * d, vp + (row0 * hkv + kh) * d, hkv * d, len, d,
+                  mask ? mask + row0 : nullptr);
       for (std::int64_t h = kh * group; h < (kh + 1) * group; ++h)
         for (std::int64_t i0 = 0; i0 < len; i0 += kTileRows) {
           const std::int64_t rows = std::min(kTileRows, len - i0);
@@ -240,10 +269,15 @@ void multilevel_core_forward(const Tensor& out, const Tensor& lse, const Tensor&
           s.resize(static_cast<std::size_t>(rows * tile.cols));
           const float* qt = qp + ((row0 + i0) * hq + h) * d;
           tile_scores(s.data(), tile, lk, qt, hq * d, rows, d, scale);
-          for (std::int64_t r = 0; r < rows; ++r) {  // softmax; row i always sees itself
+          for (std::int64_t r = 0; r < rows; ++r) {  // softmax; a row that sees no key (padding) outputs 0
             float* row = s.data() + r * tile.cols;
             float row_max = -std::numeric_limits<float>::infinity();
             for (std::int64_t c = 0; c < tile.cols; ++c) row_max = std::max(row_max, row[c]);
+            if (row_max == -std::numeric_limits<float>::infinity()) {
+              std::fill_n(row, tile.cols, 0.0f);
+              lp[(row0 + i0 + r) * hq + h] = row_max;
+              continue;
+            }
             float sum = 0.0f;
             for (std::int64_t c = 0; c < tile.cols; ++c) sum += row[c] = std::exp(row[c] - row_max);
             const float inv = 1.0f / sum;
@@ -285,6 +319,7 @@ void multilevel_core_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
   float* dqp = dq.data<float>();
   float* dkp = dk.data<float>();
   float* dvp = dv.data<float>();
+  const std::int32_t* mask = pr.key_padding_mask.defined() ? pr.key_padding_mask.data<std::int32_t>() : nullptr;
   const std::int64_t group = hq / hkv, tasks = pr.batch * hkv, levels = g.levels() + 1;
 #pragma omp parallel
   {
@@ -296,7 +331,7 @@ void multilevel_core_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
     for (std::int64_t task = 0; task < tasks; ++task) {
       const std::int64_t b = task / hkv, kh = task % hkv;
       const std::int64_t row0 = b * len, kv_base = (row0 * hkv + kh) * d;
-      pool_levels(lk, g, kp + kv_base, vp + kv_base, hkv * d, len, d);
+      pool_levels(lk, g, kp + kv_base, vp + kv_base, hkv * d, len, d, mask ? mask + row0 : nullptr);
       // Gradients of this (sequence, KV head): level 0 straight into dk/dv (its rows), pooled ones here.
       for (std::int64_t j = 0; j < len; ++j)
         std::fill_n(dkp + kv_base + j * hkv * d, d, 0.0f), std::fill_n(dvp + kv_base + j * hkv * d, d, 0.0f);
@@ -317,6 +352,10 @@ void multilevel_core_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
           for (std::int64_t r = 0; r < rows; ++r) {
             const float row_lse = lp[(row0 + i0 + r) * hq + h];
             float* row = p.data() + r * tile.cols;
+            if (row_lse == -std::numeric_limits<float>::infinity()) {  // saw no key
+              std::fill_n(row, tile.cols, 0.0f);
+              continue;
+            }
             for (std::int64_t c = 0; c < tile.cols; ++c) row[c] = std::exp(row[c] - row_lse);
           }
           for (std::int64_t l = 0; l < levels; ++l)
@@ -348,15 +387,16 @@ void multilevel_core_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
                  dvl[l] + at, lk.ld[l]);
           }
         }
-      // Unpool: a pooled key is the mean of its block, so each position gets 1/count of its gradient.
+      // Unpool: a pooled key is the mean of its block's real tokens, so each gets 1/count of its gradient.
       for (std::int64_t l = 1; l < levels; ++l) {
         const std::int64_t unit = g.unit(l), blocks = multilevel_blocks(g, l, len);
         for (std::int64_t blk = 0; blk < blocks; ++blk) {
           const std::int64_t first = blk * unit, last = std::min(len, first + unit);
-          const float inv = 1.0f / static_cast<float>(last - first);
+          const float inv = lk.inv_count[lk.offset[l] + blk];
           const float* gk = dkl[l] + blk * d;
           const float* gv = dvl[l] + blk * d;
           for (std::int64_t j = first; j < last; ++j) {
+            if (mask && !mask[row0 + j]) continue;
             float* dkj = dkp + kv_base + j * hkv * d;
             float* dvj = dvp + kv_base + j * hkv * d;
 #pragma omp simd

@@ -45,6 +45,10 @@
 // gets; without it, a block of 64 tokens counts as one. One softmax over the
 // union of every level's keys; out_i = sum_k P_ik value_k. GQA: the pooled
 // keys and values are per KV head; query head h reads KV head h / (Hq/Hkv).
+// Key padding mask (int32 [B, L], 0 = padding; not with generation): a
+// padding position is no key; a block's mean and count c run over its real
+// tokens only, and a block with none is not seen. A row that sees no key
+// (a padding query amid padding) outputs 0, as exact attention's does.
 // Cost per query head O(L (w_0 + p_1 + sum_l (w_l + r_{l+1})) D) (all bounded
 // when w_n > 0), plus O(n L D) for the pooling.
 #pragma once
@@ -94,6 +98,7 @@ inline std::int64_t multilevel_blocks(const MultilevelGeometry& g, std::int64_t 
 struct MultilevelProblem {
   std::int64_t batch = 0, seq_len = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   bool causal = true;
+  Tensor key_padding_mask;  // int32 [B, L], nonzero = token; undefined: none
 };
 
 void multilevel_core_forward(const Tensor& out,  // [N, Hq, D] (written)
@@ -147,10 +152,12 @@ MultilevelState multilevel_new_state(const MultilevelGeometry& g, std::int64_t b
 // state.past .. + L - 1; the state advances; saved may be null and nothing is
 // kept). Without: a training/evaluation forward; saved (when non-null) is filled.
 void multilevel_forward(const Tensor& y, MultilevelSaved* saved, const Tensor& x, std::int64_t batch,
-                        std::int64_t seq_len, bool causal, MultilevelState* state, const MultilevelParams& p);
+                        std::int64_t seq_len, bool causal, MultilevelState* state, const MultilevelParams& p,
+                        const Tensor& key_padding_mask = Tensor());
 // dx overwritten; parameter gradients accumulate (+=).
 void multilevel_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MultilevelSaved& saved,
-                         std::int64_t batch, std::int64_t seq_len, bool causal, const MultilevelParams& p);
+                         std::int64_t batch, std::int64_t seq_len, bool causal, const MultilevelParams& p,
+                         const Tensor& key_padding_mask = Tensor());
 
 namespace reference {
 // Plain loops in double over each query's key list (the specification of the

@@ -14,13 +14,18 @@ namespace mf::reference {
 
 namespace {
 
-// A key the row sees: positions [first, last) averaged; bias log(count) when pooled.
+// A key the row sees: the real tokens among positions [first, last)
+// averaged (count of them); bias log(count) when pooled.
 struct Key {
-  std::int64_t first, last;
+  std::int64_t first, last, count;
   double bias;
 };
 
-std::vector<Key> keys_of_row(const MultilevelGeometry& g, std::int64_t i, std::int64_t len, bool causal) {
+// mask: the sequence's padding mask row (nonzero = token) or null.
+bool is_token(const std::int32_t* mask, std::int64_t j) { return mask == nullptr || mask[j] != 0; }
+
+std::vector<Key> keys_of_row(const MultilevelGeometry& g, std::int64_t i, std::int64_t len, bool causal,
+                             const std::int32_t* mask) {
   MultilevelRanges r;
   multilevel_ranges(r, g, i, len, causal);
   std::vector<Key> keys;
@@ -28,20 +33,28 @@ std::vector<Key> keys_of_row(const MultilevelGeometry& g, std::int64_t i, std::i
     for (const MultilevelRange* range : {&r.left[l], &r.right[l]})
       for (std::int64_t b = range->lo; b < range->hi; ++b) {
         const std::int64_t first = b * g.unit(l), last = std::min(len, first + g.unit(l));
-        const double bias = l > 0 && g.count_bias ? std::log(static_cast<double>(last - first)) : 0.0;
-        keys.push_back({first, last, bias});
+        std::int64_t count = 0;
+        for (std::int64_t j = first; j < last; ++j) count += is_token(mask, j);
+        if (count == 0) continue;  // padding only: not a key
+        const double bias = l > 0 && g.count_bias ? std::log(static_cast<double>(count)) : 0.0;
+        keys.push_back({first, last, count, bias});
       }
   return keys;
 }
 
-// Mean over positions [first, last) of head kh's rows of t [N, H, D] (sequence start row0).
-std::vector<double> mean_rows(const float* t, const Key& key, std::int64_t row0, std::int64_t heads, std::int64_t kh,
-                              std::int64_t d) {
+// Mean over the real tokens of a key of head kh's rows of t [N, H, D] (sequence start row0).
+std::vector<double> mean_rows(const float* t, const Key& key, const std::int32_t* mask, std::int64_t row0,
+                              std::int64_t heads, std::int64_t kh, std::int64_t d) {
   std::vector<double> m(d, 0.0);
   for (std::int64_t j = key.first; j < key.last; ++j)
-    for (std::int64_t c = 0; c < d; ++c) m[c] += t[((row0 + j) * heads + kh) * d + c];
-  for (double& x : m) x /= static_cast<double>(key.last - key.first);
+    if (is_token(mask, j))
+      for (std::int64_t c = 0; c < d; ++c) m[c] += t[((row0 + j) * heads + kh) * d + c];
+  for (double& x : m) x /= static_cast<double>(key.count);
   return m;
+}
+
+const std::int32_t* mask_row(const MultilevelProblem& pr, std::int64_t b) {
+  return pr.key_padding_mask.defined() ? pr.key_padding_mask.data<std::int32_t>() + b * pr.seq_len : nullptr;
 }
 
 struct RowSoftmax {
@@ -55,13 +68,14 @@ RowSoftmax row_softmax(const float* q, const float* k, const float* v, const Mul
                        const MultilevelProblem& pr, std::int64_t b, std::int64_t h, std::int64_t i) {
   const std::int64_t d = pr.head_dim, kh = h / (pr.num_heads / pr.num_kv_heads), row0 = b * pr.seq_len;
   RowSoftmax rs;
-  rs.keys = keys_of_row(g, i, pr.seq_len, pr.causal);
+  const std::int32_t* mask = mask_row(pr, b);
+  rs.keys = keys_of_row(g, i, pr.seq_len, pr.causal, mask);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   std::vector<double> s;
   double mx = -INFINITY;
   for (const Key& key : rs.keys) {
-    rs.kv.push_back(mean_rows(k, key, row0, pr.num_kv_heads, kh, d));
-    rs.vv.push_back(mean_rows(v, key, row0, pr.num_kv_heads, kh, d));
+    rs.kv.push_back(mean_rows(k, key, mask, row0, pr.num_kv_heads, kh, d));
+    rs.vv.push_back(mean_rows(v, key, mask, row0, pr.num_kv_heads, kh, d));
     double dot = 0;
     for (std::int64_t c = 0; c < d; ++c) dot += q[((row0 + i) * pr.num_heads + h) * d + c] * rs.kv.back()[c];
     s.push_back(dot * scale + key.bias);
@@ -70,7 +84,7 @@ RowSoftmax row_softmax(const float* q, const float* k, const float* v, const Mul
   double sum = 0;
   for (double x : s) sum += std::exp(x - mx);
   for (double x : s) rs.p.push_back(std::exp(x - mx) / sum);
-  rs.lse = mx + std::log(sum);
+  rs.lse = rs.keys.empty() ? -INFINITY : mx + std::log(sum);  // no key: output 0
   return rs;
 }
 
@@ -119,10 +133,10 @@ void multilevel_core_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
         for (std::size_t m = 0; m < rs.keys.size(); ++m) {
           const double ds = rs.p[m] * (dp[m] - dsum);
           const Key& key = rs.keys[m];
-          const double share = 1.0 / static_cast<double>(key.last - key.first);
+          const double share = 1.0 / static_cast<double>(key.count);
           for (std::int64_t c = 0; c < d; ++c) gq[(row * hq + h) * d + c] += scale * ds * rs.kv[m][c];
           for (std::int64_t j = key.first; j < key.last; ++j)
-            for (std::int64_t c = 0; c < d; ++c) {
+            for (std::int64_t c = 0; c < d && is_token(mask_row(pr, b), j); ++c) {
               const std::int64_t at = ((b * pr.seq_len + j) * hkv + kh) * d + c;
               gk[at] += share * scale * ds * qr[c];
               gv[at] += share * rs.p[m] * dor[c];

@@ -12,11 +12,10 @@ namespace mf {
 
 namespace {
 
-constexpr const char* kLimits =
-    "pooled blocks would mix padding into their means, so no key padding mask; generation is causal only";
+constexpr const char* kLimits = "generation is causal only and takes no key padding mask";
 
 const MixerCapabilities kCaps{.causal = true, .bidirectional = true, .generation = true, .variable_length = true,
-                              .padding = false};
+                              .padding = true};
 
 // "8, 64" -> {8, 64}: integers >= 0 separated by commas.
 std::vector<std::int64_t> parse_list(const std::string& text, const char* option) {
@@ -76,7 +75,7 @@ class MultilevelMixer final : public TokenMixer {
                " but the generation state holds ", state->s.past, " positions");
     auto saved = std::make_unique<MultilevelSavedState>();
     multilevel_forward(y, for_backward ? &saved->s : nullptr, x, call.batch, call.seq_len, call.causal,
-                       state ? &state->s : nullptr, p_);
+                       state ? &state->s : nullptr, p_, call.key_padding_mask);
     if (!for_backward) return nullptr;
     return saved;
   }
@@ -84,7 +83,7 @@ class MultilevelMixer final : public TokenMixer {
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MixerSaved& saved,
                 const MixerCall& call) override {
     multilevel_backward(dx, dy, x, static_cast<const MultilevelSavedState&>(saved).s, call.batch, call.seq_len,
-                        call.causal, p_);
+                        call.causal, p_, call.key_padding_mask);
   }
 
   std::unique_ptr<MixerState> new_state(const GenerationOptions& opt) const override {

@@ -36,8 +36,9 @@ void check_params(const MultilevelParams& p, const Tensor& x, std::int64_t batch
   multilevel_check_geometry(p.geometry);
 }
 
-MultilevelProblem problem_of(const MultilevelParams& p, std::int64_t batch, std::int64_t seq_len, bool causal) {
-  return {batch, seq_len, p.num_heads, p.num_kv_heads, p.head_dim, causal};
+MultilevelProblem problem_of(const MultilevelParams& p, std::int64_t batch, std::int64_t seq_len, bool causal,
+                             const Tensor& key_padding_mask) {
+  return {batch, seq_len, p.num_heads, p.num_kv_heads, p.head_dim, causal, key_padding_mask};
 }
 
 // Ring slots per level: enough for every key a row sees plus the blocks
@@ -175,12 +176,14 @@ MultilevelState multilevel_new_state(const MultilevelGeometry& g, std::int64_t b
 }
 
 void multilevel_forward(const Tensor& y, MultilevelSaved* saved, const Tensor& x, std::int64_t batch,
-                        std::int64_t seq_len, bool causal, MultilevelState* state, const MultilevelParams& p) {
+                        std::int64_t seq_len, bool causal, MultilevelState* state, const MultilevelParams& p,
+                        const Tensor& key_padding_mask) {
   check_params(p, x, batch, seq_len);
   const std::int64_t n = batch * seq_len, d = p.head_dim, hq = p.num_heads, hkv = p.num_kv_heads;
   const std::int64_t past = state ? state->past : 0;
   if (state) {
     MF_CHECK(causal, kOp, " generation is causal; a bidirectional call cannot continue a generation state");
+    MF_CHECK(!key_padding_mask.defined(), kOp, " a key padding mask is not supported with a generation state");
     MF_CHECK(state->batch == batch && state->num_kv_heads == hkv && state->head_dim == d, kOp,
              " the generation state was made for batch ", state->batch, ", ", state->num_kv_heads,
              " KV heads of dim ", state->head_dim, " but the call has batch ", batch, ", ", hkv, " of dim ", d);
@@ -208,13 +211,14 @@ void multilevel_forward(const Tensor& y, MultilevelSaved* saved, const Tensor& x
     if (saved) *saved = MultilevelSaved{};
   } else {
     s.lse = Tensor::empty({n, hq});
-    multilevel_core_forward(s.out, s.lse, s.q, s.k, s.v, p.geometry, problem_of(p, batch, seq_len, causal));
+    multilevel_core_forward(s.out, s.lse, s.q, s.k, s.v, p.geometry, problem_of(p, batch, seq_len, causal, key_padding_mask));
   }
   linear_forward(y, s.out.reshape({n, hq * d}), p.o->value, bias_of(p.o_bias));
 }
 
 void multilevel_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MultilevelSaved& s,
-                         std::int64_t batch, std::int64_t seq_len, bool causal, const MultilevelParams& p) {
+                         std::int64_t batch, std::int64_t seq_len, bool causal, const MultilevelParams& p,
+                         const Tensor& key_padding_mask) {
   check_params(p, x, batch, seq_len);
   MF_CHECK(s.out.defined() && s.lse.defined(), kOp,
            " backward called without the forward's saved activations (generation calls keep none)");
@@ -223,7 +227,7 @@ void multilevel_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, co
   linear_backward(dmerged, p.o->grad, bias_grad_of(p.o_bias), dy, s.out.reshape({n, hq * d}), p.o->value);
   Tensor dq = Tensor::empty({n, hq, d}), dk = Tensor::empty({n, hkv, d}), dv = Tensor::empty({n, hkv, d});
   multilevel_core_backward(dq, dk, dv, dmerged.reshape({n, hq, d}), s.q, s.k, s.v, s.out, s.lse, p.geometry,
-                           problem_of(p, batch, seq_len, causal));
+                           problem_of(p, batch, seq_len, causal, key_padding_mask));
   Tensor dql = dq.reshape({n, hq * d}), dkl = dk.reshape({n, hkv * d}), dvl = dv.reshape({n, hkv * d});
   if (p.rope) {  // RoPE^T: rotation by the negative angles
     rope_backward_inplace(dql.reshape({batch, seq_len, hq * d}), *p.rope, packed_rope_args(hq, 0));
