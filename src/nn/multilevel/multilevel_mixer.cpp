@@ -2,7 +2,8 @@
 // the token-mixer interface. Checkpoint names are the attention mixer's:
 // self_attn.{q,k,v,o}_proj.weight (.bias with attention_bias); the levels add
 // no parameters. RoPE (the model's) rotates q and k before the pooling; ALiBi
-// and key padding masks are refused.
+// is refused; a key padding mask leaves padding out of every level (not with
+// a generation state).
 #include "nn/multilevel/multilevel_mixer.h"
 
 #include "core/error.h"
