@@ -201,6 +201,7 @@ TEST(MultilevelAttention, FastMatchesReference) {
   for (const Case& c : cases)
     for (bool causal : {true, false})
       for (bool padded : {false, true}) {
+      if (padded && c.b == 1) continue;  // the padded cases: batch > 1 (tail, hole, padded first token)
       SCOPED_TRACE("case " + std::to_string(index) + (causal ? " causal" : " bidirectional") +
                    (padded ? " padded" : ""));
       const std::int64_t n = c.b * c.len;
