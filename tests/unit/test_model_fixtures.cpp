@@ -187,6 +187,6 @@ INSTANTIATE_TEST_SUITE_P(
     Kinds, EncoderFixtures,
     ::testing::Combine(::testing::Values("model_encoder_attention", "model_encoder_first_pooling",
                                          "model_encoder_fnet_linformer", "model_encoder_lsh",
-                                         "model_encoder_performer"),
+                                         "model_encoder_performer", "model_encoder_multilevel"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     fixture_and_impl_name);

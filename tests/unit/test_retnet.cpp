@@ -24,7 +24,9 @@
 #include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/model_fixture.h"
 #include "../support/parameters.h"
+#include "../support/pattern_lm.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -386,25 +388,7 @@ TEST(RetNet, TinyLmTrainsAndGeneratesLikeTheFullForward) {
   j["token_mixer"] = "retention";
   j["retention"] = {{"chunk_size", 4}};
   Transformer m(config_from_json(j, "test.json"), 3);
-  // Training: period-5 sequences, next-token targets.
-  Tensor tokens = Tensor::empty({4, 24}, DType::I32), targets = Tensor::empty({4, 24}, DType::I32);
-  for (std::int64_t s = 0; s < 4; ++s)
-    for (std::int64_t t = 0; t < 24; ++t) {
-      tokens.data<std::int32_t>()[s * 24 + t] = static_cast<std::int32_t>((t + s) % 5 + 3);
-      targets.data<std::int32_t>()[s * 24 + t] = static_cast<std::int32_t>((t + s + 1) % 5 + 3);
-    }
-  double first = 0, last = 0;
-  for (int step = 0; step < 40; ++step) {
-    for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-    const double loss = m.loss(tokens, targets, true);
-    if (step == 0) first = loss;
-    last = loss;
-    for (Parameter* p : m.parameters()) {
-      float* v = p->value.data<float>();
-      const float* g = p->grad.data<float>();
-      for (std::int64_t i = 0; i < p->value.numel(); ++i) v[i] -= 0.5f * g[i];
-    }
-  }
+  const auto [first, last] = mf::testing::sgd_on_period5_pattern(m, 40, 0.5f);  // period-5 sequences
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
   // Generation vs the full forward.
   for (const char* form : {"recurrent", "auto"}) {
@@ -422,29 +406,10 @@ TEST(RetNet, TinyLmTrainsAndGeneratesLikeTheFullForward) {
 // loss and every parameter gradient vs plain torch in float64.
 TEST(RetNet, WholeModelFixtureMatchesTorch) {
   ScopedThreads one(1);
-  const std::string name = "model_retention_hybrid";
-  const SafetensorsContents st = mf::testing::load_fixture(name);
-  const Tensor cj = st.tensors.at("config_json");
-  std::string text;
-  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
-  std::map<std::string, Tensor> weights;
-  for (const auto& [k, t] : st.tensors)
-    if (k.rfind("w:", 0) == 0) weights[k.substr(2)] = t;
-  Transformer m(config_from_string(text, name), 123);
-  load_weights(m, weights, name);
-  EXPECT_EQ(m.token_mixer(0).name(), "retention");
-  const Tensor& tokens = st.tensors.at("tokens");
-  const Tensor logits = m.logits(tokens);
-  EXPECT_TRUE(close(logits, st.tensors.at("logits"), 1e-4, "logits"));
-  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-  const double loss = m.loss(tokens, st.tensors.at("targets"), true);
-  const double want = st.tensors.at("loss").to_vector()[0];
-  EXPECT_NEAR(loss, want, 1e-4 * want);
+  mf::testing::ModelFixture f = mf::testing::load_model_fixture("model_retention_hybrid");
+  EXPECT_EQ(f.model->token_mixer(0).name(), "retention");
+  mf::testing::expect_decoder_matches_fixture(f);
   int retention_params = 0;
-  for (Parameter* p : m.parameters()) {
-    ASSERT_TRUE(st.tensors.count("g:" + p->name)) << p->name;
-    EXPECT_TRUE(close(p->grad, st.tensors.at("g:" + p->name), 1e-4, "gradient of " + p->name, 1e-3));
-    retention_params += p->name.find(".retention.") != std::string::npos;
-  }
+  for (Parameter* p : f.model->parameters()) retention_params += p->name.find(".retention.") != std::string::npos;
   EXPECT_EQ(retention_params, 2 * 10);  // 5 weights + 5 biases per retention layer
 }

@@ -37,14 +37,7 @@ class AttentionMixer final : public TokenMixer {
     p_.num_heads = ctx.num_heads;
     p_.num_kv_heads = ctx.num_kv_heads;
     p_.head_dim = ctx.head_dim;
-    const std::int64_t c = ctx.hidden_size, qd = ctx.num_heads * ctx.head_dim, kd = ctx.num_kv_heads * ctx.head_dim;
-    for (auto [slot, bias, proj, rows, cols] :
-         {std::tuple{&p_.q, &p_.q_bias, "q_proj", qd, c}, std::tuple{&p_.k, &p_.k_bias, "k_proj", kd, c},
-          std::tuple{&p_.v, &p_.v_bias, "v_proj", kd, c}, std::tuple{&p_.o, &p_.o_bias, "o_proj", c, qd}}) {
-      const std::string base = std::string("self_attn.") + proj;
-      *slot = store.add(base + ".weight", {rows, cols}, ParamInit::Normal, true);
-      if (ctx.attention_bias) *bias = store.add(base + ".bias", {rows}, ParamInit::Zeros, false);
-    }
+    add_attention_projections(store, ctx, {&p_.q, &p_.k, &p_.v, &p_.o, &p_.q_bias, &p_.k_bias, &p_.v_bias, &p_.o_bias});
     p_.rope = ctx.rope;
     p_.alibi = ctx.alibi;
     p_.sliding_window = window;
@@ -97,6 +90,17 @@ class AttentionMixer final : public TokenMixer {
 };
 
 }  // namespace
+
+void add_attention_projections(ParamStore& store, const MixerContext& ctx, const AttentionProjectionSlots& slots) {
+  const std::int64_t c = ctx.hidden_size, qd = ctx.num_heads * ctx.head_dim, kd = ctx.num_kv_heads * ctx.head_dim;
+  for (auto [slot, bias, proj, rows, cols] :
+       {std::tuple{slots.q, slots.q_bias, "q_proj", qd, c}, std::tuple{slots.k, slots.k_bias, "k_proj", kd, c},
+        std::tuple{slots.v, slots.v_bias, "v_proj", kd, c}, std::tuple{slots.o, slots.o_bias, "o_proj", c, qd}}) {
+    const std::string base = std::string("self_attn.") + proj;
+    *slot = store.add(base + ".weight", {rows, cols}, ParamInit::Normal, true);
+    if (ctx.attention_bias) *bias = store.add(base + ".bias", {rows}, ParamInit::Zeros, false);
+  }
+}
 
 TokenMixerEntry full_attention_mixer_entry() {
   return {"full_attention",

@@ -11,4 +11,16 @@ namespace mf {
 TokenMixerEntry full_attention_mixer_entry();
 TokenMixerEntry sliding_attention_mixer_entry();
 
+// The q, k, v, o projections of an attention-like mixer under the attention
+// mixer's checkpoint names, self_attn.{q,k,v,o}_proj.weight ([Hq*D, C],
+// [Hkv*D, C] twice, [C, Hq*D]; normal init, weight decay) and, with
+// attention_bias, their .bias (zeros, no decay), asked from the store in
+// that order. Each slot receives its parameter (bias slots stay untouched
+// without attention_bias).
+struct AttentionProjectionSlots {
+  Parameter **q, **k, **v, **o;
+  Parameter **q_bias, **k_bias, **v_bias, **o_bias;
+};
+void add_attention_projections(ParamStore& store, const MixerContext& ctx, const AttentionProjectionSlots& slots);
+
 }  // namespace mf
