@@ -251,7 +251,11 @@ TEST(ModelMixers, MixerCliRoundTripsItsInitOutput) {
   write_file_atomic(dir + "/mixer.json", j.dump());
   save_npy(dir + "/x.npy", randn({2, 5, 16}, 1));
   save_npy(dir + "/dy.npy", randn({2, 5, 16}, 2));
-  auto run = [&](const std::string& args) { return mt::run_cli("mixer --config " + dir + "/mixer.json " + args, dir); };
+  // One GEMM backend for every process: each would otherwise pick its own by
+  // timing, and y1 == y2 below compares bits across processes.
+  auto run = [&](const std::string& args) {
+    return mt::run_cli("mixer --config " + dir + "/mixer.json " + args, dir, "MODFORMER_GEMM_BACKEND=openblas");
+  };
   ASSERT_EQ(run("--init --seed 4 --out " + dir + "/p.safetensors").rc, 0);
   const SafetensorsContents p = load_safetensors(dir + "/p.safetensors");
   EXPECT_EQ(p.tensors.size(), 4u);
