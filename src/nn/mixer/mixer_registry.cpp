@@ -11,6 +11,7 @@
 #include "nn/reformer/lsh_attention_mixer.h"
 #include "nn/mamba/mamba_mixer.h"
 #include "nn/retnet/retention_mixer.h"
+#include "nn/transformer_xl/transformer_xl_mixer.h"
 
 namespace mf {
 
@@ -24,6 +25,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       performer_mixer_entry(),
       mamba_mixer_entry(),
       retention_mixer_entry(),
+      transformer_xl_mixer_entry(),
   };
   return table;
 }
@@ -84,6 +86,7 @@ std::string capabilities_text(const MixerCapabilities& c) {
   add(c.generation, "generation");
   add(c.variable_length, "variable length");
   add(c.padding, "padding");
+  add(c.segment_memory, "segment memory");
   return s.empty() ? "none" : s;
 }
 

@@ -49,6 +49,7 @@ struct MixerCapabilities {
   bool generation = false;       // has a per-layer generation state (prefill + steps)
   bool variable_length = false;  // any sequence length per call (up to max_seq_len), not one fixed length
   bool padding = false;          // honours a key padding mask
+  bool segment_memory = false;   // keeps a memory of earlier segments across calls (Transformer-XL): see MixerCall::memory
 };
 
 // Where a call sits.
@@ -58,6 +59,12 @@ struct MixerCall {
   Tensor key_padding_mask;      // int32 [B, L], nonzero = token, 0 = padding; undefined: none
   class MixerState* state = nullptr;  // generation: this layer's state (forward only)
   std::int64_t past = 0;        // positions before this call (generation)
+  // Segment-level recurrence (mixers with segment_memory; training and
+  // evaluation): this layer's memory of the previous segments, made by
+  // TokenMixer::new_memory. The forward reads it as a constant (no gradient
+  // reaches it) and then moves it on to include this segment; a training
+  // forward's saved state keeps what its backward needs.
+  class MixerState* memory = nullptr;
 };
 
 // What a forward keeps for its backward.
@@ -103,6 +110,12 @@ class TokenMixer {
                         const MixerCall& call) = 0;
   // A fresh generation state; refused (naming the mixer) when it cannot generate.
   virtual std::unique_ptr<MixerState> new_state(const GenerationOptions& opt) const;
+  // A fresh (empty) segment memory for `batch` streams (MixerCall::memory);
+  // null for mixers without segment_memory.
+  virtual std::unique_ptr<MixerState> new_memory(std::int64_t batch) const {
+    (void)batch;
+    return nullptr;
+  }
 
   // Training step `step` begins (from the model's begin_training_step):
   // a mixer with per-step state (feature redraws) updates it here. Never

@@ -1,0 +1,310 @@
+// Transformer-XL relative attention: the layer (projections through the GEMM
+// wrapper, the sinusoid table, o_net) and the tiled attention core, forward
+// and backward. The math and the rel-shift equivalence are in rel_attention.h.
+#include "nn/transformer_xl/rel_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+#include "nn/linear.h"
+
+namespace mf {
+
+namespace {
+
+constexpr const char* kOp = "[transformer_xl]";
+// Tile sizes of the forward core (rows of queries x keys per online-softmax
+// update); 32 x 64 keeps a tile's scores (8 KiB) and the query rows in L1.
+constexpr std::int64_t kRelQueryTile = 32, kRelKeyTile = 64;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline float dot(const float* a, const float* b, std::int64_t n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (std::int64_t d = 0; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+inline void axpy(float* y, float a, const float* x, std::int64_t n) {
+#pragma omp simd
+  for (std::int64_t d = 0; d < n; ++d) y[d] += a * x[d];
+}
+
+// cat(memory[b], x rows of batch b) for every b: [B*K, C]; x itself when M = 0.
+Tensor concat_memory(const Tensor& x, const Tensor& memory, std::int64_t batch, std::int64_t seq_len) {
+  const std::int64_t m = memory.defined() ? memory.size(1) : 0;
+  if (m == 0) return x;
+  const std::int64_t c = x.size(1), k = m + seq_len;
+  Tensor h = Tensor::empty({batch * k, c});
+  const std::size_t row = static_cast<std::size_t>(c) * sizeof(float);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    std::memcpy(h.data<float>() + b * k * c, memory.data<float>() + b * m * c, row * static_cast<std::size_t>(m));
+    std::memcpy(h.data<float>() + (b * k + m) * c, x.data<float>() + b * seq_len * c,
+                row * static_cast<std::size_t>(seq_len));
+  }
+  return h;
+}
+
+struct CoreGrads {
+  float* dq;   // [B*L, H*D] written
+  float* dkv;  // [B*K, 2*H*D] written
+  float* dp;   // [K, H*D] written
+  float* du;   // [H, D] +=
+  float* dvb;  // [H, D] +=
+};
+
+// The backward of rel_attention_core_forward (flash style: the probabilities
+// recomputed from lse, D_i = dO_i . O_i):
+//   p_ij = exp(s_ij - lse_i), ds_ij = p_ij (dO_i . v_j - D_i)
+//   dv_j = sum_i p_ij dO_i
+//   dq_i = scale sum_j ds_ij (k_j + P_{M+i-j}),  du = scale sum_ij ds_ij k_j,  dv_bias = scale sum_ij ds_ij P_{M+i-j}
+//   dk_j = scale sum_i ds_ij (q_i + u),  dP_d = scale sum_{i-j = d-M} ds_ij (q_i + v)
+void rel_attention_core_backward(const RelAttentionCore& c, const float* attn, const float* lse, const float* dattn,
+                                 const CoreGrads& g) {
+  const std::int64_t B = c.batch, L = c.seq_len, M = c.mem_len, H = c.heads, D = c.head_dim, HD = H * D, K = M + L;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  // Per (batch, head) partial sums of dP, du, dv_bias, reduced below in batch order.
+  std::vector<float> dp_part(static_cast<std::size_t>(B * H * K * D), 0.0f);
+  std::vector<float> du_part(static_cast<std::size_t>(B * H * D), 0.0f), dvb_part(du_part.size(), 0.0f);
+#pragma omp parallel
+  {
+    std::vector<float> qu(static_cast<std::size_t>(D)), qv(qu.size()), gk(qu.size()), gp(qu.size());
+#pragma omp for schedule(dynamic)
+    for (std::int64_t bh = 0; bh < B * H; ++bh) {
+      const std::int64_t b = bh / H, h = bh % H;
+      const float* kv = c.kv + b * c.kv_batch_stride;
+      float* dkv = g.dkv + b * K * 2 * HD;
+      for (std::int64_t j = 0; j < K; ++j) {
+        std::fill_n(dkv + j * 2 * HD + h * D, D, 0.0f);
+        std::fill_n(dkv + j * 2 * HD + HD + h * D, D, 0.0f);
+      }
+      float* dp = dp_part.data() + bh * K * D;
+      float* du = du_part.data() + bh * D;
+      float* dvb = dvb_part.data() + bh * D;
+      for (std::int64_t i = 0; i < L; ++i) {
+        const std::int64_t row = b * L + i;
+        const float* q = c.q + row * HD + h * D;
+        for (std::int64_t d = 0; d < D; ++d) qu[d] = q[d] + c.u[h * D + d], qv[d] = q[d] + c.vb[h * D + d];
+        const float* dout = dattn + row * HD + h * D;
+        const float delta = dot(dout, attn + row * HD + h * D, D);
+        const float row_lse = lse[bh * L + i];
+        std::fill(gk.begin(), gk.end(), 0.0f);
+        std::fill(gp.begin(), gp.end(), 0.0f);
+        for (std::int64_t j = 0; j <= M + i; ++j) {
+          const float* key = kv + j * 2 * HD + h * D;
+          const float* value = key + HD;
+          const float* pos = c.p + (M + i - j) * HD + h * D;
+          const float prob = std::exp(scale * (dot(qu.data(), key, D) + dot(qv.data(), pos, D)) - row_lse);
+          const float ds = prob * (dot(dout, value, D) - delta);
+          axpy(dkv + j * 2 * HD + HD + h * D, prob, dout, D);
+          axpy(gk.data(), ds, key, D);
+          axpy(gp.data(), ds, pos, D);
+          axpy(dkv + j * 2 * HD + h * D, ds * scale, qu.data(), D);
+          axpy(dp + (M + i - j) * D, ds * scale, qv.data(), D);
+        }
+        float* dq = g.dq + row * HD + h * D;
+        for (std::int64_t d = 0; d < D; ++d) {
+          dq[d] = scale * (gk[d] + gp[d]);
+          du[d] += scale * gk[d];
+          dvb[d] += scale * gp[d];
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (std::int64_t d = 0; d < K; ++d)
+      for (std::int64_t h = 0; h < H; ++h) {
+        float* out = g.dp + d * HD + h * D;
+        std::fill_n(out, D, 0.0f);
+        for (std::int64_t b = 0; b < B; ++b) axpy(out, 1.0f, dp_part.data() + ((b * H + h) * K + d) * D, D);
+      }
+  }
+  for (std::int64_t b = 0; b < B; ++b) {
+    axpy(g.du, 1.0f, du_part.data() + b * HD, HD);
+    axpy(g.dvb, 1.0f, dvb_part.data() + b * HD, HD);
+  }
+}
+
+void check_param(const Parameter* p, const char* role, const Shape& shape) {
+  MF_CHECK(p != nullptr, kOp, " parameter ", role, " is missing");
+  MF_CHECK(p->value.defined() && p->value.dtype() == DType::F32 && p->value.is_contiguous() &&
+               p->value.shape() == shape,
+           kOp, " parameter ", role, " ('", p->name, "') must be a contiguous float32 tensor of shape ",
+           shape_str(shape), " but has shape ", p->value.defined() ? shape_str(p->value.shape()) : "(undefined)");
+}
+
+}  // namespace
+
+std::vector<const Tensor*> RelAttentionSaved::tensors() const {
+  std::vector<const Tensor*> out;
+  for (const Tensor* t : {&memory, &q, &kv, &pos, &p, &attn, &lse})
+    if (t->defined()) out.push_back(t);
+  return out;
+}
+
+Tensor rel_position_table(std::int64_t count, std::int64_t hidden, std::int64_t clamp_len) {
+  MF_CHECK(hidden >= 2 && hidden % 2 == 0, kOp, " hidden_size (", hidden,
+           ") must be even: the relative sinusoids are sin and cos halves");
+  Tensor r = Tensor::empty({count, hidden});
+  const std::int64_t half = hidden / 2;
+  for (std::int64_t d = 0; d < count; ++d) {
+    const double t = static_cast<double>(clamp_len > 0 ? std::min(d, clamp_len) : d);
+    float* row = r.data<float>() + d * hidden;
+    for (std::int64_t k = 0; k < half; ++k) {
+      const double angle = t / std::pow(10000.0, static_cast<double>(2 * k) / static_cast<double>(hidden));
+      row[k] = static_cast<float>(std::sin(angle));
+      row[half + k] = static_cast<float>(std::cos(angle));
+    }
+  }
+  return r;
+}
+
+void rel_attention_check(const Tensor& x, const Tensor& memory, std::int64_t batch, std::int64_t seq_len,
+                         const RelAttentionParams& p) {
+  MF_CHECK(p.num_heads >= 1 && p.head_dim >= 1, kOp, " num_heads and head_dim must be >= 1 but are ", p.num_heads,
+           " and ", p.head_dim);
+  MF_CHECK(p.clamp_len >= 0, kOp, " option 'clamp_len' must be >= 0 (0: no clamp) but is ", p.clamp_len);
+  MF_CHECK(x.defined() && x.dim() == 2 && x.dtype() == DType::F32 && x.is_contiguous(), kOp,
+           " input must be a contiguous float32 [B*L, C] tensor but has shape ",
+           x.defined() ? shape_str(x.shape()) : "(undefined)");
+  MF_CHECK(batch >= 1 && seq_len >= 1 && x.size(0) == batch * seq_len, kOp, " input has ", x.size(0),
+           " rows but batch ", batch, " x seq_len ", seq_len, " were given");
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim;
+  MF_CHECK(c % 2 == 0, kOp, " hidden_size (", c, ") must be even: the relative sinusoids are sin and cos halves");
+  check_param(p.qkv, "qkv_net", {3 * hd, c});
+  check_param(p.r, "r_net", {hd, c});
+  check_param(p.u, "r_w_bias", {p.num_heads, p.head_dim});
+  check_param(p.v, "r_r_bias", {p.num_heads, p.head_dim});
+  check_param(p.o, "o_net", {c, hd});
+  if (memory.defined())
+    MF_CHECK(memory.dim() == 3 && memory.dtype() == DType::F32 && memory.is_contiguous() &&
+                 memory.size(0) == batch && memory.size(2) == c,
+             kOp, " the memory must be a contiguous float32 [B, M, C] = [", batch, ", M, ", c,
+             "] tensor but has shape ", shape_str(memory.shape()));
+}
+
+void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* lse) {
+  const std::int64_t B = c.batch, L = c.seq_len, M = c.mem_len, H = c.heads, D = c.head_dim, HD = H * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const std::int64_t query_tiles = (L + kRelQueryTile - 1) / kRelQueryTile;
+#pragma omp parallel
+  {
+    std::vector<float> qu(static_cast<std::size_t>(kRelQueryTile * D)), qv(qu.size()), acc(qu.size());
+    std::vector<float> score(static_cast<std::size_t>(kRelQueryTile * kRelKeyTile));
+    float row_max[kRelQueryTile], row_sum[kRelQueryTile];
+#pragma omp for schedule(dynamic)
+    for (std::int64_t unit = 0; unit < B * H * query_tiles; ++unit) {
+      const std::int64_t b = unit / (H * query_tiles), h = unit / query_tiles % H, tile = unit % query_tiles;
+      const std::int64_t i0 = tile * kRelQueryTile, rows = std::min(kRelQueryTile, L - i0);
+      const float* kv = c.kv + b * c.kv_batch_stride;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float* q = c.q + (b * L + i0 + r) * HD + h * D;
+        for (std::int64_t d = 0; d < D; ++d)
+          qu[r * D + d] = q[d] + c.u[h * D + d], qv[r * D + d] = q[d] + c.vb[h * D + d];
+        row_max[r] = kNegInf;
+        row_sum[r] = 0.0f;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      const std::int64_t key_end = M + i0 + rows;  // the last row sees keys 0 .. M + i0 + rows - 1
+      for (std::int64_t j0 = 0; j0 < key_end; j0 += kRelKeyTile) {
+        const std::int64_t j1 = std::min(key_end, j0 + kRelKeyTile);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const std::int64_t last = M + i0 + r;  // the row's last visible key
+          if (j0 > last) continue;
+          float* s = score.data() + r * kRelKeyTile;
+          const std::int64_t jend = std::min(j1, last + 1);
+          float tile_max = kNegInf;
+          for (std::int64_t j = j0; j < jend; ++j) {
+            // AC + BD: the content term and the position term of distance last - j = M + i - j.
+            const float v = scale * (dot(qu.data() + r * D, kv + j * 2 * HD + h * D, D) +
+                                     dot(qv.data() + r * D, c.p + (last - j) * HD + h * D, D));
+            s[j - j0] = v;
+            tile_max = std::max(tile_max, v);
+          }
+          const float new_max = std::max(row_max[r], tile_max);
+          const float rescale = row_max[r] == kNegInf ? 0.0f : std::exp(row_max[r] - new_max);
+          float* a = acc.data() + r * D;
+          float sum = row_sum[r] * rescale;
+          for (std::int64_t d = 0; d < D; ++d) a[d] *= rescale;
+          for (std::int64_t j = j0; j < jend; ++j) {
+            const float prob = std::exp(s[j - j0] - new_max);
+            sum += prob;
+            axpy(a, prob, kv + j * 2 * HD + HD + h * D, D);
+          }
+          row_sum[r] = sum;
+          row_max[r] = new_max;
+        }
+      }
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const float inv = 1.0f / row_sum[r];
+        float* out = attn + (b * L + i0 + r) * HD + h * D;
+        for (std::int64_t d = 0; d < D; ++d) out[d] = acc[r * D + d] * inv;
+        lse[(b * H + h) * L + i0 + r] = row_max[r] + std::log(row_sum[r]);
+      }
+    }
+  }
+}
+
+void rel_attention_forward(const Tensor& y, RelAttentionSaved* saved, const Tensor& x, const Tensor& memory,
+                           std::int64_t batch, std::int64_t seq_len, const RelAttentionParams& p) {
+  rel_attention_check(x, memory, batch, seq_len, p);
+  MF_CHECK(y.defined() && y.shape() == x.shape() && y.is_contiguous(), kOp, " output must be a contiguous ",
+           shape_str(x.shape()), " tensor");
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, n = batch * seq_len;
+  const std::int64_t m = memory.defined() ? memory.size(1) : 0, k = m + seq_len;
+  const Tensor h = concat_memory(x, memory, batch, seq_len);
+  Tensor q = Tensor::empty({n, hd}), kv = Tensor::empty({batch * k, 2 * hd});
+  linear_forward(q, x, p.qkv->value.slice(0, 0, hd), Tensor());
+  linear_forward(kv, h, p.qkv->value.slice(0, hd, 3 * hd), Tensor());
+  const Tensor pos = rel_position_table(k, c, p.clamp_len);
+  Tensor pr = Tensor::empty({k, hd});
+  linear_forward(pr, pos, p.r->value, Tensor());
+  Tensor attn = Tensor::empty({n, hd}), lse = Tensor::empty({batch, p.num_heads, seq_len});
+  RelAttentionCore core{q.data<float>(), kv.data<float>(), k * 2 * hd, pr.data<float>(), p.u->value.data<float>(),
+                        p.v->value.data<float>(), batch, seq_len, m, p.num_heads, p.head_dim};
+  rel_attention_core_forward(core, attn.data<float>(), lse.data<float>());
+  linear_forward(y, attn, p.o->value, Tensor());
+  if (!saved) return;
+  *saved = RelAttentionSaved{};
+  if (m > 0) saved->memory = memory.clone();
+  saved->q = q;
+  saved->kv = kv;
+  saved->pos = pos;
+  saved->p = pr;
+  saved->attn = attn;
+  saved->lse = lse;
+  saved->mem_len = m;
+}
+
+void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const RelAttentionSaved& saved,
+                            std::int64_t batch, std::int64_t seq_len, const RelAttentionParams& p) {
+  MF_CHECK(saved.attn.defined(), kOp, " backward called without the saved activations (a training forward)");
+  rel_attention_check(x, saved.memory, batch, seq_len, p);
+  MF_CHECK(dy.defined() && dy.shape() == x.shape() && dx.defined() && dx.shape() == x.shape(), kOp,
+           " dy and dx must have the input's shape ", shape_str(x.shape()));
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, n = batch * seq_len;
+  const std::int64_t m = saved.mem_len, k = m + seq_len;
+  MF_CHECK(saved.attn.size(0) == n && saved.p.size(0) == k, kOp, " the saved activations are for another call");
+  Tensor dattn = Tensor::empty({n, hd});
+  linear_backward(dattn, p.o->grad, Tensor(), dy.contiguous(), saved.attn, p.o->value);
+  Tensor dq = Tensor::empty({n, hd}), dkv = Tensor::empty({batch * k, 2 * hd}), dp = Tensor::empty({k, hd});
+  RelAttentionCore core{saved.q.data<float>(), saved.kv.data<float>(), k * 2 * hd, saved.p.data<float>(),
+                        p.u->value.data<float>(), p.v->value.data<float>(), batch, seq_len, m, p.num_heads,
+                        p.head_dim};
+  rel_attention_core_backward(core, saved.attn.data<float>(), saved.lse.data<float>(), dattn.data<float>(),
+                              {dq.data<float>(), dkv.data<float>(), dp.data<float>(), p.u->grad.data<float>(),
+                               p.v->grad.data<float>()});
+  linear_backward(Tensor(), p.r->grad, Tensor(), dp, saved.pos, p.r->value);
+  linear_backward(dx, p.qkv->grad.slice(0, 0, hd), Tensor(), dq, x, p.qkv->value.slice(0, 0, hd));
+  const Tensor h = concat_memory(x, saved.memory, batch, seq_len);
+  Tensor dh = Tensor::empty({batch * k, c});
+  linear_backward(dh, p.qkv->grad.slice(0, hd, 3 * hd), Tensor(), dkv, h, p.qkv->value.slice(0, hd, 3 * hd));
+  // Only the segment's own rows pass their gradient on: the memory is a constant.
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t i = 0; i < seq_len; ++i)
+      axpy(dx.data<float>() + (b * seq_len + i) * c, 1.0f, dh.data<float>() + (b * k + m + i) * c, c);
+}
+
+}  // namespace mf
