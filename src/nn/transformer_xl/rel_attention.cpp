@@ -144,16 +144,19 @@ std::vector<const Tensor*> RelAttentionSaved::tensors() const {
   return out;
 }
 
-Tensor rel_position_table(std::int64_t count, std::int64_t hidden, std::int64_t clamp_len) {
+Tensor rel_position_table(std::int64_t begin, std::int64_t end, std::int64_t hidden, std::int64_t clamp_len) {
   MF_CHECK(hidden >= 2 && hidden % 2 == 0, kOp, " hidden_size (", hidden,
            ") must be even: the relative sinusoids are sin and cos halves");
-  Tensor r = Tensor::empty({count, hidden});
+  Tensor r = Tensor::empty({end - begin, hidden});
   const std::int64_t half = hidden / 2;
-  for (std::int64_t d = 0; d < count; ++d) {
+  std::vector<double> inv_freq(static_cast<std::size_t>(half));
+  for (std::int64_t k = 0; k < half; ++k)
+    inv_freq[k] = 1.0 / std::pow(10000.0, static_cast<double>(2 * k) / static_cast<double>(hidden));
+  for (std::int64_t d = begin; d < end; ++d) {
     const double t = static_cast<double>(clamp_len > 0 ? std::min(d, clamp_len) : d);
-    float* row = r.data<float>() + d * hidden;
+    float* row = r.data<float>() + (d - begin) * hidden;
     for (std::int64_t k = 0; k < half; ++k) {
-      const double angle = t / std::pow(10000.0, static_cast<double>(2 * k) / static_cast<double>(hidden));
+      const double angle = t * inv_freq[k];
       row[k] = static_cast<float>(std::sin(angle));
       row[half + k] = static_cast<float>(std::cos(angle));
     }
@@ -258,7 +261,7 @@ void rel_attention_forward(const Tensor& y, RelAttentionSaved* saved, const Tens
   Tensor q = Tensor::empty({n, hd}), kv = Tensor::empty({batch * k, 2 * hd});
   linear_forward(q, x, p.qkv->value.slice(0, 0, hd), Tensor());
   linear_forward(kv, h, p.qkv->value.slice(0, hd, 3 * hd), Tensor());
-  const Tensor pos = rel_position_table(k, c, p.clamp_len);
+  const Tensor pos = rel_position_table(0, k, c, p.clamp_len);
   Tensor pr = Tensor::empty({k, hd});
   linear_forward(pr, pos, p.r->value, Tensor());
   Tensor attn = Tensor::empty({n, hd}), lse = Tensor::empty({batch, p.num_heads, seq_len});

@@ -55,8 +55,8 @@ struct RelAttentionParams {
   Parameter* o = nullptr;      // [C, H*D] o_net.weight
 };
 
-// The sinusoids R_d for d = 0 .. count-1 (clamped as above): [count, C].
-Tensor rel_position_table(std::int64_t count, std::int64_t hidden, std::int64_t clamp_len);
+// The sinusoids R_d for d = begin .. end-1 (clamped as above): [end - begin, C].
+Tensor rel_position_table(std::int64_t begin, std::int64_t end, std::int64_t hidden, std::int64_t clamp_len);
 
 // Saved by a training forward (N = B*L, K = M + L).
 struct RelAttentionSaved {

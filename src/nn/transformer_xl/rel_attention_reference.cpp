@@ -204,8 +204,8 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
         dx.data<float>()[(b * L + i) * C + c] = static_cast<float>(s);
       }
   }
-  auto add = [](Parameter* p, const Mat& g) {
-    for (std::size_t i = 0; i < g.size(); ++i) p->grad.data<float>()[i] += static_cast<float>(g[i]);
+  auto add = [](Parameter* param, const Mat& g) {
+    for (std::size_t i = 0; i < g.size(); ++i) param->grad.data<float>()[i] += static_cast<float>(g[i]);
   };
   add(p.qkv, g_qkv);
   add(p.r, g_r);

@@ -172,7 +172,7 @@ class TransformerXlMixer final : public TokenMixer {
       std::memcpy(s->kv.data<float>() + (b * s->capacity + M) * 2 * hd, kv_new.data<float>() + b * L * 2 * hd,
                   static_cast<std::size_t>(L * 2 * hd) * sizeof(float));
     if (s->pos_rows < K) {
-      const Tensor table = rel_position_table(K, c, p_.clamp_len).slice(0, s->pos_rows, K).contiguous();
+      const Tensor table = rel_position_table(s->pos_rows, K, c, p_.clamp_len);
       linear_forward(s->pos.slice(0, s->pos_rows, K), table, p_.r->value, Tensor());
       s->pos_rows = K;
     }
