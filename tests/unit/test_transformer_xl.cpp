@@ -104,6 +104,7 @@ ModelConfig tiny_txl_config(std::int64_t mem_len, std::int64_t clamp_len = 0) {
 // 32-row query tile or 64-key tile, M = 0 and M > 0, L = 1, batch > 1, clamp_len
 // active, head dims 4..16; forward, dx and every parameter gradient.
 TEST(TransformerXl, FastMatchesReference) {
+  ScopedThreads one(1);  // tiny shapes: fork/join would dominate (DeterministicAcrossThreadCounts runs 2)
   const Shape6 shapes[] = {
       {2, 37, 0, 16, 2, 8, 0},   // M = 0, one partial query tile
       {2, 45, 19, 24, 3, 8, 0},  // keys past one key tile, 3 heads
@@ -180,6 +181,7 @@ const std::vector<std::string> kTxlFixtures = {"transformer_xl_no_memory", "tran
 // vs the PyTorch rewrite of RelPartialLearnableMultiHeadAttn (float64, the
 // literal _rel_shift, mems given): y, dx and every parameter gradient.
 TEST(TransformerXl, MatchesPyTorchFixtures) {
+  ScopedThreads one(1);
   for (const std::string& name : kTxlFixtures) {
     SCOPED_TRACE(name);
     mf::testing::FixtureModule f(name);

@@ -16,8 +16,10 @@ namespace mf {
 namespace {
 
 constexpr const char* kOp = "[transformer_xl]";
-// Tile sizes of the forward core (rows of queries x keys per online-softmax
-// update); 32 x 64 keeps a tile's scores (8 KiB) and the query rows in L1.
+// Tile sizes of the core, forward and backward (query rows x keys per tile):
+// 32 x 64 keeps a tile's scores (8 KiB), the transposed key tile and the
+// position band in L1 for D <= 64. A first choice, not yet tuned by
+// `modformer bench mixers`.
 constexpr std::int64_t kRelQueryTile = 32, kRelKeyTile = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -48,6 +50,66 @@ Tensor concat_memory(const Tensor& x, const Tensor& memory, std::int64_t batch, 
   return h;
 }
 
+// Scratch of one thread: a key or value tile transposed [D, kRelKeyTile] and
+// the band of position rows a tile needs, reversed and transposed
+// [D, kRelQueryTile + kRelKeyTile].
+struct TileScratch {
+  std::vector<float> keys_t, values_t, band_t;
+  explicit TileScratch(std::int64_t head_dim)
+      : keys_t(static_cast<std::size_t>(head_dim * kRelKeyTile)), values_t(keys_t.size()),
+        band_t(static_cast<std::size_t>(head_dim * (kRelQueryTile + kRelKeyTile))) {}
+};
+
+constexpr std::int64_t kBandWidth = kRelQueryTile + kRelKeyTile;
+
+// dst[d * kRelKeyTile + t] = rows[t * row_stride + d] for t < cols, d < D.
+void transpose_tile(float* dst, const float* rows, std::int64_t row_stride, std::int64_t cols, std::int64_t D) {
+  for (std::int64_t t = 0; t < cols; ++t)
+    for (std::int64_t d = 0; d < D; ++d) dst[d * kRelKeyTile + t] = rows[t * row_stride + d];
+}
+
+// The scores of query rows i0 .. i0 + rows - 1 against keys j0 .. j1 - 1 of
+// one head: s[r * kRelKeyTile + t] = scale ((q + u)_r . k_{j0+t} + (q + v)_r .
+// P_{M+i0+r-j0-t}) for visible keys, -inf for later ones. The position rows
+// of the tile are the band of distances dhi = M + i0 + rows - 1 - j0 down to
+// dhi - (rows + cols - 2), stored reversed (band column b = distance dhi - b,
+// zero where the distance is negative), so row r reads the contiguous columns
+// rows - 1 - r + t: both terms are then loops over t (keys) without
+// horizontal sums. The keys' transpose is left in scratch.keys_t.
+void tile_scores(float* s, TileScratch& scratch, const float* qu, const float* qv, std::int64_t rows,
+                 std::int64_t i0, std::int64_t j0, std::int64_t j1, const RelAttentionCore& c, const float* kv,
+                 std::int64_t h, float scale) {
+  const std::int64_t D = c.head_dim, HD = c.heads * D, M = c.mem_len, cols = j1 - j0;
+  transpose_tile(scratch.keys_t.data(), kv + j0 * 2 * HD + h * D, 2 * HD, cols, D);
+  const std::int64_t dhi = M + i0 + rows - 1 - j0, width = rows + cols - 1;
+  for (std::int64_t b = 0; b < width; ++b) {
+    const std::int64_t distance = dhi - b;
+    for (std::int64_t d = 0; d < D; ++d)
+      scratch.band_t[d * kBandWidth + b] = distance >= 0 ? c.p[distance * HD + h * D + d] : 0.0f;
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* srow = s + r * kRelKeyTile;
+    std::fill_n(srow, cols, 0.0f);
+    for (std::int64_t d = 0; d < D; ++d) {
+      axpy(srow, qu[r * D + d], scratch.keys_t.data() + d * kRelKeyTile, cols);
+      axpy(srow, qv[r * D + d], scratch.band_t.data() + d * kBandWidth + (rows - 1 - r), cols);
+    }
+    const std::int64_t visible = std::min(cols, M + i0 + r - j0 + 1);  // keys j <= M + i
+    for (std::int64_t t = 0; t < cols; ++t) srow[t] = t < visible ? scale * srow[t] : kNegInf;
+  }
+}
+
+// (q + u) and (q + v) of query rows i0 .. i0 + rows - 1 of head h.
+void biased_queries(float* qu, float* qv, const RelAttentionCore& c, std::int64_t b, std::int64_t h, std::int64_t i0,
+                    std::int64_t rows) {
+  const std::int64_t D = c.head_dim, HD = c.heads * D;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* q = c.q + (b * c.seq_len + i0 + r) * HD + h * D;
+    for (std::int64_t d = 0; d < D; ++d)
+      qu[r * D + d] = q[d] + c.u[h * D + d], qv[r * D + d] = q[d] + c.vb[h * D + d];
+  }
+}
+
 struct CoreGrads {
   float* dq;   // [B*L, H*D] written
   float* dkv;  // [B*K, 2*H*D] written
@@ -57,21 +119,25 @@ struct CoreGrads {
 };
 
 // The backward of rel_attention_core_forward (flash style: the probabilities
-// recomputed from lse, D_i = dO_i . O_i):
+// recomputed tile by tile from lse, D_i = dO_i . O_i):
 //   p_ij = exp(s_ij - lse_i), ds_ij = p_ij (dO_i . v_j - D_i)
 //   dv_j = sum_i p_ij dO_i
 //   dq_i = scale sum_j ds_ij (k_j + P_{M+i-j}),  du = scale sum_ij ds_ij k_j,  dv_bias = scale sum_ij ds_ij P_{M+i-j}
 //   dk_j = scale sum_i ds_ij (q_i + u),  dP_d = scale sum_{i-j = d-M} ds_ij (q_i + v)
+// OpenMP over (batch, head): each writes its own columns of dq and dkv and
+// its own partial dP, du, dv_bias, summed over the batch in order afterwards.
 void rel_attention_core_backward(const RelAttentionCore& c, const float* attn, const float* lse, const float* dattn,
                                  const CoreGrads& g) {
   const std::int64_t B = c.batch, L = c.seq_len, M = c.mem_len, H = c.heads, D = c.head_dim, HD = H * D, K = M + L;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  // Per (batch, head) partial sums of dP, du, dv_bias, reduced below in batch order.
   std::vector<float> dp_part(static_cast<std::size_t>(B * H * K * D), 0.0f);
   std::vector<float> du_part(static_cast<std::size_t>(B * H * D), 0.0f), dvb_part(du_part.size(), 0.0f);
 #pragma omp parallel
   {
-    std::vector<float> qu(static_cast<std::size_t>(D)), qv(qu.size()), gk(qu.size()), gp(qu.size());
+    TileScratch scratch(D);
+    std::vector<float> qu(static_cast<std::size_t>(kRelQueryTile * D)), qv(qu.size()), gk(qu.size()), gp(qu.size());
+    std::vector<float> score(static_cast<std::size_t>(kRelQueryTile * kRelKeyTile)), dpv(score.size());
+    float delta[kRelQueryTile];
 #pragma omp for schedule(dynamic)
     for (std::int64_t bh = 0; bh < B * H; ++bh) {
       const std::int64_t b = bh / H, h = bh % H;
@@ -82,34 +148,54 @@ void rel_attention_core_backward(const RelAttentionCore& c, const float* attn, c
         std::fill_n(dkv + j * 2 * HD + HD + h * D, D, 0.0f);
       }
       float* dp = dp_part.data() + bh * K * D;
-      float* du = du_part.data() + bh * D;
-      float* dvb = dvb_part.data() + bh * D;
-      for (std::int64_t i = 0; i < L; ++i) {
-        const std::int64_t row = b * L + i;
-        const float* q = c.q + row * HD + h * D;
-        for (std::int64_t d = 0; d < D; ++d) qu[d] = q[d] + c.u[h * D + d], qv[d] = q[d] + c.vb[h * D + d];
-        const float* dout = dattn + row * HD + h * D;
-        const float delta = dot(dout, attn + row * HD + h * D, D);
-        const float row_lse = lse[bh * L + i];
+      for (std::int64_t i0 = 0; i0 < L; i0 += kRelQueryTile) {
+        const std::int64_t rows = std::min(kRelQueryTile, L - i0);
+        biased_queries(qu.data(), qv.data(), c, b, h, i0, rows);
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const std::int64_t row = b * L + i0 + r;
+          delta[r] = dot(dattn + row * HD + h * D, attn + row * HD + h * D, D);
+        }
         std::fill(gk.begin(), gk.end(), 0.0f);
         std::fill(gp.begin(), gp.end(), 0.0f);
-        for (std::int64_t j = 0; j <= M + i; ++j) {
-          const float* key = kv + j * 2 * HD + h * D;
-          const float* value = key + HD;
-          const float* pos = c.p + (M + i - j) * HD + h * D;
-          const float prob = std::exp(scale * (dot(qu.data(), key, D) + dot(qv.data(), pos, D)) - row_lse);
-          const float ds = prob * (dot(dout, value, D) - delta);
-          axpy(dkv + j * 2 * HD + HD + h * D, prob, dout, D);
-          axpy(gk.data(), ds, key, D);
-          axpy(gp.data(), ds, pos, D);
-          axpy(dkv + j * 2 * HD + h * D, ds * scale, qu.data(), D);
-          axpy(dp + (M + i - j) * D, ds * scale, qv.data(), D);
+        const std::int64_t key_end = M + i0 + rows;
+        for (std::int64_t j0 = 0; j0 < key_end; j0 += kRelKeyTile) {
+          const std::int64_t j1 = std::min(key_end, j0 + kRelKeyTile), cols = j1 - j0;
+          tile_scores(score.data(), scratch, qu.data(), qv.data(), rows, i0, j0, j1, c, kv, h, scale);
+          // dO_r . v_j for the tile, as the scores: a loop over keys per channel.
+          transpose_tile(scratch.values_t.data(), kv + j0 * 2 * HD + HD + h * D, 2 * HD, cols, D);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            float* drow = dpv.data() + r * kRelKeyTile;
+            std::fill_n(drow, cols, 0.0f);
+            const float* dout = dattn + (b * L + i0 + r) * HD + h * D;
+            for (std::int64_t d = 0; d < D; ++d) axpy(drow, dout[d], scratch.values_t.data() + d * kRelKeyTile, cols);
+          }
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const std::int64_t i = i0 + r, visible = std::min(cols, M + i - j0 + 1);
+            const float* dout = dattn + (b * L + i) * HD + h * D;
+            const float row_lse = lse[bh * L + i];
+            for (std::int64_t t = 0; t < visible; ++t) {
+              const std::int64_t j = j0 + t, distance = M + i - j;
+              const float prob = std::exp(score[r * kRelKeyTile + t] - row_lse);
+              const float ds = prob * (dpv[r * kRelKeyTile + t] - delta[r]);
+              const float* key = kv + j * 2 * HD + h * D;
+              const float* pos = c.p + distance * HD + h * D;
+              axpy(dkv + j * 2 * HD + HD + h * D, prob, dout, D);
+              axpy(gk.data() + r * D, ds, key, D);
+              axpy(gp.data() + r * D, ds, pos, D);
+              axpy(dkv + j * 2 * HD + h * D, ds * scale, qu.data() + r * D, D);
+              axpy(dp + distance * D, ds * scale, qv.data() + r * D, D);
+            }
+          }
         }
-        float* dq = g.dq + row * HD + h * D;
-        for (std::int64_t d = 0; d < D; ++d) {
-          dq[d] = scale * (gk[d] + gp[d]);
-          du[d] += scale * gk[d];
-          dvb[d] += scale * gp[d];
+        float* du = du_part.data() + bh * D;
+        float* dvb = dvb_part.data() + bh * D;
+        for (std::int64_t r = 0; r < rows; ++r) {
+          float* dq = g.dq + (b * L + i0 + r) * HD + h * D;
+          for (std::int64_t d = 0; d < D; ++d) {
+            dq[d] = scale * (gk[r * D + d] + gp[r * D + d]);
+            du[d] += scale * gk[r * D + d];
+            dvb[d] += scale * gp[r * D + d];
+          }
         }
       }
     }
@@ -194,6 +280,7 @@ void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* l
   const std::int64_t query_tiles = (L + kRelQueryTile - 1) / kRelQueryTile;
 #pragma omp parallel
   {
+    TileScratch scratch(D);
     std::vector<float> qu(static_cast<std::size_t>(kRelQueryTile * D)), qv(qu.size()), acc(qu.size());
     std::vector<float> score(static_cast<std::size_t>(kRelQueryTile * kRelKeyTile));
     float row_max[kRelQueryTile], row_sum[kRelQueryTile];
@@ -202,39 +289,30 @@ void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* l
       const std::int64_t b = unit / (H * query_tiles), h = unit / query_tiles % H, tile = unit % query_tiles;
       const std::int64_t i0 = tile * kRelQueryTile, rows = std::min(kRelQueryTile, L - i0);
       const float* kv = c.kv + b * c.kv_batch_stride;
-      for (std::int64_t r = 0; r < rows; ++r) {
-        const float* q = c.q + (b * L + i0 + r) * HD + h * D;
-        for (std::int64_t d = 0; d < D; ++d)
-          qu[r * D + d] = q[d] + c.u[h * D + d], qv[r * D + d] = q[d] + c.vb[h * D + d];
-        row_max[r] = kNegInf;
-        row_sum[r] = 0.0f;
-      }
+      biased_queries(qu.data(), qv.data(), c, b, h, i0, rows);
+      std::fill_n(row_max, rows, kNegInf);
+      std::fill_n(row_sum, rows, 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
       const std::int64_t key_end = M + i0 + rows;  // the last row sees keys 0 .. M + i0 + rows - 1
       for (std::int64_t j0 = 0; j0 < key_end; j0 += kRelKeyTile) {
         const std::int64_t j1 = std::min(key_end, j0 + kRelKeyTile);
+        tile_scores(score.data(), scratch, qu.data(), qv.data(), rows, i0, j0, j1, c, kv, h, scale);
         for (std::int64_t r = 0; r < rows; ++r) {
-          const std::int64_t last = M + i0 + r;  // the row's last visible key
-          if (j0 > last) continue;
-          float* s = score.data() + r * kRelKeyTile;
-          const std::int64_t jend = std::min(j1, last + 1);
+          const std::int64_t visible = std::min(j1 - j0, M + i0 + r - j0 + 1);
+          if (visible <= 0) continue;  // the row sees no key of this tile
+          const float* s = score.data() + r * kRelKeyTile;
           float tile_max = kNegInf;
-          for (std::int64_t j = j0; j < jend; ++j) {
-            // AC + BD: the content term and the position term of distance last - j = M + i - j.
-            const float v = scale * (dot(qu.data() + r * D, kv + j * 2 * HD + h * D, D) +
-                                     dot(qv.data() + r * D, c.p + (last - j) * HD + h * D, D));
-            s[j - j0] = v;
-            tile_max = std::max(tile_max, v);
-          }
+          for (std::int64_t t = 0; t < visible; ++t) tile_max = std::max(tile_max, s[t]);
+          // Online softmax: rescale what the earlier tiles summed to the new max.
           const float new_max = std::max(row_max[r], tile_max);
           const float rescale = row_max[r] == kNegInf ? 0.0f : std::exp(row_max[r] - new_max);
           float* a = acc.data() + r * D;
           float sum = row_sum[r] * rescale;
           for (std::int64_t d = 0; d < D; ++d) a[d] *= rescale;
-          for (std::int64_t j = j0; j < jend; ++j) {
-            const float prob = std::exp(s[j - j0] - new_max);
+          for (std::int64_t t = 0; t < visible; ++t) {
+            const float prob = std::exp(s[t] - new_max);
             sum += prob;
-            axpy(a, prob, kv + j * 2 * HD + HD + h * D, D);
+            axpy(a, prob, kv + (j0 + t) * 2 * HD + HD + h * D, D);
           }
           row_sum[r] = sum;
           row_max[r] = new_max;
