@@ -34,16 +34,16 @@ using mf::testing::ScopedThreads;
 namespace {
 
 struct Shape6 {
-  std::int64_t batch, seq_len, mem_len, c, heads, head_dim, clamp_len;
+  std::int64_t batch, seq_len, mem_len, c, heads, head_dim, clamp_len, kv_heads = 0;  // 0: = heads
 };
 
 struct Layer : mf::testing::OwnedParameters {
   RelAttentionParams p;
   Layer(const Shape6& s, std::uint64_t param_seed) {
     seed = param_seed;
-    const std::int64_t hd = s.heads * s.head_dim;
-    p.num_heads = s.heads, p.head_dim = s.head_dim, p.clamp_len = s.clamp_len;
-    p.qkv = make("qkv_net", {3 * hd, s.c}, 0.0f, 1.0f / std::sqrt(static_cast<float>(s.c)));
+    const std::int64_t hd = s.heads * s.head_dim, kv_heads = s.kv_heads > 0 ? s.kv_heads : s.heads;
+    p.num_heads = s.heads, p.num_kv_heads = kv_heads, p.head_dim = s.head_dim, p.clamp_len = s.clamp_len;
+    p.qkv = make("qkv_net", {hd + 2 * kv_heads * s.head_dim, s.c}, 0.0f, 1.0f / std::sqrt(static_cast<float>(s.c)));
     p.r = make("r_net", {hd, s.c}, 0.0f, 1.0f / std::sqrt(static_cast<float>(s.c)));
     p.u = make("r_w_bias", {s.heads, s.head_dim}, 0.0f, 0.3f);
     p.v = make("r_r_bias", {s.heads, s.head_dim}, 0.0f, 0.3f);
@@ -69,7 +69,8 @@ LayerRun run_fast(Layer& l, const Tensor& x, const Tensor& mem, const Tensor& dy
   return r;
 }
 
-LayerRun run_reference(Layer& l, const Tensor& x, const Tensor& mem, const Tensor& dy, std::int64_t b, std::int64_t len) {
+LayerRun run_reference(Layer& l, const Tensor& x, const Tensor& mem, const Tensor& dy, std::int64_t b,
+                       std::int64_t len) {
   l.zero_grads();
   LayerRun r{Tensor::empty(x.shape()), Tensor::empty(x.shape()), {}};
   reference::rel_attention_forward(r.y, x, mem, b, len, l.p);
@@ -84,10 +85,10 @@ Tensor memory_of(const Shape6& s, std::uint64_t seed) {
 
 // A tiny decoder of transformer_xl layers over bytes: no absolute positions
 // (the relative sinusoids are the positions), post-norm LayerNorm as the
-// reference, untied head.
-ModelConfig tiny_txl_config(std::int64_t mem_len, std::int64_t clamp_len = 0) {
+// reference, untied head; 4 heads sharing kv_heads key/value heads.
+ModelConfig tiny_txl_config(std::int64_t mem_len, std::int64_t clamp_len = 0, std::int64_t kv_heads = 4) {
   ModelConfig cfg = mf::testing::tiny_modformer_config(AttentionImpl::Flash);
-  cfg.num_key_value_heads = cfg.num_attention_heads;
+  cfg.num_key_value_heads = kv_heads;
   cfg.position = PositionKind::None;
   cfg.norm = NormKind::LayerNorm;
   cfg.norm_placement = NormPlacement::Post;
@@ -102,7 +103,7 @@ ModelConfig tiny_txl_config(std::int64_t mem_len, std::int64_t clamp_len = 0) {
 // The tiled kernel (online softmax over key tiles, the position term per tile)
 // == the dense reference with the literal rel-shift: L not a multiple of the
 // 32-row query tile or 64-key tile, M = 0 and M > 0, L = 1, batch > 1, clamp_len
-// active, head dims 4..16; forward, dx and every parameter gradient.
+// active, GQA 2:1 and 8:1, head dims 4..16; forward, dx and every parameter gradient.
 TEST(TransformerXl, FastMatchesReference) {
   ScopedThreads one(1);  // tiny shapes: fork/join would dominate (DeterministicAcrossThreadCounts runs 2)
   const Shape6 shapes[] = {
@@ -111,6 +112,8 @@ TEST(TransformerXl, FastMatchesReference) {
       {1, 1, 70, 16, 2, 8, 0},   // L = 1 with a long memory
       {3, 33, 40, 16, 4, 4, 10},  // clamp_len active
       {1, 70, 65, 16, 2, 16, 30},  // several query and key tiles, clamp
+      {2, 35, 30, 16, 4, 8, 0, 2},  // GQA 2:1
+      {1, 20, 9, 16, 8, 4, 6, 1},   // GQA 8:1 (one key/value head), clamp
   };
   int i = 0;
   for (const Shape6& s : shapes) {
@@ -133,7 +136,7 @@ TEST(TransformerXl, FastMatchesReference) {
 // sum(y * w), the memory held constant (it is an input without gradient).
 TEST(TransformerXl, GradientsMatchFiniteDifferences) {
   ScopedThreads one(1);
-  for (const Shape6& s : {Shape6{2, 5, 3, 8, 2, 4, 0}, Shape6{1, 6, 4, 8, 2, 4, 3}}) {
+  for (const Shape6& s : {Shape6{2, 5, 3, 8, 2, 4, 0}, Shape6{1, 6, 4, 8, 4, 2, 3, 2}}) {
     SCOPED_TRACE("M=" + std::to_string(s.mem_len) + " clamp=" + std::to_string(s.clamp_len));
     Layer l(s, 5);
     const std::int64_t n = s.batch * s.seq_len;
@@ -162,7 +165,7 @@ TEST(TransformerXl, GradientsMatchFiniteDifferences) {
 
 // Equal bits on 1 and 2 threads, forward and backward, on shapes that go parallel.
 TEST(TransformerXl, DeterministicAcrossThreadCounts) {
-  const Shape6 s{2, 50, 30, 32, 4, 8, 0};
+  const Shape6 s{2, 50, 30, 32, 4, 8, 0, 2};
   Layer l(s, 3);
   const Tensor x = randn({100, 32}, 1), dy = randn({100, 32}, 2), mem = memory_of(s, 4);
   mf::testing::expect_same_bits_across_threads([&] {
@@ -187,6 +190,7 @@ TEST(TransformerXl, MatchesPyTorchFixtures) {
     mf::testing::FixtureModule f(name);
     RelAttentionParams p;
     p.num_heads = f.option("num_heads"), p.head_dim = f.option("head_dim"), p.clamp_len = f.option("clamp_len");
+    p.num_kv_heads = p.num_heads;  // the reference has no grouped keys
     p.qkv = f.param("qkv_net"), p.r = f.param("r_net"), p.u = f.param("r_w_bias"), p.v = f.param("r_r_bias");
     p.o = f.param("o_net");
     const std::int64_t b = f.option("batch"), l = f.option("seq_len");
@@ -265,7 +269,7 @@ TEST(TransformerXl, MemoryGetsNoGradient) {
 // Cached generation (prefill, then one token per step) == the full forward.
 TEST(TransformerXl, GenerationEqualsFullForward) {
   ScopedThreads one(1);
-  Transformer m(tiny_txl_config(8, 9), 3);
+  Transformer m(tiny_txl_config(8, 9, 2), 3);  // clamp_len 9 < 19 positions, GQA 4:2
   const Tensor tokens = mf::testing::random_tokens({2, 19}, 4, 23);
   mf::testing::expect_generation_equals_full_forward(m, tokens, 6, 2e-5f);
 }
@@ -302,6 +306,7 @@ TEST(TransformerXl, TinyLmTrainsThroughSegments) {
 
 // Each bad input or impossible config is refused with a message naming it.
 TEST(TransformerXl, RejectsBadInput) {
+  ScopedThreads single(1);
   const Shape6 s{1, 4, 0, 8, 2, 4, 0};
   Layer l(s, 1);
   const Tensor x = randn({4, 8}, 1), y = Tensor::empty({4, 8});
@@ -322,8 +327,8 @@ TEST(TransformerXl, RejectsBadInput) {
   j["position"] = "rope";
   EXPECT_ERROR("set \"position\": \"none\"", Transformer(config_from_json(j, "t.json")));
   j = config_to_json(cfg);
-  j["num_key_value_heads"] = 2;
-  EXPECT_ERROR("must equal num_attention_heads", Transformer(config_from_json(j, "t.json")));
+  j["num_key_value_heads"] = 3;
+  EXPECT_ERROR("num_key_value_heads", Transformer(config_from_json(j, "t.json")));
   j = config_to_json(cfg);
   j["transformer_xl"] = {{"mem_len", -1}};
   EXPECT_ERROR("mem_len", config_from_json(j, "t.json"));
@@ -341,7 +346,8 @@ TEST(TransformerXl, RejectsBadInput) {
   EXPECT_ERROR("the segment memory was made for batch 2", m.segment_logits(tokens, memory.get()));
   auto one = m.new_segment_memory(1);
   m.set_gradient_checkpointing(true);
-  EXPECT_ERROR("cannot be used with reversible blocks or gradient checkpointing", m.loss(tokens, tokens, true, one.get()));
+  EXPECT_ERROR("cannot be used with reversible blocks or gradient checkpointing",
+               m.loss(tokens, tokens, true, one.get()));
   Transformer plain(mf::testing::tiny_modformer_config(AttentionImpl::Flash), 1);
   EXPECT_EQ(plain.new_segment_memory(1), nullptr);
 }

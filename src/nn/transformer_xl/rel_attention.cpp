@@ -79,8 +79,9 @@ void transpose_tile(float* dst, const float* rows, std::int64_t row_stride, std:
 void tile_scores(float* s, TileScratch& scratch, const float* qu, const float* qv, std::int64_t rows,
                  std::int64_t i0, std::int64_t j0, std::int64_t j1, const RelAttentionCore& c, const float* kv,
                  std::int64_t h, float scale) {
-  const std::int64_t D = c.head_dim, HD = c.heads * D, M = c.mem_len, cols = j1 - j0;
-  transpose_tile(scratch.keys_t.data(), kv + j0 * 2 * HD + h * D, 2 * HD, cols, D);
+  const std::int64_t D = c.head_dim, HD = c.heads * D, KD = c.kv_heads * D, M = c.mem_len, cols = j1 - j0;
+  const std::int64_t g = h / (c.heads / c.kv_heads);  // the key/value head of query head h
+  transpose_tile(scratch.keys_t.data(), kv + j0 * 2 * KD + g * D, 2 * KD, cols, D);
   const std::int64_t dhi = M + i0 + rows - 1 - j0, width = rows + cols - 1;
   for (std::int64_t b = 0; b < width; ++b) {
     const std::int64_t distance = dhi - b;
@@ -112,7 +113,7 @@ void biased_queries(float* qu, float* qv, const RelAttentionCore& c, std::int64_
 
 struct CoreGrads {
   float* dq;   // [B*L, H*D] written
-  float* dkv;  // [B*K, 2*H*D] written
+  float* dkv;  // [B*K, 2*Hkv*D] written
   float* dp;   // [K, H*D] written
   float* du;   // [H, D] +=
   float* dvb;  // [H, D] +=
@@ -129,6 +130,7 @@ struct CoreGrads {
 void rel_attention_core_backward(const RelAttentionCore& c, const float* attn, const float* lse, const float* dattn,
                                  const CoreGrads& g) {
   const std::int64_t B = c.batch, L = c.seq_len, M = c.mem_len, H = c.heads, D = c.head_dim, HD = H * D, K = M + L;
+  const std::int64_t Hkv = c.kv_heads, KD = Hkv * D, group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<float> dp_part(static_cast<std::size_t>(B * H * K * D), 0.0f);
   std::vector<float> du_part(static_cast<std::size_t>(B * H * D), 0.0f), dvb_part(du_part.size(), 0.0f);
@@ -139,62 +141,65 @@ void rel_attention_core_backward(const RelAttentionCore& c, const float* attn, c
     std::vector<float> score(static_cast<std::size_t>(kRelQueryTile * kRelKeyTile)), dpv(score.size());
     float delta[kRelQueryTile];
 #pragma omp for schedule(dynamic)
-    for (std::int64_t bh = 0; bh < B * H; ++bh) {
-      const std::int64_t b = bh / H, h = bh % H;
+    for (std::int64_t bkv = 0; bkv < B * Hkv; ++bkv) {
+      // One key/value head and the `group` query heads that read it, in order.
+      const std::int64_t b = bkv / Hkv, kvh = bkv % Hkv;
       const float* kv = c.kv + b * c.kv_batch_stride;
-      float* dkv = g.dkv + b * K * 2 * HD;
+      float* dkv = g.dkv + b * K * 2 * KD;
       for (std::int64_t j = 0; j < K; ++j) {
-        std::fill_n(dkv + j * 2 * HD + h * D, D, 0.0f);
-        std::fill_n(dkv + j * 2 * HD + HD + h * D, D, 0.0f);
+        std::fill_n(dkv + j * 2 * KD + kvh * D, D, 0.0f);
+        std::fill_n(dkv + j * 2 * KD + KD + kvh * D, D, 0.0f);
       }
-      float* dp = dp_part.data() + bh * K * D;
-      for (std::int64_t i0 = 0; i0 < L; i0 += kRelQueryTile) {
-        const std::int64_t rows = std::min(kRelQueryTile, L - i0);
-        biased_queries(qu.data(), qv.data(), c, b, h, i0, rows);
-        for (std::int64_t r = 0; r < rows; ++r) {
-          const std::int64_t row = b * L + i0 + r;
-          delta[r] = dot(dattn + row * HD + h * D, attn + row * HD + h * D, D);
-        }
-        std::fill(gk.begin(), gk.end(), 0.0f);
-        std::fill(gp.begin(), gp.end(), 0.0f);
-        const std::int64_t key_end = M + i0 + rows;
-        for (std::int64_t j0 = 0; j0 < key_end; j0 += kRelKeyTile) {
-          const std::int64_t j1 = std::min(key_end, j0 + kRelKeyTile), cols = j1 - j0;
-          tile_scores(score.data(), scratch, qu.data(), qv.data(), rows, i0, j0, j1, c, kv, h, scale);
-          // dO_r . v_j for the tile, as the scores: a loop over keys per channel.
-          transpose_tile(scratch.values_t.data(), kv + j0 * 2 * HD + HD + h * D, 2 * HD, cols, D);
+      for (std::int64_t h = kvh * group, bh = b * H + h; h < (kvh + 1) * group; ++h, ++bh) {
+        float* dp = dp_part.data() + bh * K * D;
+        for (std::int64_t i0 = 0; i0 < L; i0 += kRelQueryTile) {
+          const std::int64_t rows = std::min(kRelQueryTile, L - i0);
+          biased_queries(qu.data(), qv.data(), c, b, h, i0, rows);
           for (std::int64_t r = 0; r < rows; ++r) {
-            float* drow = dpv.data() + r * kRelKeyTile;
-            std::fill_n(drow, cols, 0.0f);
-            const float* dout = dattn + (b * L + i0 + r) * HD + h * D;
-            for (std::int64_t d = 0; d < D; ++d) axpy(drow, dout[d], scratch.values_t.data() + d * kRelKeyTile, cols);
+            const std::int64_t row = b * L + i0 + r;
+            delta[r] = dot(dattn + row * HD + h * D, attn + row * HD + h * D, D);
           }
-          for (std::int64_t r = 0; r < rows; ++r) {
-            const std::int64_t i = i0 + r, visible = std::min(cols, M + i - j0 + 1);
-            const float* dout = dattn + (b * L + i) * HD + h * D;
-            const float row_lse = lse[bh * L + i];
-            for (std::int64_t t = 0; t < visible; ++t) {
-              const std::int64_t j = j0 + t, distance = M + i - j;
-              const float prob = std::exp(score[r * kRelKeyTile + t] - row_lse);
-              const float ds = prob * (dpv[r * kRelKeyTile + t] - delta[r]);
-              const float* key = kv + j * 2 * HD + h * D;
-              const float* pos = c.p + distance * HD + h * D;
-              axpy(dkv + j * 2 * HD + HD + h * D, prob, dout, D);
-              axpy(gk.data() + r * D, ds, key, D);
-              axpy(gp.data() + r * D, ds, pos, D);
-              axpy(dkv + j * 2 * HD + h * D, ds * scale, qu.data() + r * D, D);
-              axpy(dp + distance * D, ds * scale, qv.data() + r * D, D);
+          std::fill(gk.begin(), gk.end(), 0.0f);
+          std::fill(gp.begin(), gp.end(), 0.0f);
+          const std::int64_t key_end = M + i0 + rows;
+          for (std::int64_t j0 = 0; j0 < key_end; j0 += kRelKeyTile) {
+            const std::int64_t j1 = std::min(key_end, j0 + kRelKeyTile), cols = j1 - j0;
+            tile_scores(score.data(), scratch, qu.data(), qv.data(), rows, i0, j0, j1, c, kv, h, scale);
+            // dO_r . v_j for the tile, as the scores: a loop over keys per channel.
+            transpose_tile(scratch.values_t.data(), kv + j0 * 2 * KD + KD + kvh * D, 2 * KD, cols, D);
+            for (std::int64_t r = 0; r < rows; ++r) {
+              float* drow = dpv.data() + r * kRelKeyTile;
+              std::fill_n(drow, cols, 0.0f);
+              const float* dout = dattn + (b * L + i0 + r) * HD + h * D;
+              for (std::int64_t d = 0; d < D; ++d) axpy(drow, dout[d], scratch.values_t.data() + d * kRelKeyTile, cols);
+            }
+            for (std::int64_t r = 0; r < rows; ++r) {
+              const std::int64_t i = i0 + r, visible = std::min(cols, M + i - j0 + 1);
+              const float* dout = dattn + (b * L + i) * HD + h * D;
+              const float row_lse = lse[bh * L + i];
+              for (std::int64_t t = 0; t < visible; ++t) {
+                const std::int64_t j = j0 + t, distance = M + i - j;
+                const float prob = std::exp(score[r * kRelKeyTile + t] - row_lse);
+                const float ds = prob * (dpv[r * kRelKeyTile + t] - delta[r]);
+                const float* key = kv + j * 2 * KD + kvh * D;
+                const float* pos = c.p + distance * HD + h * D;
+                axpy(dkv + j * 2 * KD + KD + kvh * D, prob, dout, D);
+                axpy(gk.data() + r * D, ds, key, D);
+                axpy(gp.data() + r * D, ds, pos, D);
+                axpy(dkv + j * 2 * KD + kvh * D, ds * scale, qu.data() + r * D, D);
+                axpy(dp + distance * D, ds * scale, qv.data() + r * D, D);
+              }
             }
           }
-        }
-        float* du = du_part.data() + bh * D;
-        float* dvb = dvb_part.data() + bh * D;
-        for (std::int64_t r = 0; r < rows; ++r) {
-          float* dq = g.dq + (b * L + i0 + r) * HD + h * D;
-          for (std::int64_t d = 0; d < D; ++d) {
-            dq[d] = scale * (gk[r * D + d] + gp[r * D + d]);
-            du[d] += scale * gk[r * D + d];
-            dvb[d] += scale * gp[r * D + d];
+          float* du = du_part.data() + bh * D;
+          float* dvb = dvb_part.data() + bh * D;
+          for (std::int64_t r = 0; r < rows; ++r) {
+            float* dq = g.dq + (b * L + i0 + r) * HD + h * D;
+            for (std::int64_t d = 0; d < D; ++d) {
+              dq[d] = scale * (gk[r * D + d] + gp[r * D + d]);
+              du[d] += scale * gk[r * D + d];
+              dvb[d] += scale * gp[r * D + d];
+            }
           }
         }
       }
@@ -260,9 +265,11 @@ void rel_attention_check(const Tensor& x, const Tensor& memory, std::int64_t bat
            x.defined() ? shape_str(x.shape()) : "(undefined)");
   MF_CHECK(batch >= 1 && seq_len >= 1 && x.size(0) == batch * seq_len, kOp, " input has ", x.size(0),
            " rows but batch ", batch, " x seq_len ", seq_len, " were given");
-  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim;
+  MF_CHECK(p.num_kv_heads >= 1 && p.num_heads % p.num_kv_heads == 0, kOp, " num_heads (", p.num_heads,
+           ") must be a positive multiple of num_kv_heads (", p.num_kv_heads, ")");
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, kd = p.num_kv_heads * p.head_dim;
   MF_CHECK(c % 2 == 0, kOp, " hidden_size (", c, ") must be even: the relative sinusoids are sin and cos halves");
-  check_param(p.qkv, "qkv_net", {3 * hd, c});
+  check_param(p.qkv, "qkv_net", {hd + 2 * kd, c});
   check_param(p.r, "r_net", {hd, c});
   check_param(p.u, "r_w_bias", {p.num_heads, p.head_dim});
   check_param(p.v, "r_r_bias", {p.num_heads, p.head_dim});
@@ -276,6 +283,7 @@ void rel_attention_check(const Tensor& x, const Tensor& memory, std::int64_t bat
 
 void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* lse) {
   const std::int64_t B = c.batch, L = c.seq_len, M = c.mem_len, H = c.heads, D = c.head_dim, HD = H * D;
+  const std::int64_t KD = c.kv_heads * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const std::int64_t query_tiles = (L + kRelQueryTile - 1) / kRelQueryTile;
 #pragma omp parallel
@@ -287,6 +295,7 @@ void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* l
 #pragma omp for schedule(dynamic)
     for (std::int64_t unit = 0; unit < B * H * query_tiles; ++unit) {
       const std::int64_t b = unit / (H * query_tiles), h = unit / query_tiles % H, tile = unit % query_tiles;
+      const std::int64_t value_offset = KD + h / (H / c.kv_heads) * D;  // the value columns of h's key/value head
       const std::int64_t i0 = tile * kRelQueryTile, rows = std::min(kRelQueryTile, L - i0);
       const float* kv = c.kv + b * c.kv_batch_stride;
       biased_queries(qu.data(), qv.data(), c, b, h, i0, rows);
@@ -312,7 +321,7 @@ void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* l
           for (std::int64_t t = 0; t < visible; ++t) {
             const float prob = std::exp(s[t] - new_max);
             sum += prob;
-            axpy(a, prob, kv + (j0 + t) * 2 * HD + HD + h * D, D);
+            axpy(a, prob, kv + (j0 + t) * 2 * KD + value_offset, D);
           }
           row_sum[r] = sum;
           row_max[r] = new_max;
@@ -333,18 +342,18 @@ void rel_attention_forward(const Tensor& y, RelAttentionSaved* saved, const Tens
   rel_attention_check(x, memory, batch, seq_len, p);
   MF_CHECK(y.defined() && y.shape() == x.shape() && y.is_contiguous(), kOp, " output must be a contiguous ",
            shape_str(x.shape()), " tensor");
-  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, n = batch * seq_len;
-  const std::int64_t m = memory.defined() ? memory.size(1) : 0, k = m + seq_len;
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, kd = p.num_kv_heads * p.head_dim;
+  const std::int64_t n = batch * seq_len, m = memory.defined() ? memory.size(1) : 0, k = m + seq_len;
   const Tensor h = concat_memory(x, memory, batch, seq_len);
-  Tensor q = Tensor::empty({n, hd}), kv = Tensor::empty({batch * k, 2 * hd});
+  Tensor q = Tensor::empty({n, hd}), kv = Tensor::empty({batch * k, 2 * kd});
   linear_forward(q, x, p.qkv->value.slice(0, 0, hd), Tensor());
-  linear_forward(kv, h, p.qkv->value.slice(0, hd, 3 * hd), Tensor());
+  linear_forward(kv, h, p.qkv->value.slice(0, hd, hd + 2 * kd), Tensor());
   const Tensor pos = rel_position_table(0, k, c, p.clamp_len);
   Tensor pr = Tensor::empty({k, hd});
   linear_forward(pr, pos, p.r->value, Tensor());
   Tensor attn = Tensor::empty({n, hd}), lse = Tensor::empty({batch, p.num_heads, seq_len});
-  RelAttentionCore core{q.data<float>(), kv.data<float>(), k * 2 * hd, pr.data<float>(), p.u->value.data<float>(),
-                        p.v->value.data<float>(), batch, seq_len, m, p.num_heads, p.head_dim};
+  RelAttentionCore core{q.data<float>(), kv.data<float>(), k * 2 * kd, pr.data<float>(), p.u->value.data<float>(),
+                        p.v->value.data<float>(), batch, seq_len, m, p.num_heads, p.num_kv_heads, p.head_dim};
   rel_attention_core_forward(core, attn.data<float>(), lse.data<float>());
   linear_forward(y, attn, p.o->value, Tensor());
   if (!saved) return;
@@ -365,15 +374,15 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
   rel_attention_check(x, saved.memory, batch, seq_len, p);
   MF_CHECK(dy.defined() && dy.shape() == x.shape() && dx.defined() && dx.shape() == x.shape(), kOp,
            " dy and dx must have the input's shape ", shape_str(x.shape()));
-  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, n = batch * seq_len;
-  const std::int64_t m = saved.mem_len, k = m + seq_len;
+  const std::int64_t c = x.size(1), hd = p.num_heads * p.head_dim, kd = p.num_kv_heads * p.head_dim;
+  const std::int64_t n = batch * seq_len, m = saved.mem_len, k = m + seq_len;
   MF_CHECK(saved.attn.size(0) == n && saved.p.size(0) == k, kOp, " the saved activations are for another call");
   Tensor dattn = Tensor::empty({n, hd});
   linear_backward(dattn, p.o->grad, Tensor(), dy.contiguous(), saved.attn, p.o->value);
-  Tensor dq = Tensor::empty({n, hd}), dkv = Tensor::empty({batch * k, 2 * hd}), dp = Tensor::empty({k, hd});
-  RelAttentionCore core{saved.q.data<float>(), saved.kv.data<float>(), k * 2 * hd, saved.p.data<float>(),
+  Tensor dq = Tensor::empty({n, hd}), dkv = Tensor::empty({batch * k, 2 * kd}), dp = Tensor::empty({k, hd});
+  RelAttentionCore core{saved.q.data<float>(), saved.kv.data<float>(), k * 2 * kd, saved.p.data<float>(),
                         p.u->value.data<float>(), p.v->value.data<float>(), batch, seq_len, m, p.num_heads,
-                        p.head_dim};
+                        p.num_kv_heads, p.head_dim};
   rel_attention_core_backward(core, saved.attn.data<float>(), saved.lse.data<float>(), dattn.data<float>(),
                               {dq.data<float>(), dkv.data<float>(), dp.data<float>(), p.u->grad.data<float>(),
                                p.v->grad.data<float>()});
@@ -381,7 +390,8 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
   linear_backward(dx, p.qkv->grad.slice(0, 0, hd), Tensor(), dq, x, p.qkv->value.slice(0, 0, hd));
   const Tensor h = concat_memory(x, saved.memory, batch, seq_len);
   Tensor dh = Tensor::empty({batch * k, c});
-  linear_backward(dh, p.qkv->grad.slice(0, hd, 3 * hd), Tensor(), dkv, h, p.qkv->value.slice(0, hd, 3 * hd));
+  linear_backward(dh, p.qkv->grad.slice(0, hd, hd + 2 * kd), Tensor(), dkv, h,
+                  p.qkv->value.slice(0, hd, hd + 2 * kd));
   // Only the segment's own rows pass their gradient on: the memory is a constant.
   for (std::int64_t b = 0; b < batch; ++b)
     for (std::int64_t i = 0; i < seq_len; ++i)

@@ -6,6 +6,8 @@
 // inputs x [L, C], K = M + L keys, H heads of dim D, scale = D^-1/2:
 //   h = cat(mem, x)                     [K, C]
 //   q = x Wq^T, k = h Wk^T, v = h Wv^T  (Wq; Wk; Wv = qkv_net.weight rows, no bias)
+//   (grouped keys: Hkv key/value heads, query head h reads key/value head
+//   h / (H / Hkv); the reference is Hkv = H, which is the default here too)
 //   R_d = sinusoid(min(d, clamp_len))   d = 0 .. K-1 (clamp only when clamp_len > 0);
 //         sinusoid(t) = [sin(t f_0) .. sin(t f_{C/2-1}), cos(t f_0) .. cos(t f_{C/2-1})],
 //         f_c = 10000^(-2c/C)           (the reference's PositionalEmbedding)
@@ -45,10 +47,11 @@
 namespace mf {
 
 struct RelAttentionParams {
-  std::int64_t num_heads = 0;  // H
-  std::int64_t head_dim = 0;   // D
+  std::int64_t num_heads = 0;     // H
+  std::int64_t num_kv_heads = 0;  // Hkv (divides H; the reference has Hkv = H)
+  std::int64_t head_dim = 0;      // D
   std::int64_t clamp_len = 0;  // > 0: distances beyond it use R_clamp_len; 0: no clamp
-  Parameter* qkv = nullptr;    // [3*H*D, C] qkv_net.weight (rows: q, then k, then v)
+  Parameter* qkv = nullptr;    // [(H + 2*Hkv)*D, C] qkv_net.weight (rows: q, then k, then v)
   Parameter* r = nullptr;      // [H*D, C] r_net.weight
   Parameter* u = nullptr;      // [H, D] r_w_bias
   Parameter* v = nullptr;      // [H, D] r_r_bias
@@ -62,7 +65,7 @@ Tensor rel_position_table(std::int64_t begin, std::int64_t end, std::int64_t hid
 struct RelAttentionSaved {
   Tensor memory;  // [B, M, C] the memory used (a copy: the caller's memory moves on); undefined when M = 0
   Tensor q;       // [N, H*D]
-  Tensor kv;      // [B*K, 2*H*D] keys then values of cat(mem, x)
+  Tensor kv;      // [B*K, 2*Hkv*D] keys then values of cat(mem, x)
   Tensor pos;     // [K, C] R
   Tensor p;       // [K, H*D] R Wr^T
   Tensor attn;    // [N, H*D] a (o_net's input)
@@ -86,7 +89,7 @@ void rel_attention_check(const Tensor& x, const Tensor& memory, std::int64_t bat
                          const RelAttentionParams& p);
 
 // The attention core alone (projections done): queries [B*L, H*D], keys and
-// values in `kv` rows of 2*H*D floats (keys first), kv_batch_stride floats
+// values in `kv` rows of 2*Hkv*D floats (keys first), kv_batch_stride floats
 // between batch rows (K rows each, the first M of them memory), P [>= K, H*D].
 // attn [B*L, H*D] and lse [B, H, L] written. Generation calls it on its cache.
 struct RelAttentionCore {
@@ -96,7 +99,7 @@ struct RelAttentionCore {
   const float* p = nullptr;
   const float* u = nullptr;   // [H, D]
   const float* vb = nullptr;  // [H, D]
-  std::int64_t batch = 0, seq_len = 0, mem_len = 0, heads = 0, head_dim = 0;
+  std::int64_t batch = 0, seq_len = 0, mem_len = 0, heads = 0, kv_heads = 0, head_dim = 0;
 };
 void rel_attention_core_forward(const RelAttentionCore& c, float* attn, float* lse);
 

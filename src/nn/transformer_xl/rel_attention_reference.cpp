@@ -15,9 +15,9 @@ using Mat = std::vector<double>;  // row-major
 
 // Everything the forward computes for one batch row (the backward reuses it).
 struct Forward {
-  std::int64_t L, M, K, C, H, D, HD;
+  std::int64_t L, M, K, C, H, D, HD, KD, group;
   Mat h;        // [K, C] cat(mem, x)
-  Mat q, k, v;  // [L, HD], [K, HD], [K, HD]
+  Mat q, k, v;  // [L, HD], [K, KD], [K, KD]
   Mat pos;      // [K, C] R'_r = sinusoid(pos_seq[r]), pos_seq = K-1 .. 0 (clamped)
   Mat rk;       // [K, HD] r_head_k = r_net(R')
   Mat prob;     // [H, L, K] attention probabilities (0 where masked)
@@ -45,24 +45,27 @@ Forward forward_row(const Tensor& x, const Tensor& memory, std::int64_t b, std::
   f.H = p.num_heads;
   f.D = p.head_dim;
   f.HD = f.H * f.D;
-  const std::int64_t K = f.K, C = f.C, HD = f.HD, M = f.M;
+  f.KD = p.num_kv_heads * f.D;
+  f.group = f.H / p.num_kv_heads;
+  const std::int64_t K = f.K, C = f.C, HD = f.HD, KD = f.KD, M = f.M;
   f.h.assign(static_cast<std::size_t>(K * C), 0.0);
   for (std::int64_t r = 0; r < K; ++r)
     for (std::int64_t c = 0; c < C; ++c)
       f.h[r * C + c] = r < M ? at(memory, (b * M + r) * C + c) : at(x, (b * L + r - M) * C + c);
-  auto project = [&](const Mat& in, std::int64_t rows, std::int64_t in_offset, const Tensor& w, std::int64_t w_row0) {
-    Mat out(static_cast<std::size_t>(rows * HD), 0.0);
+  auto project = [&](const Mat& in, std::int64_t rows, std::int64_t in_offset, const Tensor& w, std::int64_t w_row0,
+                     std::int64_t width) {
+    Mat out(static_cast<std::size_t>(rows * width), 0.0);
     for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t o = 0; o < HD; ++o) {
+      for (std::int64_t o = 0; o < width; ++o) {
         double s = 0;
         for (std::int64_t c = 0; c < C; ++c) s += in[(in_offset + r) * C + c] * at(w, (w_row0 + o) * C + c);
-        out[r * HD + o] = s;
+        out[r * width + o] = s;
       }
     return out;
   };
-  f.q = project(f.h, L, M, p.qkv->value, 0);
-  f.k = project(f.h, K, 0, p.qkv->value, HD);
-  f.v = project(f.h, K, 0, p.qkv->value, 2 * HD);
+  f.q = project(f.h, L, M, p.qkv->value, 0, HD);
+  f.k = project(f.h, K, 0, p.qkv->value, HD, KD);
+  f.v = project(f.h, K, 0, p.qkv->value, HD + KD, KD);
   f.pos.assign(static_cast<std::size_t>(K * C), 0.0);
   for (std::int64_t r = 0; r < K; ++r) {
     std::int64_t t = K - 1 - r;  // pos_seq = arange(K-1, -1, -1.0)
@@ -73,7 +76,7 @@ Forward forward_row(const Tensor& x, const Tensor& memory, std::int64_t b, std::
       f.pos[r * C + C / 2 + c] = std::cos(static_cast<double>(t) * freq);
     }
   }
-  f.rk = project(f.pos, K, 0, p.r->value, 0);
+  f.rk = project(f.pos, K, 0, p.r->value, 0, HD);
   const double scale = 1.0 / std::sqrt(static_cast<double>(f.D));
   f.prob.assign(static_cast<std::size_t>(f.H * L * K), 0.0);
   f.attn.assign(static_cast<std::size_t>(L * HD), 0.0);
@@ -92,7 +95,7 @@ Forward forward_row(const Tensor& x, const Tensor& memory, std::int64_t b, std::
       for (std::int64_t j = 0; j <= M + i; ++j) {  // dec_attn_mask: triu(ones(L, K), 1 + M)
         double ac = 0;
         for (std::int64_t d = 0; d < f.D; ++d)
-          ac += (f.q[i * HD + h * f.D + d] + at(p.u->value, h * f.D + d)) * f.k[j * HD + h * f.D + d];
+          ac += (f.q[i * HD + h * f.D + d] + at(p.u->value, h * f.D + d)) * f.k[j * KD + h / f.group * f.D + d];
         const auto [row, col] = rel_shift_source(i, j, L, K);
         const double bd = col < 0 ? 0.0 : bd_raw[row * K + col];
         score[j] = scale * (ac + bd);
@@ -103,7 +106,7 @@ Forward forward_row(const Tensor& x, const Tensor& memory, std::int64_t b, std::
       for (std::int64_t j = 0; j <= M + i; ++j) {
         const double pr = std::exp(score[j] - mx) / sum;
         f.prob[(h * L + i) * K + j] = pr;
-        for (std::int64_t d = 0; d < f.D; ++d) f.attn[i * HD + h * f.D + d] += pr * f.v[j * HD + h * f.D + d];
+        for (std::int64_t d = 0; d < f.D; ++d) f.attn[i * HD + h * f.D + d] += pr * f.v[j * KD + h / f.group * f.D + d];
       }
     }
   }
@@ -131,8 +134,9 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
                             std::int64_t batch, std::int64_t seq_len, const RelAttentionParams& p) {
   rel_attention_check(x, memory, batch, seq_len, p);
   const std::int64_t C = x.size(1), H = p.num_heads, D = p.head_dim, HD = H * D, L = seq_len;
+  const std::int64_t KD = p.num_kv_heads * D, group = H / p.num_kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  Mat g_qkv(static_cast<std::size_t>(3 * HD * C), 0.0), g_r(static_cast<std::size_t>(HD * C), 0.0);
+  Mat g_qkv(static_cast<std::size_t>((HD + 2 * KD) * C), 0.0), g_r(static_cast<std::size_t>(HD * C), 0.0);
   Mat g_u(static_cast<std::size_t>(HD), 0.0), g_v(g_u.size(), 0.0), g_o(static_cast<std::size_t>(C * HD), 0.0);
   for (std::int64_t b = 0; b < batch; ++b) {
     const Forward f = forward_row(x, memory, b, L, p);
@@ -147,22 +151,22 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
           g_o[c * HD + o] += g * f.attn[i * HD + o];
         }
       }
-    Mat dq(static_cast<std::size_t>(L * HD), 0.0), dk(static_cast<std::size_t>(K * HD), 0.0), dv(dk.size(), 0.0);
-    Mat drk(dk.size(), 0.0);
+    Mat dq(static_cast<std::size_t>(L * HD), 0.0), dk(static_cast<std::size_t>(K * KD), 0.0), dv(dk.size(), 0.0);
+    Mat drk(static_cast<std::size_t>(K * HD), 0.0);
     for (std::int64_t h = 0; h < H; ++h) {
       Mat dbd_raw(static_cast<std::size_t>(L * K), 0.0);
       for (std::int64_t i = 0; i < L; ++i) {
         std::vector<double> dp(static_cast<std::size_t>(K), 0.0);
         double dot_pdp = 0;
         for (std::int64_t j = 0; j <= M + i; ++j) {
-          for (std::int64_t d = 0; d < D; ++d) dp[j] += da[i * HD + h * D + d] * f.v[j * HD + h * D + d];
+          for (std::int64_t d = 0; d < D; ++d) dp[j] += da[i * HD + h * D + d] * f.v[j * KD + h / group * D + d];
           dot_pdp += f.prob[(h * L + i) * K + j] * dp[j];
         }
         for (std::int64_t j = 0; j <= M + i; ++j) {
           const double pr = f.prob[(h * L + i) * K + j];
           const double ds = pr * (dp[j] - dot_pdp) * scale;  // d score (AC and BD alike)
           for (std::int64_t d = 0; d < D; ++d) {
-            const std::int64_t qd = i * HD + h * D + d, kd = j * HD + h * D + d;
+            const std::int64_t qd = i * HD + h * D + d, kd = j * KD + h / group * D + d;
             dv[kd] += pr * da[qd];
             dq[qd] += ds * f.k[kd];
             g_u[h * D + d] += ds * f.k[kd];
@@ -185,22 +189,24 @@ void rel_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x,
         }
     }
     // Projections: qkv_net over cat(mem, x) (memory rows' gradient dropped), r_net over R'.
-    for (std::int64_t o = 0; o < HD; ++o)
-      for (std::int64_t c = 0; c < C; ++c) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      for (std::int64_t o = 0; o < HD; ++o)
         for (std::int64_t i = 0; i < L; ++i) g_qkv[o * C + c] += dq[i * HD + o] * f.h[(M + i) * C + c];
+      for (std::int64_t o = 0; o < HD; ++o)
+        for (std::int64_t r = 0; r < K; ++r) g_r[o * C + c] += drk[r * HD + o] * f.pos[r * C + c];
+      for (std::int64_t o = 0; o < KD; ++o)
         for (std::int64_t r = 0; r < K; ++r) {
-          g_qkv[(HD + o) * C + c] += dk[r * HD + o] * f.h[r * C + c];
-          g_qkv[(2 * HD + o) * C + c] += dv[r * HD + o] * f.h[r * C + c];
-          g_r[o * C + c] += drk[r * HD + o] * f.pos[r * C + c];
+          g_qkv[(HD + o) * C + c] += dk[r * KD + o] * f.h[r * C + c];
+          g_qkv[(HD + KD + o) * C + c] += dv[r * KD + o] * f.h[r * C + c];
         }
-      }
+    }
     for (std::int64_t i = 0; i < L; ++i)
       for (std::int64_t c = 0; c < C; ++c) {
         double s = 0;
-        for (std::int64_t o = 0; o < HD; ++o)
-          s += dq[i * HD + o] * at(p.qkv->value, o * C + c) +
-               dk[(M + i) * HD + o] * at(p.qkv->value, (HD + o) * C + c) +
-               dv[(M + i) * HD + o] * at(p.qkv->value, (2 * HD + o) * C + c);
+        for (std::int64_t o = 0; o < HD; ++o) s += dq[i * HD + o] * at(p.qkv->value, o * C + c);
+        for (std::int64_t o = 0; o < KD; ++o)
+          s += dk[(M + i) * KD + o] * at(p.qkv->value, (HD + o) * C + c) +
+               dv[(M + i) * KD + o] * at(p.qkv->value, (HD + KD + o) * C + c);
         dx.data<float>()[(b * L + i) * C + c] = static_cast<float>(s);
       }
   }

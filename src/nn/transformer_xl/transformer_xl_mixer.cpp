@@ -1,6 +1,8 @@
 // Adapter from Transformer-XL relative attention (rel_attention.h) to the
 // token-mixer interface. Checkpoint names (the reference's module names under
-// self_attn): self_attn.qkv_net.weight [3*H*D, C], self_attn.r_net.weight
+// self_attn): self_attn.qkv_net.weight [(H + 2*Hkv)*D, C] (rows q, k, v; the
+// reference's [3*H*D, C] when num_key_value_heads = num_attention_heads),
+// self_attn.r_net.weight
 // [H*D, C], self_attn.r_w_bias [H, D] (u), self_attn.r_r_bias [H, D] (v),
 // self_attn.o_net.weight [C, H*D]; all drawn N(0, initializer_range^2) as the
 // reference's init_weight; u and v per layer (the reference's untie_r) and
@@ -84,18 +86,19 @@ class TransformerXlMixer final : public TokenMixer {
     MF_CHECK(ctx.rope == nullptr && !ctx.alibi,
              "[transformer_xl] its relative sinusoids are the only positions it uses: set \"position\": \"none\" "
              "(RoPE and ALiBi are refused)");
-    MF_CHECK(ctx.num_kv_heads == ctx.num_heads, "[transformer_xl] num_key_value_heads (", ctx.num_kv_heads,
-             ") must equal num_attention_heads (", ctx.num_heads, "): the reference has no grouped keys");
+    MF_CHECK(ctx.num_kv_heads >= 1 && ctx.num_heads % ctx.num_kv_heads == 0, "[transformer_xl] num_attention_heads (",
+             ctx.num_heads, ") must be a multiple of num_key_value_heads (", ctx.num_kv_heads, ")");
     MF_CHECK(!ctx.attention_bias, "[transformer_xl] attention_bias is not supported: the reference's qkv_net, "
              "r_net and o_net have no bias");
     MF_CHECK(ctx.hidden_size % 2 == 0, "[transformer_xl] hidden_size (", ctx.hidden_size,
              ") must be even: the relative sinusoids are sin and cos halves");
     mem_len_ = o.at("mem_len").get<std::int64_t>();
     p_.num_heads = ctx.num_heads;
+    p_.num_kv_heads = ctx.num_kv_heads;
     p_.head_dim = ctx.head_dim;
     p_.clamp_len = o.at("clamp_len").get<std::int64_t>();
-    const std::int64_t c = ctx.hidden_size, hd = ctx.num_heads * ctx.head_dim;
-    p_.qkv = store.add("self_attn.qkv_net.weight", {3 * hd, c}, ParamInit::Normal, true);
+    const std::int64_t c = ctx.hidden_size, hd = ctx.num_heads * ctx.head_dim, kd = ctx.num_kv_heads * ctx.head_dim;
+    p_.qkv = store.add("self_attn.qkv_net.weight", {hd + 2 * kd, c}, ParamInit::Normal, true);
     p_.r = store.add("self_attn.r_net.weight", {hd, c}, ParamInit::Normal, true);
     p_.u = store.add("self_attn.r_w_bias", {ctx.num_heads, ctx.head_dim}, ParamInit::Normal, false);
     p_.v = store.add("self_attn.r_r_bias", {ctx.num_heads, ctx.head_dim}, ParamInit::Normal, false);
@@ -133,10 +136,10 @@ class TransformerXlMixer final : public TokenMixer {
     MF_CHECK(opt.batch >= 1 && opt.capacity >= 1, "[transformer_xl] a generation state needs batch >= 1 and "
              "capacity >= 1 but got ", opt.batch, " and ", opt.capacity);
     auto s = std::make_unique<TxlGeneration>();
-    const std::int64_t hd = p_.num_heads * p_.head_dim;
+    const std::int64_t hd = p_.num_heads * p_.head_dim, kd = p_.num_kv_heads * p_.head_dim;
     s->batch = opt.batch;
     s->capacity = opt.capacity;
-    s->kv = Tensor::empty({opt.batch, opt.capacity, 2 * hd});
+    s->kv = Tensor::empty({opt.batch, opt.capacity, 2 * kd});
     s->pos = Tensor::empty({opt.capacity, hd});
     return s;
   }
@@ -164,21 +167,22 @@ class TransformerXlMixer final : public TokenMixer {
     MF_CHECK(K <= s->capacity, "[transformer_xl] positions up to ", K - 1, " exceed the generation state's capacity ",
              s->capacity);
     rel_attention_check(x, Tensor(), B, L, p_);
-    const std::int64_t c = x.size(1), hd = p_.num_heads * p_.head_dim;
-    Tensor q = Tensor::empty({B * L, hd}), kv_new = Tensor::empty({B * L, 2 * hd});
+    const std::int64_t c = x.size(1), hd = p_.num_heads * p_.head_dim, kd = p_.num_kv_heads * p_.head_dim;
+    Tensor q = Tensor::empty({B * L, hd}), kv_new = Tensor::empty({B * L, 2 * kd});
     linear_forward(q, x, p_.qkv->value.slice(0, 0, hd), Tensor());
-    linear_forward(kv_new, x, p_.qkv->value.slice(0, hd, 3 * hd), Tensor());
+    linear_forward(kv_new, x, p_.qkv->value.slice(0, hd, hd + 2 * kd), Tensor());
     for (std::int64_t b = 0; b < B; ++b)
-      std::memcpy(s->kv.data<float>() + (b * s->capacity + M) * 2 * hd, kv_new.data<float>() + b * L * 2 * hd,
-                  static_cast<std::size_t>(L * 2 * hd) * sizeof(float));
+      std::memcpy(s->kv.data<float>() + (b * s->capacity + M) * 2 * kd, kv_new.data<float>() + b * L * 2 * kd,
+                  static_cast<std::size_t>(L * 2 * kd) * sizeof(float));
     if (s->pos_rows < K) {
       const Tensor table = rel_position_table(s->pos_rows, K, c, p_.clamp_len);
       linear_forward(s->pos.slice(0, s->pos_rows, K), table, p_.r->value, Tensor());
       s->pos_rows = K;
     }
     Tensor attn = Tensor::empty({B * L, hd}), lse = Tensor::empty({B, p_.num_heads, L});
-    RelAttentionCore core{q.data<float>(),         s->kv.data<float>(), s->capacity * 2 * hd, s->pos.data<float>(),
-                          p_.u->value.data<float>(), p_.v->value.data<float>(), B, L, M, p_.num_heads, p_.head_dim};
+    RelAttentionCore core{q.data<float>(), s->kv.data<float>(), s->capacity * 2 * kd, s->pos.data<float>(),
+                          p_.u->value.data<float>(), p_.v->value.data<float>(), B, L, M, p_.num_heads,
+                          p_.num_kv_heads, p_.head_dim};
     rel_attention_core_forward(core, attn.data<float>(), lse.data<float>());
     linear_forward(y, attn, p_.o->value, Tensor());
     s->past = K;
