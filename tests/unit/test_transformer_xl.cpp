@@ -7,10 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "core/safetensors.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/transformer.h"
 #include "nn/mixer/mixer_registry.h"
@@ -207,6 +210,37 @@ TEST(TransformerXl, MatchesPyTorchFixtures) {
 
 TEST(TransformerXl, FixtureListCoversEveryFile) {
   mf::testing::expect_fixture_list_covers("transformer_xl_", kTxlFixtures);
+}
+
+// The whole-model fixture of tools/fixtures/model.py (a transformer_xl layer
+// with clamp_len 6 < L = 9, then exact attention; post-norm LayerNorm):
+// logits, loss and every parameter gradient vs plain torch in float64.
+TEST(TransformerXl, WholeModelFixtureMatchesTorch) {
+  ScopedThreads one(1);
+  const std::string name = "model_transformer_xl";
+  const SafetensorsContents st = mf::testing::load_fixture(name);
+  const Tensor cj = st.tensors.at("config_json");
+  std::string text;
+  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
+  std::map<std::string, Tensor> weights;
+  for (const auto& [k, t] : st.tensors)
+    if (k.rfind("w:", 0) == 0) weights[k.substr(2)] = t;
+  Transformer m(config_from_string(text, name), 123);
+  load_weights(m, weights, name);
+  EXPECT_EQ(m.token_mixer(0).name(), "transformer_xl");
+  const Tensor& tokens = st.tensors.at("tokens");
+  EXPECT_TRUE(close(m.logits(tokens), st.tensors.at("logits"), 1e-4, "logits"));
+  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
+  const double loss = m.loss(tokens, st.tensors.at("targets"), true);
+  const double want = st.tensors.at("loss").to_vector()[0];
+  EXPECT_NEAR(loss, want, 1e-4 * want);
+  int txl_params = 0;
+  for (Parameter* p : m.parameters()) {
+    ASSERT_TRUE(st.tensors.count("g:" + p->name)) << p->name;
+    EXPECT_TRUE(close(p->grad, st.tensors.at("g:" + p->name), 1e-4, "gradient of " + p->name, 1e-3));
+    txl_params += p->name.find(".self_attn.r_") != std::string::npos;
+  }
+  EXPECT_EQ(txl_params, 3);  // r_net.weight, r_w_bias, r_r_bias
 }
 
 // Segment by segment with a memory long enough to hold every earlier input
