@@ -384,4 +384,9 @@ TEST(TransformerXl, RejectsBadInput) {
                m.loss(tokens, tokens, true, one.get()));
   Transformer plain(mf::testing::tiny_modformer_config(AttentionImpl::Flash), 1);
   EXPECT_EQ(plain.new_segment_memory(1), nullptr);
+  // Streams too short for one segment.
+  const TextCorpus corpus = TextCorpus::from_text(std::string(400, 'a'), 0.25, "short");
+  EXPECT_ERROR("the validation split (100 bytes) cut into 4 streams holds no segment of 33 bytes per stream",
+               val_segment_streams(corpus, 4, 32));
+  EXPECT_ERROR("segment 9 is outside [0, 9)", train_segment_streams(corpus, 1, 32).offsets(9));
 }
