@@ -36,4 +36,31 @@ class GenerationState {
   std::int64_t past_ = 0;
 };
 
+// A model's segment memory (Transformer-XL's segment-level recurrence): one
+// MixerState per layer whose token mixer keeps one (null for the others),
+// for `batch` streams. Made by Transformer::new_segment_memory; each
+// loss() or logits() call with it reads the memory (as a constant) and moves
+// it on by the call's segment, so consecutive calls must carry consecutive
+// segments of each stream.
+class SegmentMemory {
+ public:
+  SegmentMemory(std::vector<std::unique_ptr<MixerState>> layers, std::int64_t batch)
+      : layers_(std::move(layers)), batch_(batch) {}
+  std::int64_t batch() const { return batch_; }
+  MixerState* layer(std::int64_t i) { return layers_.at(static_cast<std::size_t>(i)).get(); }
+  std::int64_t bytes() const {
+    std::int64_t n = 0;
+    for (const auto& l : layers_) n += l ? l->bytes() : 0;
+    return n;
+  }
+  void reset() {  // forget every segment (the start of new streams)
+    for (auto& l : layers_)
+      if (l) l->reset();
+  }
+
+ private:
+  std::vector<std::unique_ptr<MixerState>> layers_;
+  std::int64_t batch_;
+};
+
 }  // namespace mf

@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/tensor.h"
+#include "model/generation_state.h"
 #include "nn/parameter.h"
 
 namespace mf {
@@ -22,6 +24,21 @@ class LanguageModel {
   // cross-entropy (nats) over non-ignored targets. With compute_grads, adds
   // d(mean loss)/d(param) into every Parameter::grad (+=).
   virtual double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) = 0;
+
+  // Segment-level recurrence (Transformer-XL): a model whose layers keep a
+  // memory of earlier segments returns a fresh (empty) one for `batch`
+  // streams; null (the default) for models without. The trainer and the
+  // evaluator then walk consecutive segments of `batch` contiguous streams.
+  virtual std::unique_ptr<SegmentMemory> new_segment_memory(std::int64_t batch) {
+    (void)batch;
+    return nullptr;
+  }
+  // loss() continuing `memory` (null: as loss()): the memory is read without
+  // gradient and moved on by this segment.
+  virtual double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads, SegmentMemory* memory) {
+    MF_CHECK(memory == nullptr, "[model] this language model keeps no segment memory");
+    return loss(tokens, targets, compute_grads);
+  }
 
   // tokens: int32 [B, L] -> float32 logits [B, L, vocab].
   virtual Tensor logits(const Tensor& tokens) = 0;

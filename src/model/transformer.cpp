@@ -277,14 +277,34 @@ std::unique_ptr<GenerationState> Transformer::new_generation_state(const Generat
   return std::make_unique<GenerationState>(std::move(states), opt.batch, capacity);
 }
 
+std::unique_ptr<SegmentMemory> Transformer::new_segment_memory(std::int64_t batch) {
+  MF_CHECK(batch >= 1, kOp, " segment memory batch must be >= 1, got ", batch);
+  std::vector<std::unique_ptr<MixerState>> layers;
+  bool any = false;
+  for (const auto& l : layers_) {
+    layers.push_back(l.token->new_memory(batch));
+    any = any || layers.back() != nullptr;
+  }
+  if (!any) return nullptr;
+  return std::make_unique<SegmentMemory>(std::move(layers), batch);
+}
+
 Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st,
-                                   GenerationState* state) {
+                                   GenerationState* state, SegmentMemory* memory) {
   const std::int64_t B = tokens.size(0), L = tokens.size(1), C = cfg_.hidden_size, N = B * L;
   const std::int64_t past = state ? state->past_length() : 0;
   if (state) {
     MF_CHECK(B == state->batch(), kOp, " the generation state was made for batch ", state->batch(),
              " but the tokens have batch ", B);
     state->check_room(L);
+  }
+  if (memory) {
+    MF_CHECK(B == memory->batch(), kOp, " the segment memory was made for batch ", memory->batch(),
+             " but the tokens have batch ", B);
+    MF_CHECK(state == nullptr, kOp, " a call takes a generation state or a segment memory, not both");
+    MF_CHECK(!cfg_.reversible && !(st && cfg_.gradient_checkpointing), kOp,
+             " a segment memory cannot be used with reversible blocks or gradient checkpointing (their backward "
+             "re-runs forwards, which would read a memory that has moved on)");
   }
   if (cfg_.position == PositionKind::Learned || cfg_.position == PositionKind::Sinusoidal)
     MF_CHECK(past + L <= cfg_.max_position_embeddings, kOp, " sequence positions up to ", past + L - 1,
@@ -332,6 +352,7 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, For
   }
   for (std::size_t i = 0; i < layers_.size() && !cfg_.reversible; ++i) {
     call.state = state ? state->layer(static_cast<std::int64_t>(i)) : nullptr;
+    call.memory = memory ? memory->layer(static_cast<std::int64_t>(i)) : nullptr;
     BlockSaved local;
     const bool keep = st != nullptr && !cfg_.gradient_checkpointing;
     x = block_forward(keep ? st->blocks[i] : local, x, layers_[i].p, call, keep);
@@ -412,7 +433,11 @@ void Transformer::record_saved_bytes(const ForwardState& st) {
   last_saved_bytes_ = bytes;
 }
 
-double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool compute_grads) {
+double Transformer::loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) {
+  return loss(tokens, targets, compute_grads, nullptr);
+}
+
+double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool compute_grads, SegmentMemory* memory) {
   MF_CHECK(cfg_.is_decoder, kOp,
            " loss() is the language-model loss of a decoder; this is an encoder classifier (use classify_loss)");
   MF_CHECK(targets_in.defined() && targets_in.shape() == tokens.shape(), kOp, " targets must have the shape of tokens ",
@@ -430,11 +455,11 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
                "] is out of range [0, ", cfg_.vocab_size, ") (negative targets are ignored)");
   }
   if (!compute_grads) {
-    const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, nullptr);
+    const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, nullptr, memory);
     return lm_head_cross_entropy_forward(h, lm_head_weight(), targets);
   }
   ForwardState st;
-  forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), &st, nullptr);
+  forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), &st, nullptr, memory);
   record_saved_bytes(st);
   Tensor dhidden = Tensor::empty(st.hidden.shape());
   Tensor dw = lm_head_param()->grad;
@@ -445,9 +470,15 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
 
 Tensor Transformer::logits(const Tensor& tokens) { return logits(tokens, nullptr); }
 
-Tensor Transformer::logits(const Tensor& tokens, GenerationState* state) {
+Tensor Transformer::segment_logits(const Tensor& tokens, SegmentMemory* memory) {
+  return logits_of(tokens, nullptr, memory);
+}
+
+Tensor Transformer::logits(const Tensor& tokens, GenerationState* state) { return logits_of(tokens, state, nullptr); }
+
+Tensor Transformer::logits_of(const Tensor& tokens, GenerationState* state, SegmentMemory* memory) {
   MF_CHECK(cfg_.is_decoder, kOp, " an encoder classifier (is_decoder false) has no token logits (use class_logits)");
-  const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, state);
+  const Tensor h = forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), nullptr, state, memory);
   const std::int64_t B = tokens.size(0), L = tokens.size(1);
   Tensor out = Tensor::empty({B * L, cfg_.vocab_size});
   linear_forward(out, h, lm_head_weight(), Tensor());

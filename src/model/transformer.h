@@ -70,6 +70,14 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   // Decoders.
   double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads) override;
   Tensor logits(const Tensor& tokens) override;
+  // Segment-level recurrence (layers whose token mixer has segment_memory,
+  // e.g. transformer_xl): one memory per such layer, null when there is none.
+  // loss and segment_logits with it continue each stream by one segment.
+  // Refused with gradient checkpointing or reversible blocks (their backward
+  // re-runs forwards, which would read a memory that has moved on).
+  std::unique_ptr<SegmentMemory> new_segment_memory(std::int64_t batch) override;
+  double loss(const Tensor& tokens, const Tensor& targets, bool compute_grads, SegmentMemory* memory) override;
+  Tensor segment_logits(const Tensor& tokens, SegmentMemory* memory);
   // With a generation state: tokens are the next positions after state->past_length().
   Tensor logits(const Tensor& tokens, GenerationState* state);
   // Batched decode: tokens[i] is the next position of the sequence of
@@ -127,8 +135,10 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   MixerCall mixer_call(std::int64_t batch, std::int64_t seq_len, const Tensor& mask) const;
   // Runs embeddings and blocks on prepared tokens and mask (prepare_tokens,
   // prepare_mask); fills `st` when given (training), else keeps nothing.
-  Tensor forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st, GenerationState* state);
+  Tensor forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st, GenerationState* state,
+                        SegmentMemory* memory = nullptr);
   void backward_hidden(ForwardState& st, const Tensor& dhidden);
+  Tensor logits_of(const Tensor& tokens, GenerationState* state, SegmentMemory* memory);
   void record_saved_bytes(const ForwardState& st);
   // [B, C] pooled hidden states of an encoder (mean over mask, or first token).
   Tensor pool(const Tensor& hidden, const Tensor& mask, std::int64_t batch, std::int64_t seq_len) const;

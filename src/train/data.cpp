@@ -149,6 +149,40 @@ std::vector<std::int64_t> val_window_offsets(const TextCorpus& c, std::int64_t s
   return out;
 }
 
+namespace {
+
+SegmentStreams segment_streams(std::int64_t begin, std::int64_t bytes, std::int64_t batch, std::int64_t seq_len,
+                               const char* split) {
+  MF_CHECK(batch >= 1 && seq_len >= 1, "[data] segment streams need batch >= 1 and seq_len >= 1 but got ", batch,
+           " and ", seq_len);
+  SegmentStreams s;
+  s.begin = begin;
+  s.stream_len = bytes / batch;
+  s.seq_len = seq_len;
+  s.batch = batch;
+  s.segments = s.stream_len > 1 ? (s.stream_len - 1) / seq_len : 0;
+  MF_CHECK(s.segments >= 1, "[data] the ", split, " split (", bytes, " bytes) cut into ", batch,
+           " streams holds no segment of ", seq_len + 1, " bytes per stream");
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::int64_t> SegmentStreams::offsets(std::int64_t segment) const {
+  MF_CHECK(segment >= 0 && segment < segments, "[data] segment ", segment, " is outside [0, ", segments, ")");
+  std::vector<std::int64_t> out(static_cast<std::size_t>(batch));
+  for (std::int64_t b = 0; b < batch; ++b) out[static_cast<std::size_t>(b)] = begin + b * stream_len + segment * seq_len;
+  return out;
+}
+
+SegmentStreams train_segment_streams(const TextCorpus& c, std::int64_t batch, std::int64_t seq_len) {
+  return segment_streams(0, c.train_bytes(), batch, seq_len, "training");
+}
+
+SegmentStreams val_segment_streams(const TextCorpus& c, std::int64_t batch, std::int64_t seq_len) {
+  return segment_streams(c.train_end, c.val_bytes(), batch, seq_len, "validation");
+}
+
 void fill_windows(const TextCorpus& c, const std::vector<std::int64_t>& offsets, std::int64_t seq_len,
                   Tensor& tokens, Tensor& targets) {
   const std::int64_t b = static_cast<std::int64_t>(offsets.size());

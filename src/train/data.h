@@ -66,6 +66,23 @@ std::vector<std::int64_t> train_window_offsets(const TextCorpus& corpus, std::ui
 std::vector<std::int64_t> val_window_offsets(const TextCorpus& corpus, std::int64_t seq_len,
                                              std::int64_t max_windows = 0);
 
+// ---- ordered segments (segment-level recurrence: Transformer-XL) ----
+// A split [begin, begin + batch * stream_len) cut into `batch` contiguous
+// streams of stream_len bytes (the reference's LMOrderedIterator: the tail
+// that does not fill a stream is dropped); segment s (0 .. segments - 1) of
+// stream b is the window of L + 1 bytes at begin + b * stream_len + s * L, so
+// consecutive segments of a stream continue each other's text.
+struct SegmentStreams {
+  std::int64_t begin = 0, stream_len = 0, seq_len = 0, batch = 0;
+  std::int64_t segments = 0;  // per stream: (stream_len - 1) / L
+  // The `batch` window offsets of segment `segment` (in [0, segments)).
+  std::vector<std::int64_t> offsets(std::int64_t segment) const;
+};
+// The training split and the validation split as streams; throws naming the
+// split when a stream cannot hold one segment.
+SegmentStreams train_segment_streams(const TextCorpus& corpus, std::int64_t batch, std::int64_t seq_len);
+SegmentStreams val_segment_streams(const TextCorpus& corpus, std::int64_t batch, std::int64_t seq_len);
+
 // tokens[b] = bytes[o_b .. o_b + L), targets[b] = bytes[o_b + 1 .. o_b + L + 1); int32 [B, L].
 void fill_windows(const TextCorpus& corpus, const std::vector<std::int64_t>& offsets, std::int64_t seq_len,
                   Tensor& tokens, Tensor& targets);

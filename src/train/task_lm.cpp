@@ -1,6 +1,11 @@
 // Language modelling as a task of the shared training loop: windows of a
 // byte corpus as micro-batches (train_window_offsets), validation windows of
-// its held-out tail, and bits per byte in the metrics.
+// its held-out tail, and bits per byte in the metrics. A model with a segment
+// memory (Transformer-XL) instead walks consecutive segments of batch_size
+// contiguous streams (SegmentStreams): micro-batch number n = step *
+// grad_accum + micro is segment n mod segments of every stream, the memory
+// reset at segment 0; validation likewise from an empty memory. The memory
+// is not checkpointed: a resumed run starts it empty.
 #include <cmath>
 #include <limits>
 
@@ -16,14 +21,23 @@ using nlohmann::ordered_json;
 class LmTask : public TrainTask {
  public:
   LmTask(LanguageModel& model, const TextCorpus& corpus, const TrainConfig& cfg)
-      : model_(model), corpus_(corpus), cfg_(cfg), fp_(fingerprint_hex(corpus.fingerprint())) {}
+      : model_(model), corpus_(corpus), cfg_(cfg), fp_(fingerprint_hex(corpus.fingerprint())),
+        memory_(model.new_segment_memory(cfg.batch_size)) {
+    if (memory_) streams_ = train_segment_streams(corpus, cfg.batch_size, cfg.seq_len);
+  }
 
   std::vector<Parameter*> parameters() override { return model_.parameters(); }
   double micro_batch_loss(std::int64_t step, std::int64_t micro, std::int64_t& tokens) override {
     if (micro == 0) model_.begin_training_step(step);
+    tokens += cfg_.batch_size * cfg_.seq_len;
+    if (memory_) {
+      const std::int64_t segment = (step * cfg_.grad_accum + micro) % streams_.segments;
+      if (segment == 0) memory_->reset();
+      fill_windows(corpus_, streams_.offsets(segment), cfg_.seq_len, tokens_, targets_);
+      return model_.loss(tokens_, targets_, true, memory_.get());
+    }
     fill_windows(corpus_, train_window_offsets(corpus_, cfg_.seed, step, micro, cfg_.batch_size, cfg_.seq_len),
                  cfg_.seq_len, tokens_, targets_);
-    tokens += cfg_.batch_size * cfg_.seq_len;
     return model_.loss(tokens_, targets_, true);
   }
   double evaluate() override {
@@ -46,7 +60,8 @@ class LmTask : public TrainTask {
             {"bytes", corpus_.size()},
             {"train_end", corpus_.train_end},
             {"fingerprint", fp_},
-            {"sampler", "philox windows keyed by (seed, step, window index)"},
+            {"sampler", memory_ ? "ordered segments of batch_size contiguous streams (segment memory)"
+                                : "philox windows keyed by (seed, step, window index)"},
             {"next_step", next_step}};
   }
   void check_data_state(const json& data, const std::string& out_dir) const override {
@@ -63,6 +78,8 @@ class LmTask : public TrainTask {
   const TextCorpus& corpus_;
   const TrainConfig& cfg_;
   const std::string fp_;
+  std::unique_ptr<SegmentMemory> memory_;  // null: the model keeps no segment memory
+  SegmentStreams streams_;
   Tensor tokens_, targets_;
 };
 
@@ -71,6 +88,23 @@ class LmTask : public TrainTask {
 EvalResult evaluate(LanguageModel& model, const TextCorpus& corpus, std::int64_t seq_len, std::int64_t max_windows,
                     std::int64_t batch_size) {
   MF_CHECK(batch_size >= 1, "[evaluate] batch_size must be >= 1 but is ", batch_size);
+  if (auto memory = model.new_segment_memory(batch_size)) {
+    // Consecutive segments of batch_size validation streams, the memory carried.
+    const SegmentStreams streams = val_segment_streams(corpus, batch_size, seq_len);
+    const std::int64_t segments =
+        max_windows > 0 ? std::min(streams.segments, (max_windows + batch_size - 1) / batch_size) : streams.segments;
+    double total = 0;
+    Tensor tokens, targets;
+    for (std::int64_t s = 0; s < segments; ++s) {
+      fill_windows(corpus, streams.offsets(s), seq_len, tokens, targets);
+      total += model.loss(tokens, targets, false, memory.get());
+    }
+    EvalResult r;
+    r.tokens = segments * batch_size * seq_len;
+    r.loss = total / static_cast<double>(segments);
+    r.bpb = bits_per_byte(r.loss);
+    return r;
+  }
   const std::vector<std::int64_t> offsets = val_window_offsets(corpus, seq_len, max_windows);
   MF_CHECK(!offsets.empty(), "[evaluate] the validation split of '", corpus.source, "' holds no window of ",
            seq_len + 1, " bytes");

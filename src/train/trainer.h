@@ -55,7 +55,11 @@ struct EvalResult {
   double bpb = 0;           // bits per byte (= loss / ln 2 for the byte tokenizer)
   std::int64_t tokens = 0;  // tokens evaluated
 };
-// Validation loss over the fixed windows val_window_offsets(corpus, seq_len, max_windows).
+// Validation loss over the fixed windows val_window_offsets(corpus, seq_len, max_windows);
+// for a model with a segment memory (LanguageModel::new_segment_memory), over
+// consecutive segments of batch_size validation streams (val_segment_streams;
+// at most ceil(max_windows / batch_size) per stream when max_windows > 0),
+// the memory carried from segment to segment.
 EvalResult evaluate(LanguageModel& model, const TextCorpus& corpus, std::int64_t seq_len, std::int64_t max_windows,
                     std::int64_t batch_size);
 

@@ -12,6 +12,7 @@
 #include "nn/mamba/mamba_mixer.h"
 #include "nn/multilevel/multilevel_mixer.h"
 #include "nn/retnet/retention_mixer.h"
+#include "nn/transformer_xl/transformer_xl_mixer.h"
 
 namespace mf {
 
@@ -26,6 +27,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       mamba_mixer_entry(),
       retention_mixer_entry(),
       multilevel_attention_mixer_entry(),
+      transformer_xl_mixer_entry(),
   };
   return table;
 }
@@ -86,6 +88,7 @@ std::string capabilities_text(const MixerCapabilities& c) {
   add(c.generation, "generation");
   add(c.variable_length, "variable length");
   add(c.padding, "padding");
+  add(c.segment_memory, "segment memory");
   return s.empty() ? "none" : s;
 }
 

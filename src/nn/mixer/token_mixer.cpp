@@ -42,6 +42,10 @@ void TokenMixer::check_call(const MixerCall& call) const {
   MF_CHECK(!call.key_padding_mask.defined() || caps_.padding, "[", name_, "] does not support a key padding mask",
            because(limits_));
   MF_CHECK(call.state == nullptr || caps_.generation, "[", name_, "] cannot generate", because(limits_));
+  MF_CHECK(call.memory == nullptr || caps_.segment_memory, "[", name_, "] keeps no segment memory",
+           because(limits_));
+  MF_CHECK(call.memory == nullptr || call.state == nullptr, "[", name_,
+           "] a call takes a generation state or a segment memory, not both");
   MF_CHECK(call.batch >= 1 && call.seq_len >= 1, "[", name_, "] batch and seq_len must be >= 1 but are ", call.batch,
            " and ", call.seq_len);
   if (call.key_padding_mask.defined()) {

@@ -49,6 +49,7 @@ struct MixerCapabilities {
   bool generation = false;       // has a per-layer generation state (prefill + steps)
   bool variable_length = false;  // any sequence length per call (up to max_seq_len), not one fixed length
   bool padding = false;          // honours a key padding mask
+  bool segment_memory = false;   // keeps a memory of earlier segments across calls (Transformer-XL): see MixerCall::memory
 };
 
 // Where a call sits.
@@ -63,6 +64,12 @@ struct MixerCall {
   // batch = the rows, `state` null. Null: an ordinary call.
   class MixerState* const* row_states = nullptr;
   const std::int64_t* row_past = nullptr;
+  // Segment-level recurrence (mixers with segment_memory; training and
+  // evaluation): this layer's memory of the previous segments, made by
+  // TokenMixer::new_memory. The forward reads it as a constant (no gradient
+  // reaches it) and then moves it on to include this segment; a training
+  // forward's saved state keeps what its backward needs.
+  class MixerState* memory = nullptr;
 };
 
 // What a forward keeps for its backward.
@@ -113,6 +120,12 @@ class TokenMixer {
   // Each row must get what forward gives it alone. Default: forward on each
   // row in turn; a mixer overrides it to share its weight reads across rows.
   virtual void forward_rows(const Tensor& y, const Tensor& x, const MixerCall& call);
+  // A fresh (empty) segment memory for `batch` streams (MixerCall::memory);
+  // null for mixers without segment_memory.
+  virtual std::unique_ptr<MixerState> new_memory(std::int64_t batch) const {
+    (void)batch;
+    return nullptr;
+  }
 
   // Training step `step` begins (from the model's begin_training_step):
   // a mixer with per-step state (feature redraws) updates it here. Never
