@@ -4,11 +4,22 @@
 // bidirectional, key padding, and generation through a per-layer KV cache
 // (full, or a mirrored rolling window of W slots).
 #pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
 #include "nn/mixer/token_mixer.h"
 
 namespace mf {
 
 TokenMixerEntry full_attention_mixer_entry();
 TokenMixerEntry sliding_attention_mixer_entry();
+
+// The full-attention mixer (its self_attn.* parameters, KV cache and
+// capabilities) under another name, with extra options for each call given
+// its key length: the block-sparse mixer (src/nn/sparse/) is one.
+std::unique_ptr<TokenMixer> make_attention_mixer(
+    const std::string& name, const MixerContext& ctx, ParamStore& store,
+    std::function<void(AttentionOptions&, std::int64_t key_len)> adjust_options);
 
 }  // namespace mf

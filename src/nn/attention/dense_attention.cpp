@@ -80,7 +80,7 @@ void softmax_probs(const AttentionProblem& p, std::int64_t b, std::int64_t h, co
     double mx = kNegInf;
     bool any = false;
     for (std::int64_t j = 0; j < lk; ++j) {
-      visible[j] = attention_visible(p, b, i, j);
+      visible[j] = attention_visible(p, b, i, j) && attention_layout_visible(p, h, i + p.shift(b), j);
       if (!visible[j]) continue;
       s[j] = static_cast<double>(p.scale) * dot(qh + i * p.q_row_stride, kh + j * p.k_row_stride, d) +
              static_cast<double>(attention_bias(p, b, h, i, j));
