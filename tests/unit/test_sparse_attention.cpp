@@ -33,6 +33,8 @@
 #include "../support/fixtures.h"
 #include "../support/flash_knobs.h"
 #include "../support/generation.h"
+#include "../support/parameters.h"
+#include "../support/periodic_lm.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -58,15 +60,22 @@ bool longformer_rule(i64 i, i64 j, i64 w, const std::vector<i64>& globals, bool 
   return std::abs(i - j) <= w || g(i) || g(j);
 }
 
-// The layout's element mask equals `rule` on [0, L)^2, and every present tile holds a visible pair.
+// The layout holds exactly the tiles that contain a pair allowed by `rule`
+// (over whole blocks: positions [0, blocks x block), which keeps causal maps
+// prefix-consistent); element_exact: its element mask, with the call's causal
+// mask, equals `rule` on [0, len).
 template <class Rule>
-void expect_exact_layout(const BlockLayout& l, i64 len, Rule rule) {
-  const Tensor m = layout_element_mask(l, len, len);
+void expect_exact_layout(const BlockLayout& l, i64 len, bool causal, bool element_exact, Rule rule) {
+  const i64 span = l.row_blocks * l.block;
+  const Tensor m = layout_element_mask(l, span, span);
   std::vector<int> tile_has(static_cast<std::size_t>(l.row_blocks * l.col_blocks), 0);
-  for (i64 i = 0; i < len; ++i)
-    for (i64 j = 0; j < len; ++j) {
+  for (i64 i = 0; i < span; ++i)
+    for (i64 j = 0; j < span; ++j) {
       const bool want = rule(i, j);
-      ASSERT_EQ(m.data<std::int32_t>()[i * len + j] != 0, want) << "pair (" << i << ", " << j << ")";
+      if (element_exact && i < len && j < len) {
+        const bool got = m.data<std::int32_t>()[i * span + j] != 0 && (!causal || j <= i);
+        ASSERT_EQ(got, want) << "pair (" << i << ", " << j << ")";
+      }
       if (want) tile_has[(i / l.block) * l.col_blocks + j / l.block] = 1;
     }
   for (i64 r = 0; r < l.row_blocks; ++r)
@@ -78,16 +87,16 @@ TEST(SparseLayout, BuildersAreExactAtElementLevel) {
   for (bool causal : {true, false}) {
     SCOPED_TRACE(causal ? "causal" : "bidirectional");
     for (i64 l : {1, 5, 16, 24, 40})
-      expect_exact_layout(strided_layout(83, 16, l, causal), 83, [&](i64 i, i64 j) { return strided_rule(i, j, l, causal); });
+      expect_exact_layout(strided_layout(83, 16, l, causal), 83, causal, true,
+                          [&](i64 i, i64 j) { return strided_rule(i, j, l, causal); });
     for (auto [l, c] : {std::pair<i64, i64>{32, 8}, {20, 3}, {7, 0}, {48, 48}})
-      expect_exact_layout(fixed_layout(90, 16, l, c, causal), 90,
+      expect_exact_layout(fixed_layout(90, 16, l, c, causal), 90, causal, true,
                           [&](i64 i, i64 j) { return fixed_rule(i, j, l, c, causal); });
+    // Longformer: the layout holds the tiles; the window and global masks come from the kernel.
     const std::vector<i64> globals{0, 37};
     for (i64 w : {0, 5, 20})
-      expect_exact_layout(longformer_layout(70, 16, w, causal ? -1 : w, globals, causal), 70, [&](i64 i, i64 j) {
-        // The layout holds the tiles; the window and global masks come from the kernel.
-        return longformer_rule(i, j, w, globals, causal);
-      });
+      expect_exact_layout(longformer_layout(70, 16, w, causal ? -1 : w, globals, causal), 70, causal, false,
+                          [&](i64 i, i64 j) { return longformer_rule(i, j, w, globals, causal); });
   }
 }
 
@@ -147,22 +156,33 @@ struct Case {
   std::vector<i64> globals;
 };
 
+Case make_case(std::string name, std::shared_ptr<const BlockLayout> layout, bool causal, i64 window = -1,
+               std::vector<i64> globals = {}) {
+  Case c;
+  c.name = std::move(name);
+  c.layout = std::move(layout);
+  c.causal = causal;
+  c.window = window;
+  c.globals = std::move(globals);
+  return c;
+}
+
 std::vector<Case> cases(i64 len, i64 hq) {
   std::vector<Case> v;
   for (bool causal : {true, false}) {
     const std::string tag = causal ? " causal" : " bidirectional";
-    v.push_back({"strided" + tag, std::make_shared<BlockLayout>(strided_layout(len, 16, 24, causal)), causal});
-    v.push_back({"strided l=5" + tag, std::make_shared<BlockLayout>(strided_layout(len, 32, 5, causal)), causal});
-    v.push_back({"fixed" + tag, std::make_shared<BlockLayout>(fixed_layout(len, 16, 20, 3, causal)), causal});
-    v.push_back({"bigbird shared" + tag, std::make_shared<BlockLayout>(bigbird_layout(len, 16, 1, 1, 1, 1, 3, causal)),
-                 causal});
-    v.push_back({"bigbird per head" + tag,
-                 std::make_shared<BlockLayout>(bigbird_layout(len, 16, 0, 1, 1, hq, 3, causal)), causal});
-    v.push_back({"longformer" + tag,
-                 std::make_shared<BlockLayout>(longformer_layout(len, 16, 9, causal ? -1 : 9, {0, 37}, causal)), causal,
-                 9, {0, 37}});
-    v.push_back({"user per head" + tag, random_layout(len, 16, hq, 5), causal});
-    v.push_back({"user shared" + tag, random_layout(len, 16, 1, 6), causal});
+    v.push_back(make_case("strided" + tag, std::make_shared<BlockLayout>(strided_layout(len, 16, 24, causal)), causal));
+    v.push_back(make_case("strided l=5" + tag, std::make_shared<BlockLayout>(strided_layout(len, 32, 5, causal)), causal));
+    v.push_back(make_case("fixed" + tag, std::make_shared<BlockLayout>(fixed_layout(len, 16, 20, 3, causal)), causal));
+    v.push_back(make_case("bigbird shared" + tag, std::make_shared<BlockLayout>(bigbird_layout(len, 16, 1, 1, 1, 1, 3, causal)),
+                 causal));
+    v.push_back(make_case("bigbird per head" + tag,
+                 std::make_shared<BlockLayout>(bigbird_layout(len, 16, 0, 1, 1, hq, 3, causal)), causal));
+    v.push_back(make_case("longformer" + tag,
+                          std::make_shared<BlockLayout>(longformer_layout(len, 16, 9, causal ? -1 : 9, {0, len / 2}, causal)),
+                          causal, 9, {0, len / 2}));
+    v.push_back(make_case("user per head" + tag, random_layout(len, 16, hq, 5), causal));
+    v.push_back(make_case("user shared" + tag, random_layout(len, 16, 1, 6), causal));
   }
   return v;
 }
@@ -179,24 +199,34 @@ AttentionOptions options_of(const Case& c) {
   return o;
 }
 
-// Flash with the layout vs the dense reference with the layout, forward and backward.
-void expect_flash_matches_dense(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
-                                const FlashTiles& tiles) {
+// The dense reference with the layout, forward and backward.
+struct DenseResult {
+  AttentionOutput fwd;
+  AttentionGrads grads;
+};
+DenseResult dense_with_layout(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout) {
+  const AttentionOptions o = options_of(c);
+  DenseResult r;
+  r.fwd = attention_forward(q, k, v, o, AttentionImpl::Dense);
+  r.grads = attention_backward(q, k, v, r.fwd.out, r.fwd.lse, dout, o, AttentionImpl::Dense);
+  return r;
+}
+
+// Flash with the layout vs the dense reference, forward and backward.
+void expect_flash_matches(const DenseResult& want, const Case& c, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& dout, const FlashTiles& tiles) {
   AttentionOptions o = options_of(c);
   o.flash_tiles = tiles;
-  const AttentionOutput want = attention_forward(q, k, v, o, AttentionImpl::Dense);
   const AttentionOutput got = attention_forward(q, k, v, o, AttentionImpl::Flash);
-  EXPECT_TRUE(close(got.out, want.out, 2e-5, "out", 1.0));
-  EXPECT_EQ(got.lse.to_vector().size(), want.lse.to_vector().size());
-  const auto gl = got.lse.to_vector(), wl = want.lse.to_vector();
+  EXPECT_TRUE(close(got.out, want.fwd.out, 2e-5, "out", 1.0));
+  const auto gl = got.lse.to_vector(), wl = want.fwd.lse.to_vector();
   for (std::size_t x = 0; x < gl.size(); ++x)
     ASSERT_TRUE(gl[x] == wl[x] || std::fabs(gl[x] - wl[x]) <= 2e-5f * std::max(1.0f, std::fabs(wl[x])))
         << "lse " << x << ": " << gl[x] << " vs " << wl[x];
-  const AttentionGrads gw = attention_backward(q, k, v, want.out, want.lse, dout, o, AttentionImpl::Dense);
   const AttentionGrads gg = attention_backward(q, k, v, got.out, got.lse, dout, o, AttentionImpl::Flash);
-  EXPECT_TRUE(close(gg.dq, gw.dq, 5e-5, "dq", 1.0));
-  EXPECT_TRUE(close(gg.dk, gw.dk, 5e-5, "dk", 1.0));
-  EXPECT_TRUE(close(gg.dv, gw.dv, 5e-5, "dv", 1.0));
+  EXPECT_TRUE(close(gg.dq, want.grads.dq, 5e-5, "dq", 1.0));
+  EXPECT_TRUE(close(gg.dk, want.grads.dk, 5e-5, "dk", 1.0));
+  EXPECT_TRUE(close(gg.dv, want.grads.dv, 5e-5, "dv", 1.0));
 }
 
 TEST(SparseAttention, FlashMatchesDenseForEveryPattern) {
@@ -204,14 +234,16 @@ TEST(SparseAttention, FlashMatchesDenseForEveryPattern) {
   const i64 len = 83, hq = 4, hkv = 2, d = 16;  // 83: not a multiple of any tile; GQA 2:1; batch 2
   const Tensor q = randn({2, hq, len, d}, 1), k = randn({2, hkv, len, d}, 2), v = randn({2, hkv, len, d}, 3);
   const Tensor dout = randn({2, hq, len, d}, 4);
-  for (FlashIsa isa : mf::testing::flash_isas()) {
-    set_flash_isa(isa);
-    for (const Case& c : cases(len, hq))
+  for (const Case& c : cases(len, hq)) {
+    const DenseResult want = dense_with_layout(c, q, k, v, dout);
+    for (FlashIsa isa : mf::testing::flash_isas()) {
+      set_flash_isa(isa);
       for (const FlashTiles& t : {FlashTiles{}, mf::testing::tiny_flash_tiles(0), mf::testing::tiny_flash_tiles(16)}) {
         SCOPED_TRACE(flash_isa_name(isa) + " " + c.name + " fwd_rows " + std::to_string(t.fwd_rows) + " small " +
                      std::to_string(t.small_rows));
-        expect_flash_matches_dense(c, q, k, v, dout, t);
+        expect_flash_matches(want, c, q, k, v, dout, t);
       }
+    }
   }
 }
 
@@ -224,11 +256,12 @@ TEST(SparseAttention, FlashMatchesDenseForDecodeRowsAndOffsetQueries) {
       const Tensor dout = randn({1, hq, lq, d}, 14);
       for (const Case& c : cases(lk, hq)) {
         if (!c.causal) continue;
+        const DenseResult want = dense_with_layout(c, q, k, v, dout);
         FlashTiles split = mf::testing::tiny_flash_tiles(16);
         split.split_min_keys = 32;  // the split-KV path for one query tile
         for (const FlashTiles& t : {FlashTiles{}, split}) {
           SCOPED_TRACE(c.name + " lq " + std::to_string(lq) + " lk " + std::to_string(lk));
-          expect_flash_matches_dense(c, q, k, v, dout, t);
+          expect_flash_matches(want, c, q, k, v, dout, t);
         }
       }
     }
@@ -294,7 +327,7 @@ TEST(SparseAttention, FlashMatchesNaiveElementMask) {
 }
 
 TEST(SparseAttention, LongformerLayoutEqualsWindowGlobalPath) {
-  const i64 len = 150, hq = 4, hkv = 2, d = 16;
+  const i64 len = 256, hq = 4, hkv = 2, d = 16;
   const Tensor q = randn({2, hq, len, d}, 41), k = randn({2, hkv, len, d}, 42), v = randn({2, hkv, len, d}, 43);
   const Tensor dout = randn({2, hq, len, d}, 44);
   for (bool causal : {true, false}) {
@@ -304,7 +337,7 @@ TEST(SparseAttention, LongformerLayoutEqualsWindowGlobalPath) {
     plain.window_right = causal ? -1 : 20;
     plain.global_tokens = {0, 77};
     AttentionOptions sparse = plain;
-    sparse.block_layout = std::make_shared<BlockLayout>(longformer_layout(len, 32, 20, plain.window_right, {0, 77}, causal));
+    sparse.block_layout = std::make_shared<BlockLayout>(longformer_layout(len, 16, 20, plain.window_right, {0, 77}, causal));
     EXPECT_LT(sparse.block_layout->density(), 0.6);
     const AttentionOutput a = attention_forward(q, k, v, plain), b = attention_forward(q, k, v, sparse);
     EXPECT_TRUE(close(b.out, a.out, 1e-5, "out", 1.0));
@@ -365,10 +398,10 @@ TEST(SparseAttention, ThreadCountIndependence) {
 TEST(SparseAttention, GradientsMatchFiniteDifferences) {
   ScopedThreads one(1);
   const i64 len = 37, hq = 2, hkv = 1, d = 8;
-  for (const Case& c : {Case{"strided", std::make_shared<BlockLayout>(strided_layout(len, 16, 5, true)), true},
-                        Case{"fixed", std::make_shared<BlockLayout>(fixed_layout(len, 16, 12, 2, false)), false},
-                        Case{"bigbird heads", std::make_shared<BlockLayout>(bigbird_layout(len, 16, 0, 1, 1, hq, 2, false)),
-                             false}}) {
+  for (const Case& c : {make_case("strided", std::make_shared<BlockLayout>(strided_layout(len, 16, 5, true)), true),
+                        make_case("fixed", std::make_shared<BlockLayout>(fixed_layout(len, 16, 12, 2, false)), false),
+                        make_case("bigbird heads", std::make_shared<BlockLayout>(bigbird_layout(len, 16, 0, 1, 1, hq, 2, false)),
+                             false)}) {
     SCOPED_TRACE(c.name);
     const AttentionOptions o = options_of(c);
     Tensor q = randn({1, hq, len, d}, 71), k = randn({1, hkv, len, d}, 72), v = randn({1, hkv, len, d}, 73);
@@ -479,7 +512,8 @@ TEST(SparseAttention, RejectsBadInput) {
   ctx.head_dim = 8;
   ctx.max_position_embeddings = 64;
   auto make = [&](nlohmann::json given) {
-    ParamStore store;
+    mf::testing::OwnedParameters owner;
+    mf::testing::RandomParamStore store(owner, 0.1f);
     ctx.options = parse_options(e.options, given, "", "sparse_attention");
     e.make(ctx, store);
   };
@@ -507,24 +541,8 @@ TEST(SparseAttentionMixer, TinyLmTrainsAndGeneratesLikeTheFullForward) {
     j["sparse_attention"] = opts;
     Transformer m(config_from_json(j, "test.json"), 3);
     EXPECT_EQ(m.token_mixer(0).name(), "sparse_attention");
-    Tensor tokens = Tensor::empty({2, 40}, DType::I32), targets = Tensor::empty({2, 40}, DType::I32);
-    for (std::int64_t s = 0; s < 2; ++s)
-      for (std::int64_t t = 0; t < 40; ++t) {
-        tokens.data<std::int32_t>()[s * 40 + t] = static_cast<std::int32_t>((t + s) % 5 + 3);
-        targets.data<std::int32_t>()[s * 40 + t] = static_cast<std::int32_t>((t + s + 1) % 5 + 3);
-      }
-    double first = 0, last = 0;
-    for (int step = 0; step < 30; ++step) {
-      for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-      const double loss = m.loss(tokens, targets, true);
-      if (step == 0) first = loss;
-      last = loss;
-      for (Parameter* p : m.parameters()) {
-        float* v = p->value.data<float>();
-        const float* g = p->grad.data<float>();
-        for (std::int64_t i = 0; i < p->value.numel(); ++i) v[i] -= 0.5f * g[i];
-      }
-    }
+    const auto [tokens, targets] = mf::testing::periodic_lm_batch(2, 40);
+    const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 30, 0.5f);
     EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
     const Tensor tok = mf::testing::random_tokens({2, 50}, 7, cfg.vocab_size);
     mf::testing::expect_generation_equals_full_forward(m, tok, 16, 1e-4f);
