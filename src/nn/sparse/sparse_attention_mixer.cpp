@@ -123,9 +123,9 @@ TokenMixerEntry sparse_attention_mixer_entry() {
         const nlohmann::json& o = ctx.options;
         const i64 block = o.at("block").get<i64>();
         MF_CHECK(block % 16 == 0, "[", kName, "] option 'block' must be a multiple of 16, got ", block);
-        MF_CHECK(o.at("c").get<i64>() <= o.at("stride").get<i64>(), "[", kName, "] option 'c' (", o.at("c").get<i64>(),
-                 ") must be at most 'stride' (", o.at("stride").get<i64>(), ")");
         const std::string pattern = o.at("pattern").get<std::string>();
+        MF_CHECK(pattern != "fixed" || o.at("c").get<i64>() <= o.at("stride").get<i64>(), "[", kName, "] option 'c' (",
+                 o.at("c").get<i64>(), ") must be at most 'stride' (", o.at("stride").get<i64>(), ") for pattern \"fixed\"");
         if (pattern == "npy") {
           MF_CHECK(!o.at("layout_file").get<std::string>().empty(), "[", kName,
                    "] pattern \"npy\" needs option 'layout_file' (a .npy block map)");
