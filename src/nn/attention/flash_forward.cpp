@@ -143,7 +143,8 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
     const float* v_tile = keys.v + j0 * k_row_stride;
     if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
                        // head's K and V outgrow L2 from a few thousand keys on).
-      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
+      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
+      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
           _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T1);
@@ -297,7 +298,8 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
     const float* v_tile = keys.v + j0 * k_row_stride;
     {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
        // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
-      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
+      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
+      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
           _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T0);
