@@ -7,6 +7,7 @@
 // random blocks follow the seed; finite differences; PyTorch fixtures; bad
 // input; the mixer in a tiny model (trains, generation equals the full forward).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +29,7 @@
 #include "nn/sparse/block_layout.h"
 #include "nn/sparse/sparse_attention_mixer.h"
 #include "testing/gradcheck.h"
+#include "../support/cli.h"
 #include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -521,6 +523,60 @@ TEST(SparseAttention, RejectsBadInput) {
   EXPECT_ERROR("option 'c' (9) must be at most 'stride' (8)", make({{"pattern", "fixed"}, {"stride", 8}, {"c", 9}}));
   EXPECT_ERROR("needs option 'layout_file'", make({{"pattern", "npy"}}));
   EXPECT_ERROR("sparse_attention.pattern", make({{"pattern", "dense"}}));
+}
+
+// Every option of the exact kernel on top of a per-head layout (GQA): ALiBi, key padding, dropout.
+TEST(SparseAttention, FlashMatchesDenseWithEveryKernelOption) {
+  const i64 len = 83, hq = 4, hkv = 2, d = 16;
+  const Tensor q = randn({2, hq, len, d}, 91), k = randn({2, hkv, len, d}, 92), v = randn({2, hkv, len, d}, 93);
+  const Tensor dout = randn({2, hq, len, d}, 94);
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "bidirectional");
+    Case c = make_case("bigbird per head", std::make_shared<BlockLayout>(bigbird_layout(len, 16, 1, 1, 1, hq, 5, causal)),
+                       causal);
+    AttentionOptions o = options_of(c);
+    o.alibi = true;
+    o.dropout_p = 0.2f;
+    o.dropout_seed = 7;
+    o.key_padding_mask = Tensor::empty({2, len}, DType::I32);
+    for (i64 x = 0; x < 2 * len; ++x) o.key_padding_mask.data<std::int32_t>()[x] = 1;
+    for (i64 j : {3, 40, 82}) o.key_padding_mask.data<std::int32_t>()[len + j] = 0;
+    const AttentionOutput want = attention_forward(q, k, v, o, AttentionImpl::Dense);
+    const AttentionOutput got = attention_forward(q, k, v, o, AttentionImpl::Flash);
+    EXPECT_TRUE(close(got.out, want.out, 2e-5, "out", 1.0));
+    const AttentionGrads gw = attention_backward(q, k, v, want.out, want.lse, dout, o, AttentionImpl::Dense);
+    const AttentionGrads gg = attention_backward(q, k, v, got.out, got.lse, dout, o, AttentionImpl::Flash);
+    EXPECT_TRUE(close(gg.dq, gw.dq, 5e-5, "dq", 1.0));
+    EXPECT_TRUE(close(gg.dk, gw.dk, 5e-5, "dk", 1.0));
+    EXPECT_TRUE(close(gg.dv, gw.dv, 5e-5, "dv", 1.0));
+  }
+}
+
+// `modformer attention --layout L.npy --layout-block 16` equals the library call with that layout.
+TEST(SparseAttention, CliLayoutMatchesTheLibrary) {
+  const std::string dir = ::testing::TempDir() + "/mf_sparse_cli_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const Tensor q = randn({1, 2, 50, 16}, 95), k = randn({1, 1, 50, 16}, 96), v = randn({1, 1, 50, 16}, 97);
+  const auto layout = random_layout(50, 16, 2, 8);  // per head
+  Tensor map = Tensor::empty({2, layout->row_blocks, layout->col_blocks}, DType::I32);
+  for (i64 x = 0; x < map.numel(); ++x) map.data<std::int32_t>()[x] = layout->present[static_cast<std::size_t>(x)];
+  for (const auto& [name, t] : {std::pair{"q", q}, std::pair{"k", k}, std::pair{"v", v}, std::pair{"map", map}})
+    save_npy(dir + "/" + name + ".npy", t);
+  const auto r = mf::testing::run_cli("attention --q " + dir + "/q.npy --k " + dir + "/k.npy --v " + dir +
+                                          "/v.npy --out " + dir + "/o.npy --causal --layout " + dir +
+                                          "/map.npy --layout-block 16",
+                                      dir);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  AttentionOptions o;
+  o.causal = true;
+  o.block_layout = layout;
+  EXPECT_EQ(load_npy(dir + "/o.npy").to_vector(), attention_forward(q, k, v, o).out.to_vector());
+  const auto bad = mf::testing::run_cli("attention --q " + dir + "/q.npy --k " + dir + "/k.npy --v " + dir +
+                                            "/v.npy --out " + dir + "/o.npy --layout " + dir + "/map.npy --layout-block 8",
+                                        dir);
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("block must be a multiple of 16"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(dir);
 }
 
 // Tiny causal LMs with sparse_attention layers: each pattern trains (the loss
