@@ -254,11 +254,14 @@ struct FlashCall {
   // Block-sparse layout (p.layout, block_sparse.h). Tiles are cut to divide its block (so that
   // a tile lies in one layout tile; the front door keeps Lk - Lq a multiple of the block or
   // Lq = 1, so query tiles align too) and the loops visit only present tiles through lists
-  // built once per call: fwd_cols, per (KV group u, row block), the column blocks present for
-  // some query head of the group (u = 0 for a shared map); bwd_rows, per (layout head, column
-  // block), the row blocks present for that head.
+  // built once per call over the row blocks [row_lo, row_hi] that hold query rows and the
+  // column blocks [0, col_end) that hold keys (a decode step lists one row):
+  // fwd_cols, per (KV group u, row block), the column blocks present for some query head of
+  // the group (u = 0 for a shared map); bwd_rows, per (layout head, column block), the row
+  // blocks present for that head.
   const BlockLayout* layout = nullptr;
   bool layout_heads_differ = false;  // per-head maps with GQA groups: a forward tile may lack some heads
+  i64 row_lo = 0, row_hi = -1, col_end = 0;
   std::vector<i64> fwd_cols_start, fwd_cols, bwd_rows_start, bwd_rows;
 
   void setup_layout() {
@@ -279,11 +282,19 @@ struct FlashCall {
     tiles.split_chunk = std::max(blk, tiles.split_chunk / blk * blk);
     fwd_whole_reach = bwd_whole_reach = false;
     layout_heads_differ = l.heads > 1 && G > 1;
+    row_lo = std::numeric_limits<i64>::max();
+    for (i64 b = 0; b < p.batch; ++b) {
+      col_end = std::max(col_end, ceil_div(p.k_len[b], blk));
+      if (p.q_len[b] == 0) continue;
+      row_lo = std::min(row_lo, p.shift(b) / blk);
+      row_hi = std::max(row_hi, (p.shift(b) + p.q_len[b] - 1) / blk);
+    }
+    row_lo = std::min(row_lo, row_hi + 1);
     const i64 groups = l.heads == 1 ? 1 : p.hkv, heads_per_group = l.heads == 1 ? 1 : G;
     for (i64 u = 0; u < groups; ++u)
-      for (i64 r = 0; r < l.row_blocks; ++r) {
+      for (i64 r = row_lo; r <= row_hi; ++r) {
         fwd_cols_start.push_back(static_cast<i64>(fwd_cols.size()));
-        for (i64 c = 0; c < l.col_blocks; ++c) {
+        for (i64 c = 0; c < col_end; ++c) {
           bool any = false;
           for (i64 g = 0; g < heads_per_group && !any; ++g) any = l.at(u * heads_per_group + g, r, c);
           if (any) fwd_cols.push_back(c);
@@ -291,9 +302,9 @@ struct FlashCall {
       }
     fwd_cols_start.push_back(static_cast<i64>(fwd_cols.size()));
     for (i64 h = 0; h < l.heads; ++h)
-      for (i64 c = 0; c < l.col_blocks; ++c) {
+      for (i64 c = 0; c < col_end; ++c) {
         bwd_rows_start.push_back(static_cast<i64>(bwd_rows.size()));
-        for (i64 r = 0; r < l.row_blocks; ++r)
+        for (i64 r = row_lo; r <= row_hi; ++r)
           if (l.at(h, r, c)) bwd_rows.push_back(r);
       }
     bwd_rows_start.push_back(static_cast<i64>(bwd_rows.size()));
@@ -302,7 +313,7 @@ struct FlashCall {
   // block of position ip; INT64_MAX when there is none.
   i64 layout_next_key(i64 kvh, i64 ip, i64 j0) const {
     const BlockLayout& l = *layout;
-    const i64 list = (l.heads == 1 ? 0 : kvh) * l.row_blocks + ip / l.block;
+    const i64 list = (l.heads == 1 ? 0 : kvh) * (row_hi - row_lo + 1) + ip / l.block - row_lo;
     const auto first = fwd_cols.begin() + fwd_cols_start[list], last = fwd_cols.begin() + fwd_cols_start[list + 1];
     const auto it = std::lower_bound(first, last, j0 / l.block);
     return it == last ? std::numeric_limits<i64>::max() : std::max(j0, *it * l.block);
@@ -311,7 +322,7 @@ struct FlashCall {
   // column block of key j; INT64_MAX when there is none.
   i64 layout_next_row(i64 b, i64 h, i64 j, i64 i0) const {
     const BlockLayout& l = *layout;
-    const i64 shift = p.shift(b), list = (l.heads == 1 ? 0 : h) * l.col_blocks + j / l.block;
+    const i64 shift = p.shift(b), list = (l.heads == 1 ? 0 : h) * col_end + j / l.block;
     const auto first = bwd_rows.begin() + bwd_rows_start[list], last = bwd_rows.begin() + bwd_rows_start[list + 1];
     const auto it = std::lower_bound(first, last, (i0 + shift) / l.block);
     return it == last ? std::numeric_limits<i64>::max() : std::max(i0, *it * l.block - shift);
