@@ -575,7 +575,7 @@ TEST(SparseAttention, CliLayoutMatchesTheLibrary) {
                                             "/v.npy --out " + dir + "/o.npy --layout " + dir + "/map.npy --layout-block 8",
                                         dir);
   EXPECT_NE(bad.rc, 0);
-  EXPECT_NE(bad.err.find("block must be a multiple of 16"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("'block' must be a multiple of 16"), std::string::npos) << bad.err;
   std::filesystem::remove_all(dir);
 }
 
