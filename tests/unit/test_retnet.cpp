@@ -25,6 +25,7 @@
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/parameters.h"
+#include "../support/periodic_lm.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -387,24 +388,8 @@ TEST(RetNet, TinyLmTrainsAndGeneratesLikeTheFullForward) {
   j["retention"] = {{"chunk_size", 4}};
   Transformer m(config_from_json(j, "test.json"), 3);
   // Training: period-5 sequences, next-token targets.
-  Tensor tokens = Tensor::empty({4, 24}, DType::I32), targets = Tensor::empty({4, 24}, DType::I32);
-  for (std::int64_t s = 0; s < 4; ++s)
-    for (std::int64_t t = 0; t < 24; ++t) {
-      tokens.data<std::int32_t>()[s * 24 + t] = static_cast<std::int32_t>((t + s) % 5 + 3);
-      targets.data<std::int32_t>()[s * 24 + t] = static_cast<std::int32_t>((t + s + 1) % 5 + 3);
-    }
-  double first = 0, last = 0;
-  for (int step = 0; step < 40; ++step) {
-    for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
-    const double loss = m.loss(tokens, targets, true);
-    if (step == 0) first = loss;
-    last = loss;
-    for (Parameter* p : m.parameters()) {
-      float* v = p->value.data<float>();
-      const float* g = p->grad.data<float>();
-      for (std::int64_t i = 0; i < p->value.numel(); ++i) v[i] -= 0.5f * g[i];
-    }
-  }
+  const auto [tokens, targets] = mf::testing::periodic_lm_batch(4, 24);
+  const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 40, 0.5f);
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
   // Generation vs the full forward.
   for (const char* form : {"recurrent", "auto"}) {

@@ -579,6 +579,26 @@ TEST(SparseAttention, CliLayoutMatchesTheLibrary) {
   std::filesystem::remove_all(dir);
 }
 
+// `modformer bench sparse` smoke run: every row of the table and the JSON report.
+TEST(SparseAttention, BenchSmoke) {
+  const std::string dir = ::testing::TempDir() + "/mf_sparse_bench_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const auto r = mf::testing::run_cli("--threads 1 bench sparse --lengths 128 --densities 2,4 --heads 1 --head-dim 16 "
+                                      "--block 16 --reps 1 --patterns strided,fixed,bigbird,longformer --json " +
+                                          dir + "/s.json",
+                                      dir);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char* row : {"dense, 16-row tiles", "random 1/2", "random 1/4", "strided", "fixed", "bigbird", "longformer"})
+    EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
+  std::ifstream f(dir + "/s.json");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  EXPECT_EQ(j.at("rows").size(), 8u);
+  const auto bad = mf::testing::run_cli("bench sparse --patterns dense", dir);
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("unknown pattern 'dense'"), std::string::npos) << bad.err;
+  std::filesystem::remove_all(dir);
+}
+
 // Tiny causal LMs with sparse_attention layers: each pattern trains (the loss
 // falls) and generation (prefill, then steps) equals the full forward.
 TEST(SparseAttentionMixer, TinyLmTrainsAndGeneratesLikeTheFullForward) {
