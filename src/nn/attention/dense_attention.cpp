@@ -2,6 +2,7 @@
 // probabilities P of each (batch, head) and applies the textbook formulas
 // (Vaswani et al. 2017), forward and backward. It is the specification the
 // flash kernels are tested against: simple, exact (double accumulation), slow.
+// A block-sparse layout enters as its element mask (attention_layout_visible).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

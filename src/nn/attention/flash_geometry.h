@@ -1,9 +1,10 @@
 // Flash attention, stage 1 of 3 (flash_forward.cpp, flash_backward.cpp):
 // the tile geometry and visibility shared by the forward and the backward.
 // FlashCall holds what one call's tile loops read (the problem, its tile
-// sizes, shrunk for narrow windows, and lookup tables for global tokens and
-// key padding) and classifies (row range, key range) tiles as skipped, full
-// or edge; visible_pairs is the element rule on SIMD lanes.
+// sizes, shrunk for narrow windows, lookup tables for global tokens and key
+// padding, and the lists of present tiles of a block-sparse layout) and
+// classifies (row range, key range) tiles as skipped, full or edge;
+// visible_pairs is the element rule on SIMD lanes.
 #pragma once
 #include <algorithm>
 #include <cstdint>
