@@ -12,11 +12,13 @@
 #include "core/error.h"
 #include "core/npy.h"
 #include "nn/attention/attention.h"
+#include "nn/sparse/block_layout.h"
 
 namespace {
 
 struct AttentionArgs {
-  std::string q, k, v, out, lse, dout, dq, dk, dv, key_padding_mask;
+  std::string q, k, v, out, lse, dout, dq, dk, dv, key_padding_mask, layout;
+  std::int64_t layout_block = 64;
   std::string impl = "flash";
   bool causal = false, alibi = false;
   std::int64_t window_left = -1, window_right = -1;
@@ -81,6 +83,7 @@ int run_attention(const AttentionArgs& a) {
   opt.dropout_p = a.dropout;
   opt.dropout_seed = a.seed;
   if (!a.key_padding_mask.empty()) opt.key_padding_mask = load_input(a.key_padding_mask, "--key-padding-mask", mf::DType::I32);
+  if (!a.layout.empty()) opt.block_layout = std::make_shared<mf::BlockLayout>(mf::layout_from_npy(a.layout, a.layout_block));
   const mf::VarlenSeqlens seqs{a.cu_seqlens_q, a.cu_seqlens_k};
 
   const mf::AttentionOutput fw = varlen ? mf::attention_varlen_forward(q, k, v, seqs, opt, impl)
@@ -130,6 +133,12 @@ std::function<int()> setup_attention(CLI::App& app) {
       ->check(CLI::ExistingFile);
   app.add_option("--cu-seqlens-q", a->cu_seqlens_q, "Varlen: cumulative query offsets, e.g. 0,3,8")->delimiter(',');
   app.add_option("--cu-seqlens-k", a->cu_seqlens_k, "Varlen: cumulative key offsets, e.g. 0,5,9")->delimiter(',');
+  app.add_option("--layout", a->layout,
+                 "Block-sparse layout .npy (bool or integer [R, R] shared, or [Hq, R, R] per head; nonzero = the "
+                 "tile of --layout-block positions exists): only present tiles are computed")
+      ->check(CLI::ExistingFile);
+  app.add_option("--layout-block", a->layout_block, "Positions per side of a --layout tile (a multiple of 16)")
+      ->capture_default_str();
   app.add_option("--lse", a->lse, "Write the log-sum-exp per row .npy [B, Hq, Lq]");
   app.add_option("--dout", a->dout, "Gradient of the output .npy (runs the backward pass)")->check(CLI::ExistingFile);
   app.add_option("--dq", a->dq, "Write dQ .npy (with --dout)");

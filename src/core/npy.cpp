@@ -249,7 +249,10 @@ Tensor parse_npy(const std::string& bytes, const std::string& name) {
   MF_CHECK(shape_v, "[npy] file '", name, "': header lacks the key 'shape'");
   MF_CHECK(descr->kind == PyValue::Str, "[npy] file '", name, "': 'descr' must be a string but is ",
            kind_name(descr->kind), " (structured dtypes are not supported)");
-  const DType dtype = parse_descr(descr->str, name);
+  // One-byte booleans and integers ('|b1', '|u1', '|i1': masks, block maps) load as int32.
+  const std::string& code = descr->str;
+  const bool bytes_to_i32 = code == "|b1" || code == "|u1" || code == "|i1";
+  const DType dtype = bytes_to_i32 ? DType::I32 : parse_descr(code, name);
   MF_CHECK(fortran->kind == PyValue::Bool, "[npy] file '", name, "': 'fortran_order' must be True or False but is ",
            kind_name(fortran->kind));
   MF_CHECK(!fortran->b, "[npy] file '", name,
@@ -264,14 +267,22 @@ Tensor parse_npy(const std::string& bytes, const std::string& name) {
     shape.push_back(d.i);
   }
   const std::int64_t numel = checked_numel(shape, name);
-  const std::size_t need = static_cast<std::size_t>(numel) * dtype_size(dtype);
+  const std::size_t need = static_cast<std::size_t>(numel) * (bytes_to_i32 ? 1 : dtype_size(dtype));
   const std::size_t have = size - prefix - header_len;
   MF_CHECK(have >= need, "[npy] file '", name, "': data is truncated: shape ", shape_str(shape), " of ",
            dtype_name(dtype), " needs ", need, " bytes but the file has ", have);
   MF_CHECK(have == need, "[npy] file '", name, "': ", have - need, " trailing bytes after the data of shape ",
            shape_str(shape), " (", need, " bytes)");
   Tensor t = Tensor::empty(shape, dtype);
-  if (need) std::memcpy(t.raw_data(), bytes.data() + prefix + header_len, need);
+  if (bytes_to_i32) {
+    const char* src = bytes.data() + prefix + header_len;
+    std::int32_t* dst = t.data<std::int32_t>();
+    for (std::int64_t x = 0; x < numel; ++x)
+      dst[x] = code == "|i1" ? static_cast<std::int32_t>(static_cast<signed char>(src[x]))
+                             : static_cast<std::int32_t>(static_cast<unsigned char>(src[x]));
+  } else if (need) {
+    std::memcpy(t.raw_data(), bytes.data() + prefix + header_len, need);
+  }
   return t;
 }
 

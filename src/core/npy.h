@@ -1,5 +1,5 @@
-// NumPy .npy files (format versions 1.0-3.0; float32, int32, int64; C order,
-// little-endian). Reading validates magic, header length, the header dict,
+// NumPy .npy files (format versions 1.0-3.0; float32, int32, int64, and bool,
+// uint8, int8 read as int32; C order, little-endian). Reading validates magic, header length, the header dict,
 // dtype, shape vs file size; writing goes through write_file_atomic.
 #pragma once
 #include <string>

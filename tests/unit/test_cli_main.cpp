@@ -117,7 +117,8 @@ TEST(CliMain, EveryBenchmarkHasASmokeRun) {
   for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator(); ++it)
     listed.insert((*it)[1]);
   const std::set<std::string> covered = {"approx", "attention", "gemm", "generate", "train",  // test_bench_*.cpp
-                                         "kernels", "kv_cache", "mixers", "rope"};  // below
+                                         "kernels", "kv_cache", "mixers", "rope",             // below
+                                         "sparse"};  // test_sparse_attention.cpp
   EXPECT_EQ(listed, covered) << r.out;
   fs::remove_all(dir);
 }

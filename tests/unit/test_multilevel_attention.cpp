@@ -27,7 +27,7 @@
 #include "../support/mixer_checks.h"
 #include "../support/model_fixture.h"
 #include "../support/parameters.h"
-#include "../support/pattern_lm.h"
+#include "../support/periodic_lm.h"
 #include "../support/threads.h"
 #include "../support/tiny_models.h"
 
@@ -415,7 +415,8 @@ TEST(MultilevelAttention, TinyLmTrainsAndGeneratesLikeTheFullForward) {
   const nlohmann::json j = tiny_multilevel_json();
   Transformer m(config_from_json(j, "test.json"), 3);
   EXPECT_EQ(m.token_mixer(0).name(), "multilevel_attention");
-  const auto [first, last] = mf::testing::sgd_on_period5_pattern(m, 40, 0.5f);
+  const auto [tokens, targets] = mf::testing::periodic_lm_batch(4, 24);  // period-5 sequences
+  const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 40, 0.5f);
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
   const Tensor tok = mf::testing::random_tokens({2, 21}, 7, 23);
   mf::testing::expect_generation_equals_full_forward(m, tok, 6, 1e-4f);

@@ -49,6 +49,26 @@ void check_length(std::int64_t len, const char* what) {
            "2^24)");
 }
 
+// The block-sparse layout of a call: valid in itself, one map or one per query
+// head, covering every position, and aligned with the query rows (block_sparse.h).
+void set_block_layout(AttentionProblem& p, const BlockLayout& layout) {
+  check_block_layout(layout, kOp);
+  MF_CHECK(layout.heads == 1 || layout.heads == p.hq, kOp, " block layout has ", layout.heads,
+           " head maps but q has ", p.hq, " heads (give 1 map shared by all heads, or one per query head)");
+  const std::int64_t blk = layout.block;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const std::int64_t lq = p.q_len[b], lk = p.k_len[b];
+    MF_CHECK(lq <= lk, kOp, " a block layout needs Lq <= Lk (queries at absolute positions), got Lq ", lq, " > Lk ",
+             lk);
+    MF_CHECK(lq <= 1 || (lk - lq) % blk == 0, kOp, " with a block layout of block ", blk,
+             ", Lk - Lq must be a multiple of the block (or Lq = 1), got Lk ", lk, ", Lq ", lq);
+    const std::int64_t need = (lk + blk - 1) / blk;
+    MF_CHECK(layout.row_blocks >= need && layout.col_blocks >= need, kOp, " block layout is ", layout.row_blocks,
+             " x ", layout.col_blocks, " blocks of ", blk, " but ", lk, " positions need ", need, " x ", need);
+  }
+  p.layout = &layout;
+}
+
 // Fills the option fields of `p` (everything but the layout) and validates
 // them; `max_k_len` bounds the global token positions.
 void set_options(AttentionProblem& p, const AttentionOptions& opt, std::int64_t max_k_len) {
@@ -75,6 +95,7 @@ void set_options(AttentionProblem& p, const AttentionOptions& opt, std::int64_t 
   p.dropout_seed = opt.dropout_seed;
   check_flash_tiles(opt.flash_tiles);
   p.tiles = opt.flash_tiles;
+  if (opt.block_layout) set_block_layout(p, *opt.block_layout);
 }
 
 // Dense layout: q/out [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], lse [B, Hq, Lq].
@@ -264,6 +285,31 @@ AttentionGrads run_backward(const DenseInputs& in, const Tensor& out, const Tens
 }
 
 }  // namespace
+
+void check_block_layout(const BlockLayout& l, const char* op) {
+  MF_CHECK(l.block >= 16 && l.block <= 4096 && l.block % 16 == 0, op,
+           " block layout: block must be a multiple of 16 in [16, 4096], got ", l.block);
+  MF_CHECK(l.heads >= 1 && l.row_blocks >= 0 && l.col_blocks >= 0, op, " block layout: heads (", l.heads,
+           ") must be >= 1 and the block counts (", l.row_blocks, ", ", l.col_blocks, ") >= 0");
+  MF_CHECK(l.row_blocks <= kMaxAttentionLength && l.col_blocks <= kMaxAttentionLength &&
+               static_cast<std::int64_t>(l.present.size()) == l.heads * l.row_blocks * l.col_blocks,
+           op, " block layout: present has ", l.present.size(), " entries but heads x row_blocks x col_blocks = ",
+           l.heads, " x ", l.row_blocks, " x ", l.col_blocks);
+  switch (l.rule.kind) {
+    case SparseElementRule::Kind::None:
+      break;
+    case SparseElementRule::Kind::Strided:
+      MF_CHECK(l.rule.period >= 1 && l.rule.period <= kMaxAttentionLength, op,
+               " block layout: strided period must be in [1, 2^24], got ", l.rule.period);
+      break;
+    case SparseElementRule::Kind::Fixed:
+      MF_CHECK(l.rule.period >= 1 && l.rule.period <= kMaxAttentionLength, op,
+               " block layout: fixed period must be in [1, 2^24], got ", l.rule.period);
+      MF_CHECK(l.rule.summary >= 0 && l.rule.summary <= l.rule.period, op,
+               " block layout: fixed summary c must be in [0, period = ", l.rule.period, "], got ", l.rule.summary);
+      break;
+  }
+}
 
 std::vector<float> alibi_slopes(std::int64_t n_heads) {
   MF_CHECK(n_heads >= 1, "[alibi] the number of heads must be >= 1, got ", n_heads);

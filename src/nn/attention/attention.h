@@ -19,9 +19,11 @@
 //   - Lq and Lk are at most kMaxAttentionLength (2^24) per batch entry.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
+#include "nn/attention/block_sparse.h"
 #include "nn/attention/flash_attention.h"
 
 namespace mf {
@@ -49,6 +51,11 @@ struct AttentionOptions {
   // Tile sizes of the flash kernels for this call (results depend on them only
   // through rounding); validated by check_flash_tiles.
   FlashTiles flash_tiles;
+  // Optional block-sparse layout (block_sparse.h): only its present tiles are
+  // computed, with its element rule on top of the masks above. Needs Lq <= Lk
+  // and, unless Lq == 1, Lk - Lq a multiple of its block; it must cover
+  // ceil(Lk / block) row and column blocks.
+  std::shared_ptr<const BlockLayout> block_layout;
 };
 
 struct AttentionOutput {

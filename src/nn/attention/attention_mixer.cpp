@@ -32,8 +32,10 @@ const MixerCapabilities kCaps{.causal = true, .bidirectional = true, .generation
 
 class AttentionMixer final : public TokenMixer {
  public:
-  AttentionMixer(const std::string& name, const MixerContext& ctx, ParamStore& store, std::int64_t window)
+  AttentionMixer(const std::string& name, const MixerContext& ctx, ParamStore& store, std::int64_t window,
+                 std::function<void(AttentionOptions&, std::int64_t)> adjust_options = {})
       : TokenMixer(name, kCaps), max_positions_(ctx.max_position_embeddings) {
+    p_.adjust_options = std::move(adjust_options);
     p_.num_heads = ctx.num_heads;
     p_.num_kv_heads = ctx.num_kv_heads;
     p_.head_dim = ctx.head_dim;
@@ -100,6 +102,12 @@ void add_attention_projections(ParamStore& store, const MixerContext& ctx, const
     *slot = store.add(base + ".weight", {rows, cols}, ParamInit::Normal, true);
     if (ctx.attention_bias) *bias = store.add(base + ".bias", {rows}, ParamInit::Zeros, false);
   }
+}
+
+std::unique_ptr<TokenMixer> make_attention_mixer(
+    const std::string& name, const MixerContext& ctx, ParamStore& store,
+    std::function<void(AttentionOptions&, std::int64_t key_len)> adjust_options) {
+  return std::make_unique<AttentionMixer>(name, ctx, store, 0, std::move(adjust_options));
 }
 
 TokenMixerEntry full_attention_mixer_entry() {

@@ -4,6 +4,10 @@
 // bidirectional, key padding, and generation through a per-layer KV cache
 // (full, or a mirrored rolling window of W slots).
 #pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
 #include "nn/mixer/token_mixer.h"
 
 namespace mf {
@@ -22,5 +26,11 @@ struct AttentionProjectionSlots {
   Parameter **q_bias, **k_bias, **v_bias, **o_bias;
 };
 void add_attention_projections(ParamStore& store, const MixerContext& ctx, const AttentionProjectionSlots& slots);
+// The full-attention mixer (its self_attn.* parameters, KV cache and
+// capabilities) under another name, with extra options for each call given
+// its key length: the block-sparse mixer (src/nn/sparse/) is one.
+std::unique_ptr<TokenMixer> make_attention_mixer(
+    const std::string& name, const MixerContext& ctx, ParamStore& store,
+    std::function<void(AttentionOptions&, std::int64_t key_len)> adjust_options);
 
 }  // namespace mf

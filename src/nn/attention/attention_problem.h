@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "nn/attention/block_sparse.h"
 #include "nn/attention/flash_attention.h"
 
 namespace mf {
@@ -36,6 +37,7 @@ struct AttentionProblem {
   const std::int32_t* key_mask = nullptr;  // [batch, key_mask_stride] or null
   std::int64_t key_mask_stride = 0;
   FlashTiles tiles;  // the flash kernels' tile sizes (the dense reference ignores them)
+  const BlockLayout* layout = nullptr;  // block-sparse layout (block_sparse.h), or null
 
   std::int64_t group() const { return hq / hkv; }  // query heads per KV head
   std::int64_t shift(std::int64_t b) const { return k_len[b] - q_len[b]; }  // i' = i + shift
@@ -55,12 +57,20 @@ inline bool attention_visible(const AttentionProblem& p, std::int64_t b, std::in
   return in_window || (!p.global_tokens.empty() && (p.is_global(ip) || p.is_global(j)));
 }
 
-// Whether row i of batch entry b sees at least one key.
-inline bool attention_row_sees_a_key(const AttentionProblem& p, std::int64_t b, std::int64_t i) {
+// Whether the block-sparse layout lets query head h at absolute position ip
+// see key j (its tile is present and its element rule allows the pair).
+inline bool attention_layout_visible(const AttentionProblem& p, std::int64_t h, std::int64_t ip, std::int64_t j) {
+  if (p.layout == nullptr) return true;
+  const BlockLayout& l = *p.layout;
+  return l.at(l.heads == 1 ? 0 : h, ip / l.block, j / l.block) && sparse_rule_allows(l.rule, ip, j);
+}
+
+// Whether row i of query head h of batch entry b sees at least one key.
+inline bool attention_row_sees_a_key(const AttentionProblem& p, std::int64_t b, std::int64_t h, std::int64_t i) {
   const std::int64_t ip = i + p.shift(b);
   const std::int64_t key_end = p.causal ? std::min(p.k_len[b], ip + 1) : p.k_len[b];
   for (std::int64_t j = 0; j < key_end; ++j)
-    if (attention_visible(p, b, i, j)) return true;
+    if (attention_visible(p, b, i, j) && attention_layout_visible(p, h, ip, j)) return true;
   return false;
 }
 

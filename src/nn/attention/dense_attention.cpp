@@ -2,6 +2,7 @@
 // probabilities P of each (batch, head) and applies the textbook formulas
 // (Vaswani et al. 2017), forward and backward. It is the specification the
 // flash kernels are tested against: simple, exact (double accumulation), slow.
+// A block-sparse layout enters as its element mask (attention_layout_visible).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -80,7 +81,7 @@ void softmax_probs(const AttentionProblem& p, std::int64_t b, std::int64_t h, co
     double mx = kNegInf;
     bool any = false;
     for (std::int64_t j = 0; j < lk; ++j) {
-      visible[j] = attention_visible(p, b, i, j);
+      visible[j] = attention_visible(p, b, i, j) && attention_layout_visible(p, h, i + p.shift(b), j);
       if (!visible[j]) continue;
       s[j] = static_cast<double>(p.scale) * dot(qh + i * p.q_row_stride, kh + j * p.k_row_stride, d) +
              static_cast<double>(attention_bias(p, b, h, i, j));

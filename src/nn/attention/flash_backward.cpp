@@ -95,9 +95,14 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
     const float sl = alibi ? cm.slopes[h] : 0.0f;
     const auto [qa, qb] = cm.query_range(b, j0, j1, sc.Bq);
     for (i64 i0 = qa; i0 < qb; i0 += sc.Bq) {
+      if (cm.layout != nullptr) {  // block-sparse: on to the next row tile present for head h
+        i0 = cm.layout_next_row(b, h, j0, i0);
+        if (i0 >= qb) break;
+      }
       const i64 nq = std::min(sc.Bq, qb - i0);
-      const TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
+      TileKind kind = cm.classify(b, i0 + shift, i0 + nq - 1 + shift, j0, j1);
       if (kind == TileKind::Skip) continue;
+      if (cm.layout != nullptr) kind = cm.layout_kind(kind, i0 + shift, i0 + nq - 1 + shift, j0, j1, false);
       const bool masked = kind == TileKind::Edge || nc < Bkp;
       const i64 qoff = p.q_off[b] + h * p.q_head_stride + i0 * q_row_stride;
       const float* qrow = in.q + qoff;
@@ -229,7 +234,9 @@ void backward_impl(const FlashCall& cm, const float* q, const float* k, const fl
       const auto [qa, qb] = cm.query_range(b, j0, j1, bq);
       for (i64 i0 = qa; i0 < qb; i0 += bq) {
         const TileKind kind = cm.classify(b, i0 + p.shift(b), std::min(i0 + bq, qb) - 1 + p.shift(b), j0, j1);
-        c += kind == TileKind::Skip ? 0.0 : kind == TileKind::Full ? 1.0 : 1.3;
+        // (absent tiles of a shared layout cost nothing; per-head maps are counted as present)
+        const bool absent = cm.layout != nullptr && cm.layout->heads == 1 && cm.layout_next_row(b, 0, j0, i0) > i0;
+        c += kind == TileKind::Skip || absent ? 0.0 : kind == TileKind::Full ? 1.0 : 1.3;
       }
       tcost[t] = c * static_cast<double>(G);
     }

@@ -33,13 +33,14 @@ struct FwdScratch {
   std::vector<KeyRanges> rng;       // per W-lane block of a tile (FlashCall::lane_keys)
   std::vector<const float*> qrows;
   float *m = nullptr, *l = nullptr, *alpha = nullptr, *ipos = nullptr, *row_global = nullptr, *slope = nullptr;
+  float* lane_ok = nullptr;  // block-sparse layouts with per-head maps: 1 where the lane's head has the tile
   explicit FwdScratch(const FlashCall& cm) {
     const i64 bq = std::max<i64>(1, cm.tiles.fwd_rows / cm.G);
     max_lanes = round_up(cm.G * bq, Isa::W);
     qt.reset(cm.D * max_lanes);
     st.reset(cm.tiles.fwd_keys * max_lanes);
     o.reset(max_lanes * cm.Dp);
-    stats.reset(6 * max_lanes);
+    stats.reset(7 * max_lanes);
     colmax.reset(max_lanes);
     qs.reset(std::max<i64>(1, cm.tiles.small_rows) * cm.Dp);
     keys.reset(3 * cm.tiles.fwd_keys);
@@ -49,6 +50,7 @@ struct FwdScratch {
     ipos = alpha + max_lanes;
     row_global = ipos + max_lanes;
     slope = row_global + max_lanes;
+    lane_ok = slope + max_lanes;
     lane_h.resize(max_lanes);
     lane_i.resize(max_lanes);
     blk_lo.resize(max_lanes / Isa::W);
@@ -118,18 +120,31 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
   // still cached; only long ranges are worth prefetching.
   const bool long_range = (kend - kfirst) * D >= (i64{1} << 16);
   for (i64 j0 = kfirst; j0 < kend;) {
+    if (cm.layout != nullptr) {  // block-sparse: on to the next present tile
+      j0 = cm.layout_next_key(kvh, ip_lo, j0);
+      if (j0 >= kend) break;
+    }
     const i64 j1 = std::min(j0 + cm.tiles.fwd_keys, kend);
-    const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
+    TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
       continue;
     }
+    // Block-sparse: lanes of heads whose map lacks this tile are masked (lane_ok), and the
+    // layout's element rule applies to edge tiles.
+    const bool lane_mask = cm.layout_heads_differ && !cm.layout_group_has_all(kvh, ip_lo, j0);
+    if (lane_mask)
+      for (i64 r = 0; r < lanes; ++r)
+        sc.lane_ok[r] = r < R && cm.layout_has(sc.lane_h[r], ip_lo, j0) ? 1.0f : 0.0f;
+    if (cm.layout != nullptr) kind = cm.layout_kind(kind, ip_lo, ip_hi, j0, j1, lane_mask);
+    const bool layout_mask = lane_mask || (cm.layout != nullptr && cm.layout->rule.kind != SparseElementRule::Kind::None);
     const i64 nc = j1 - j0;
     const float* k_tile = keys.k + j0 * k_row_stride;
     const float* v_tile = keys.v + j0 * k_row_stride;
     if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
                        // head's K and V outgrow L2 from a few thousand keys on).
-      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
+      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
+      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
           _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T1);
@@ -179,9 +194,10 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
         const float jf = static_cast<float>(j);
         if (alibi) s = I::sub(s, I::mul(slv, I::abs(I::sub(ipv, I::set1(jf)))));  // - m_h |i' - j|
         const bool padded = pad_tile && cm.key_padded(b, j);
-        if (edge && (jj < all_begin || jj >= all_end || padded || has_global)) {
-          const M vis = visible_pairs<I>(p, ipv, I::set1(jf), row_global_mask, I::mall(has_global && cm.global_pos(j)),
-                                         I::mall(!padded));
+        if (edge && (jj < all_begin || jj >= all_end || padded || has_global || layout_mask)) {
+          M vis = visible_pairs<I>(p, ipv, I::set1(jf), row_global_mask, I::mall(has_global && cm.global_pos(j)),
+                                   I::mall(!padded));
+          if (lane_mask) vis = I::mand(vis, I::ge(I::load(sc.lane_ok + v0), I::set1(0.5f)));
           s = I::select(vis, s, I::set1(kNegInf));
         }
         if (alibi || edge) I::store(sp, s);
@@ -265,18 +281,25 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
   const i64 k_row_stride = p.k_row_stride;
   const i64 kend = cm.end_key(ip_hi, kb);
   for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
+    if (cm.layout != nullptr) {  // block-sparse: on to the next present tile
+      j0 = cm.layout_next_key(kvh, ip_lo, j0);
+      if (j0 >= kend) break;
+    }
     const i64 j1 = std::min(j0 + cm.tiles.fwd_keys, kend);
-    const TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
+    TileKind kind = cm.classify(b, ip_lo, ip_hi, j0, j1);
     if (kind == TileKind::Skip) {
       j0 = j1;
       continue;
     }
+    const bool lane_mask = cm.layout_heads_differ && !cm.layout_group_has_all(kvh, ip_lo, j0);
+    if (cm.layout != nullptr) kind = cm.layout_kind(kind, ip_lo, ip_hi, j0, j1, lane_mask);
     const i64 nc = j1 - j0, ncp = round_up(nc, W);
     const float* k_tile = keys.k + j0 * k_row_stride;
     const float* v_tile = keys.v + j0 * k_row_stride;
     {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
        // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
-      const i64 ja = j1, jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
+      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
+      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
       for (i64 jj = ja; jj < jb; ++jj)
         for (i64 d = 0; d < D; d += 16) {
           _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T0);
@@ -306,8 +329,9 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
           const V jv = I::load(jpos + v0);
           if (alibi) x = I::sub(x, I::mul(slv, I::abs(I::sub(ipv, jv))));  // - m_h |i' - j|
           if (masked) {
-            const M vis = visible_pairs<I>(p, ipv, jv, row_global_mask, I::ge(I::load(gcol + v0), I::set1(0.5f)),
-                                           I::ge(I::load(keyok + v0), I::set1(0.5f)));
+            M vis = visible_pairs<I>(p, ipv, jv, row_global_mask, I::ge(I::load(gcol + v0), I::set1(0.5f)),
+                                     I::ge(I::load(keyok + v0), I::set1(0.5f)));
+            if (lane_mask && !cm.layout_has(sc.lane_h[r], ip, j0)) vis = I::mall(false);
             x = I::select(vis, x, I::set1(kNegInf));
           }
         }
@@ -359,7 +383,7 @@ void write_rows(const FlashCall& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float
     if (l[r] != 0.0f) {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
       lr = static_cast<float>(static_cast<double>(m[r]) + std::log(static_cast<double>(l[r])));  // one rounding
-    } else if (attention_row_sees_a_key(p, b, i)) {
+    } else if (attention_row_sees_a_key(p, b, h, i)) {
       for (i64 d = 0; d < cm.D; ++d) orow[d] = std::numeric_limits<float>::quiet_NaN();
       lr = std::numeric_limits<float>::quiet_NaN();
     } else {

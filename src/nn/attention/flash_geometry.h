@@ -1,13 +1,15 @@
 // Flash attention, stage 1 of 3 (flash_forward.cpp, flash_backward.cpp):
 // the tile geometry and visibility shared by the forward and the backward.
 // FlashCall holds what one call's tile loops read (the problem, its tile
-// sizes, shrunk for narrow windows, and lookup tables for global tokens and
-// key padding) and classifies (row range, key range) tiles as skipped, full
-// or edge; visible_pairs is the element rule on SIMD lanes.
+// sizes, shrunk for narrow windows, lookup tables for global tokens and key
+// padding, and the lists of present tiles of a block-sparse layout) and
+// classifies (row range, key range) tiles as skipped, full or edge;
+// visible_pairs is the element rule on SIMD lanes.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -136,6 +138,7 @@ struct FlashCall {
       fwd_whole_reach = whole_reach(std::max<i64>(1, tiles.fwd_rows / G), tiles.fwd_keys);
       bwd_whole_reach = whole_reach(tiles.bwd_keys, tiles.bwd_rows);
     }
+    if (p.layout != nullptr) setup_layout();
     if (!p.global_tokens.empty()) {
       i64 max_k = 0;
       for (i64 b = 0; b < p.batch; ++b) max_k = std::max(max_k, p.k_len[b]);
@@ -249,6 +252,115 @@ struct FlashCall {
     return {lo, std::max(lo, std::min(hi, lq))};
   }
 
+  // Block-sparse layout (p.layout, block_sparse.h). Tiles are cut to divide its block (so that
+  // a tile lies in one layout tile; the front door keeps Lk - Lq a multiple of the block or
+  // Lq = 1, so query tiles align too) and the loops visit only present tiles through lists
+  // built once per call over the row blocks [row_lo, row_hi] that hold query rows and the
+  // column blocks [0, col_end) that hold keys (a decode step lists one row):
+  // fwd_cols, per (KV group u, row block), the column blocks present for some query head of
+  // the group (u = 0 for a shared map); bwd_rows, per (layout head, column block), the row
+  // blocks present for that head.
+  const BlockLayout* layout = nullptr;
+  bool layout_heads_differ = false;  // per-head maps with GQA groups: a forward tile may lack some heads
+  i64 row_lo = 0, row_hi = -1, col_end = 0;
+  std::vector<i64> fwd_cols_start, fwd_cols, bwd_rows_start, bwd_rows;
+
+  void setup_layout() {
+    layout = p.layout;
+    const BlockLayout& l = *layout;
+    const i64 blk = l.block;
+    const auto divisor_at_most = [blk](i64 cap, i64 unit) {  // largest multiple of unit dividing blk, <= cap
+      i64 best = unit;
+      for (i64 t = unit; t <= std::min(cap, blk); t += unit)
+        if (blk % t == 0) best = t;
+      return best;
+    };
+    tiles.fwd_keys = divisor_at_most(tiles.fwd_keys, 16);
+    tiles.bwd_keys = divisor_at_most(tiles.bwd_keys, 16);
+    tiles.bwd_rows = divisor_at_most(tiles.bwd_rows, 16);
+    tiles.fwd_rows = G * divisor_at_most(std::max<i64>(1, tiles.fwd_rows / G), 1);
+    tiles.small_rows = std::min(tiles.small_rows, tiles.fwd_rows);
+    tiles.split_chunk = std::max(blk, tiles.split_chunk / blk * blk);
+    fwd_whole_reach = bwd_whole_reach = false;
+    layout_heads_differ = l.heads > 1 && G > 1;
+    row_lo = std::numeric_limits<i64>::max();
+    for (i64 b = 0; b < p.batch; ++b) {
+      col_end = std::max(col_end, ceil_div(p.k_len[b], blk));
+      if (p.q_len[b] == 0) continue;
+      row_lo = std::min(row_lo, p.shift(b) / blk);
+      row_hi = std::max(row_hi, (p.shift(b) + p.q_len[b] - 1) / blk);
+    }
+    row_lo = std::min(row_lo, row_hi + 1);
+    const i64 groups = l.heads == 1 ? 1 : p.hkv, heads_per_group = l.heads == 1 ? 1 : G;
+    for (i64 u = 0; u < groups; ++u)
+      for (i64 r = row_lo; r <= row_hi; ++r) {
+        fwd_cols_start.push_back(static_cast<i64>(fwd_cols.size()));
+        for (i64 c = 0; c < col_end; ++c) {
+          bool any = false;
+          for (i64 g = 0; g < heads_per_group && !any; ++g) any = l.at(u * heads_per_group + g, r, c);
+          if (any) fwd_cols.push_back(c);
+        }
+      }
+    fwd_cols_start.push_back(static_cast<i64>(fwd_cols.size()));
+    for (i64 h = 0; h < l.heads; ++h)
+      for (i64 c = 0; c < col_end; ++c) {
+        bwd_rows_start.push_back(static_cast<i64>(bwd_rows.size()));
+        for (i64 r = row_lo; r <= row_hi; ++r)
+          if (l.at(h, r, c)) bwd_rows.push_back(r);
+      }
+    bwd_rows_start.push_back(static_cast<i64>(bwd_rows.size()));
+  }
+  // The first key >= j0 in a column block present (for some head of KV group kvh) at the row
+  // block of position ip; INT64_MAX when there is none.
+  i64 layout_next_key(i64 kvh, i64 ip, i64 j0) const {
+    const BlockLayout& l = *layout;
+    const i64 list = (l.heads == 1 ? 0 : kvh) * (row_hi - row_lo + 1) + ip / l.block - row_lo;
+    const auto first = fwd_cols.begin() + fwd_cols_start[list], last = fwd_cols.begin() + fwd_cols_start[list + 1];
+    const auto it = std::lower_bound(first, last, j0 / l.block);
+    return it == last ? std::numeric_limits<i64>::max() : std::max(j0, *it * l.block);
+  }
+  // The first query row >= i0 of entry b whose row block is present for query head h at the
+  // column block of key j; INT64_MAX when there is none.
+  i64 layout_next_row(i64 b, i64 h, i64 j, i64 i0) const {
+    const BlockLayout& l = *layout;
+    const i64 shift = p.shift(b), list = (l.heads == 1 ? 0 : h) * col_end + j / l.block;
+    const auto first = bwd_rows.begin() + bwd_rows_start[list], last = bwd_rows.begin() + bwd_rows_start[list + 1];
+    const auto it = std::lower_bound(first, last, (i0 + shift) / l.block);
+    return it == last ? std::numeric_limits<i64>::max() : std::max(i0, *it * l.block - shift);
+  }
+  bool layout_has(i64 h, i64 ip, i64 j) const {
+    return layout->at(layout->heads == 1 ? 0 : h, ip / layout->block, j / layout->block);
+  }
+  // Whether every query head of KV group kvh has the tile of (ip, j).
+  bool layout_group_has_all(i64 kvh, i64 ip, i64 j) const {
+    for (i64 g = 0; g < G; ++g)
+      if (!layout_has(kvh * G + g, ip, j)) return false;
+    return true;
+  }
+  // Whether every pair of rows [ip_lo, ip_hi] x keys [j0, j1) passes the element rule.
+  bool rule_covers(i64 ip_lo, i64 ip_hi, i64 j0, i64 j1) const {
+    const SparseElementRule& r = layout->rule;
+    switch (r.kind) {
+      case SparseElementRule::Kind::None:
+        return true;
+      case SparseElementRule::Kind::Strided:
+        return std::max(ip_hi - j0, j1 - 1 - ip_lo) < r.period;
+      case SparseElementRule::Kind::Fixed: {
+        const i64 group = floor_div(j0, r.period);
+        const bool one_group = floor_div(j1 - 1, r.period) == group;
+        return one_group && ((floor_div(ip_lo, r.period) == group && floor_div(ip_hi, r.period) == group) ||
+                             floor_mod(j0, r.period) >= r.period - r.summary);
+      }
+    }
+    return false;
+  }
+  // The kind of a tile that the layout loops visit: a Full tile becomes Edge where the element
+  // rule cuts it or (forward, heads_differ) some of its stacked heads lack it.
+  TileKind layout_kind(TileKind kind, i64 ip_lo, i64 ip_hi, i64 j0, i64 j1, bool heads_differ) const {
+    if (kind == TileKind::Full && (heads_differ || !rule_covers(ip_lo, ip_hi, j0, j1))) return TileKind::Edge;
+    return kind;
+  }
+
   KeyRows kv(i64 b, i64 kvh) const {
     const i64 off = p.k_off[b] + kvh * p.k_head_stride;
     return {k + off, v + off};
@@ -275,6 +387,34 @@ void pack_transposed(RowFn row, i64 n, i64 D, float scale, float* dst, i64 ldd) 
   }
 }
 
+// floor(x / l) and x - l floor(x / l) for integer-valued x (|x| <= 2^24): the
+// quotient from x * (1/l) is off by at most one, and the remainder from one
+// fused multiply-add is exact, which corrects it.
+template <class I>
+std::pair<typename I::V, typename I::V> div_mod(typename I::V x, float l) {
+  typename I::V q = I::floor(I::mul(x, I::set1(1.0f / l)));
+  typename I::V r = I::fmadd(q, I::set1(-l), x);
+  const typename I::M over = I::ge(r, I::set1(l)), under = I::le(r, I::set1(-1.0f));
+  q = I::select(over, I::add(q, I::set1(1.0f)), I::select(under, I::sub(q, I::set1(1.0f)), q));
+  r = I::select(over, I::sub(r, I::set1(l)), I::select(under, I::add(r, I::set1(l)), r));
+  return {q, r};
+}
+
+// The layout's element rule (block_sparse.h, sparse_rule_allows) on SIMD lanes.
+template <class I>
+typename I::M rule_pairs(const SparseElementRule& rule, typename I::V row_pos, typename I::V key_pos) {
+  const float l = static_cast<float>(rule.period);
+  if (rule.kind == SparseElementRule::Kind::Strided) {
+    const typename I::V diff = I::sub(row_pos, key_pos);
+    const typename I::M near = I::le(I::abs(diff), I::set1(l - 1.0f));
+    return I::mor(near, I::eq(div_mod<I>(diff, l).second, I::zero()));
+  }
+  const auto [row_group, row_rem] = div_mod<I>(row_pos, l);
+  const auto [key_group, key_rem] = div_mod<I>(key_pos, l);
+  (void)row_rem;
+  return I::mor(I::eq(row_group, key_group), I::ge(key_rem, I::set1(l - static_cast<float>(rule.summary))));
+}
+
 // The visibility rule of attention.h on a vector of (row, key) pairs, written
 // once for every kernel and ISA (the scalar one included): positions as floats,
 // exact because lengths are at most 2^24 and window bounds below the longest
@@ -292,6 +432,8 @@ typename I::M visible_pairs(const AttentionProblem& p, typename I::V row_pos, ty
   if (!p.global_tokens.empty()) in_window = I::mor(in_window, I::mor(row_global, key_global));
   typename I::M visible = I::mand(in_window, key_usable);
   if (p.causal) visible = I::mand(visible, I::le(key_pos, row_pos));
+  if (p.layout != nullptr && p.layout->rule.kind != SparseElementRule::Kind::None)
+    visible = I::mand(visible, rule_pairs<I>(p.layout->rule, row_pos, key_pos));
   return visible;
 }
 

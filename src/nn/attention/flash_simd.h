@@ -50,6 +50,7 @@ struct IsaScalar {
   static V mul(V a, V b) { return a * b; }
   static V max(V a, V b) { return a > b ? a : b; }
   static V abs(V a) { return std::fabs(a); }
+  static V floor(V a) { return std::floor(a); }
   static M le(V a, V b) { return a <= b; }
   static M ge(V a, V b) { return a >= b; }
   static M eq(V a, V b) { return a == b; }
@@ -88,6 +89,7 @@ struct IsaAvx2 {
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static V floor(V a) { return _mm256_floor_ps(a); }
   static M le(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
   static M ge(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static M eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
@@ -161,6 +163,7 @@ struct IsaAvx512 {
   static constexpr __mmask16 kAll = 0xFFFF;
   static V max(V a, V b) { return _mm512_maskz_max_ps(kAll, a, b); }
   static V abs(V a) { return _mm512_abs_ps(a); }
+  static V floor(V a) { return _mm512_maskz_roundscale_ps(kAll, a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   static M le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   static M ge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static M eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }

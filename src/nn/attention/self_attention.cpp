@@ -86,6 +86,7 @@ AttentionOptions self_attention_options(const SelfAttentionParams& p, const Atte
     opt.window_left = p.sliding_window - 1;
     if (!call.causal) opt.window_right = p.sliding_window - 1;  // encoders: W - 1 on each side
   }
+  if (p.adjust_options) p.adjust_options(opt, call.past + call.seq_len);
   return opt;
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <span>
+#include <functional>
 #include <tuple>
 #include <utility>
 
@@ -45,6 +46,9 @@ struct SelfAttentionParams {
   bool alibi = false;               // ALiBi slopes inside the kernel
   std::int64_t sliding_window = 0;  // W > 0: a token sees itself and the W - 1 before it
   AttentionImpl impl = AttentionImpl::Flash;
+  // Extra options of each call, given its key length (past + L): the
+  // block-sparse mixer (src/nn/sparse/) sets its layout here. Empty: none.
+  std::function<void(AttentionOptions&, std::int64_t key_len)> adjust_options;
 };
 
 // Where the call sits: batch shape, layer index (for the cache), the cache,

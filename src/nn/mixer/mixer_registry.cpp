@@ -13,6 +13,7 @@
 #include "nn/multilevel/multilevel_mixer.h"
 #include "nn/retnet/retention_mixer.h"
 #include "nn/transformer_xl/transformer_xl_mixer.h"
+#include "nn/sparse/sparse_attention_mixer.h"
 
 namespace mf {
 
@@ -28,6 +29,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       retention_mixer_entry(),
       multilevel_attention_mixer_entry(),
       transformer_xl_mixer_entry(),
+      sparse_attention_mixer_entry(),
   };
   return table;
 }
