@@ -93,10 +93,14 @@ RopeScalingConfig parse_rope_scaling_json(const json& v, const std::string& sour
       r.beta_slow = get_double(x, source, f);
     } else if (it.key() == "attention_factor") {
       if (!x.is_null()) r.attention_factor = get_double(x, source, f);
+    } else if (it.key() == "mscale") {
+      if (!x.is_null()) r.mscale = get_double(x, source, f);
+    } else if (it.key() == "mscale_all_dim") {
+      if (!x.is_null()) r.mscale_all_dim = get_double(x, source, f);
     } else {
       field_error(source, f,
                   "unknown field (expected type/rope_type, factor, original_max_position_embeddings, beta_fast, "
-                  "beta_slow, attention_factor)");
+                  "beta_slow, attention_factor, mscale, mscale_all_dim)");
     }
   }
   if (!has_type) field_error(source, "rope_scaling.type", "missing (give 'type' or 'rope_type')");
@@ -115,6 +119,8 @@ json rope_scaling_to_json(const RopeScalingConfig& r) {
     j["beta_fast"] = r.beta_fast;
     j["beta_slow"] = r.beta_slow;
     if (r.attention_factor > 0) j["attention_factor"] = r.attention_factor;
+    if (r.mscale) j["mscale"] = *r.mscale;
+    if (r.mscale_all_dim) j["mscale_all_dim"] = *r.mscale_all_dim;
   }
   return j;
 }
@@ -359,6 +365,8 @@ void validate_config(const ModelConfig& c, const std::string& s) {
       if (!(r.beta_fast > r.beta_slow && r.beta_slow > 0))
         field_error(s, "rope_scaling.beta_fast", "YaRN needs beta_fast > beta_slow > 0");
       if (r.attention_factor < 0) field_error(s, "rope_scaling.attention_factor", "must be > 0");
+      if (r.mscale && !(*r.mscale >= 0)) field_error(s, "rope_scaling.mscale", "must be >= 0");
+      if (r.mscale_all_dim && !(*r.mscale_all_dim >= 0)) field_error(s, "rope_scaling.mscale_all_dim", "must be >= 0");
     }
   }
 

@@ -10,6 +10,7 @@
 #include "nn/performer/performer_mixer.h"
 #include "nn/reformer/lsh_attention_mixer.h"
 #include "nn/mamba/mamba_mixer.h"
+#include "nn/mla/mla_mixer.h"
 #include "nn/retnet/retention_mixer.h"
 
 namespace mf {
@@ -24,6 +25,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       performer_mixer_entry(),
       mamba_mixer_entry(),
       retention_mixer_entry(),
+      mla_mixer_entry(),
   };
   return table;
 }
