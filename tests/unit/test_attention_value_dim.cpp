@@ -38,21 +38,21 @@ std::vector<Case> cases() {
       {"bidirectional padding", 2, 2, 2, 21, 21, 32, 8, false, false, true},
       {"varlen causal", 3, 4, 1, 0, 0, 24, 16, true, true},
       {"window", 1, 2, 1, 45, 45, 16, 24, true, false, false, 7},
-      {"decode many keys", 2, 8, 2, 1, 700, 24, 16, true},
+      {"decode many keys", 2, 4, 2, 1, 300, 24, 16, true},
       {"prefix continuation", 1, 4, 4, 5, 50, 48, 32, true},
-      {"mla shape", 1, 2, 2, 33, 33, 192, 128, true},
+      {"mla shape", 1, 2, 2, 17, 17, 192, 128, true},
       {"length one", 1, 2, 1, 1, 1, 16, 8, true},
   };
 }
 
-struct Run {
+struct ValueDimProblem {
   Tensor q, k, v, dout, mask;
   VarlenSeqlens seqs;
   AttentionOptions opt;
 };
 
-Run make(const Case& c, std::uint64_t seed) {
-  Run r;
+ValueDimProblem make(const Case& c, std::uint64_t seed) {
+  ValueDimProblem r;
   r.opt.causal = c.causal;
   r.opt.window_left = c.window;
   if (c.varlen) {
@@ -79,16 +79,16 @@ Run make(const Case& c, std::uint64_t seed) {
   return r;
 }
 
-AttentionOutput fwd(const Case& c, const Run& r, AttentionImpl impl, const Tensor& k, const Tensor& v) {
+AttentionOutput fwd(const Case& c, const ValueDimProblem& r, AttentionImpl impl, const Tensor& k, const Tensor& v) {
   return c.varlen ? attention_varlen_forward(r.q, k, v, r.seqs, r.opt, impl) : attention_forward(r.q, k, v, r.opt, impl);
 }
-AttentionGrads bwd(const Case& c, const Run& r, const AttentionOutput& o, AttentionImpl impl) {
+AttentionGrads bwd(const Case& c, const ValueDimProblem& r, const AttentionOutput& o, AttentionImpl impl) {
   return c.varlen ? attention_varlen_backward(r.q, r.k, r.v, o.out, o.lse, r.dout, r.seqs, r.opt, impl)
                   : attention_backward(r.q, r.k, r.v, o.out, o.lse, r.dout, r.opt, impl);
 }
 
 void expect_flash_equals_dense(const Case& c, const FlashTiles& tiles) {
-  Run r = make(c, 11);
+  ValueDimProblem r = make(c, 11);
   r.opt.flash_tiles = tiles;
   const AttentionOutput d = fwd(c, r, AttentionImpl::Dense, r.k, r.v);
   const AttentionOutput f = fwd(c, r, AttentionImpl::Flash, r.k, r.v);
@@ -99,9 +99,9 @@ void expect_flash_equals_dense(const Case& c, const FlashTiles& tiles) {
   EXPECT_TRUE(close(f.lse, d.lse, 2e-5, "lse"));
   const AttentionGrads gd = bwd(c, r, d, AttentionImpl::Dense);
   const AttentionGrads gf = bwd(c, r, d, AttentionImpl::Flash);
-  EXPECT_TRUE(close(gf.dq, gd.dq, 5e-5, "dq"));
-  EXPECT_TRUE(close(gf.dk, gd.dk, 5e-5, "dk"));
-  EXPECT_TRUE(close(gf.dv, gd.dv, 5e-5, "dv"));
+  EXPECT_TRUE(close(gf.dq, gd.dq, 5e-5, "dq", 1.0));
+  EXPECT_TRUE(close(gf.dk, gd.dk, 5e-5, "dk", 1.0));
+  EXPECT_TRUE(close(gf.dv, gd.dv, 5e-5, "dv", 1.0));
   EXPECT_EQ(gf.dv.shape(), r.v.shape());
 }
 
@@ -127,7 +127,7 @@ TEST(AttentionValueDim, FlashEqualsDenseOnEverySimdPathAndTiling) {
 // The dense reference with Dv != D against a float64 loop written here.
 TEST(AttentionValueDim, DenseMatchesFloat64Loop) {
   const Case c{"gqa causal", 2, 4, 2, 6, 9, 8, 16, true};
-  const Run r = make(c, 3);
+  const ValueDimProblem r = make(c, 3);
   const AttentionOutput o = attention_forward(r.q, r.k, r.v, r.opt, AttentionImpl::Dense);
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.d));
   std::vector<float> want(static_cast<std::size_t>(c.b * c.hq * c.lq * c.dv));
@@ -158,7 +158,7 @@ TEST(AttentionValueDim, DenseMatchesFloat64Loop) {
 TEST(AttentionValueDim, GradientsMatchFiniteDifferences) {
   for (AttentionImpl impl : {AttentionImpl::Dense, AttentionImpl::Flash}) {
     const Case c{"gqa causal", 1, 2, 1, 5, 7, 8, 16, true};
-    Run r = make(c, 5);
+    ValueDimProblem r = make(c, 5);
     const Tensor w = randn({c.b, c.hq, c.lq, c.dv}, 9);
     auto loss = [&] { return mf::testing::weighted_sum(attention_forward(r.q, r.k, r.v, r.opt, impl).out, w); };
     const AttentionOutput o = attention_forward(r.q, r.k, r.v, r.opt, impl);
@@ -175,9 +175,9 @@ TEST(AttentionValueDim, GradientsMatchFiniteDifferences) {
 // read in place, same result as packed copies.
 TEST(AttentionValueDim, StridedKeyValueViews) {
   const Case c{"views", 2, 4, 2, 3, 20, 24, 16, true};
-  const Run r = make(c, 7);
+  const ValueDimProblem r = make(c, 7);
   Tensor kbuf = Tensor::zeros({c.b, c.hkv, 32, c.d}), vbuf = Tensor::zeros({c.b, c.hkv, 40, c.dv});
-  const Tensor kview = kbuf.slice(2, 0, c.lk), vview = vbuf.slice(2, 0, c.lk);
+  Tensor kview = kbuf.slice(2, 0, c.lk), vview = vbuf.slice(2, 0, c.lk);
   kview.copy_from(r.k);
   vview.copy_from(r.v);
   for (AttentionImpl impl : {AttentionImpl::Dense, AttentionImpl::Flash}) {

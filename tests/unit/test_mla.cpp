@@ -9,11 +9,15 @@
 
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/deepseek_v2_config.h"
 #include "model/transformer.h"
 #include "nn/mixer/mixer_registry.h"
 #include "nn/mixer/param_store.h"
@@ -22,6 +26,7 @@
 #include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
+#include "../support/generation.h"
 #include "../support/mixer_checks.h"
 #include "../support/parameters.h"
 #include "../support/threads.h"
@@ -263,7 +268,7 @@ TEST(Mla, AbsorbedDecodeEqualsNaiveEqualsFullForward) {
   Layer full(d, yarn_rope(), 5);
   Tensor want = Tensor::empty(x.shape());
   full.mixer->forward(want, x, call_of(b, l), false);
-  for (const std::string& decode : {"absorbed", "naive", "auto"}) {
+  for (const char* decode : {"absorbed", "naive", "auto"}) {
     SCOPED_TRACE(decode);
     Layer layer(d, yarn_rope(), 5, decode);
     GenerationOptions go;
@@ -378,8 +383,131 @@ TEST(Mla, RejectsBadInput) {
   gc.past = 2;
   Tensor y1 = Tensor::empty({1, 16});
   EXPECT_ERROR("continues at position 2 but the latent cache holds 0", m->forward(y1, randn({1, 16}, 1), gc, false));
-  const auto other = token_mixer_entry("full_attention").make(ctx, params)->new_state(go);
+  ParamList other_params(0, 0.02);
+  const auto other = token_mixer_entry("full_attention").make(ctx, other_params)->new_state(go);
   gc.state = other.get();
   gc.past = 0;
   EXPECT_ERROR("the generation state was not made by this mixer", m->forward(y1, randn({1, 16}, 1), gc, false));
+}
+
+// The whole-model fixture of tools/fixtures/model.py with an MLA layer (then
+// exact attention; YaRN with mscale / mscale_all_dim, biases): logits, loss and
+// every parameter gradient vs plain torch in float64; then generation through
+// the model's states (latent cache + KV cache) equals its full forward.
+TEST(Mla, WholeModelFixtureMatchesTorch) {
+  mf::testing::ScopedThreads one(1);
+  const std::string name = "model_mla_yarn";
+  const SafetensorsContents st = mf::testing::load_fixture(name);
+  const Tensor cj = st.tensors.at("config_json");
+  std::string text;
+  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
+  std::map<std::string, Tensor> weights;
+  for (const auto& [k, t] : st.tensors)
+    if (k.rfind("w:", 0) == 0) weights[k.substr(2)] = t;
+  Transformer m(config_from_string(text, name), 123);
+  load_weights(m, weights, name);
+  EXPECT_EQ(m.token_mixer(0).name(), "mla");
+  const Tensor& tokens = st.tensors.at("tokens");
+  EXPECT_TRUE(close(m.logits(tokens), st.tensors.at("logits"), 1e-4, "logits"));
+  for (Parameter* p : m.parameters()) p->grad.fill(0.0f);
+  const double loss = m.loss(tokens, st.tensors.at("targets"), true);
+  const double want = st.tensors.at("loss").to_vector()[0];
+  EXPECT_NEAR(loss, want, 1e-4 * want);
+  int mla_params = 0;
+  for (Parameter* p : m.parameters()) {
+    ASSERT_TRUE(st.tensors.count("g:" + p->name)) << p->name;
+    EXPECT_TRUE(close(p->grad, st.tensors.at("g:" + p->name), 1e-4, "gradient of " + p->name, 1e-3));
+    mla_params += p->name.rfind("model.layers.0.self_attn.", 0) == 0;
+  }
+  EXPECT_EQ(mla_params, 10);  // q_a, q_b, kv_a, kv_b, o weights; the 2 norms; q_a, kv_a, o biases
+  const auto state = mf::testing::expect_generation_equals_full_forward(m, tokens, 4, 1e-4f);
+  (void)state;
+}
+
+namespace {
+nlohmann::json tiny_deepseek_v2() {
+  return nlohmann::json::parse(R"({
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+    "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV2Config"},
+    "vocab_size": 37, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+    "n_shared_experts": null, "n_routed_experts": null, "ep_size": 1, "routed_scaling_factor": 1.0,
+    "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8, "v_head_dim": 16, "qk_nope_head_dim": 16,
+    "topk_method": "greedy", "n_group": null, "topk_group": null, "num_experts_per_tok": null,
+    "moe_layer_freq": 1, "first_k_dense_replace": 0, "norm_topk_prob": false, "scoring_func": "softmax",
+    "aux_loss_alpha": 0.001, "seq_aux": true, "hidden_act": "silu", "max_position_embeddings": 64,
+    "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": true, "pad_token_id": null,
+    "bos_token_id": 0, "eos_token_id": 1, "pretraining_tp": 1, "tie_word_embeddings": false,
+    "rope_theta": 10000, "attention_bias": false, "attention_dropout": 0.0,
+    "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 16, "beta_fast": 32,
+                     "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+  })");
+}
+}  // namespace
+
+// model_type "deepseek_v2": HF's fields in, HF's tensor names on the model, HF's
+// fields out; MoE layers refused by name while the "moe" channel mixer is absent.
+TEST(Mla, DeepseekV2ConfigUsesHuggingFaceNames) {
+  const ModelConfig c = config_from_json(tiny_deepseek_v2(), "deepseek");
+  EXPECT_EQ(c.model_type, "deepseek_v2");
+  EXPECT_EQ(c.layer_mixer(1), "mla");
+  EXPECT_EQ(c.options_of("mla").at("q_lora_rank"), 24);
+  ASSERT_TRUE(c.rope_scaling.mscale_all_dim.has_value());
+  EXPECT_DOUBLE_EQ(*c.rope_scaling.mscale_all_dim, 0.707);
+  Transformer m(c, 1);
+  std::set<std::string> names;
+  for (Parameter* p : m.parameters()) names.insert(p->name);
+  for (const char* n : {"model.embed_tokens.weight", "model.layers.1.input_layernorm.weight",
+                        "model.layers.1.self_attn.q_a_proj.weight", "model.layers.1.self_attn.q_a_layernorm.weight",
+                        "model.layers.1.self_attn.q_b_proj.weight", "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
+                        "model.layers.1.self_attn.kv_a_layernorm.weight", "model.layers.1.self_attn.kv_b_proj.weight",
+                        "model.layers.1.self_attn.o_proj.weight", "model.layers.1.post_attention_layernorm.weight",
+                        "model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight",
+                        "model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"})
+    EXPECT_TRUE(names.count(n)) << n;
+  EXPECT_EQ(names.size(), 3u + 2u * 12u);
+  // Out in HF's fields and back.
+  const nlohmann::json out = config_to_json(c);
+  EXPECT_EQ(out.at("model_type"), "deepseek_v2");
+  EXPECT_EQ(out.at("kv_lora_rank"), 16);
+  EXPECT_EQ(out.at("rope_scaling").at("mscale"), 0.707);
+  const ModelConfig back = config_from_json(out, "round trip");
+  EXPECT_EQ(back.options_of("mla"), c.options_of("mla"));
+  EXPECT_EQ(config_to_json(back), out);
+  // q_lora_rank null: a plain q_proj; yarn without original_max_position_embeddings: 4096.
+  nlohmann::json j = tiny_deepseek_v2();
+  j["q_lora_rank"] = nullptr;
+  j["max_position_embeddings"] = 8192;
+  j["rope_scaling"].erase("original_max_position_embeddings");
+  const ModelConfig plain = config_from_json(j, "plain");
+  EXPECT_EQ(plain.options_of("mla").at("q_lora_rank"), 0);
+  EXPECT_EQ(plain.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_TRUE(config_to_json(plain).at("q_lora_rank").is_null());
+}
+
+TEST(Mla, DeepseekV2ConfigRefusesWhatItCannotBuild) {
+  nlohmann::json j = tiny_deepseek_v2();
+  j["n_routed_experts"] = 8;
+  j["num_experts_per_tok"] = 2;
+  j["first_k_dense_replace"] = 1;
+  if (find_channel_mixer("moe") == nullptr)
+    EXPECT_ERROR("layers 1 are MoE layers (first_k_dense_replace 1, moe_layer_freq 1) but channel mixer 'moe' is not "
+                 "available in this build",
+                 config_from_json(j, "moe"));
+  j = tiny_deepseek_v2();
+  j["sliding_window"] = 4;
+  EXPECT_ERROR("field 'sliding_window': unknown field for model_type \"deepseek_v2\"", config_from_json(j, "x"));
+  j = tiny_deepseek_v2();
+  j.erase("kv_lora_rank");
+  EXPECT_ERROR("field 'kv_lora_rank': missing", config_from_json(j, "x"));
+  j = tiny_deepseek_v2();
+  j["ep_size"] = 2;
+  EXPECT_ERROR("field 'ep_size': only 1 is supported", config_from_json(j, "x"));
+  j = tiny_deepseek_v2();
+  j["qk_rope_head_dim"] = 7;
+  EXPECT_ERROR("field 'qk_rope_head_dim': must be even", config_from_json(j, "x"));
+  j["qk_rope_head_dim"] = 6;
+  EXPECT_ERROR("qk_nope_head_dim + qk_rope_head_dim = 22 must be a multiple of 8", config_from_json(j, "x"));
+  EXPECT_EQ(deepseek_v2_moe_layers(5, true, 1, 2), (std::vector<bool>{false, false, true, false, true}));
+  EXPECT_EQ(deepseek_v2_moe_layers(3, false, 0, 1), (std::vector<bool>{false, false, false}));
 }
