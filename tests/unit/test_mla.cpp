@@ -119,7 +119,7 @@ TEST(Mla, FastMatchesReference) {
   const Case cases[] = {{{32, 4, 16, 24, 16, 8, 16, true}, 2, 37},   // q lora, biases, awkward length
                         {{24, 2, 0, 16, 8, 16, 32, false}, 1, 19},   // q_proj, value dim > q/k dim
                         {{16, 3, 8, 16, 8, 8, 8, false}, 3, 1},      // L = 1
-                        {{48, 2, 32, 64, 128, 64, 128, false}, 1, 9}};  // DeepSeek's 192 / 128 head dims
+                        {{32, 1, 16, 32, 128, 64, 128, false}, 1, 5}};  // DeepSeek's 192 / 128 head dims
   for (const Case& c : cases)
     for (AttentionImpl impl : {AttentionImpl::Flash, AttentionImpl::Dense}) {
       SCOPED_TRACE("L " + std::to_string(c.l) + " dq " + std::to_string(c.d.dn + c.d.dr) + " impl " +
@@ -355,7 +355,7 @@ TEST(Mla, RejectsBadInput) {
   const TokenMixerEntry& e = token_mixer_entry("mla");
   MixerContext ctx;
   ctx.hidden_size = 16;
-  ctx.num_heads = 2;
+  ctx.num_heads = ctx.num_kv_heads = 2;
   ctx.head_dim = 16;
   ctx.max_position_embeddings = 32;
   auto make = [&](const nlohmann::json& given) {
