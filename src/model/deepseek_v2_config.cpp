@@ -124,15 +124,16 @@ ModelConfig deepseek_v2_config_from_json(const json& j, const std::string& s) {
 }
 
 json deepseek_v2_config_to_json(const ModelConfig& c) {
+  // The fields HF shares with our generic config, as the generic writer spells them.
+  ModelConfig generic = c;
+  generic.model_type = "modformer";
+  const json g = config_to_json(generic);
   json j;
   j["architectures"] = json::array({"DeepseekV2ForCausalLM"});
   j["model_type"] = "deepseek_v2";
-  j["vocab_size"] = c.vocab_size;
-  j["hidden_size"] = c.hidden_size;
-  j["intermediate_size"] = c.intermediate_size;
-  j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.num_key_value_heads;
+  for (const char* f : kCommonFields)
+    if (g.contains(f)) j[f] = g.at(f);
+  j["rope_scaling"] = g.at("rope_scaling");
   const json o = c.options_of("mla");
   for (const char* f : kMlaFields) j[f] = o.at(f);
   if (o.at("q_lora_rank").get<std::int64_t>() == 0) j["q_lora_rank"] = nullptr;
@@ -140,22 +141,9 @@ json deepseek_v2_config_to_json(const ModelConfig& c) {
   j["n_shared_experts"] = nullptr;
   j["first_k_dense_replace"] = 0;
   j["moe_layer_freq"] = 1;
-  j["hidden_act"] = "silu";
-  j["max_position_embeddings"] = c.max_position_embeddings;
-  j["initializer_range"] = c.initializer_range;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  j["tie_word_embeddings"] = c.tie_word_embeddings;
-  j["rope_theta"] = c.rope_theta;
-  j["attention_bias"] = c.attention_bias;
   j["attention_dropout"] = 0.0;
   j["pretraining_tp"] = 1;
   j["torch_dtype"] = "float32";
-  const json generic = config_to_json([&] {
-    ModelConfig copy = c;
-    copy.model_type = "modformer";
-    return copy;
-  }());
-  j["rope_scaling"] = generic.at("rope_scaling");
   return j;
 }
 

@@ -1,8 +1,9 @@
 // Adapter from Multi-head Latent Attention (mla.h) to the token-mixer
 // interface. Options carry Hugging Face's DeepseekV2Config names; 0 derives a
-// size from the model's head_dim D (qk_nope_head_dim = D, qk_rope_head_dim =
-// D / 2, v_head_dim = D, kv_lora_rank = 4 D: DeepSeek-V2's proportions 128 /
-// 64 / 128 / 512); q_lora_rank 0 is HF's null (a plain q_proj). Heads: the
+// size from the model's head_dim D, rounded up to a multiple of 8 (the
+// kernels' unit): qk_nope_head_dim = D, qk_rope_head_dim = D / 2, v_head_dim =
+// D, kv_lora_rank = 4 D (DeepSeek-V2's proportions 128 / 64 / 128 / 512);
+// q_lora_rank 0 is HF's null (a plain q_proj). Heads: the
 // model's num_attention_heads (num_key_value_heads is not used: every head
 // has its own k_nope and v from the shared latent). Checkpoint names are HF's:
 // self_attn.{q_a_proj, q_a_layernorm, q_b_proj | q_proj, kv_a_proj_with_mqa,
@@ -14,6 +15,7 @@
 // the model's position is not RoPE.
 #include "nn/mla/mla_mixer.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "core/error.h"
@@ -43,7 +45,7 @@ struct MlaState : MixerState {
 
 std::int64_t derived(const nlohmann::json& o, const char* name, std::int64_t fallback) {
   const std::int64_t v = o.at(name).get<std::int64_t>();
-  return v > 0 ? v : fallback;
+  return v > 0 ? v : std::max<std::int64_t>(8, (fallback + 7) / 8 * 8);
 }
 
 class MlaMixer final : public TokenMixer {
@@ -162,10 +164,10 @@ TokenMixerEntry mla_mixer_entry() {
                       "rank of the query compression (q_a_proj, q_a_layernorm, q_b_proj); 0: a plain q_proj "
                       "(HF null)"),
            int_option("kv_lora_rank", 0, 0, std::int64_t{1} << 16, "rank r of the latent c_KV; 0: 4 head_dim"),
-           int_option("qk_nope_head_dim", 0, 0, 256, "query/key dims per head without RoPE; 0: head_dim"),
+           int_option("qk_nope_head_dim", 0, 0, 256, "query/key dims per head without RoPE; 0: head_dim (rounded up to a multiple of 8)"),
            int_option("qk_rope_head_dim", 0, 0, 256, "query/key dims per head with RoPE (the shared rope key); 0: "
-                      "head_dim / 2"),
-           int_option("v_head_dim", 0, 0, 256, "value dims per head; 0: head_dim"),
+                      "head_dim / 2 (rounded up to a multiple of 8)"),
+           int_option("v_head_dim", 0, 0, 256, "value dims per head; 0: head_dim (rounded up to a multiple of 8)"),
            choice_option("decode", "auto", {"auto", "absorbed", "naive"},
                          "generation calls: absorbed (W_UK into the query, W_UV after the latent output), naive "
                          "(K, V up-projected for every cached position, flash kernels); auto: absorbed for calls of "
