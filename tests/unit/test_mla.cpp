@@ -27,6 +27,7 @@
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/generation.h"
+#include "../support/model_fixture.h"
 #include "../support/mixer_checks.h"
 #include "../support/parameters.h"
 #include "../support/threads.h"
@@ -396,16 +397,9 @@ TEST(Mla, RejectsBadInput) {
 // the model's states (latent cache + KV cache) equals its full forward.
 TEST(Mla, WholeModelFixtureMatchesTorch) {
   mf::testing::ScopedThreads one(1);
-  const std::string name = "model_mla_yarn";
-  const SafetensorsContents st = mf::testing::load_fixture(name);
-  const Tensor cj = st.tensors.at("config_json");
-  std::string text;
-  for (std::int64_t i = 0; i < cj.numel(); ++i) text += static_cast<char>(cj.data<std::int32_t>()[i]);
-  std::map<std::string, Tensor> weights;
-  for (const auto& [k, t] : st.tensors)
-    if (k.rfind("w:", 0) == 0) weights[k.substr(2)] = t;
-  Transformer m(config_from_string(text, name), 123);
-  load_weights(m, weights, name);
+  mf::testing::ModelFixture f("model_mla_yarn");
+  const SafetensorsContents& st = f.file;
+  Transformer& m = *f.model;
   EXPECT_EQ(m.token_mixer(0).name(), "mla");
   const Tensor& tokens = st.tensors.at("tokens");
   EXPECT_TRUE(close(m.logits(tokens), st.tensors.at("logits"), 1e-4, "logits"));
