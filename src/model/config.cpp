@@ -14,6 +14,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "model/config_fields.h"
+#include "model/deepseek_v2_config.h"
 #include "model/mamba_config.h"
 #include "nn/mixer/mixer_registry.h"
 
@@ -93,10 +94,14 @@ RopeScalingConfig parse_rope_scaling_json(const json& v, const std::string& sour
       r.beta_slow = get_double(x, source, f);
     } else if (it.key() == "attention_factor") {
       if (!x.is_null()) r.attention_factor = get_double(x, source, f);
+    } else if (it.key() == "mscale") {
+      if (!x.is_null()) r.mscale = get_double(x, source, f);
+    } else if (it.key() == "mscale_all_dim") {
+      if (!x.is_null()) r.mscale_all_dim = get_double(x, source, f);
     } else {
       field_error(source, f,
                   "unknown field (expected type/rope_type, factor, original_max_position_embeddings, beta_fast, "
-                  "beta_slow, attention_factor)");
+                  "beta_slow, attention_factor, mscale, mscale_all_dim)");
     }
   }
   if (!has_type) field_error(source, "rope_scaling.type", "missing (give 'type' or 'rope_type')");
@@ -115,6 +120,8 @@ json rope_scaling_to_json(const RopeScalingConfig& r) {
     j["beta_fast"] = r.beta_fast;
     j["beta_slow"] = r.beta_slow;
     if (r.attention_factor > 0) j["attention_factor"] = r.attention_factor;
+    if (r.mscale) j["mscale"] = *r.mscale;
+    if (r.mscale_all_dim) j["mscale_all_dim"] = *r.mscale_all_dim;
   }
   return j;
 }
@@ -133,6 +140,7 @@ std::string rope_scaling_type_name(RopeScalingType t) { return kRopeTypes.name(t
 ModelConfig config_from_json(const json& j, const std::string& source) {
   MF_CHECK(j.is_object(), "[config] ", source, ": must be a JSON object but is ", j.type_name());
   if (j.contains("model_type") && j["model_type"] == "mamba") return mamba_config_from_json(j, source);
+  if (j.contains("model_type") && j["model_type"] == "deepseek_v2") return deepseek_v2_config_from_json(j, source);
   ModelConfig c;
   std::set<std::string> seen;
   const std::string& s = source;
@@ -298,10 +306,13 @@ void validate_config(const ModelConfig& c, const std::string& s) {
   auto in_range = [&](const char* f, std::int64_t x, std::int64_t lo, std::int64_t hi) {
     if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
   };
-  if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba")
+  if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba" &&
+      c.model_type != "deepseek_v2")
     field_error(s, "model_type",
-                "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
+                "unknown value \"" + c.model_type +
+                    "\" (expected \"llama\", \"mamba\", \"deepseek_v2\" or \"modformer\")");
   if (c.model_type == "mamba") validate_mamba_config(c, s);
+  if (c.model_type == "deepseek_v2") validate_deepseek_v2_config(c, s);
   in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
   in_range("hidden_size", c.hidden_size, 1, kMaxDim);
   in_range("intermediate_size", c.intermediate_size, 1, kMaxDim);
@@ -359,6 +370,8 @@ void validate_config(const ModelConfig& c, const std::string& s) {
       if (!(r.beta_fast > r.beta_slow && r.beta_slow > 0))
         field_error(s, "rope_scaling.beta_fast", "YaRN needs beta_fast > beta_slow > 0");
       if (r.attention_factor < 0) field_error(s, "rope_scaling.attention_factor", "must be > 0");
+      if (r.mscale && !(*r.mscale >= 0)) field_error(s, "rope_scaling.mscale", "must be >= 0");
+      if (r.mscale_all_dim && !(*r.mscale_all_dim >= 0)) field_error(s, "rope_scaling.mscale_all_dim", "must be >= 0");
     }
   }
 
@@ -425,6 +438,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
 
 json config_to_json(const ModelConfig& c) {
   if (c.model_type == "mamba") return mamba_config_to_json(c);
+  if (c.model_type == "deepseek_v2") return deepseek_v2_config_to_json(c);
   json j;
   if (c.is_llama()) j["architectures"] = json::array({"LlamaForCausalLM"});
   j["model_type"] = c.model_type;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,8 @@ struct RopeScalingConfig {
   std::int64_t original_max_position_embeddings = 0;  // 0: max_position_embeddings
   double beta_fast = 32.0, beta_slow = 1.0;           // YaRN ramp bounds (rotations)
   double attention_factor = 0.0;                      // YaRN; 0: 0.1 ln(factor) + 1
+  // YaRN as DeepSeek-V2 (RopeConfig::mscale): absent unless given.
+  std::optional<double> mscale, mscale_all_dim;
 };
 
 struct ModelConfig {

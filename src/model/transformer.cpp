@@ -75,6 +75,8 @@ RopeConfig rope_config(const ModelConfig& c) {
   r.beta_fast = s.beta_fast;
   r.beta_slow = s.beta_slow;
   if (s.attention_factor > 0) r.attention_factor = s.attention_factor;
+  r.mscale = s.mscale;
+  r.mscale_all_dim = s.mscale_all_dim;
   r.validate();
   return r;
 }
@@ -97,6 +99,7 @@ MixerContext mixer_context(const ModelConfig& c, std::int64_t layer, const std::
   ctx.rope = rope;
   ctx.alibi = c.position == PositionKind::ALiBi;
   ctx.initializer_range = c.initializer_range;
+  ctx.rms_norm_eps = c.rms_norm_eps;
   ctx.options = c.options_of(mixer);
   return ctx;
 }

@@ -446,7 +446,7 @@ TEST(AttentionDense, BadInputsAreRejectedWithClearMessages) {
   expect_error(fwd(q.reshape({8, 5, 8}), k, v, o), "tensor 'q' must have 4 dimensions [B, Hq, Lq, D]");
   expect_error(fwd(q, randn({3, 2, 7, 8}, 2), v, o), "k has batch size 3 but q has 2");
   expect_error(fwd(q, randn({2, 2, 7, 16}, 2), v, o), "k has head dimension 16 but q has 8");
-  expect_error(fwd(q, k, randn({2, 2, 6, 8}, 3), o), "v must have k's shape [2, 2, 7, 8] but has [2, 2, 6, 8]");
+  expect_error(fwd(q, k, randn({2, 2, 6, 8}, 3), o), "v must have shape [B, Hkv, Lk, Dv] = [2, 2, 7, 8] (k's first three dimensions) but has [2, 2, 6, 8]");
   expect_error(fwd(q, randn({2, 3, 7, 8}, 2), randn({2, 3, 7, 8}, 3), o),
                "query heads (4) must be a multiple of key/value heads (3)");
   expect_error(fwd(randn({2, 0, 5, 8}, 1), k, v, o), "q must have at least one head");
@@ -479,12 +479,12 @@ TEST(AttentionDense, BadInputsAreRejectedWithClearMessages) {
   // Backward: out, lse, dout shapes.
   const auto f = attention_forward(q, k, v, o, D);
   expect_error([&] { attention_backward(q, k, v, f.out.slice(2, 0, 4), f.lse, q, o, D); },
-               "out must have q's shape [2, 4, 5, 8] but has [2, 4, 4, 8]");
+               "out must have shape [2, 4, 5, 8] (q's, with v's head dimension) but has [2, 4, 4, 8]");
   expect_error([&] { attention_backward(q, k, v, f.out, f.lse.slice(2, 0, 4), q, o, D); },
                "lse must have shape [B, Hq, Lq] = [2, 4, 5] but has [2, 4, 4]");
   expect_error([&] { attention_backward(q, k, v, f.out, f.out, q, o, D); }, "tensor 'lse' must have 3 dimensions");
   expect_error([&] { attention_backward(q, k, v, f.out, f.lse, randn({2, 4, 5, 16}, 1), o, D); },
-               "dout must have q's shape");
+               "dout must have shape [2, 4, 5, 8] (q's, with v's head dimension)");
   expect_error([&] { attention_backward(q, k, v, f.out, f.lse.to(DType::BF16), q, o, D); },
                "tensor 'lse' must be float32");
 

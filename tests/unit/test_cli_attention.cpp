@@ -127,7 +127,7 @@ TEST_F(CliAttention, BadInputsFailWithClearMessages) {
   expect_fail(qkv(), "query heads (4) must be a multiple of key/value heads (3)");
   save("k.npy", randn({1, 2, 7, 8}, 2));
   save("v.npy", randn({1, 2, 6, 8}, 3));
-  expect_fail(qkv(), "v must have k's shape [1, 2, 7, 8] but has [1, 2, 6, 8]");
+  expect_fail(qkv(), "v must have shape [B, Hkv, Lk, Dv] = [1, 2, 7, 8] (k's first three dimensions) but has [1, 2, 6, 8]");
   save("v.npy", randn({1, 2, 7, 8}, 3));
   save("q.npy", Tensor::zeros({1, 4, 5, 8}, DType::I32));
   expect_fail(qkv(), "--q " + path("q.npy") + " must hold float32 but holds int32");
@@ -137,7 +137,7 @@ TEST_F(CliAttention, BadInputsFailWithClearMessages) {
   save("do.npy", randn({1, 4, 5, 16}, 4));
   expect_fail(qkv() + " --dout " + path("do.npy") + " --dq " + path("a.npy") + " --dk " + path("b.npy") + " --dv " +
                   path("c.npy"),
-              "dout must have q's shape [1, 4, 5, 8] but has [1, 4, 5, 16]");
+              "dout must have shape [1, 4, 5, 8] (q's, with v's head dimension) but has [1, 4, 5, 16]");
   expect_fail(qkv() + " --global-tokens 3,7", "global token position 7 is out of range [0, 7)");
   expect_fail(qkv() + " --window-left -2", "--window-left: must be an integer >= 0, got '-2'");
   expect_fail(qkv() + " --scale 0", "--scale: must be a finite number > 0, got '0'");

@@ -31,8 +31,9 @@ void check_float_tensor(const Tensor& t, const char* name, int ndim, const char*
            shape_str(t.shape()));
 }
 
-void check_head_dim(std::int64_t d) {
-  MF_CHECK(d >= 8 && d <= 256 && d % 8 == 0, kOp, " head dimension D must be a multiple of 8 in [8, 256], got ", d);
+void check_head_dim(std::int64_t d, const char* which = "") {
+  MF_CHECK(d >= 8 && d <= 256 && d % 8 == 0, kOp, " ", which, "head dimension ", *which ? "Dv" : "D",
+           " must be a multiple of 8 in [8, 256], got ", d);
 }
 
 void check_heads(std::int64_t hq, std::int64_t hkv) {
@@ -106,20 +107,32 @@ struct DenseInputs {
 
 // The forward reads k and v through the problem's strides, so a strided view
 // (e.g. the first Lk rows of a preallocated [B, Hkv, capacity, D] KV cache)
-// is used in place when its rows are unit-stride and v has k's strides. The
-// backward keeps packed k/v (dk and dv are written with the k strides).
+// is used in place when its rows are unit-stride. The backward keeps packed
+// k/v (dk and dv are written with the k and v strides).
 bool kv_view_ok(const Tensor& k, const Tensor& v) {
-  if (k.stride(3) != 1 || v.strides() != k.strides()) return false;
+  if (k.stride(3) != 1 || v.stride(3) != 1) return false;
   for (int i = 0; i < 3; ++i)
-    if (k.stride(i) < 0) return false;
+    if (k.stride(i) < 0 || v.stride(i) < 0) return false;
   return true;
+}
+
+// The value / output layout of a [B, H, L, Dv] problem: v's strides, out packed.
+void set_dense_value_layout(AttentionProblem& p, const Tensor& v, std::int64_t lq) {
+  p.v_head_stride = v.stride(1);
+  p.v_row_stride = v.stride(2);
+  p.o_head_stride = checked_mul(lq, p.dv);
+  p.o_row_stride = p.dv;
+  for (std::int64_t i = 0; i < p.batch; ++i) {
+    p.v_off.push_back(i * v.stride(0));
+    p.o_off.push_back(i * p.hq * lq * p.dv);
+  }
 }
 
 DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt,
                           bool kv_views = false) {
   check_float_tensor(q, "q", 4, "[B, Hq, Lq, D]");
   check_float_tensor(k, "k", 4, "[B, Hkv, Lk, D]");
-  check_float_tensor(v, "v", 4, "[B, Hkv, Lk, D]");
+  check_float_tensor(v, "v", 4, "[B, Hkv, Lk, Dv]");
   const std::int64_t b = q.size(0), hq = q.size(1), lq = q.size(2), d = q.size(3);
   const std::int64_t hkv = k.size(1), lk = k.size(2);
   check_length(lq, "q (Lq)");
@@ -128,10 +141,11 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
            ", k ", shape_str(k.shape()), ")");
   MF_CHECK(k.size(3) == d, kOp, " k has head dimension ", k.size(3), " but q has ", d, " (q ", shape_str(q.shape()),
            ", k ", shape_str(k.shape()), ")");
-  MF_CHECK(v.shape() == k.shape(), kOp, " v must have k's shape ", shape_str(k.shape()), " but has ",
-           shape_str(v.shape()));
+  MF_CHECK(v.size(0) == b && v.size(1) == hkv && v.size(2) == lk, kOp, " v must have shape [B, Hkv, Lk, Dv] = ",
+           shape_str({b, hkv, lk, v.size(3)}), " (k's first three dimensions) but has ", shape_str(v.shape()));
   check_heads(hq, hkv);
   check_head_dim(d);
+  check_head_dim(v.size(3), "value ");
 
   DenseInputs in;
   in.q = q.contiguous();
@@ -143,6 +157,7 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
   p.hq = hq;
   p.hkv = hkv;
   p.d = d;
+  p.dv = v.size(3);
   p.q_head_stride = checked_mul(lq, d);
   p.q_row_stride = d;
   p.k_head_stride = in.k.stride(1);
@@ -155,6 +170,7 @@ DenseInputs prepare_dense(const Tensor& q, const Tensor& k, const Tensor& v, con
     p.k_off.push_back(i * in.k.stride(0));
     p.lse_off.push_back(i * hq * lq);
   }
+  set_dense_value_layout(p, in.v, lq);
   set_options(p, opt, lk);
   if (opt.key_padding_mask.defined()) {
     const Tensor& m = opt.key_padding_mask;
@@ -173,14 +189,15 @@ DenseInputs prepare_varlen(const Tensor& q, const Tensor& k, const Tensor& v, co
                            const AttentionOptions& opt) {
   check_float_tensor(q, "q", 3, "[total_q, Hq, D]");
   check_float_tensor(k, "k", 3, "[total_k, Hkv, D]");
-  check_float_tensor(v, "v", 3, "[total_k, Hkv, D]");
+  check_float_tensor(v, "v", 3, "[total_k, Hkv, Dv]");
   const std::int64_t total_q = q.size(0), hq = q.size(1), d = q.size(2);
-  const std::int64_t total_k = k.size(0), hkv = k.size(1);
+  const std::int64_t total_k = k.size(0), hkv = k.size(1), dv = v.size(2);
   MF_CHECK(k.size(2) == d, kOp, " k has head dimension ", k.size(2), " but q has ", d);
-  MF_CHECK(v.shape() == k.shape(), kOp, " v must have k's shape ", shape_str(k.shape()), " but has ",
-           shape_str(v.shape()));
+  MF_CHECK(v.size(0) == total_k && v.size(1) == hkv, kOp, " v must have shape [total_k, Hkv, Dv] = ",
+           shape_str({total_k, hkv, dv}), " (k's first two dimensions) but has ", shape_str(v.shape()));
   check_heads(hq, hkv);
   check_head_dim(d);
+  check_head_dim(dv, "value ");
   MF_CHECK(!opt.key_padding_mask.defined(), kOp,
            " key_padding_mask is not allowed with variable-length batches (cu_seqlens already delimit the keys)");
   const auto& cq = seqs.cu_seqlens_q;
@@ -206,10 +223,15 @@ DenseInputs prepare_varlen(const Tensor& q, const Tensor& k, const Tensor& v, co
   p.hq = hq;
   p.hkv = hkv;
   p.d = d;
+  p.dv = dv;
   p.q_head_stride = d;
   p.q_row_stride = checked_mul(hq, d);
   p.k_head_stride = d;
   p.k_row_stride = checked_mul(hkv, d);
+  p.v_head_stride = dv;
+  p.v_row_stride = checked_mul(hkv, dv);
+  p.o_head_stride = dv;
+  p.o_row_stride = checked_mul(hq, dv);
   p.lse_head_stride = total_q;
   std::int64_t max_k = 0;
   for (std::int64_t i = 0; i < p.batch; ++i) {
@@ -217,6 +239,8 @@ DenseInputs prepare_varlen(const Tensor& q, const Tensor& k, const Tensor& v, co
     p.k_len.push_back(ck[i + 1] - ck[i]);
     p.q_off.push_back(cq[i] * hq * d);
     p.k_off.push_back(ck[i] * hkv * d);
+    p.v_off.push_back(ck[i] * hkv * dv);
+    p.o_off.push_back(cq[i] * hq * dv);
     p.lse_off.push_back(cq[i]);
     max_k = std::max(max_k, ck[i + 1] - ck[i]);
     check_length(p.q_len.back(), "a query sequence (cu_seqlens_q)");
@@ -226,15 +250,18 @@ DenseInputs prepare_varlen(const Tensor& q, const Tensor& k, const Tensor& v, co
   return in;
 }
 
-void check_backward_tensors(const Tensor& q, const Tensor& out, const Tensor& lse, const Tensor& dout,
-                            const Shape& lse_shape, const char* lse_layout) {
-  check_float_tensor(out, "out", q.dim(), "(q's shape)");
-  check_float_tensor(dout, "dout", q.dim(), "(q's shape)");
+// out and dout: q's shape with v's head dimension Dv.
+void check_backward_tensors(const Tensor& q, const Tensor& v, const Tensor& out, const Tensor& lse,
+                            const Tensor& dout, const Shape& lse_shape, const char* lse_layout) {
+  check_float_tensor(out, "out", q.dim(), "(q's shape, v's head dimension)");
+  check_float_tensor(dout, "dout", q.dim(), "(q's shape, v's head dimension)");
   check_float_tensor(lse, "lse", static_cast<int>(lse_shape.size()), lse_layout);
-  MF_CHECK(out.shape() == q.shape(), kOp, " out must have q's shape ", shape_str(q.shape()), " but has ",
-           shape_str(out.shape()));
-  MF_CHECK(dout.shape() == q.shape(), kOp, " dout must have q's shape ", shape_str(q.shape()), " but has ",
-           shape_str(dout.shape()));
+  Shape out_shape = q.shape();
+  out_shape.back() = v.size(v.dim() - 1);
+  MF_CHECK(out.shape() == out_shape, kOp, " out must have shape ", shape_str(out_shape),
+           " (q's, with v's head dimension) but has ", shape_str(out.shape()));
+  MF_CHECK(dout.shape() == out_shape, kOp, " dout must have shape ", shape_str(out_shape),
+           " (q's, with v's head dimension) but has ", shape_str(dout.shape()));
   MF_CHECK(lse.shape() == lse_shape, kOp, " lse must have shape ", lse_layout, " = ", shape_str(lse_shape),
            " but has ", shape_str(lse.shape()));
 }
@@ -243,7 +270,9 @@ AttentionOutput run_forward(const DenseInputs& in, const Shape& lse_shape, Atten
   AttentionOutput r;
   // The flash forward writes every row of out and lse (rows that see no key get 0 and -inf).
   const bool writes_all = impl == AttentionImpl::Flash;
-  r.out = writes_all ? Tensor::empty(in.q.shape()) : Tensor::zeros(in.q.shape());
+  Shape out_shape = in.q.shape();
+  out_shape.back() = in.p.dv;
+  r.out = writes_all ? Tensor::empty(out_shape) : Tensor::zeros(out_shape);
   r.lse = writes_all ? Tensor::empty(lse_shape) : Tensor::zeros(lse_shape);
   const float* q = in.q.data<float>();
   const float* k = in.k.data<float>();
@@ -340,7 +369,7 @@ AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor
                                   const Tensor& lse, const Tensor& dout, const AttentionOptions& opt,
                                   AttentionImpl impl) {
   const DenseInputs in = prepare_dense(q, k, v, opt);
-  check_backward_tensors(q, out, lse, dout, {q.size(0), q.size(1), q.size(2)}, "[B, Hq, Lq]");
+  check_backward_tensors(q, v, out, lse, dout, {q.size(0), q.size(1), q.size(2)}, "[B, Hq, Lq]");
   return run_backward(in, out, lse, dout, impl);
 }
 
@@ -354,7 +383,7 @@ AttentionGrads attention_varlen_backward(const Tensor& q, const Tensor& k, const
                                          const Tensor& lse, const Tensor& dout, const VarlenSeqlens& seqs,
                                          const AttentionOptions& opt, AttentionImpl impl) {
   const DenseInputs in = prepare_varlen(q, k, v, seqs, opt);
-  check_backward_tensors(q, out, lse, dout, {q.size(1), q.size(0)}, "[Hq, total_q]");
+  check_backward_tensors(q, v, out, lse, dout, {q.size(1), q.size(0)}, "[Hq, total_q]");
   return run_backward(in, out, lse, dout, impl);
 }
 

@@ -2,8 +2,10 @@
 // and flash-style tiled kernels, forward and backward, with causal, sliding
 // window (+ global tokens), ALiBi, key padding, variable-length batches and
 // dropout. Semantics (identical in every implementation):
-//   - Q [B, Hq, Lq, D]; K, V [B, Hkv, Lk, D]; Hq % Hkv == 0 (MHA/GQA/MQA);
-//     query head h reads KV head h / (Hq / Hkv).
+//   - Q [B, Hq, Lq, D]; K [B, Hkv, Lk, D]; V [B, Hkv, Lk, Dv]; O [B, Hq, Lq, Dv];
+//     Hq % Hkv == 0 (MHA/GQA/MQA); query head h reads KV head h / (Hq / Hkv).
+//     Dv may differ from D (DeepSeek MLA: D = 192, Dv = 128); both are
+//     multiples of 8 in [8, 256].
 //   - Positions are bottom-right aligned: query row i sits at absolute
 //     position i' = i + (Lk - Lq).
 //   - Key j is visible from row i iff (window ok || i' global || j global)
@@ -59,7 +61,7 @@ struct AttentionOptions {
 };
 
 struct AttentionOutput {
-  Tensor out;  // [B, Hq, Lq, D]   (varlen: [total_q, Hq, D])
+  Tensor out;  // [B, Hq, Lq, Dv]  (varlen: [total_q, Hq, Dv])
   Tensor lse;  // [B, Hq, Lq]      (varlen: [Hq, total_q])
 };
 
@@ -69,17 +71,17 @@ struct AttentionGrads {
   Tensor dv;  // shape of v
 };
 
-// k and v may be strided views (unit-stride rows, v with k's strides, e.g.
-// a KV cache's first Lk rows): the forward reads them in place.
+// k and v may be strided views (unit-stride rows, e.g. a KV cache's first
+// Lk rows): the forward reads them in place.
 AttentionOutput attention_forward(const Tensor& q,  // [B, Hq, Lq, D]
                                   const Tensor& k,  // [B, Hkv, Lk, D]
-                                  const Tensor& v,  // [B, Hkv, Lk, D]
+                                  const Tensor& v,  // [B, Hkv, Lk, Dv]
                                   const AttentionOptions& opt, AttentionImpl impl = AttentionImpl::Flash);
 
 AttentionGrads attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out,   // [B, Hq, Lq, D] from forward
+                                  const Tensor& out,   // [B, Hq, Lq, Dv] from forward
                                   const Tensor& lse,   // [B, Hq, Lq] from forward
-                                  const Tensor& dout,  // [B, Hq, Lq, D]
+                                  const Tensor& dout,  // [B, Hq, Lq, Dv]
                                   const AttentionOptions& opt, AttentionImpl impl = AttentionImpl::Flash);
 
 // Variable-length packed batches (flash-attn's varlen API): sequence b owns
@@ -92,14 +94,14 @@ struct VarlenSeqlens {
 
 AttentionOutput attention_varlen_forward(const Tensor& q,  // [total_q, Hq, D]
                                          const Tensor& k,  // [total_k, Hkv, D]
-                                         const Tensor& v,  // [total_k, Hkv, D]
+                                         const Tensor& v,  // [total_k, Hkv, Dv]
                                          const VarlenSeqlens& seqs, const AttentionOptions& opt,
                                          AttentionImpl impl = AttentionImpl::Flash);
 
 AttentionGrads attention_varlen_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                         const Tensor& out,   // [total_q, Hq, D]
+                                         const Tensor& out,   // [total_q, Hq, Dv]
                                          const Tensor& lse,   // [Hq, total_q]
-                                         const Tensor& dout,  // [total_q, Hq, D]
+                                         const Tensor& dout,  // [total_q, Hq, Dv]
                                          const VarlenSeqlens& seqs, const AttentionOptions& opt,
                                          AttentionImpl impl = AttentionImpl::Flash);
 

@@ -18,14 +18,22 @@ namespace mf {
 struct AttentionProblem {
   std::int64_t batch = 0, hq = 0, hkv = 0, d = 0;
   // Per batch entry b: rows of q/out/dout (q_len) and of k/v (k_len); the
-  // element offset of row 0, head 0 of q/out/dout/dq (q_off), of k/v/dk/dv
-  // (k_off), and of lse (lse_off).
+  // element offset of row 0, head 0 of q/dq (q_off), of k/dk (k_off), and of
+  // lse (lse_off); v/dv and out/dout: v_off and o_off below.
   std::vector<std::int64_t> q_len, k_len, q_off, k_off, lse_off;
-  // Strides in elements, shared by all batch entries. q, out, dout and dq use
-  // the q strides; k, v, dk and dv use the k strides; the last dim is unit-stride.
+  // Strides in elements, shared by all batch entries. q and dq use the q
+  // strides; k and dk the k strides; the last dim is unit-stride.
   std::int64_t q_head_stride = 0, q_row_stride = 0;
   std::int64_t k_head_stride = 0, k_row_stride = 0;
   std::int64_t lse_head_stride = 0;  // lse rows are unit-stride
+  // The value / output head dimension (DeepSeek MLA: 128 against a q/k head
+  // dim of 192) and its layout: v and dv use v_off and the v strides; out and
+  // dout use o_off and the o strides. The front door sets dv = d and the k / q
+  // layouts when V has K's head dimension.
+  std::int64_t dv = 0;
+  std::vector<std::int64_t> v_off, o_off;
+  std::int64_t v_head_stride = 0, v_row_stride = 0;
+  std::int64_t o_head_stride = 0, o_row_stride = 0;
 
   float scale = 1.0f;
   bool causal = false;

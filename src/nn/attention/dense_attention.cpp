@@ -125,28 +125,28 @@ void apply_dropout(const AttentionProblem& p, std::int64_t b, std::int64_t h, st
 
 void dense_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
                              float* lse) {
-  const std::int64_t d = p.d;
+  const std::int64_t dv = p.dv;
   parallel_tasks(p.batch * p.hq, total_work(p), "[dense_attention_forward]", [&](std::int64_t t) {
     const std::int64_t b = t / p.hq, h = t % p.hq;
     const std::int64_t lq = p.q_len[b], lk = p.k_len[b];
-    const float* vh = v + p.k_off[b] + (h / p.group()) * p.k_head_stride;
-    float* oh = out + p.q_off[b] + h * p.q_head_stride;
+    const float* vh = v + p.v_off[b] + (h / p.group()) * p.v_head_stride;
+    float* oh = out + p.o_off[b] + h * p.o_head_stride;
     // P = softmax(S) over visible keys; LSE.
     std::vector<float> P(static_cast<std::size_t>(lq * lk));
     softmax_probs(p, b, h, q, k, nullptr, lse, P);
     // O = Z V with Z = dropout(P).
     apply_dropout(p, b, h, P);
-    std::vector<double> acc(static_cast<std::size_t>(d));
+    std::vector<double> acc(static_cast<std::size_t>(dv));
     for (std::int64_t i = 0; i < lq; ++i) {
       std::fill(acc.begin(), acc.end(), 0.0);
       for (std::int64_t j = 0; j < lk; ++j) {
         const double z = P[i * lk + j];
         if (z == 0.0) continue;
-        const float* vj = vh + j * p.k_row_stride;
-        for (std::int64_t x = 0; x < d; ++x) acc[x] += z * vj[x];
+        const float* vj = vh + j * p.v_row_stride;
+        for (std::int64_t x = 0; x < dv; ++x) acc[x] += z * vj[x];
       }
-      float* orow = oh + i * p.q_row_stride;
-      for (std::int64_t x = 0; x < d; ++x) orow[x] = static_cast<float>(acc[x]);
+      float* orow = oh + i * p.o_row_stride;
+      for (std::int64_t x = 0; x < dv; ++x) orow[x] = static_cast<float>(acc[x]);
     }
   });
 }
@@ -160,26 +160,28 @@ void dense_attention_forward(const AttentionProblem& p, const float* q, const fl
 // races and the result does not depend on the thread count.
 void dense_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
-  const std::int64_t d = p.d;
+  const std::int64_t d = p.d, dvd = p.dv;  // q/k and v/out head dims
   parallel_tasks(p.batch * p.hkv, 2 * total_work(p), "[dense_attention_backward]", [&](std::int64_t t) {
     const std::int64_t b = t / p.hkv, kvh = t % p.hkv;
     const std::int64_t lq = p.q_len[b], lk = p.k_len[b];
     const std::int64_t kbase = p.k_off[b] + kvh * p.k_head_stride;
+    const std::int64_t vbase = p.v_off[b] + kvh * p.v_head_stride;
     const float* kh = k + kbase;
-    const float* vh = v + kbase;
+    const float* vh = v + vbase;
     const double inv_keep = 1.0 / (1.0 - static_cast<double>(p.dropout_p));
-    std::vector<double> dk_acc(static_cast<std::size_t>(lk * d), 0.0), dv_acc(static_cast<std::size_t>(lk * d), 0.0);
+    std::vector<double> dk_acc(static_cast<std::size_t>(lk * d), 0.0), dv_acc(static_cast<std::size_t>(lk * dvd), 0.0);
     std::vector<double> dq_row(static_cast<std::size_t>(d));
     std::vector<float> P(static_cast<std::size_t>(lq * lk));
     for (std::int64_t h = kvh * p.group(); h < (kvh + 1) * p.group(); ++h) {
       const std::int64_t qbase = p.q_off[b] + h * p.q_head_stride;
+      const std::int64_t obase = p.o_off[b] + h * p.o_head_stride;
       softmax_probs(p, b, h, q, k, lse, nullptr, P);
       for (std::int64_t i = 0; i < lq; ++i) {
         const float* qi = q + qbase + i * p.q_row_stride;
-        const float* oi = out + qbase + i * p.q_row_stride;
-        const float* doi = dout + qbase + i * p.q_row_stride;
+        const float* oi = out + obase + i * p.o_row_stride;
+        const float* doi = dout + obase + i * p.o_row_stride;
         // D_i = rowsum(dO o O).
-        const double Di = dot(doi, oi, d);
+        const double Di = dot(doi, oi, dvd);
         std::fill(dq_row.begin(), dq_row.end(), 0.0);
         for (std::int64_t j = 0; j < lk; ++j) {
           const double pij = P[i * lk + j];
@@ -187,13 +189,13 @@ void dense_attention_backward(const AttentionProblem& p, const float* q, const f
           // M_ij / (1 - p): the dropout factor shared by Z and dP.
           const double m = attention_dropout_keep(p, b, h, i, j) ? inv_keep : 0.0;
           const float* kj = kh + j * p.k_row_stride;
-          const float* vj = vh + j * p.k_row_stride;
+          const float* vj = vh + j * p.v_row_stride;
           // dV_j += Z_ij dO_i.
           const double zij = pij * m;
           if (zij != 0.0)
-            for (std::int64_t x = 0; x < d; ++x) dv_acc[j * d + x] += zij * doi[x];
+            for (std::int64_t x = 0; x < dvd; ++x) dv_acc[j * dvd + x] += zij * doi[x];
           // dP_ij = (dO_i . V_j) M_ij / (1 - p);  dS_ij = P_ij (dP_ij - D_i).
-          const double dp = m != 0.0 ? dot(doi, vj, d) * m : 0.0;
+          const double dp = m != 0.0 ? dot(doi, vj, dvd) * m : 0.0;
           const double ds = pij * (dp - Di) * static_cast<double>(p.scale);
           // dQ_i += scale dS_ij K_j;  dK_j += scale dS_ij Q_i.
           for (std::int64_t x = 0; x < d; ++x) {
@@ -205,11 +207,11 @@ void dense_attention_backward(const AttentionProblem& p, const float* q, const f
         for (std::int64_t x = 0; x < d; ++x) dqi[x] = static_cast<float>(dq_row[x]);
       }
     }
-    for (std::int64_t j = 0; j < lk; ++j)
-      for (std::int64_t x = 0; x < d; ++x) {
-        dk[kbase + j * p.k_row_stride + x] = static_cast<float>(dk_acc[j * d + x]);
-        dv[kbase + j * p.k_row_stride + x] = static_cast<float>(dv_acc[j * d + x]);
-      }
+    for (std::int64_t j = 0; j < lk; ++j) {
+      for (std::int64_t x = 0; x < d; ++x) dk[kbase + j * p.k_row_stride + x] = static_cast<float>(dk_acc[j * d + x]);
+      for (std::int64_t x = 0; x < dvd; ++x)
+        dv[vbase + j * p.v_row_stride + x] = static_cast<float>(dv_acc[j * dvd + x]);
+    }
   });
 }
 

@@ -30,10 +30,10 @@ struct BwdScratch {
     Bkp = round_up(cm.tiles.bwd_keys, 16);
     Bq = cm.tiles.bwd_rows;
     kt.reset(cm.D * Bkp);
-    vt.reset(cm.D * Bkp);
+    vt.reset(cm.Dv * Bkp);
     qs.reset(Bq * cm.Dp);
     dk.reset(Bkp * cm.Dp);
-    dv.reset(Bkp * cm.Dp);
+    dv.reset(Bkp * cm.Dvp);
     s.reset(Bq * Bkp);
     probs.reset(Bq * Bkp);
     dp.reset(Bq * Bkp);
@@ -68,18 +68,20 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
   using M = typename I::M;
   constexpr int W = I::W;
   const AttentionProblem& p = cm.p;
-  const i64 D = cm.D, Dp = cm.Dp, Bkp = sc.Bkp, nc = j1 - j0, shift = p.shift(b), lq = p.q_len[b];
+  const i64 D = cm.D, Dp = cm.Dp, Dv = cm.Dv, Dvp = cm.Dvp, Bkp = sc.Bkp, nc = j1 - j0, shift = p.shift(b);
+  const i64 lq = p.q_len[b];
   const i64 k_row_stride = p.k_row_stride, q_row_stride = p.q_row_stride;
+  const i64 v_row_stride = p.v_row_stride, o_row_stride = p.o_row_stride;
   const float* k_tile = in.k + p.k_off[b] + kvh * p.k_head_stride + j0 * k_row_stride;
-  const float* v_tile = in.v + p.k_off[b] + kvh * p.k_head_stride + j0 * k_row_stride;
+  const float* v_tile = in.v + p.v_off[b] + kvh * p.v_head_stride + j0 * v_row_stride;
   float *kt = sc.kt.data(), *vt = sc.vt.data(), *dka = sc.dk.data(), *dva = sc.dv.data();
   float *s = sc.s.data(), *probs = sc.probs.data(), *dp = sc.dp.data(), *dropped_probs = sc.dropped_probs.data(), *keep_scale = sc.keep_scale.data();
   const bool alibi = !cm.slopes.empty(), has_global = cm.has_global(), dropout = p.dropout_p > 0.0f;
   const i64 few_from = cm.fwd_few_rows_from(b);
 
   // K^T, V^T [D x Bkp] (zero beyond nc); key lanes: position, usable (in range, not padded), global.
-  for (const auto& [src, dst] : {std::pair{k_tile, kt}, std::pair{v_tile, vt}})
-    pack_transposed<I>([&, src = src](i64 j) { return j < nc ? src + j * k_row_stride : nullptr; }, Bkp, D, 1.0f, dst, Bkp);
+  pack_transposed<I>([&](i64 j) { return j < nc ? k_tile + j * k_row_stride : nullptr; }, Bkp, D, 1.0f, kt, Bkp);
+  pack_transposed<I>([&](i64 j) { return j < nc ? v_tile + j * v_row_stride : nullptr; }, Bkp, Dv, 1.0f, vt, Bkp);
   for (i64 jj = 0; jj < Bkp; ++jj) {
     const i64 j = j0 + jj;
     sc.jpos[jj] = static_cast<float>(j);
@@ -87,7 +89,7 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
     sc.gcol[jj] = (jj < nc && cm.global_pos(j)) ? 1.0f : 0.0f;
   }
   std::memset(dka, 0, static_cast<std::size_t>(Bkp * Dp) * sizeof(float));
-  std::memset(dva, 0, static_cast<std::size_t>(Bkp * Dp) * sizeof(float));
+  std::memset(dva, 0, static_cast<std::size_t>(Bkp * Dvp) * sizeof(float));
   const float inv_keep = dropout ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
 
   for (i64 g = 0; g < cm.G; ++g) {
@@ -106,7 +108,7 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
       const bool masked = kind == TileKind::Edge || nc < Bkp;
       const i64 qoff = p.q_off[b] + h * p.q_head_stride + i0 * q_row_stride;
       const float* qrow = in.q + qoff;
-      const float* dorow = in.dout + qoff;
+      const float* dorow = in.dout + p.o_off[b] + h * p.o_head_stride + i0 * o_row_stride;
       const i64 rbase = in.row_base[b] + h * lq + i0;
 
       // S = (scale Q) K^T, rounded exactly as in the forward (same products, same order), so
@@ -148,9 +150,9 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
         pv = dropped_probs;
       }
       // dV += dropout(P)^T dO
-      tile_gemm<I, true>(nc, D, nq, pv, Bkp, dorow, q_row_stride, dva, Dp, TileMode::Add);
+      tile_gemm<I, true>(nc, Dv, nq, pv, Bkp, dorow, o_row_stride, dva, Dvp, TileMode::Add);
       // dP = dO V^T
-      tile_gemm<I, false>(nq, Bkp, D, dorow, q_row_stride, vt, Bkp, dp, Bkp, TileMode::Store);
+      tile_gemm<I, false>(nq, Bkp, Dv, dorow, o_row_stride, vt, Bkp, dp, Bkp, TileMode::Store);
       // dS = scale * P * (dropout'(dP) - D_i)
       for (i64 ii = 0; ii < nq; ++ii) {
         const V di = I::set1(in.di[rbase + ii]);
@@ -167,9 +169,10 @@ void bwd_item(const FlashCall& cm, const BwdInputs& in, i64 b, i64 kvh, i64 j0, 
     }
   }
   for (i64 jj = 0; jj < nc; ++jj) {
-    const i64 off = p.k_off[b] + kvh * p.k_head_stride + (j0 + jj) * k_row_stride;
-    std::memcpy(in.dk + off, dka + jj * Dp, static_cast<std::size_t>(D) * sizeof(float));
-    std::memcpy(in.dv + off, dva + jj * Dp, static_cast<std::size_t>(D) * sizeof(float));
+    const i64 k_at = p.k_off[b] + kvh * p.k_head_stride + (j0 + jj) * k_row_stride;
+    const i64 v_at = p.v_off[b] + kvh * p.v_head_stride + (j0 + jj) * v_row_stride;
+    std::memcpy(in.dk + k_at, dka + jj * Dp, static_cast<std::size_t>(D) * sizeof(float));
+    std::memcpy(in.dv + v_at, dva + jj * Dvp, static_cast<std::size_t>(Dv) * sizeof(float));
   }
 }
 
@@ -207,8 +210,9 @@ void backward_impl(const FlashCall& cm, const float* q, const float* k, const fl
     const auto [b, h] = bh[x];
     for (i64 i = 0; i < p.q_len[b]; ++i) {
       const i64 off = p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+      const i64 o_at = p.o_off[b] + h * p.o_head_stride + i * p.o_row_stride;
       double sum = 0;  // in double: D_i enters every dS of the row
-      for (i64 d = 0; d < D; ++d) sum += static_cast<double>(dout[off + d]) * out[off + d];
+      for (i64 d = 0; d < cm.Dv; ++d) sum += static_cast<double>(dout[o_at + d]) * out[o_at + d];
       const i64 r = in.row_base[b] + h * p.q_len[b] + i;
       const float l = lse[p.lse_off[b] + h * p.lse_head_stride + i];
       di.data()[r] = static_cast<float>(sum);

@@ -25,7 +25,7 @@ namespace {
 template <class Isa>
 struct FwdScratch {
   i64 max_lanes = 0;     // stacked rows of the largest tile, padded to a multiple of W
-  Buf qt, st, o, stats;  // Qt [D x max_lanes], S^T [keys x max_lanes], O [max_lanes x Dp], 6 lane arrays
+  Buf qt, st, o, stats;  // Qt [D x max_lanes], S^T [keys x max_lanes], O [max_lanes x Dvp], 6 lane arrays
   Buf colmax;            // [max_lanes] per-lane max of a tile's scores
   Buf qs, keys;          // few-row path: scaled Q rows [small_rows x Dp]; key lanes [3 x fwd_keys]
   std::vector<i64> lane_h, lane_i;
@@ -39,7 +39,7 @@ struct FwdScratch {
     max_lanes = round_up(cm.G * bq, Isa::W);
     qt.reset(cm.D * max_lanes);
     st.reset(cm.tiles.fwd_keys * max_lanes);
-    o.reset(max_lanes * cm.Dp);
+    o.reset(max_lanes * cm.Dvp);
     stats.reset(7 * max_lanes);
     colmax.reset(max_lanes);
     qs.reset(std::max<i64>(1, cm.tiles.small_rows) * cm.Dp);
@@ -73,7 +73,7 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
   using M = typename I::M;
   constexpr int W = I::W;
   const AttentionProblem& p = cm.p;
-  const i64 D = cm.D, Dp = cm.Dp, R = cm.G * nq, lanes = round_up(R, W), shift = p.shift(b);
+  const i64 D = cm.D, Dv = cm.Dv, Dvp = cm.Dvp, R = cm.G * nq, lanes = round_up(R, W), shift = p.shift(b);
   float* qt = sc.qt.data();
   float* st = sc.st.data();
   float* o = sc.o.data();
@@ -114,7 +114,7 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
 
   const KeyRows keys = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
-  const i64 k_row_stride = p.k_row_stride;
+  const i64 k_row_stride = p.k_row_stride, v_row_stride = p.v_row_stride;
   const i64 kend = cm.end_key(ip_hi, kb), kfirst = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys);
   // A short key range (a narrow window) was mostly read by the neighbouring query tile and is
   // still cached; only long ranges are worth prefetching.
@@ -140,16 +140,15 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
     const bool layout_mask = lane_mask || (cm.layout != nullptr && cm.layout->rule.kind != SparseElementRule::Kind::None);
     const i64 nc = j1 - j0;
     const float* k_tile = keys.k + j0 * k_row_stride;
-    const float* v_tile = keys.v + j0 * k_row_stride;
+    const float* v_tile = keys.v + j0 * v_row_stride;
     if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
                        // head's K and V outgrow L2 from a few thousand keys on).
       const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
       const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
-      for (i64 jj = ja; jj < jb; ++jj)
-        for (i64 d = 0; d < D; d += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T1);
-          _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * k_row_stride + d), _MM_HINT_T1);
-        }
+      for (i64 jj = ja; jj < jb; ++jj) {
+        for (i64 d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T1);
+        for (i64 d = 0; d < Dv; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * v_row_stride + d), _MM_HINT_T1);
+      }
     }
     const bool edge = kind == TileKind::Edge;
     const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
@@ -232,18 +231,18 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
     const TileMode mode = first ? TileMode::Store : TileMode::ScaleAdd;
     if (same) {
       const i64 seen_begin = sc.rng[0].seen_begin, seen_end = sc.rng[0].seen_end;
-      tile_gemm<I, true>(R, D, seen_end - seen_begin, st + seen_begin * lanes, lanes, v_tile + seen_begin * k_row_stride, k_row_stride, o, Dp, mode, sc.alpha);
+      tile_gemm<I, true>(R, Dv, seen_end - seen_begin, st + seen_begin * lanes, lanes, v_tile + seen_begin * v_row_stride, v_row_stride, o, Dvp, mode, sc.alpha);
     } else {
       for (i64 v0 = 0; v0 < R; v0 += W) {
         const i64 seen_begin = sc.rng[v0 / W].seen_begin, seen_end = sc.rng[v0 / W].seen_end;
-        tile_gemm<I, true>(std::min<i64>(W, R - v0), D, seen_end - seen_begin, st + seen_begin * lanes + v0, lanes, v_tile + seen_begin * k_row_stride, k_row_stride,
-                           o + v0 * Dp, Dp, mode, sc.alpha + v0);
+        tile_gemm<I, true>(std::min<i64>(W, R - v0), Dv, seen_end - seen_begin, st + seen_begin * lanes + v0, lanes, v_tile + seen_begin * v_row_stride, v_row_stride,
+                           o + v0 * Dvp, Dvp, mode, sc.alpha + v0);
       }
     }
     first = false;
     j0 = j1;
   }
-  if (first) std::memset(o, 0, static_cast<std::size_t>(R * Dp) * sizeof(float));
+  if (first) std::memset(o, 0, static_cast<std::size_t>(R * Dvp) * sizeof(float));
 }
 
 // The few-row case of fwd_rows (R = G nq <= tiles.small_rows, e.g. decode):
@@ -257,7 +256,7 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
   using M = typename I::M;
   constexpr int W = I::W;
   const AttentionProblem& p = cm.p;
-  const i64 D = cm.D, Dp = cm.Dp, R = cm.G * nq, shift = p.shift(b);
+  const i64 D = cm.D, Dp = cm.Dp, Dv = cm.Dv, Dvp = cm.Dvp, R = cm.G * nq, shift = p.shift(b);
   float* qs = sc.qs.data();
   float* st = sc.st.data();
   float* o = sc.o.data();
@@ -278,7 +277,7 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
 
   const KeyRows keys = cm.kv(b, kvh);
   const i64 ip_lo = i0 + shift, ip_hi = i0 + nq - 1 + shift;
-  const i64 k_row_stride = p.k_row_stride;
+  const i64 k_row_stride = p.k_row_stride, v_row_stride = p.v_row_stride;
   const i64 kend = cm.end_key(ip_hi, kb);
   for (i64 j0 = cm.first_key(ip_lo, ka, cm.tiles.fwd_keys); j0 < kend;) {
     if (cm.layout != nullptr) {  // block-sparse: on to the next present tile
@@ -295,16 +294,15 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
     if (cm.layout != nullptr) kind = cm.layout_kind(kind, ip_lo, ip_hi, j0, j1, lane_mask);
     const i64 nc = j1 - j0, ncp = round_up(nc, W);
     const float* k_tile = keys.k + j0 * k_row_stride;
-    const float* v_tile = keys.v + j0 * k_row_stride;
+    const float* v_tile = keys.v + j0 * v_row_stride;
     {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
        // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
       const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
       const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
-      for (i64 jj = ja; jj < jb; ++jj)
-        for (i64 d = 0; d < D; d += 16) {
-          _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * k_row_stride + d), _MM_HINT_T0);
-        }
+      for (i64 jj = ja; jj < jb; ++jj) {
+        for (i64 d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T0);
+        for (i64 d = 0; d < Dv; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * v_row_stride + d), _MM_HINT_T0);
+      }
     }
     // S[R x ncp] = (scale Q) K^T   (lanes >= nc: 0, masked below)
     row_dot_scores<I>(R, nc, D, qs, Dp, k_tile, k_row_stride, st, ncp);
@@ -363,11 +361,11 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
         }
     }
     // O = alpha O + P V
-    tile_gemm<I, false>(R, D, nc, st, ncp, v_tile, k_row_stride, o, Dp, first ? TileMode::Store : TileMode::ScaleAdd, sc.alpha);
+    tile_gemm<I, false>(R, Dv, nc, st, ncp, v_tile, v_row_stride, o, Dvp, first ? TileMode::Store : TileMode::ScaleAdd, sc.alpha);
     first = false;
     j0 = j1;
   }
-  if (first) std::memset(o, 0, static_cast<std::size_t>(R * Dp) * sizeof(float));
+  if (first) std::memset(o, 0, static_cast<std::size_t>(R * Dvp) * sizeof(float));
 }
 
 // out = O / l, lse = m + ln l (NaN inputs give NaN l or O, which reach out and lse).
@@ -378,16 +376,16 @@ void write_rows(const FlashCall& cm, i64 b, i64 kvh, i64 i0, i64 nq, const float
   const AttentionProblem& p = cm.p;
   for (i64 r = 0, g = 0, ii = 0; r < cm.G * nq; ++r, ii = ii + 1 == nq ? 0 : ii + 1, g += ii == 0) {
     const i64 h = kvh * cm.G + g, i = i0 + ii;
-    float* orow = out + p.q_off[b] + h * p.q_head_stride + i * p.q_row_stride;
+    float* orow = out + p.o_off[b] + h * p.o_head_stride + i * p.o_row_stride;
     float& lr = lse[p.lse_off[b] + h * p.lse_head_stride + i];
     if (l[r] != 0.0f) {
-      for (i64 d = 0; d < cm.D; ++d) orow[d] = o[r * cm.Dp + d] / l[r];
+      for (i64 d = 0; d < cm.Dv; ++d) orow[d] = o[r * cm.Dvp + d] / l[r];
       lr = static_cast<float>(static_cast<double>(m[r]) + std::log(static_cast<double>(l[r])));  // one rounding
     } else if (attention_row_sees_a_key(p, b, h, i)) {
-      for (i64 d = 0; d < cm.D; ++d) orow[d] = std::numeric_limits<float>::quiet_NaN();
+      for (i64 d = 0; d < cm.Dv; ++d) orow[d] = std::numeric_limits<float>::quiet_NaN();
       lr = std::numeric_limits<float>::quiet_NaN();
     } else {
-      for (i64 d = 0; d < cm.D; ++d) orow[d] = 0.0f;
+      for (i64 d = 0; d < cm.Dv; ++d) orow[d] = 0.0f;
       lr = kNegInf;
     }
   }
@@ -403,7 +401,7 @@ void forward_impl(const FlashCall& cm, const float* q, float* out, float* lse) {
   const FlashTiles& t = cm.tiles;
   const i64 bq = cm.fwd_tile_rows();
   const i64 slot_rows = round_up(cm.G * bq, Isa::W);
-  const i64 slot = slot_rows * cm.Dp + 2 * slot_rows;  // one split's partial: O [slot_rows x Dp], m, l
+  const i64 slot = slot_rows * cm.Dvp + 2 * slot_rows;  // one split's partial: O [slot_rows x Dvp], m, l
 
   // Flash-decoding for entries with one query tile and many keys: split the
   // keys into fixed chunks (results do not depend on the thread count).
@@ -457,9 +455,9 @@ void forward_impl(const FlashCall& cm, const float* q, float* out, float* lse) {
         const i64 ka = w.split * t.split_chunk, kb = std::min(p.k_len[w.b], ka + t.split_chunk);
         rows(cm, q, w.b, w.kvh, i0, nq, ka, kb, sc);
         float* dst = partials.data() + part_base[w.b] + (w.kvh * nsplit[w.b] + w.split) * slot;
-        std::memcpy(dst, sc.o.data(), static_cast<std::size_t>(cm.G * nq * cm.Dp) * sizeof(float));
-        std::memcpy(dst + slot_rows * cm.Dp, sc.m, static_cast<std::size_t>(slot_rows) * sizeof(float));
-        std::memcpy(dst + slot_rows * cm.Dp + slot_rows, sc.l, static_cast<std::size_t>(slot_rows) * sizeof(float));
+        std::memcpy(dst, sc.o.data(), static_cast<std::size_t>(cm.G * nq * cm.Dvp) * sizeof(float));
+        std::memcpy(dst + slot_rows * cm.Dvp, sc.m, static_cast<std::size_t>(slot_rows) * sizeof(float));
+        std::memcpy(dst + slot_rows * cm.Dvp + slot_rows, sc.l, static_cast<std::size_t>(slot_rows) * sizeof(float));
       }
     }
     // Merge the splits in order: m = max m_s, l = sum e^(m_s - m) l_s, o = sum e^(m_s - m) o_s.
@@ -471,16 +469,16 @@ void forward_impl(const FlashCall& cm, const float* q, float* out, float* lse) {
       float* o = sc.o.data();
       for (i64 r = 0; r < R; ++r) {
         float mmax = kNegInf;
-        for (i64 s = 0; s < nsplit[w.b]; ++s) mmax = std::max(mmax, base[s * slot + slot_rows * cm.Dp + r]);
+        for (i64 s = 0; s < nsplit[w.b]; ++s) mmax = std::max(mmax, base[s * slot + slot_rows * cm.Dvp + r]);
         float lsum = 0.0f;
-        float* orow = o + r * cm.Dp;
-        std::fill(orow, orow + cm.D, 0.0f);
+        float* orow = o + r * cm.Dvp;
+        std::fill(orow, orow + cm.Dv, 0.0f);
         if (mmax != kNegInf) {
           for (i64 s = 0; s < nsplit[w.b]; ++s) {
             const float* ps = base + s * slot;
-            const float wgt = std::exp(ps[slot_rows * cm.Dp + r] - mmax);
-            lsum += wgt * ps[slot_rows * cm.Dp + slot_rows + r];
-            for (i64 d = 0; d < cm.D; ++d) orow[d] += wgt * ps[r * cm.Dp + d];
+            const float wgt = std::exp(ps[slot_rows * cm.Dvp + r] - mmax);
+            lsum += wgt * ps[slot_rows * cm.Dvp + slot_rows + r];
+            for (i64 d = 0; d < cm.Dv; ++d) orow[d] += wgt * ps[r * cm.Dvp + d];
           }
         }
         sc.m[r] = mmax;

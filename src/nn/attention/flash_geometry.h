@@ -88,7 +88,7 @@ struct KeyRanges {
 
 enum class TileKind { Skip, Full, Edge };  // Full: every (row, key) visible; Edge: element masks needed
 
-// The keys of one (batch, KV head): row j of K at k + j * k_row_stride (V likewise).
+// The keys of one (batch, KV head): row j of K at k + j * k_row_stride, of V at v + j * v_row_stride.
 struct KeyRows {
   const float* k = nullptr;
   const float* v = nullptr;
@@ -100,6 +100,7 @@ struct FlashCall {
   const AttentionProblem& p;
   FlashTiles tiles;
   i64 G, D, Dp;
+  i64 Dv, Dvp;  // value / output head dim (p.dv), and rounded up to 16 like Dp
   std::vector<float> slopes;        // [hq] ALiBi slopes; empty without ALiBi
   std::vector<std::uint8_t> global_key;  // [max k_len] key position is a global token
   std::vector<i64> pad_prefix, pad_base;  // padded keys before j of entry b: pad_prefix[pad_base[b] + j]
@@ -110,8 +111,8 @@ struct FlashCall {
   static constexpr i64 kMaxReachKeys = 256;
 
   FlashCall(const AttentionProblem& prob, const float* kp, const float* vp)
-      : p(prob), tiles(prob.tiles), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)),
-        slopes(prob.alibi_slopes), k(kp), v(vp) {
+      : p(prob), tiles(prob.tiles), G(prob.group()), D(prob.d), Dp(round_up(prob.d, 16)), Dv(prob.dv),
+        Dvp(round_up(prob.dv, 16)), slopes(prob.alibi_slopes), k(kp), v(vp) {
     // Narrow windows: a tile of R rows needs keys [first row - left, last row + right], so
     // the work per tile exceeds the visible pairs by about (R + tile keys) / span; tiles
     // shrink to ~span / 4 (at least 16) to keep windowed time proportional to density.
@@ -362,8 +363,7 @@ struct FlashCall {
   }
 
   KeyRows kv(i64 b, i64 kvh) const {
-    const i64 off = p.k_off[b] + kvh * p.k_head_stride;
-    return {k + off, v + off};
+    return {k + p.k_off[b] + kvh * p.k_head_stride, v + p.v_off[b] + kvh * p.v_head_stride};
   }
 };
 

@@ -11,6 +11,7 @@
 #include "nn/reformer/lsh_attention_mixer.h"
 #include "nn/mamba/mamba_mixer.h"
 #include "nn/multilevel/multilevel_mixer.h"
+#include "nn/mla/mla_mixer.h"
 #include "nn/retnet/retention_mixer.h"
 #include "nn/transformer_xl/transformer_xl_mixer.h"
 #include "nn/sparse/sparse_attention_mixer.h"
@@ -30,6 +31,7 @@ const std::vector<TokenMixerEntry>& token_mixer_registry() {
       multilevel_attention_mixer_entry(),
       transformer_xl_mixer_entry(),
       sparse_attention_mixer_entry(),
+      mla_mixer_entry(),
   };
   return table;
 }

@@ -40,6 +40,7 @@ struct MixerContext {
   RopeTable* rope = nullptr;  // RoPE on queries and keys (owned by the model), or null
   bool alibi = false;
   double initializer_range = 0.02;
+  double rms_norm_eps = 1e-6;  // norms inside a mixer (MLA's q_a_layernorm, kv_a_layernorm)
   nlohmann::json options = nlohmann::json::object();
 };
 

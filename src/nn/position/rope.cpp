@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
+#include <utility>
 
 namespace mf {
 
@@ -49,6 +50,10 @@ void RopeConfig::validate() const {
     MF_CHECK(beta_fast >= beta_slow, "[rope] rope_scaling.beta_fast (", beta_fast,
              ") must be >= rope_scaling.beta_slow (", beta_slow, ")");
   }
+  for (const auto& [name, value] : {std::pair{"mscale", mscale}, std::pair{"mscale_all_dim", mscale_all_dim}})
+    if (value)
+      MF_CHECK(std::isfinite(*value) && *value >= 0, "[rope] rope_scaling.", name, " must be a finite number >= 0, got ",
+               *value);
   if (attention_factor) {
     MF_CHECK(scaling == RopeScaling::Yarn, "[rope] rope_scaling.attention_factor applies only to yarn scaling, "
              "but rope_scaling.rope_type is ", type);
@@ -75,7 +80,10 @@ double rope_effective_theta(const RopeConfig& cfg, std::int64_t seq_len) {
 
 double rope_attention_factor(const RopeConfig& cfg) {
   if (cfg.scaling != RopeScaling::Yarn) return 1.0;
-  return cfg.attention_factor ? *cfg.attention_factor : 0.1 * std::log(cfg.factor) + 1.0;
+  if (cfg.attention_factor) return *cfg.attention_factor;
+  const auto m = [&](double s) { return cfg.factor <= 1.0 ? 1.0 : 0.1 * s * std::log(cfg.factor) + 1.0; };
+  if (cfg.mscale || cfg.mscale_all_dim) return m(cfg.mscale.value_or(1.0)) / m(cfg.mscale_all_dim.value_or(0.0));
+  return 0.1 * std::log(cfg.factor) + 1.0;
 }
 
 std::vector<double> rope_inv_freq(const RopeConfig& cfg, std::int64_t seq_len) {

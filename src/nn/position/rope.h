@@ -50,6 +50,11 @@ struct RopeConfig {
   double beta_fast = 32.0;                           // yarn
   double beta_slow = 1.0;                            // yarn
   std::optional<double> attention_factor;            // yarn; default 0.1 * ln(factor) + 1
+  // yarn, DeepSeek-V2: without attention_factor, cos and sin are multiplied by
+  // m(factor, mscale) / m(factor, mscale_all_dim), m(f, s) = 0.1 s ln f + 1
+  // (1 when f <= 1), with mscale 1 and mscale_all_dim 0 when absent (DeepSeek's
+  // DeepseekV2YarnRotaryEmbedding; HF's yarn init agrees when both are given).
+  std::optional<double> mscale, mscale_all_dim;
 
   // Throws mf::Error naming the field ("[rope] rope_scaling.factor must be >= 1, got 0.5").
   void validate() const;
