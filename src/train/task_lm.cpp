@@ -24,7 +24,11 @@ class LmTask : public TrainTask {
     fill_windows(corpus_, train_window_offsets(corpus_, cfg_.seed, step, micro, cfg_.batch_size, cfg_.seq_len),
                  cfg_.seq_len, tokens_, targets_);
     tokens += cfg_.batch_size * cfg_.seq_len;
-    return model_.loss(tokens_, targets_, true);
+    const double loss = model_.loss(tokens_, targets_, true);
+    if (micro == 0) aux_sum_ = aux_count_ = 0;
+    aux_sum_ += model_.aux_loss();
+    ++aux_count_;
+    return loss;
   }
   double evaluate() override {
     val = mf::evaluate(model_, corpus_, cfg_.seq_len, cfg_.eval_windows, cfg_.batch_size);
@@ -35,6 +39,9 @@ class LmTask : public TrainTask {
     line["val_loss"] = or_null(evaluated ? val.loss : nan);
     line["val_bpb"] = or_null(evaluated ? val.bpb : nan);
     line["train_bpb"] = or_null(bits_per_byte(train_loss));
+    // Auxiliary losses (Mixture-of-Depths predictors): the last step's mean
+    // over its micro-batches; trained through the gradients, not in train_loss.
+    if (model_.has_aux_loss()) line["aux_loss"] = or_null(aux_count_ > 0 ? aux_sum_ / aux_count_ : nan);
   }
   std::string progress_suffix() const override {
     return str_cat(" | val bpb ", std::round(val.bpb * 1000) / 1000);
@@ -64,6 +71,8 @@ class LmTask : public TrainTask {
   const TrainConfig& cfg_;
   const std::string fp_;
   Tensor tokens_, targets_;
+  double aux_sum_ = 0;
+  std::int64_t aux_count_ = 0;
 };
 
 }  // namespace

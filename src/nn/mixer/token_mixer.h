@@ -49,6 +49,7 @@ struct MixerCapabilities {
   bool generation = false;       // has a per-layer generation state (prefill + steps)
   bool variable_length = false;  // any sequence length per call (up to max_seq_len), not one fixed length
   bool padding = false;          // honours a key padding mask
+  bool position_ids = false;     // honours explicit position ids (MixerCall::position_ids)
 };
 
 // Where a call sits.
@@ -58,6 +59,10 @@ struct MixerCall {
   Tensor key_padding_mask;      // int32 [B, L], nonzero = token, 0 = padding; undefined: none
   class MixerState* state = nullptr;  // generation: this layer's state (forward only)
   std::int64_t past = 0;        // positions before this call (generation)
+  // int32 [B, L]: each row's absolute position (Mixture of Depths runs a
+  // block on routed tokens that keep their original positions); undefined:
+  // past + l. Refused by mixers without the position_ids capability.
+  Tensor position_ids;
 };
 
 // What a forward keeps for its backward.
