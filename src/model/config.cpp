@@ -307,7 +307,7 @@ namespace {
 // take position ids under RoPE are refused by name.
 void validate_mixture_of_depths(const ModelConfig& c, const std::string& s) {
   const char* f = "mixture_of_depths";
-  const ModOptions o = mod_options_from_json(c.mixture_of_depths);
+  const ModOptions o = mod_options_from_json(parse_options(mod_option_schema(), c.mixture_of_depths, "[config] " + s + ": ", f));
   if (c.reversible) field_error(s, f, "routed blocks cannot be reversible (set one of reversible, mixture_of_depths)");
   if (c.position == PositionKind::ALiBi)
     field_error(s, f, "ALiBi distances count rows, which routed tokens do not keep contiguous (use RoPE)");
