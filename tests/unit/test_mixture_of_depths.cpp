@@ -52,10 +52,24 @@ struct NamedParamStore final : ParamStore {
   }
 };
 
+// The mixers' context of the test blocks: GQA 4:2 heads of 8, SwiGLU, RoPE.
+MixerContext block_context(std::int64_t c, std::int64_t i, RopeTable* rope, AttentionImpl impl) {
+  MixerContext ctx;
+  ctx.hidden_size = c;
+  ctx.num_heads = 4;
+  ctx.num_kv_heads = 2;
+  ctx.head_dim = 8;
+  ctx.intermediate_size = i;
+  ctx.attention_impl = impl;
+  ctx.hidden_act = Activation::SiLU;
+  ctx.rope = rope;
+  return ctx;
+}
+
 // A routed Llama block (pre-RMSNorm attention with RoPE and GQA 4:2, pre-RMSNorm
 // SwiGLU) with its router and predictor, every parameter random.
 struct RoutedBlock {
-  static constexpr std::int64_t C = 16, Hq = 4, Hkv = 2, D = 8, I = 24;
+  static constexpr std::int64_t C = 16, D = 8, I = 24;  // 4 query heads, 2 KV heads (block_context)
   mt::OwnedParameters ps;
   std::unique_ptr<RopeTable> rope;
   std::unique_ptr<TokenMixer> token;
@@ -73,19 +87,11 @@ struct RoutedBlock {
                        std::uint64_t seed = 5) {
     ps.seed = seed;
     mt::RandomParamStore store(ps, 0.4f);
-    MixerContext ctx;
-    ctx.hidden_size = C;
-    ctx.num_heads = Hq;
-    ctx.num_kv_heads = Hkv;
-    ctx.head_dim = D;
-    ctx.intermediate_size = I;
-    ctx.attention_impl = impl;
-    ctx.hidden_act = Activation::SiLU;
     RopeConfig rc;
     rc.rotary_dim = D;
     rc.theta = 100.0;
     rope = std::make_unique<RopeTable>(rc, 64);
-    ctx.rope = rope.get();
+    const MixerContext ctx = block_context(C, I, rope.get(), impl);
     p.token_norms.in = norm();
     token = token_mixer_entry("full_attention").make(ctx, store);
     p.channel_norms.in = norm();
@@ -330,17 +336,10 @@ TEST(MixtureOfDepths, MatchesPyTorchFixtures) {
     const std::int64_t B = opt_of("batch"), L = opt_of("seq_len"), C = RoutedBlock::C;
     NamedParamStore store;
     for (const auto& [k, v] : file.tensors) store.values[k] = v;
-    MixerContext ctx;
-    ctx.hidden_size = C;
-    ctx.num_heads = RoutedBlock::Hq;
-    ctx.num_kv_heads = RoutedBlock::Hkv;
-    ctx.head_dim = RoutedBlock::D;
-    ctx.intermediate_size = RoutedBlock::I;
-    ctx.hidden_act = Activation::SiLU;
     RopeConfig rc;
     rc.rotary_dim = RoutedBlock::D;
     RopeTable rope(rc, 64);
-    ctx.rope = &rope;
+    const MixerContext ctx = block_context(C, RoutedBlock::I, &rope, AttentionImpl::Dense);
     BlockParams p;
     auto norm = [&](const std::string& n) {
       NormParams q;
@@ -401,21 +400,33 @@ void set_router(Transformer& m, std::int64_t layer, float weight, float bias) {
   m.find_parameter(pre + "mod_router.bias")->value.fill(bias);
 }
 
+// An unrouted 3-layer model and the same model with layer 1 routed at
+// `capacity`, sharing every parameter, with the router's weight forced to 1
+// (w_r = 0, b_r = 1).
+struct UnitRouterPair {
+  Transformer base, routed;
+  static ModelConfig plain() {
+    ModelConfig c = mt::tiny_modformer_config(AttentionImpl::Flash);
+    c.num_hidden_layers = 3;
+    return c;
+  }
+  explicit UnitRouterPair(double capacity) : base(plain(), 4), routed(mod_model_config(capacity), 4) {
+    copy_shared_parameters(routed, base);
+    set_router(routed, 1, 0.0f, 1.0f);
+  }
+};
+
 }  // namespace
 
 // Capacity 1 and router weights forced to 1 (w_r = 0, b_r = 1): the routed
 // model is the unrouted one, in logits, loss and every shared gradient.
 TEST(MixtureOfDepths, FullCapacityUnitRouterEqualsUnroutedModel) {
   mt::ScopedThreads one(1);
-  ModelConfig plain = mt::tiny_modformer_config(AttentionImpl::Flash);
-  plain.num_hidden_layers = 3;
-  Transformer base(plain, 4);
-  Transformer routed(mod_model_config(1.0), 4);
+  UnitRouterPair pair(1.0);
+  Transformer &base = pair.base, &routed = pair.routed;
   EXPECT_FALSE(routed.routed_layer(0));
   EXPECT_TRUE(routed.routed_layer(1));
   EXPECT_FALSE(routed.routed_layer(2));
-  copy_shared_parameters(routed, base);
-  set_router(routed, 1, 0.0f, 1.0f);
   const Tensor tok = mt::random_tokens({2, 11}, 5, 23), tgt = mt::random_tokens({2, 11}, 6, 23);
   EXPECT_TRUE(mt::close(routed.logits(tok), base.logits(tok), 1e-6, "logits"));
   const double a = base.loss(tok, tgt, true), b = routed.loss(tok, tgt, true);
@@ -446,12 +457,8 @@ TEST(MixtureOfDepths, FullCapacityUnitRouterEqualsUnroutedModel) {
 // block adds nothing, router weight 0); a prefill equals one-token steps.
 TEST(MixtureOfDepths, PredictorDrivesGeneration) {
   mt::ScopedThreads one(1);
-  ModelConfig plain = mt::tiny_modformer_config(AttentionImpl::Flash);
-  plain.num_hidden_layers = 3;
-  Transformer base(plain, 4);
-  Transformer routed(mod_model_config(0.25), 4);
-  copy_shared_parameters(routed, base);
-  set_router(routed, 1, 0.0f, 1.0f);
+  UnitRouterPair pair(0.25);
+  Transformer &base = pair.base, &routed = pair.routed;
   Parameter* pred_bias = routed.find_parameter("model.layers.1.mod_predictor.fc2.bias");
   const Tensor tok = mt::random_tokens({2, 10}, 7, 23);
   GenerationOptions go;
