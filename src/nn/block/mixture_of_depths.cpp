@@ -17,6 +17,15 @@ namespace mf {
 namespace {
 
 constexpr const char* kOp = "[mixture_of_depths]";
+// Element counts below which the per-token loops here (router, gather,
+// scatter, backward) run on one thread: they stream O(N C) floats, less work
+// than a parallel region's fork and barrier costs at the model's sizes
+// (16 x 256 tokens of 192 = 0.8M elements) once the cores are shared (on a
+// loaded 2-core machine, a routed model with these loops parallel from 32k
+// elements trained slower at 2 threads than at 1). Row selection (an
+// nth_element per row) parallelizes from kParallelRows tokens.
+constexpr std::int64_t kParallelElements = 1 << 21;
+constexpr std::int64_t kParallelRows = 1 << 15;
 
 float router_gate(float r, RouterActivation a) { return a == RouterActivation::Linear ? r : 1.0f / (1.0f + std::exp(-r)); }
 // dg/dr at r (g = router_gate(r)).
@@ -42,7 +51,7 @@ Tensor router_logits(const Tensor& x, const ModParams& p) {
   const float* w = p.router_w->value.data<float>();
   const float bias = p.router_b ? p.router_b->value.data<float>()[0] : 0.0f;
   float* out = r.data<float>();
-#pragma omp parallel for schedule(static) if (n * c >= (1 << 15))
+#pragma omp parallel for schedule(static) if (n * c >= kParallelElements)
   for (std::int64_t i = 0; i < n; ++i) {
     const float* row = xs + i * c;
     float acc = 0;
@@ -59,7 +68,7 @@ Tensor gather_rows(const Tensor& x, std::int64_t m, const Index& index) {
   Tensor out = Tensor::empty({m, c});
   const float* src = x.data<float>();
   float* dst = out.data<float>();
-#pragma omp parallel for schedule(static) if (m * c >= (1 << 16))
+#pragma omp parallel for schedule(static) if (m * c >= kParallelElements)
   for (std::int64_t j = 0; j < m; ++j)
     std::memcpy(dst + j * c, src + index(j) * c, static_cast<std::size_t>(c) * sizeof(float));
   return out;
@@ -219,7 +228,7 @@ Tensor mod_forward(ModSaved& s, const Tensor& x, const BlockParams& block, const
   // ties to the earlier position), then put back in sequence order.
   s.selected = Tensor::empty({B, k}, DType::I32);
   std::int32_t* sel = s.selected.data<std::int32_t>();
-#pragma omp parallel for schedule(static) if (B * L >= (1 << 12))
+#pragma omp parallel for schedule(static) if (B * L >= kParallelRows)
   for (std::int64_t b = 0; b < B; ++b) {
     std::vector<std::int32_t> order(static_cast<std::size_t>(L));
     std::iota(order.begin(), order.end(), 0);
@@ -264,7 +273,7 @@ Tensor mod_forward(ModSaved& s, const Tensor& x, const BlockParams& block, const
   {
     const float *y = y_routed.data<float>(), *xt = s.x_routed.data<float>();
     float *u = s.update.data<float>(), *o = out.data<float>();
-#pragma omp parallel for schedule(static) if (B * k * C >= (1 << 16))
+#pragma omp parallel for schedule(static) if (B * k * C >= kParallelElements)
     for (std::int64_t j = 0; j < B * k; ++j) {
       const std::int64_t i = (j / k) * L + sel[j];
       const float g = router_gate(r[i], p.opt.router_activation);
@@ -316,7 +325,7 @@ Tensor mod_backward(const Tensor& dy, const Tensor& x, const ModSaved& s, const 
   {
     const float *g_out = dy.data<float>(), *u = s.update.data<float>();
     float* du = d_update.data<float>();
-#pragma omp parallel for schedule(static) if (M * C >= (1 << 16))
+#pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
     for (std::int64_t j = 0; j < M; ++j) {
       const std::int64_t i = (j / k) * L + sel[j];
       const float g = router_gate(r[i], act);
@@ -334,7 +343,7 @@ Tensor mod_backward(const Tensor& dy, const Tensor& x, const ModSaved& s, const 
   {
     const float *dxr = dx_routed.data<float>(), *du = d_update.data<float>(), *w = p.router_w->value.data<float>();
     float* d = dx.data<float>();
-#pragma omp parallel for schedule(static) if (M * C >= (1 << 16))
+#pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
     for (std::int64_t j = 0; j < M; ++j) {
       const std::int64_t i = (j / k) * L + sel[j];
       const float dr = d_router[static_cast<std::size_t>(j)];
@@ -345,7 +354,7 @@ Tensor mod_backward(const Tensor& dy, const Tensor& x, const ModSaved& s, const 
   {
     const float* xt = s.x_routed.data<float>();
     float* dw = p.router_w->grad.data<float>();
-#pragma omp parallel for schedule(static) if (M * C >= (1 << 16))
+#pragma omp parallel for schedule(static) if (M * C >= kParallelElements)
     for (std::int64_t c = 0; c < C; ++c) {
       float acc = 0;
       for (std::int64_t j = 0; j < M; ++j) acc += d_router[static_cast<std::size_t>(j)] * xt[j * C + c];
