@@ -572,3 +572,28 @@ TEST(MixtureOfDepths, SmallLmTrains) {
   EXPECT_LT(last_aux, first_aux) << "predictor aux loss " << first_aux << " -> " << last_aux;
   EXPECT_GT(m.predictor_accuracy(), 0.5);
 }
+
+TEST(MixtureOfDepths, RejectsBadInput) {
+  RoutedBlock f(options(0.5));
+  const Tensor x = randn({2 * 5, RoutedBlock::C}, 1);
+  ModSaved s;
+  EXPECT_ERROR("[mixture_of_depths] input has 10 rows but batch 2 x seq_len 4", mod_forward(s, x, f.p, f.mod, call_of(2, 4)));
+  EXPECT_ERROR("backward called without the training forward's saved state",
+               mod_backward(x, x, s, f.p, f.mod, call_of(2, 5)));
+  MixerCall with_ids = call_of(2, 5);
+  with_ids.position_ids = Tensor::zeros({2, 5}, DType::I32);
+  EXPECT_ERROR("takes no position ids of its own", mod_forward(s, x, f.p, f.mod, with_ids));
+  RoutedBlock g(options(0.5));
+  g.mod.router_w->value = Tensor::zeros({RoutedBlock::C + 1});
+  EXPECT_ERROR("mod_router.weight", mod_forward(s, x, g.p, g.mod, call_of(2, 5)));
+  // A mixer without the position_ids capability refuses explicit ids by name.
+  MixerCall ids = call_of(1, 4);
+  ids.position_ids = Tensor::zeros({1, 4}, DType::I32);
+  MixerContext ctx = block_context(RoutedBlock::C, RoutedBlock::I, nullptr, AttentionImpl::Dense);
+  ctx.options = parse_options(token_mixer_entry("retention").options, nullptr, "test ", "retention");
+  mt::OwnedParameters ps;
+  mt::RandomParamStore store(ps, 0.3f);
+  auto retention = token_mixer_entry("retention").make(ctx, store);
+  Tensor y = Tensor::empty({4, RoutedBlock::C});
+  EXPECT_ERROR("[retention] does not take explicit position ids", retention->forward(y, randn({4, RoutedBlock::C}, 2), ids, false));
+}
