@@ -16,6 +16,7 @@
 #include "model/config_fields.h"
 #include "model/deepseek_v2_config.h"
 #include "model/mamba_config.h"
+#include "nn/block/mixture_of_depths.h"
 #include "nn/mixer/mixer_registry.h"
 
 namespace mf {
@@ -220,6 +221,10 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
       {"gradient_checkpointing",
        [&](const json& v, const std::string& f) { c.gradient_checkpointing = get_bool(v, s, f); }},
       {"reversible", [&](const json& v, const std::string& f) { c.reversible = get_bool(v, s, f); }},
+      {"mixture_of_depths",
+       [&](const json& v, const std::string& f) {
+         c.mixture_of_depths = v.is_null() ? json() : parse_options(mod_option_schema(), v, "[config] " + s + ": ", f);
+       }},
       {"initializer_range", [&](const json& v, const std::string& f) { c.initializer_range = get_double(v, s, f); }},
       {"token_mixer", [&](const json& v, const std::string& f) { c.token_mixer = get_string(v, s, f); }},
       {"layer_types",
@@ -256,7 +261,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
                   "num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, layer_norm_eps, rope_theta, "
                   "rope_scaling, max_position_embeddings, tie_word_embeddings, sliding_window, hidden_act, "
                   "attention_bias, mlp_bias, norm, norm_placement, ffn, ffn_chunk_size, position, attention_impl, "
-                  "gradient_checkpointing, reversible, initializer_range, token_mixer, layer_types, is_decoder, num_labels, "
+                  "gradient_checkpointing, reversible, mixture_of_depths, initializer_range, token_mixer, layer_types, is_decoder, num_labels, "
                   "classifier_pooling, and a mixer's options object under its name: " +
                       token_mixer_names() + ")");
     }
@@ -302,6 +307,38 @@ json ModelConfig::options_of(const std::string& mixer) const {
   return parse_options(schema, nullptr, "[config] ", mixer);
 }
 
+namespace {
+
+// Which layers a Mixture-of-Depths config may route: routed tokens keep their
+// positions only through explicit position ids (RoPE in attention), so
+// distances that count rows (ALiBi, sliding windows) and mixers that cannot
+// take position ids under RoPE are refused by name.
+void validate_mixture_of_depths(const ModelConfig& c, const std::string& s) {
+  const char* f = "mixture_of_depths";
+  const ModOptions o = mod_options_from_json(parse_options(mod_option_schema(), c.mixture_of_depths, "[config] " + s + ": ", f));
+  if (c.reversible) field_error(s, f, "routed blocks cannot be reversible (set one of reversible, mixture_of_depths)");
+  if (c.position == PositionKind::ALiBi)
+    field_error(s, f, "ALiBi distances count rows, which routed tokens do not keep contiguous (use RoPE)");
+  bool any = false;
+  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    if (!mod_routes_layer(o, i)) continue;
+    any = true;
+    const std::string name = c.layer_mixer(i);
+    if (name == "sliding_attention")
+      field_error(s, f, str_cat("layer ", i, " is routed but is a sliding_attention layer, whose window counts rows "
+                                "that routed tokens do not keep contiguous"));
+    if (c.uses_rope() && !token_mixer_entry(name).caps.position_ids)
+      field_error(s, f, str_cat("layer ", i, " is routed but its mixer \"", name,
+                                "\" cannot take the routed tokens' RoPE positions (use position \"none\", or route "
+                                "attention layers only)"));
+  }
+  if (!any)
+    field_error(s, "mixture_of_depths.every", str_cat("routes no layer: every = ", o.every, " but the model has ",
+                                                       c.num_hidden_layers, " layers"));
+}
+
+}  // namespace
+
 void validate_config(const ModelConfig& c, const std::string& s) {
   auto in_range = [&](const char* f, std::int64_t x, std::int64_t lo, std::int64_t hi) {
     if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
@@ -346,6 +383,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     need(c.sliding_window == 0, "sliding_window", "no sliding_window");
     need(c.is_decoder, "is_decoder", "a decoder (is_decoder true)");
     need(!c.reversible, "reversible", "ordinary residual blocks (reversible false)");
+    need(c.mixture_of_depths.is_null(), "mixture_of_depths", "unrouted blocks (no mixture_of_depths)");
     for (std::int64_t i = 0; i < c.num_hidden_layers; ++i)
       need(c.layer_mixer(i) == "full_attention", c.layer_types.empty() ? "token_mixer" : "layer_types",
            "every layer's token mixer to be \"full_attention\"");
@@ -423,6 +461,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     field_error(s, "gradient_checkpointing",
                 "reversible blocks already recompute every block in the backward and keep no block inputs; "
                 "gradient_checkpointing would add nothing (set one of the two)");
+  if (!c.mixture_of_depths.is_null()) validate_mixture_of_depths(c, s);
   if (c.classifier_pooling != "mean" && c.classifier_pooling != "first")
     field_error(s, "classifier_pooling",
                 "unknown value \"" + c.classifier_pooling + "\" (expected \"mean\" or \"first\")");
@@ -467,6 +506,7 @@ json config_to_json(const ModelConfig& c) {
   j["attention_impl"] = kImpls.name(c.attention_impl);
   j["gradient_checkpointing"] = c.gradient_checkpointing;
   if (c.reversible) j["reversible"] = true;
+  if (!c.mixture_of_depths.is_null()) j["mixture_of_depths"] = c.mixture_of_depths;
   j["initializer_range"] = c.initializer_range;
   if (!c.token_mixer.empty()) j["token_mixer"] = c.token_mixer;
   if (!c.layer_types.empty()) j["layer_types"] = c.layer_types;

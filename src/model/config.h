@@ -67,6 +67,10 @@ struct ModelConfig {
   // embeddings and averaged before the final norm (as reformer-pytorch);
   // the backward reconstructs each block's inputs instead of storing them.
   bool reversible = false;
+  // Mixture of Depths (src/nn/block/mixture_of_depths.h): null, or the
+  // complete "mixture_of_depths" options object (capacity, every, ...):
+  // routed layers run their block on the top-capacity tokens only.
+  nlohmann::json mixture_of_depths;
   double initializer_range = 0.02;
   // Blocks from mixers (src/nn/mixer/): the token mixer of every layer, or
   // one per layer in layer_types (Hugging Face's field, as in Gemma 3 and

@@ -49,6 +49,12 @@ class LanguageModel {
   // in evaluation or generation.
   virtual void begin_training_step(std::int64_t step) { (void)step; }
 
+  // Auxiliary losses (Mixture-of-Depths predictors) of the last loss() with
+  // compute_grads: already in the gradients, not in loss()'s value; the
+  // trainer logs them as "aux_loss".
+  virtual bool has_aux_loss() const { return false; }
+  virtual double aux_loss() const { return 0.0; }
+
   // Writes DIR/config.json and DIR/model.safetensors atomically (DIR exists).
   virtual void save(const std::string& dir) const = 0;
 };

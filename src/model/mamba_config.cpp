@@ -170,6 +170,7 @@ void validate_mamba_config(const ModelConfig& c, const std::string& s) {
   need(c.position == PositionKind::None, "position", "no position scheme (position \"none\")");
   need(c.is_decoder, "is_decoder", "a decoder");
   need(!c.reversible, "reversible", "ordinary residual blocks");
+  need(c.mixture_of_depths.is_null(), "mixture_of_depths", "unrouted blocks");
 }
 
 }  // namespace mf

@@ -139,6 +139,7 @@ void Transformer::build() {
   if (names.mamba) nn.attn_in = "norm";
   const std::string ffn_name = ffn_kind_name(cfg_.ffn);
   layers_.clear();
+  aux_layers_ = 0;
   for (std::int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     params_.set_prefix(names.layer_prefix(l));
     Layer layer;
@@ -157,6 +158,13 @@ void Transformer::build() {
     }
     layer.p.token = layer.token.get();
     layer.p.channel = layer.channel.get();
+    if (!cfg_.mixture_of_depths.is_null()) {
+      const ModOptions mod = mod_options_from_json(cfg_.mixture_of_depths);
+      if (mod_routes_layer(mod, l)) {
+        layer.mod = std::make_unique<ModParams>(mod_make_params(mod, C, params_));
+        aux_layers_ += mod.predictor ? 1 : 0;
+      }
+    }
     if (cfg_.reversible) check_reversible(layer.p, static_cast<std::int64_t>(layers_.size()));
     layers_.push_back(std::move(layer));
   }
@@ -276,7 +284,7 @@ std::unique_ptr<GenerationState> Transformer::new_generation_state(const Generat
   GenerationOptions o = opt;
   o.capacity = capacity;
   std::vector<std::unique_ptr<MixerState>> states;
-  for (const auto& l : layers_) states.push_back(l.token->new_state(o));
+  for (const auto& l : layers_) states.push_back(l.mod ? mod_new_state(l.p, *l.mod, o) : l.token->new_state(o));
   return std::make_unique<GenerationState>(std::move(states), opt.batch, capacity);
 }
 
@@ -290,6 +298,16 @@ std::unique_ptr<SegmentMemory> Transformer::new_segment_memory(std::int64_t batc
   }
   if (!any) return nullptr;
   return std::make_unique<SegmentMemory>(std::move(layers), batch);
+}
+
+Tensor Transformer::layer_forward(std::size_t i, const Tensor& x, BlockSaved& saved, ModSaved& routed,
+                                  const MixerCall& call, bool keep, bool training) {
+  const Layer& layer = layers_[i];
+  if (!layer.mod) return block_forward(saved, x, layer.p, call, keep);
+  Tensor out = mod_forward(routed, x, layer.p, *layer.mod, call, training);
+  last_aux_loss_ += routed.aux_loss;
+  last_predictor_accuracy_ += routed.predictor_accuracy;
+  return out;
 }
 
 Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st,
@@ -330,6 +348,7 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, For
     st->tokens = tokens;
     st->mask = mask;
     st->blocks.resize(layers_.size());
+    st->routed.resize(layers_.size());
     st->inputs.push_back(x);
   }
   MixerCall call = mixer_call(B, L, mask);
@@ -353,14 +372,18 @@ Tensor Transformer::forward_hidden(const Tensor& tokens, const Tensor& mask, For
       st->reversible_out = {x1, x2};
     }
   }
+  if (st) last_aux_loss_ = last_predictor_accuracy_ = 0;
   for (std::size_t i = 0; i < layers_.size() && !cfg_.reversible; ++i) {
     call.state = state ? state->layer(static_cast<std::int64_t>(i)) : nullptr;
     call.memory = memory ? memory->layer(static_cast<std::int64_t>(i)) : nullptr;
     BlockSaved local;
+    ModSaved local_routed;
     const bool keep = st != nullptr && !cfg_.gradient_checkpointing;
-    x = block_forward(keep ? st->blocks[i] : local, x, layers_[i].p, call, keep);
+    x = layer_forward(i, x, keep ? st->blocks[i] : local, keep ? st->routed[i] : local_routed, call, keep,
+                      st != nullptr);
     if (st) st->inputs.push_back(x);
   }
+  if (st && aux_layers_ > 0) last_predictor_accuracy_ /= static_cast<double>(aux_layers_);
   if (state) state->advance(L);
   if (final_norm_.weight == nullptr) {
     if (st) st->hidden = x;
@@ -407,12 +430,22 @@ void Transformer::backward_hidden(ForwardState& st, const Tensor& dhidden) {
     for (std::int64_t k = 0; k < N * C; ++k) d[k] = a[k] + b[k];
   }
   for (std::size_t k = layers_.size(); k-- > 0 && !cfg_.reversible;) {
+    const Layer& layer = layers_[k];
     if (cfg_.gradient_checkpointing) {
       BlockSaved recomputed;  // the same forward again: the same bits
-      block_forward(recomputed, st.inputs[k], layers_[k].p, call, true);
-      dx = block_backward(dx, st.inputs[k], recomputed, layers_[k].p, call);
+      ModSaved recomputed_routed;
+      if (layer.mod) {
+        mod_forward(recomputed_routed, st.inputs[k], layer.p, *layer.mod, call, true);
+        dx = mod_backward(dx, st.inputs[k], recomputed_routed, layer.p, *layer.mod, call);
+      } else {
+        block_forward(recomputed, st.inputs[k], layer.p, call, true);
+        dx = block_backward(dx, st.inputs[k], recomputed, layer.p, call);
+      }
+    } else if (layer.mod) {
+      dx = mod_backward(dx, st.inputs[k], st.routed[k], layer.p, *layer.mod, call);
+      st.routed[k].clear();
     } else {
-      dx = block_backward(dx, st.inputs[k], st.blocks[k], layers_[k].p, call);
+      dx = block_backward(dx, st.inputs[k], st.blocks[k], layer.p, call);
       st.blocks[k].clear();
     }
     st.inputs[k + 1] = Tensor();
@@ -427,6 +460,7 @@ void Transformer::record_saved_bytes(const ForwardState& st) {
   std::set<const void*> seen;
   std::int64_t bytes = 0;
   for (const auto& b : st.blocks) bytes += block_saved_bytes(b, seen);
+  for (const auto& r : st.routed) bytes += mod_saved_bytes(r, seen);
   for (const Tensor* t : {&st.hidden, &st.final_stats.mean, &st.final_stats.rstd})
     if (t->defined() && seen.insert(t->raw_data()).second) bytes += static_cast<std::int64_t>(t->nbytes());
   for (const auto& t : st.inputs)

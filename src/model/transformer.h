@@ -38,6 +38,7 @@
 #include "model/language_model.h"
 #include "model/sequence_classifier.h"
 #include "nn/block/block.h"
+#include "nn/block/mixture_of_depths.h"
 #include "nn/mixer/param_store.h"
 #include "nn/norm/norm.h"
 #include "nn/position/rope.h"
@@ -96,6 +97,15 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor class_logits(const Tensor& tokens, const Tensor& mask) override;
 
   void begin_training_step(std::int64_t step) override;
+  // Mixture of Depths: the predictors' auxiliary loss of the last training
+  // forward (summed over routed layers; its gradient is added by the
+  // backward, not part of loss()'s value) and their accuracy on top-k
+  // membership (mean over routed layers).
+  bool has_aux_loss() const override { return aux_layers_ > 0; }
+  double aux_loss() const override { return last_aux_loss_; }
+  double predictor_accuracy() const { return last_predictor_accuracy_; }
+  // Whether layer i is a routed (Mixture-of-Depths) block.
+  bool routed_layer(std::int64_t i) const { return layers_.at(static_cast<std::size_t>(i)).mod != nullptr; }
   void save(const std::string& dir) const override;
   // Layer i's token mixer (tests, benchmarks).
   const TokenMixer& token_mixer(std::int64_t i) const { return *layers_.at(static_cast<std::size_t>(i)).token; }
@@ -115,6 +125,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
     std::unique_ptr<TokenMixer> token;
     std::unique_ptr<ChannelMixer> channel;
     BlockParams p;
+    std::unique_ptr<ModParams> mod;  // a Mixture-of-Depths routed block, or null
   };
   struct ForwardState {
     std::int64_t batch = 0, seq_len = 0;
@@ -124,6 +135,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
                                      // (reversible: only the final norm's input, the streams' mean)
     std::vector<Tensor> reversible_out;  // reversible: the last block's Y1, Y2
     std::vector<BlockSaved> blocks;  // per block (empty when checkpointed)
+    std::vector<ModSaved> routed;    // per block: routed blocks' state (empty when checkpointed)
     Tensor hidden;                   // [N, C] final hidden (after the final norm)
     NormSaved final_stats;
   };
@@ -133,6 +145,11 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor prepare_tokens(const Tensor& tokens, const char* what) const;
   Tensor prepare_mask(const Tensor& mask, const Tensor& tokens) const;  // undefined when nothing is padded
   MixerCall mixer_call(std::int64_t batch, std::int64_t seq_len, const Tensor& mask) const;
+  // Block i forward (routed or not) into `saved` / `routed`, keeping what
+  // its backward needs when `keep`; in a training forward a routed block
+  // also adds its predictor's auxiliary loss to the running sums.
+  Tensor layer_forward(std::size_t i, const Tensor& x, BlockSaved& saved, ModSaved& routed, const MixerCall& call,
+                       bool keep, bool training);
   // Runs embeddings and blocks on prepared tokens and mask (prepare_tokens,
   // prepare_mask); fills `st` when given (training), else keeps nothing.
   Tensor forward_hidden(const Tensor& tokens, const Tensor& mask, ForwardState* st, GenerationState* state,
@@ -153,6 +170,8 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   NormParams final_norm_;
   Parameter* embed_ = nullptr;  // the token embedding (and the LM head when tied)
   std::int64_t last_saved_bytes_ = 0;
+  std::int64_t aux_layers_ = 0;  // routed layers with a predictor
+  double last_aux_loss_ = 0, last_predictor_accuracy_ = 0;
 };
 
 }  // namespace mf

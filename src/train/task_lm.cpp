@@ -30,15 +30,21 @@ class LmTask : public TrainTask {
   double micro_batch_loss(std::int64_t step, std::int64_t micro, std::int64_t& tokens) override {
     if (micro == 0) model_.begin_training_step(step);
     tokens += cfg_.batch_size * cfg_.seq_len;
+    double loss = 0;
     if (memory_) {
       const std::int64_t segment = (step * cfg_.grad_accum + micro) % streams_.segments;
       if (segment == 0) memory_->reset();
       fill_windows(corpus_, streams_.offsets(segment), cfg_.seq_len, tokens_, targets_);
-      return model_.loss(tokens_, targets_, true, memory_.get());
+      loss = model_.loss(tokens_, targets_, true, memory_.get());
+    } else {
+      fill_windows(corpus_, train_window_offsets(corpus_, cfg_.seed, step, micro, cfg_.batch_size, cfg_.seq_len),
+                   cfg_.seq_len, tokens_, targets_);
+      loss = model_.loss(tokens_, targets_, true);
     }
-    fill_windows(corpus_, train_window_offsets(corpus_, cfg_.seed, step, micro, cfg_.batch_size, cfg_.seq_len),
-                 cfg_.seq_len, tokens_, targets_);
-    return model_.loss(tokens_, targets_, true);
+    if (micro == 0) aux_sum_ = aux_count_ = 0;
+    aux_sum_ += model_.aux_loss();
+    ++aux_count_;
+    return loss;
   }
   double evaluate() override {
     val = mf::evaluate(model_, corpus_, cfg_.seq_len, cfg_.eval_windows, cfg_.batch_size);
@@ -49,6 +55,9 @@ class LmTask : public TrainTask {
     line["val_loss"] = or_null(evaluated ? val.loss : nan);
     line["val_bpb"] = or_null(evaluated ? val.bpb : nan);
     line["train_bpb"] = or_null(bits_per_byte(train_loss));
+    // Auxiliary losses (Mixture-of-Depths predictors): the last step's mean
+    // over its micro-batches; trained through the gradients, not in train_loss.
+    if (model_.has_aux_loss()) line["aux_loss"] = or_null(aux_count_ > 0 ? aux_sum_ / aux_count_ : nan);
   }
   std::string progress_suffix() const override {
     return str_cat(" | val bpb ", std::round(val.bpb * 1000) / 1000);
@@ -81,6 +90,8 @@ class LmTask : public TrainTask {
   std::unique_ptr<SegmentMemory> memory_;  // null: the model keeps no segment memory
   SegmentStreams streams_;
   Tensor tokens_, targets_;
+  double aux_sum_ = 0;
+  std::int64_t aux_count_ = 0;
 };
 
 }  // namespace

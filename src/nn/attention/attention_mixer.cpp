@@ -28,7 +28,7 @@ struct AttentionState : MixerState {
 };
 
 const MixerCapabilities kCaps{.causal = true, .bidirectional = true, .generation = true, .variable_length = true,
-                              .padding = true};
+                              .padding = true, .position_ids = true};
 
 class AttentionMixer final : public TokenMixer {
  public:
@@ -51,7 +51,7 @@ class AttentionMixer final : public TokenMixer {
     check_call(call);
     auto* state = static_cast<AttentionState*>(call.state);
     const AttentionCall ac{call.batch, call.seq_len, 0, state ? &state->cache : nullptr, call.past, call.causal,
-                           call.key_padding_mask};
+                           call.key_padding_mask, call.position_ids};
     auto saved = std::make_unique<AttentionSaved>();
     self_attention_forward(y, saved->s, x, p_, ac);
     if (!for_backward) return nullptr;
@@ -60,7 +60,8 @@ class AttentionMixer final : public TokenMixer {
 
   void backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const MixerSaved& saved,
                 const MixerCall& call) override {
-    const AttentionCall ac{call.batch, call.seq_len, 0, nullptr, 0, call.causal, call.key_padding_mask};
+    const AttentionCall ac{call.batch, call.seq_len, 0, nullptr, 0, call.causal, call.key_padding_mask,
+                           call.position_ids};
     self_attention_backward(dx, dy, x, static_cast<const AttentionSaved&>(saved).s, p_, ac);
   }
 

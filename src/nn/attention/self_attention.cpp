@@ -42,6 +42,15 @@ void check_params(const SelfAttentionParams& p, const Tensor& x, const Attention
   p.v->value.check_shape({kd, c}, "self_attention", p.v->name.c_str());
   p.o->value.check_shape({c, qd}, "self_attention", p.o->name.c_str());
   MF_CHECK(!(p.rope && p.alibi), kOp, " RoPE and ALiBi are exclusive");
+  MF_CHECK(!call.position_ids.defined() || (!p.alibi && p.sliding_window == 0), kOp,
+           " explicit position ids cannot be used with ALiBi or a sliding window (their distances count rows)");
+}
+
+// RoPE arguments of the call: explicit ids, or positions offset .. offset + L - 1.
+RopeArgs call_rope_args(std::int64_t heads, std::int64_t offset, const AttentionCall& call) {
+  RopeArgs a = packed_rope_args(heads, call.position_ids.defined() ? 0 : offset);
+  a.positions.ids = call.position_ids;
+  return a;
 }
 
 // B sequences of L rows each, packed.
@@ -98,8 +107,8 @@ void self_attention_forward(const Tensor& y, SelfAttentionSaved& s, const Tensor
   MF_CHECK(past == 0 || call.cache != nullptr, kOp, " a past length of ", past, " needs a KV cache");
   auto [ql, kl, vl] = qkv_projections(x, p);  // [N, Hq*D], [N, Hkv*D], [N, Hkv*D]
   if (p.rope) {
-    rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, past));
-    rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, past));
+    rope_forward_inplace(ql.reshape({b, l, p.num_heads * d}), *p.rope, call_rope_args(p.num_heads, past, call));
+    rope_forward_inplace(kl.reshape({b, l, p.num_kv_heads * d}), *p.rope, call_rope_args(p.num_kv_heads, past, call));
   }
   if (call.cache) {  // generation: [B, H, L, D] through the cache; nothing kept for a backward
     const Tensor q = to_heads(ql, b, l, p.num_heads, d);
@@ -200,8 +209,8 @@ void self_attention_backward(const Tensor& dx, const Tensor& dy, const Tensor& x
     dv = g.dv.reshape({n, p.num_kv_heads * d});
   }
   if (p.rope) {  // RoPE^T: rotation by the negative angles
-    rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, packed_rope_args(p.num_heads, 0));
-    rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, packed_rope_args(p.num_kv_heads, 0));
+    rope_backward_inplace(dq.reshape({b, l, p.num_heads * d}), *p.rope, call_rope_args(p.num_heads, 0, call));
+    rope_backward_inplace(dk.reshape({b, l, p.num_kv_heads * d}), *p.rope, call_rope_args(p.num_kv_heads, 0, call));
   }
   linear_backward(dx, p.q->grad, bias_grad_of(p.q_bias), dq, x, p.q->value);
   linear_backward(dx, p.k->grad, bias_grad_of(p.k_bias), dk, x, p.k->value, /*accumulate_din=*/true);

@@ -61,6 +61,10 @@ struct AttentionCall {
   std::int64_t past = 0;
   bool causal = true;
   Tensor key_padding_mask;  // int32 [B, L], nonzero = token; undefined: none
+  // int32 [B, L] absolute positions for RoPE (rows of a Mixture-of-Depths
+  // routed block); undefined: past + l. Not with ALiBi or a sliding window,
+  // whose distances count rows.
+  Tensor position_ids;
 };
 
 // Saved by the forward for the backward. Without a cache or a padding mask

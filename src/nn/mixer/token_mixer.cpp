@@ -48,6 +48,14 @@ void TokenMixer::check_call(const MixerCall& call) const {
            "] a call takes a generation state or a segment memory, not both");
   MF_CHECK(call.batch >= 1 && call.seq_len >= 1, "[", name_, "] batch and seq_len must be >= 1 but are ", call.batch,
            " and ", call.seq_len);
+  MF_CHECK(!call.position_ids.defined() || caps_.position_ids, "[", name_,
+           "] does not take explicit position ids (Mixture of Depths' routed tokens)", because(limits_));
+  if (call.position_ids.defined()) {
+    const Tensor& ids = call.position_ids;
+    MF_CHECK(ids.dtype() == DType::I32 && ids.dim() == 2 && ids.size(0) == call.batch && ids.size(1) == call.seq_len,
+             "[", name_, "] position ids must be int32 [", call.batch, ", ", call.seq_len, "] but are ",
+             dtype_name(ids.dtype()), " ", shape_str(ids.shape()));
+  }
   if (call.key_padding_mask.defined()) {
     const Tensor& m = call.key_padding_mask;
     MF_CHECK(m.dtype() == DType::I32 && m.dim() == 2 && m.size(0) == call.batch && m.size(1) == call.seq_len, "[",

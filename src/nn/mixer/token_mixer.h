@@ -51,6 +51,7 @@ struct MixerCapabilities {
   bool variable_length = false;  // any sequence length per call (up to max_seq_len), not one fixed length
   bool padding = false;          // honours a key padding mask
   bool segment_memory = false;   // keeps a memory of earlier segments across calls (Transformer-XL): see MixerCall::memory
+  bool position_ids = false;     // honours explicit position ids (MixerCall::position_ids)
 };
 
 // Where a call sits.
@@ -71,6 +72,10 @@ struct MixerCall {
   // reaches it) and then moves it on to include this segment; a training
   // forward's saved state keeps what its backward needs.
   class MixerState* memory = nullptr;
+  // int32 [B, L]: each row's absolute position (Mixture of Depths runs a
+  // block on routed tokens that keep their original positions); undefined:
+  // past + l. Refused by mixers without the position_ids capability.
+  Tensor position_ids;
 };
 
 // What a forward keeps for its backward.
