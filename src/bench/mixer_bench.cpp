@@ -19,7 +19,8 @@ double now_s() {
 }  // namespace
 
 MixerBenchSet make_bench_mixers(std::vector<std::string> names, std::int64_t hidden, std::int64_t heads,
-                                std::int64_t max_len, bool causal, const std::string& prefix) {
+                                std::int64_t max_len, bool causal, const std::string& prefix,
+                                const nlohmann::json& mixer_options) {
   MF_CHECK(hidden % heads == 0, prefix, "--heads ", heads, " must divide --hidden ", hidden);
   MixerBenchSet s;
   ModelConfig& cfg = s.cfg;
@@ -40,6 +41,7 @@ MixerBenchSet make_bench_mixers(std::vector<std::string> names, std::int64_t hid
     MF_CHECK(causal ? e.caps.causal : e.caps.bidirectional, prefix, "mixer \"", n, "\" cannot run ",
              causal ? "causally (drop --causal)" : "bidirectionally (give --causal)",
              e.limits.empty() ? "" : " (" + e.limits + ")");
+    if (mixer_options.contains(n)) cfg.mixer_options[n] = parse_options(e.options, mixer_options[n], prefix, n);
     s.stores.push_back(std::make_unique<ParamList>(1, 0.02));
     s.mixers.push_back(e.make(mixer_context(cfg, 0, n, nullptr), *s.stores.back()));
   }

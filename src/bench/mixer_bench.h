@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "model/config.h"
 #include "nn/mixer/token_mixer.h"
 
@@ -24,8 +26,10 @@ struct MixerBenchSet {
 };
 // names empty: every registered mixer that runs this way (causal or not).
 // Throws "<prefix>mixer "x" cannot run ..." for one that cannot.
+// mixer_options: {"mixer": {options}} for mixers whose defaults do not fit.
 MixerBenchSet make_bench_mixers(std::vector<std::string> names, std::int64_t hidden, std::int64_t heads,
-                                std::int64_t max_len, bool causal, const std::string& error_prefix);
+                                std::int64_t max_len, bool causal, const std::string& error_prefix,
+                                const nlohmann::json& mixer_options = nlohmann::json::object());
 
 struct MixerSpeedCell {
   double forward_s = std::numeric_limits<double>::infinity();

@@ -33,7 +33,14 @@ std::function<int()> setup_compare(CLI::App& app) {
   app.add_option("--seed", o->seed, "Seed of every cell (data order and init) and of the generated data")
       ->capture_default_str();
   app.add_flag("--progress", o->progress, "A training progress bar per cell");
-  return [o] {
+  auto mixer_options = std::make_shared<std::string>();
+  app.add_option("--mixer-options", *mixer_options,
+                 "JSON object of mixer options over the profile's, e.g. '{\"linformer\": {\"k\": 32}}'");
+  return [o, mixer_options] {
+    if (!mixer_options->empty()) {
+      o->mixer_options = nlohmann::json::parse(*mixer_options, nullptr, false);
+      MF_CHECK(!o->mixer_options.is_discarded(), "[compare] --mixer-options is not valid JSON: ", *mixer_options);
+    }
     o->command_line = "modformer compare";
     for (const auto& t : o->tasks) o->command_line += (&t == &o->tasks.front() ? " --tasks " : ",") + t;
     for (const auto& m : o->mixers) o->command_line += (&m == &o->mixers.front() ? " --mixers " : ",") + m;
@@ -42,6 +49,7 @@ std::function<int()> setup_compare(CLI::App& app) {
     if (o->params) o->command_line += " --params " + std::to_string(o->params);
     o->command_line += " --profile " + o->profile + " --seed " + std::to_string(o->seed) + " --out " + o->out_dir;
     if (!o->lm_data.empty()) o->command_line += " --lm-data " + o->lm_data;
+    if (!mixer_options->empty()) o->command_line += " --mixer-options '" + *mixer_options + "'";
     const nlohmann::json r = mf::run_compare(*o);
     std::size_t ok = 0, other = 0;
     for (const auto& c : r["cells"]) (c["status"] == "ok" ? ok : other) += 1;

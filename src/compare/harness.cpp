@@ -26,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/classify_data.h"
 #include "train/sequence_task.h"
+#include "train/train_task.h"
 #include "train/trainer.h"
 
 #ifndef MODFORMER_SOURCE_DIR
@@ -216,8 +217,10 @@ std::int64_t vocab_of(const Cell& c, const AllData& d) {
 }
 
 PositionKind position_of(const std::string& name) {
-  const ModelConfig c = config_from_json(json{{"model_type", "modformer"}, {"position", name}}, "[compare] position");
-  return c.position;
+  for (PositionKind k : {PositionKind::RoPE, PositionKind::RoPEInterleaved, PositionKind::ALiBi, PositionKind::Sinusoidal,
+                         PositionKind::Learned, PositionKind::None})
+    if (position_kind_name(k) == name) return k;
+  fail("[compare] unknown position scheme \"", name, "\"");
 }
 
 ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d, std::int64_t hidden) {
@@ -234,6 +237,9 @@ ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d
   m.max_position_embeddings = longest_needed(c, p, d);
   m.position = position_of(c.position);
   m.token_mixer = c.mixer;
+  if (p.mixer_options.contains(c.mixer))
+    m.mixer_options[c.mixer] = parse_options(token_mixer_entry(c.mixer, "[compare] ").options,
+                                             p.mixer_options[c.mixer], "[compare] ", c.mixer);
   if (c.mixer == "sliding_attention") m.sliding_window = std::max<std::int64_t>(8, train_length(c, p, d) / 4);
   if (!task_spec(c.task).decoder) {
     m.is_decoder = false;
@@ -245,14 +251,22 @@ ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d
 }
 
 // The width (multiple of 32, head_dim 32) whose parameter count is closest
-// (in ratio) to the target; layers fixed by the profile.
+// (in ratio) to the target; layers fixed by the profile. `refusal` gets the
+// model's error when the mixer refuses this config (the cell is then
+// unsupported); an error of the base config itself propagates.
 ModelConfig match_params(const Cell& c, const CompareProfile& p, const AllData& d, std::int64_t target,
-                         std::int64_t& actual) {
+                         std::int64_t& actual, std::string& refusal) {
   ModelConfig best;
   double best_gap = 1e300;
   for (std::int64_t h = 32; h <= 2048; h += 32) {
     const ModelConfig m = cell_config(c, p, d, h);
-    const std::int64_t n = Transformer(m, 0).num_parameters();
+    std::int64_t n = 0;
+    try {
+      n = Transformer(m, 0).num_parameters();
+    } catch (const Error& e) {
+      refusal = e.what();
+      return m;
+    }
     const double gap = std::abs(std::log(static_cast<double>(n) / static_cast<double>(target)));
     if (gap < best_gap) {
       best_gap = gap;
@@ -449,19 +463,26 @@ std::int64_t steps_for_minutes(const CellRun& r, const ModelConfig& cfg, TrainCo
 json speed_section(const CompareProfile& p, const std::vector<std::string>& mixers) {
   json out = json::object();
   for (const bool causal : {false, true}) {
+    std::vector<std::int64_t> lengths = p.speed_lengths;
+    std::sort(lengths.begin(), lengths.end());
     std::vector<std::string> names;
+    json rows = json::array();
     for (const std::string& m : mixers) {
       const TokenMixerEntry& e = token_mixer_entry(m, "[compare] ");
-      if (causal ? e.caps.causal : e.caps.bidirectional) names.push_back(m);
+      if (!(causal ? e.caps.causal : e.caps.bidirectional)) continue;
+      try {  // a mixer that refuses the benchmark's config gets a row saying so
+        make_bench_mixers({m}, p.speed_hidden, p.speed_heads, lengths.back(), causal, "[compare] ", p.mixer_options);
+        names.push_back(m);
+      } catch (const Error& err) {
+        rows.push_back({{"mixer", m}, {"error", err.what()}, {"rows", json::array()}});
+      }
     }
-    json rows = json::array();
     if (names.empty()) {
       out[causal ? "causal" : "bidirectional"] = rows;
       continue;
     }
-    std::vector<std::int64_t> lengths = p.speed_lengths;
-    std::sort(lengths.begin(), lengths.end());
-    MixerBenchSet set = make_bench_mixers(names, p.speed_hidden, p.speed_heads, lengths.back(), causal, "[compare] ");
+    MixerBenchSet set =
+        make_bench_mixers(names, p.speed_hidden, p.speed_heads, lengths.back(), causal, "[compare] ", p.mixer_options);
     const auto cells = measure_mixer_speed(set, lengths, 1, static_cast<int>(p.speed_reps), causal);
     DecodeTimes dec;
     if (causal) dec = measure_decode(set, p.decode_contexts, 1, static_cast<int>(p.speed_reps), p.decode_steps);
@@ -522,6 +543,11 @@ json run_compare(const CompareOptions& o) {
            "[compare] give --budget-steps or --budget-minutes, not both");
   MF_CHECK(o.params >= 0, "[compare] --params must be >= 0 but is ", o.params);
   if (o.budget_steps > 0) p.steps = o.budget_steps;
+  MF_CHECK(o.mixer_options.is_object(), "[compare] --mixer-options must be a JSON object of mixer names");
+  for (const auto& [name, opts] : o.mixer_options.items()) {
+    token_mixer_entry(name, "[compare] --mixer-options: ");
+    p.mixer_options[name] = opts;
+  }
   const std::int64_t params_target = o.params > 0 ? o.params : p.params;
   std::vector<std::string> tasks = o.tasks.empty() ? compare_task_names() : o.tasks;
   for (const std::string& t : tasks) task_spec(t);
@@ -540,6 +566,7 @@ json run_compare(const CompareOptions& o) {
                   {"steps", p.steps},
                   {"budget_minutes", o.budget_minutes},
                   {"params_target", params_target},
+                  {"mixer_options", p.mixer_options},
                   {"seed", o.seed},
                   {"commit", commit},
                   {"threads", num_threads()},
@@ -562,7 +589,7 @@ json run_compare(const CompareOptions& o) {
                                        c.position == "sinusoidal" ? "" : " (" + c.position + ")", ": ");
     if (fs::exists(result_path)) {
       json res = json::parse(read_file(result_path), nullptr, false);
-      if (res.is_object() && res.contains("status")) {
+      if (res.is_object() && (res.value("status", "") == "ok" || res.value("status", "") == "unsupported")) {
         log << prefix << "finished earlier, skipped (" << headline(res) << ")\n" << std::flush;
         results["cells"].push_back(res);
         continue;
@@ -581,12 +608,11 @@ json run_compare(const CompareOptions& o) {
         res["reason"] = str_cat("mixer \"", c.mixer, "\" ", why);
       } else {
         std::int64_t actual = 0;
-        ModelConfig cfg;
-        try {
-          cfg = match_params(c, p, d, params_target, actual);
-        } catch (const Error& e) {
+        std::string refusal;
+        const ModelConfig cfg = match_params(c, p, d, params_target, actual, refusal);
+        if (!refusal.empty()) {
           res["status"] = "unsupported";
-          res["reason"] = str_cat("the model config is refused: ", e.what());
+          res["reason"] = str_cat("the model refuses the config: ", refusal);
         }
         if (!res.contains("status")) {
           res["params"] = actual;

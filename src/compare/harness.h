@@ -44,6 +44,10 @@ struct CompareProfile {
   // speed and memory
   std::int64_t speed_hidden = 0, speed_heads = 0, speed_reps = 0, decode_steps = 0;
   std::vector<std::int64_t> speed_lengths, decode_contexts;
+  // Options of mixers whose registry defaults do not fit the profile's
+  // lengths ({"linformer": {"k": 16}}: Linformer's default k = 128 exceeds
+  // the quick profile's sequences); applied only to mixers in use.
+  nlohmann::json mixer_options = nlohmann::json::object();
 };
 CompareProfile compare_profile(const std::string& name);  // throws naming the known profiles
 
@@ -56,6 +60,7 @@ struct CompareOptions {
   std::int64_t params = 0;          // 0: the profile's
   std::string out_dir = "compare";
   std::string lm_data;              // corpus of char_lm / extrapolation ("": dict-gcide)
+  nlohmann::json mixer_options = nlohmann::json::object();  // {"mixer": {options}}, over the profile's
   std::uint64_t seed = 1234;
   bool progress = false;            // the trainer's progress bar per cell
   std::string command_line;         // recorded in results.json

@@ -47,6 +47,7 @@ CompareProfile compare_profile(const std::string& name) {
     p.speed_lengths = {512, 1024, 2048, 4096};
     p.decode_contexts = {256, 1024, 4096};
     p.decode_steps = 32;
+    p.mixer_options = {{"linformer", {{"k", 64}}}};
   } else if (name == "quick") {
     p.steps = 60;
     p.params = 100000;
@@ -84,6 +85,7 @@ CompareProfile compare_profile(const std::string& name) {
     p.speed_lengths = {128, 256, 512, 1024};
     p.decode_contexts = {128, 512};
     p.decode_steps = 8;
+    p.mixer_options = {{"linformer", {{"k", 16}}}};
   } else if (name == "tiny") {
     p.steps = 4;
     p.params = 20000;
@@ -121,6 +123,7 @@ CompareProfile compare_profile(const std::string& name) {
     p.speed_lengths = {16, 32};
     p.decode_contexts = {16};
     p.decode_steps = 2;
+    p.mixer_options = {{"linformer", {{"k", 4}}}};
   } else {
     fail("[compare] unknown profile \"", name, "\" (known: quick, full, tiny)");
   }

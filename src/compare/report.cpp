@@ -99,24 +99,35 @@ std::string compare_report_markdown(const json& r) {
           std::to_string(sp.value("reps", 0)) + " interleaved rounds (as `modformer bench mixers`).\n\n";
     for (const char* mode : {"bidirectional", "causal"}) {
       if (!sp.contains(mode) || sp[mode].empty()) continue;
+      const json* measured = nullptr;  // a mixer with rows (and one with decode rows) gives the columns
+      const json* decoded = nullptr;
+      for (const json& m : sp[mode]) {
+        if (!measured && !m["rows"].empty()) measured = &m;
+        if (!decoded && m.contains("decode")) decoded = &m;
+      }
+      if (!measured) continue;
       std::vector<std::string> head = {std::string(mode) + " mixer"};
-      for (const json& row : sp[mode][0]["rows"]) head.push_back("L " + std::to_string(row["L"].get<std::int64_t>()));
-      bool decode = false;
-      for (const json& m : sp[mode]) decode = decode || m.contains("decode");
-      if (decode)
-        for (const json& d : sp[mode][0].value("decode", json::array()))
+      for (const json& row : (*measured)["rows"]) head.push_back("L " + std::to_string(row["L"].get<std::int64_t>()));
+      if (decoded)
+        for (const json& d : (*decoded)["decode"])
           head.push_back("decode us/token @" + std::to_string(d["context"].get<std::int64_t>()));
       std::vector<std::vector<std::string>> rows;
       for (const json& m : sp[mode]) {
         std::vector<std::string> row = {m["mixer"].get<std::string>()};
+        if (m.contains("error")) {
+          notes.push_back(m["mixer"].get<std::string>() + " in the " + mode + " speed table: " +
+                          m["error"].get<std::string>());
+          for (std::size_t i = 1; i < head.size(); ++i) row.push_back("refused [" + std::to_string(notes.size()) + "]");
+          rows.push_back(row);
+          continue;
+        }
         for (const json& x : m["rows"])
           row.push_back(fmt(num(x, "forward_backward_s") * 1e3, 2) + " / " +
                         fmt(num(x, "peak_activation_bytes") / (1 << 20), 1));
-        if (decode) {
-          const std::size_t n = sp[mode][0].value("decode", json::array()).size();
-          for (std::size_t i = 0; i < n; ++i)
-            row.push_back(m.contains("decode") ? fmt(num(m["decode"][i], "seconds_per_token") * 1e6, 1) : "n/a");
-        }
+        if (decoded)
+          for (std::size_t i = 0; i < (*decoded)["decode"].size(); ++i)
+            row.push_back(m.contains("decode") ? fmt(num(m["decode"][i], "seconds_per_token") * 1e6, 1)
+                                               : "no generation");
         rows.push_back(row);
       }
       md += table(head, rows);

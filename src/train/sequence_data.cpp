@@ -112,10 +112,18 @@ std::string SequenceData::to_text() const {
   for (std::int64_t i = 0; i < size(); ++i) {
     const std::size_t o = static_cast<std::size_t>(offsets[static_cast<std::size_t>(i)]);
     const std::size_t n = static_cast<std::size_t>(length(i));
-    for (std::size_t j = 0; j < n; ++j) s += (j ? " " : "") + std::to_string(inputs[o + j]);
+    for (std::size_t j = 0; j < n; ++j) {
+      if (j) s += ' ';
+      s += std::to_string(inputs[o + j]);
+    }
     s += '\t';
-    for (std::size_t j = 0; j < n; ++j)
-      s += (j ? " " : "") + (targets[o + j] < 0 ? std::string("-") : std::to_string(targets[o + j]));
+    for (std::size_t j = 0; j < n; ++j) {
+      if (j) s += ' ';
+      if (targets[o + j] < 0)
+        s += '-';
+      else
+        s += std::to_string(targets[o + j]);
+    }
     s += '\n';
   }
   return s;
