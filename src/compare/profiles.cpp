@@ -81,7 +81,7 @@ CompareProfile compare_profile(const std::string& name) {
     p.induction_test = 100;
     p.speed_hidden = 64;
     p.speed_heads = 2;
-    p.speed_reps = 1;
+    p.speed_reps = 2;
     p.speed_lengths = {128, 256, 512, 1024};
     p.decode_contexts = {128, 512};
     p.decode_steps = 8;

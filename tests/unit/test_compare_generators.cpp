@@ -13,7 +13,7 @@
 #include "compare/listops.h"
 #include "compare/mqar.h"
 #include "compare/selective_copy.h"
-#include "support/errors.h"
+#include "../support/errors.h"
 #include "train/classify_data.h"
 #include "train/sequence_data.h"
 
