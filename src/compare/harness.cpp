@@ -84,8 +84,10 @@ const TaskSpec& task_spec(const std::string& name) {
 
 // A cell: one training run.
 struct Cell {
-  std::string task, mixer, position;  // position: the model's position scheme
-  std::string id() const { return task + "__" + mixer + (position.empty() ? "" : "__" + position); }
+  // position: the model's position scheme, or "auto": RoPE, else (for a mixer
+  // that refuses RoPE) learned absolute positions
+  std::string task, mixer, position;
+  std::string id() const { return task + "__" + mixer + (position == "auto" ? "" : "__" + position); }
 };
 
 // ---- data files (generated when missing, else read: a user's files in the same format) ----
@@ -167,10 +169,10 @@ void prepare_data(AllData& d, const std::string& task, const CompareProfile& p, 
     const SelectiveCopyOptions co{p.copy_vocab, p.copy_seq_len, p.copy_tokens};
     d.seq_train[task] = sequence_file(
         dir + "/train.tsv", [&] { return generate_selective_copy(p.copy_train, s + 20, co, "copy train"); }, td);
-    d.seq_tests[task].emplace_back(
-        std::to_string(p.copy_seq_len),
-        sequence_file(dir + "/test.tsv", [&] { return generate_selective_copy(p.copy_test, s + 21, co, "copy test"); },
-                      td));
+    SequenceData test = sequence_file(
+        dir + "/test.tsv", [&] { return generate_selective_copy(p.copy_test, s + 21, co, "copy test"); }, td);
+    const std::string length = std::to_string(test.longest());
+    d.seq_tests[task].emplace_back(length, std::move(test));
   } else if (task == "induction_heads") {
     TaskData& td = d.seq[task];
     const InductionHeadsOptions io{p.induction_vocab, p.induction_seq_len};
@@ -223,7 +225,8 @@ PositionKind position_of(const std::string& name) {
   fail("[compare] unknown position scheme \"", name, "\"");
 }
 
-ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d, std::int64_t hidden) {
+ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d, std::int64_t hidden,
+                        const std::string& position) {
   ModelConfig m;
   m.model_type = "modformer";
   m.vocab_size = vocab_of(c, d);
@@ -235,7 +238,7 @@ ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d
   m.num_hidden_layers = p.layers;
   m.rms_norm_eps = 1e-5;
   m.max_position_embeddings = longest_needed(c, p, d);
-  m.position = position_of(c.position);
+  m.position = position_of(position);
   m.token_mixer = c.mixer;
   if (p.mixer_options.contains(c.mixer))
     m.mixer_options[c.mixer] = parse_options(token_mixer_entry(c.mixer, "[compare] ").options,
@@ -251,22 +254,32 @@ ModelConfig cell_config(const Cell& c, const CompareProfile& p, const AllData& d
 }
 
 // The width (multiple of 32, head_dim 32) whose parameter count is closest
-// (in ratio) to the target; layers fixed by the profile. `refusal` gets the
-// model's error when the mixer refuses this config (the cell is then
+// (in ratio) to the target; layers fixed by the profile. Position "auto"
+// tries RoPE, then learned positions when the mixer refuses RoPE (Reformer's
+// LSH attention); `position` gets the scheme used. `refusal` gets the
+// model's error when the mixer refuses every choice (the cell is then
 // unsupported); an error of the base config itself propagates.
 ModelConfig match_params(const Cell& c, const CompareProfile& p, const AllData& d, std::int64_t target,
-                         std::int64_t& actual, std::string& refusal) {
+                         std::int64_t& actual, std::string& position, std::string& refusal) {
+  const std::vector<std::string> choices =
+      c.position == "auto" ? std::vector<std::string>{"rope", "learned"} : std::vector<std::string>{c.position};
+  for (const std::string& pos : choices) {
+    try {
+      Transformer(cell_config(c, p, d, 32, pos), 0);
+    } catch (const Error& e) {
+      refusal += (refusal.empty() ? "" : "; ") + std::string(e.what());
+      continue;
+    }
+    refusal.clear();
+    position = pos;
+    break;
+  }
+  if (!refusal.empty()) return {};
   ModelConfig best;
   double best_gap = 1e300;
   for (std::int64_t h = 32; h <= 2048; h += 32) {
-    const ModelConfig m = cell_config(c, p, d, h);
-    std::int64_t n = 0;
-    try {
-      n = Transformer(m, 0).num_parameters();
-    } catch (const Error& e) {
-      refusal = e.what();
-      return m;
-    }
+    const ModelConfig m = cell_config(c, p, d, h, position);
+    const std::int64_t n = Transformer(m, 0).num_parameters();
     const double gap = std::abs(std::log(static_cast<double>(n) / static_cast<double>(target)));
     if (gap < best_gap) {
       best_gap = gap;
@@ -418,12 +431,13 @@ std::string headline(const json& res) {
 }
 
 // Cells of a task: one per mixer (extrapolation: also full_attention with
-// rope, alibi and no positions); a mixer the task cannot use is kept, marked.
+// ALiBi, sinusoidal, learned and no positions); a mixer the task cannot use
+// is kept, marked.
 std::vector<Cell> cells_of(const std::string& task, const std::vector<std::string>& mixers) {
   std::vector<Cell> out;
-  for (const std::string& m : mixers) out.push_back({task, m, "sinusoidal"});
+  for (const std::string& m : mixers) out.push_back({task, m, "auto"});
   if (task == "extrapolation" && std::find(mixers.begin(), mixers.end(), "full_attention") != mixers.end())
-    for (const char* pos : {"rope", "alibi", "none"}) out.push_back({task, "full_attention", pos});
+    for (const char* pos : {"alibi", "sinusoidal", "learned", "none"}) out.push_back({task, "full_attention", pos});
   return out;
 }
 
@@ -586,7 +600,7 @@ json run_compare(const CompareOptions& o) {
     const std::string dir = o.out_dir + "/cells/" + c.id();
     const std::string result_path = dir + "/" + kResultFile;
     const std::string prefix = str_cat("[", index, "/", total, "] ", c.task, " / ", c.mixer,
-                                       c.position == "sinusoidal" ? "" : " (" + c.position + ")", ": ");
+                                       c.position == "auto" ? "" : " (" + c.position + ")", ": ");
     if (fs::exists(result_path)) {
       json res = json::parse(read_file(result_path), nullptr, false);
       if (res.is_object() && (res.value("status", "") == "ok" || res.value("status", "") == "unsupported")) {
@@ -608,8 +622,9 @@ json run_compare(const CompareOptions& o) {
         res["reason"] = str_cat("mixer \"", c.mixer, "\" ", why);
       } else {
         std::int64_t actual = 0;
-        std::string refusal;
-        const ModelConfig cfg = match_params(c, p, d, params_target, actual, refusal);
+        std::string refusal, position;
+        const ModelConfig cfg = match_params(c, p, d, params_target, actual, position, refusal);
+        res["position_used"] = position;
         if (!refusal.empty()) {
           res["status"] = "unsupported";
           res["reason"] = str_cat("the model refuses the config: ", refusal);

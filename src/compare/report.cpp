@@ -42,9 +42,13 @@ std::string table(const std::vector<std::string>& head, const std::vector<std::v
   return s + "\n";
 }
 
+// "mixer", "mixer (alibi)" for a chosen scheme, "mixer [learned]" when
+// "auto" fell back from RoPE.
 std::string cell_name(const json& c) {
-  const std::string pos = c.value("position", std::string());
-  return c.value("mixer", std::string()) + (pos.empty() || pos == "sinusoidal" ? "" : " (" + pos + ")");
+  const std::string pos = c.value("position", std::string()), used = c.value("position_used", std::string());
+  const std::string m = c.value("mixer", std::string());
+  if (pos == "auto") return m + (used.empty() || used == "rope" ? "" : " [" + used + "]");
+  return m + " (" + pos + ")";
 }
 
 // "unsupported" / "failed" with a footnote number, else "".
@@ -144,7 +148,7 @@ std::string compare_report_markdown(const json& r) {
                                                                     {"induction_heads", "induction acc"}};
   std::vector<std::string> mixers;
   for (const json& c : r["cells"])
-    if (c.value("position", std::string()) == "sinusoidal" &&
+    if (c.value("position", std::string()) == "auto" &&
         std::find(mixers.begin(), mixers.end(), c["mixer"].get<std::string>()) == mixers.end())
       mixers.push_back(c["mixer"].get<std::string>());
   if (!mixers.empty()) {
@@ -161,7 +165,7 @@ std::string compare_report_markdown(const json& r) {
       for (const auto& [t, label] : quality) {
         std::string v = "not run";
         for (const json* c : cells_of(r, t))
-          if ((*c)["mixer"] == m && (*c).value("position", std::string()) == "sinusoidal") {
+          if ((*c)["mixer"] == m && (*c).value("position", std::string()) == "auto") {
             if ((*c)["status"] == "ok") {
               const json& met = (*c)["metrics"];
               v = t == "char_lm" ? fmt(num(met, "val_bpb"), 3) : fmt(num(met, "accuracy"), 3);
@@ -251,10 +255,7 @@ std::string compare_report_markdown(const json& r) {
         continue;
       }
       for (const auto& [scaling, series] : (*c)["metrics"]["lengths"].items()) {
-        std::vector<std::string> row = {cell_name(*c) + (c->value("position", std::string()) == "sinusoidal"
-                                                             ? " (sinusoidal)"
-                                                             : ""),
-                                        scaling};
+        std::vector<std::string> row = {cell_name(*c), scaling};
         for (auto x : xs) {
           std::string v = "-";
           for (const json& e : series)

@@ -21,8 +21,10 @@
 #include "../support/cli.h"
 #include "../support/errors.h"
 #include "../support/threads.h"
+#include "../support/tiny_models.h"
 #include "../support/train_runs.h"
 #include "train/sequence_task.h"
+#include "train/train_task.h"
 
 namespace mf {
 namespace {
@@ -59,8 +61,8 @@ TEST(CompareHarness, TinyProfileEveryCellFinishesTablesPlotsAndSkipsOnRerun) {
   std::ostringstream log;
   o.log = &log;
   const json r = run_compare(o);
-  // 6 training tasks x 2 mixers + extrapolation's 3 position variants of full_attention
-  ASSERT_EQ(r["cells"].size(), 15u);
+  // 6 training tasks x 2 mixers + extrapolation's 4 position variants of full_attention
+  ASSERT_EQ(r["cells"].size(), 16u);
   std::map<std::string, std::string> status;
   for (const json& c : r["cells"]) {
     const std::string id = c["task"].get<std::string>() + "/" + c["mixer"].get<std::string>() + "/" +
@@ -74,13 +76,13 @@ TEST(CompareHarness, TinyProfileEveryCellFinishesTablesPlotsAndSkipsOnRerun) {
       EXPECT_TRUE(fs::exists(c["run_dir"].get<std::string>() + "/run/checkpoint/trainer_state.json")) << id;
     }
   }
-  EXPECT_EQ(status["char_lm/fnet/sinusoidal"], "unsupported");   // FNet is bidirectional only
-  EXPECT_EQ(status["listops/fnet/sinusoidal"], "ok");
-  EXPECT_EQ(status["listops/full_attention/sinusoidal"], "ok");
-  EXPECT_EQ(status["mqar/full_attention/sinusoidal"], "ok");
+  EXPECT_EQ(status["char_lm/fnet/auto"], "unsupported");   // FNet is bidirectional only
+  EXPECT_EQ(status["listops/fnet/auto"], "ok");
+  EXPECT_EQ(status["listops/full_attention/auto"], "ok");
+  EXPECT_EQ(status["mqar/full_attention/auto"], "ok");
   EXPECT_EQ(status["extrapolation/full_attention/alibi"], "ok");
   for (const json& c : r["cells"])
-    if (c["task"] == "extrapolation" && c["position"] == "rope" && c["status"] == "ok") {
+    if (c["task"] == "extrapolation" && c.value("position_used", "") == "rope") {
       const json& lengths = c["metrics"]["lengths"];
       EXPECT_TRUE(lengths.contains("yarn") && lengths.contains("dynamic") && lengths.contains("linear"));
       EXPECT_EQ(lengths["none"].size(), 2u);
@@ -109,7 +111,37 @@ TEST(CompareHarness, TinyProfileEveryCellFinishesTablesPlotsAndSkipsOnRerun) {
   for (std::size_t p = again.str().find("finished earlier, skipped"); p != std::string::npos;
        p = again.str().find("finished earlier, skipped", p + 1))
     ++skipped;
-  EXPECT_EQ(skipped, 16u) << again.str();  // 15 cells and the speed section
+  EXPECT_EQ(skipped, 17u) << again.str();  // 16 cells and the speed section
+}
+
+// A user's files in OUT/data/TASK/ are read instead of generated, and a time
+// budget picks (and records) a step count per cell.
+TEST(CompareHarness, ReadsTheUsersDataFilesAndHonoursATimeBudget) {
+  testing::ScopedThreads one(1);
+  const std::string out = testing::fresh_temp_dir("compare_user") + "/out";
+  fs::create_directories(out + "/data/selective_copy");
+  const SequenceData mine = SequenceData::parse("2 0 3 1 1\t- - - 2 3\n4 4 0 1 1\t- - - 4 4\n", "mine");
+  mine.save(out + "/data/selective_copy/train.tsv");
+  mine.save(out + "/data/selective_copy/test.tsv");
+  CompareOptions o;
+  o.profile = "tiny";
+  o.tasks = {"selective_copy"};
+  o.mixers = {"full_attention", "lsh_attention"};
+  o.out_dir = out;
+  o.budget_minutes = 0.002;  // 0.12 s of training
+  std::ostringstream log;
+  o.log = &log;
+  const json r = run_compare(o);
+  ASSERT_EQ(r["cells"].size(), 2u);
+  EXPECT_EQ(r["cells"][0]["position_used"], "rope");
+  EXPECT_EQ(r["cells"][1]["position_used"], "learned") << "LSH attention refuses RoPE: learned positions instead";
+  EXPECT_EQ(r["cells"][1]["status"], "ok") << r["cells"][1].value("reason", std::string());
+  const json& c = r["cells"][0];
+  ASSERT_EQ(c["status"], "ok") << c.value("reason", std::string());
+  EXPECT_EQ(c["data"][0]["fingerprint"], fingerprint_hex(mine.fingerprint()));
+  EXPECT_GE(c["steps"].get<std::int64_t>(), 1);
+  EXPECT_EQ(c["train_config"]["steps"], c["steps"]);
+  EXPECT_EQ(c["metrics"]["by_length"][0]["scored"], 4);
 }
 
 TEST(CompareHarness, RefusesUnknownNamesAndContradictoryBudgets) {
@@ -132,16 +164,8 @@ TEST(CompareHarness, RefusesUnknownNamesAndContradictoryBudgets) {
 }
 
 TEST(CompareHarness, SequenceTaskRefusesTokensOutsideTheVocabulary) {
-  ModelConfig c;
-  c.model_type = "modformer";
+  ModelConfig c = testing::tiny_llama_config();
   c.vocab_size = 8;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 1;
-  c.num_key_value_heads = 1;
-  c.head_dim = 32;
-  c.max_position_embeddings = 16;
   Transformer m(c, 1);
   const SequenceData big = SequenceData::parse("1 9\t9 -\n", "big.tsv");
   const SequenceData ok = SequenceData::parse("1 2\t3 -\n", "ok.tsv");
@@ -169,7 +193,7 @@ TEST(CompareHarness, KilledCellResumesToTheUninterruptedNumbers) {
   const json want = json::parse(read_file((dir / "ref/results.json").string()))["cells"][0]["metrics"];
 
   const std::string out = (dir / "killed").string();
-  const std::string state = out + "/cells/char_lm__full_attention__sinusoidal/run/checkpoint/trainer_state.json";
+  const std::string state = out + "/cells/char_lm__full_attention/run/checkpoint/trainer_state.json";
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -181,7 +205,7 @@ TEST(CompareHarness, KilledCellResumesToTheUninterruptedNumbers) {
   for (int i = 0; i < 6000; ++i) {  // up to 60 s
     if (fs::exists(state)) {
       kill(pid, SIGKILL);
-      killed_mid_run = !fs::exists(out + "/cells/char_lm__full_attention__sinusoidal/result.json");
+      killed_mid_run = !fs::exists(out + "/cells/char_lm__full_attention/result.json");
       break;
     }
     int st = 0;
