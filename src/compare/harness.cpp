@@ -604,14 +604,24 @@ json run_compare(const CompareOptions& o) {
     if (fs::exists(result_path)) {
       json res = json::parse(read_file(result_path), nullptr, false);
       if (res.is_object() && (res.value("status", "") == "ok" || res.value("status", "") == "unsupported")) {
+        // A finished cell counts only for the settings it was measured with.
+        const bool same = res.value("profile", "") == p.name && res.value("seed", json()) == o.seed &&
+                          res.value("params_target", json(params_target)) == params_target &&
+                          (o.budget_minutes > 0 || res.value("steps", json(p.steps)) == p.steps) &&
+                          res.value("budget_minutes", 0.0) == o.budget_minutes;
+        MF_CHECK(same, "[compare] cell '", dir, "' was measured with other settings (profile ", res.value("profile", "?"),
+                 ", seed ", res.value("seed", json()).dump(), ", ", res.value("params_target", json()).dump(),
+                 " parameters, ", res.value("steps", json()).dump(), " steps, ", res.value("budget_minutes", 0.0),
+                 " budget minutes); use another --out, or delete that folder to measure it again");
         log << prefix << "finished earlier, skipped (" << headline(res) << ")\n" << std::flush;
         results["cells"].push_back(res);
         continue;
       }
     }
     fs::create_directories(dir);
-    json res = {{"task", c.task}, {"mixer", c.mixer}, {"position", c.position}, {"run_dir", dir},
-                {"seed", o.seed},  {"commit", commit}};
+    json res = {{"task", c.task},          {"mixer", c.mixer},   {"position", c.position},
+                {"run_dir", dir},          {"profile", p.name},  {"seed", o.seed},
+                {"params_target", params_target}, {"budget_minutes", o.budget_minutes}, {"commit", commit}};
     const auto t0 = std::chrono::steady_clock::now();
     try {
       prepare_data(d, c.task, p, o);

@@ -23,7 +23,7 @@ CompareProfile compare_profile(const std::string& name) {
     p.lm_corpus_bytes = 8 << 20;
     p.lm_eval_windows = 64;
     p.extrapolation_factors = {1, 2, 4, 8, 16};
-    p.listops = ListOpsOptions{10, 10, 100, 400, 0.25};
+    p.listops = ListOpsOptions{10, 10, 50, 200, 0.25};  // LRA: 500..2000 (too long for a CPU budget)
     p.listops_train = 16000;
     p.listops_test = 2000;
     p.mqar_vocab = 256;

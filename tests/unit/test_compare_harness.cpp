@@ -112,6 +112,9 @@ TEST(CompareHarness, TinyProfileEveryCellFinishesTablesPlotsAndSkipsOnRerun) {
        p = again.str().find("finished earlier, skipped", p + 1))
     ++skipped;
   EXPECT_EQ(skipped, 17u) << again.str();  // 16 cells and the speed section
+  // a re-run with another budget does not pass the old numbers off as its own
+  o.budget_steps = 5;
+  EXPECT_ERROR("was measured with other settings", run_compare(o));
 }
 
 // A user's files in OUT/data/TASK/ are read instead of generated, and a time
