@@ -1,5 +1,26 @@
 // The comparison harness: data files, cells, parameter matching, training,
 // evaluation and the results object (report.cpp turns it into tables/plots).
+// The rules, the same for every mixer:
+// - Model: model_type "modformer", pre-norm RMSNorm, SwiGLU with
+//   intermediate = 8h/3 rounded up to 16, head_dim 32 (h/32 heads, as many
+//   KV heads), untied head, profile.layers layers; the width h (a multiple
+//   of 32) is the one whose parameter count is closest in ratio to --params
+//   (recorded with the actual count). Positions "auto": RoPE, or learned
+//   absolute positions for a mixer that refuses RoPE (LSH attention); mixers
+//   that do not use RoPE (FNet, Linformer, Mamba, retention) carry order in
+//   their own mechanism. sliding_attention gets a window of a quarter of the
+//   training length (at least 8). Decoder tasks need a causal mixer; ListOps
+//   (an encoder classifier, mean pooling, padded batches) needs a
+//   bidirectional one with a key padding mask; a mixer without is recorded
+//   as unsupported with the registry's reason, and a config the model
+//   refuses likewise (with its error); an error while training is "failed".
+// - Training: AdamW (weight decay 0.1), warmup then cosine to min_lr,
+//   clipping 1.0, batch profile.batch_size, the same seed for every cell
+//   (init and data order), checkpoints profile.checkpoints times per run,
+//   evaluation once at the end on the held-out files.
+// - A finished cell (ok or unsupported) is skipped on a re-run with the same
+//   settings, refused with other settings; a failed one is run again; an
+//   interrupted one resumes from its checkpoint (bit-identical, train.h).
 #include "compare/harness.h"
 
 #include <algorithm>
