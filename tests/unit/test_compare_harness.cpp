@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -181,6 +182,38 @@ TEST(CompareHarness, SequenceTaskRefusesTokensOutsideTheVocabulary) {
   tc.task = "sequence";
   tc.seq_len = 1;
   EXPECT_ERROR("longer than seq_len 1", train(m, ok, ok, tc));
+}
+
+// A language model whose logits are 1 for the input token and 0 elsewhere:
+// it predicts "the next token is this one", so accuracy and loss are known.
+class EchoModel : public LanguageModel {
+ public:
+  std::vector<Parameter*> parameters() override { return {}; }
+  std::int64_t vocab_size() const override { return 5; }
+  double loss(const Tensor&, const Tensor&, bool) override { return 0; }
+  Tensor logits(const Tensor& tokens) override {
+    const std::int64_t n = tokens.numel();
+    Tensor z = Tensor::zeros({tokens.shape()[0], tokens.shape()[1], 5});
+    for (std::int64_t i = 0; i < n; ++i) z.data<float>()[i * 5 + tokens.data<std::int32_t>()[i]] = 1;
+    return z;
+  }
+  void save(const std::string&) const override {}
+};
+
+TEST(CompareHarness, SequenceAccuracyCountsScoredTargetsOnly) {
+  EchoModel m;
+  // example 0: position 0 asks 1 (echo 1: right), position 2 asks 2 (echo 3: wrong);
+  // example 1 (shorter: padded in the batch): both right.
+  const SequenceData d = SequenceData::parse("1 2 3\t1 - 2\n2 4\t2 4\n", "echo.tsv");
+  for (std::int64_t batch : {1, 2}) {
+    const SequenceEvalResult r = evaluate(m, d, batch);
+    EXPECT_EQ(r.scored, 4);
+    EXPECT_EQ(r.correct, 3);
+    EXPECT_DOUBLE_EQ(r.accuracy, 0.75);
+    EXPECT_DOUBLE_EQ(r.exact, 0.5);
+    const double lse = std::log(std::exp(1.0) + 4.0);  // log-sum-exp of one 1 and four 0s
+    EXPECT_NEAR(r.loss, (3 * (lse - 1) + lse) / 4, 1e-12);
+  }
 }
 
 // A `modformer compare` process killed while a cell trains (after its first
