@@ -18,6 +18,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "bench/mixer_bench.h"
 #include "cli/bench_registry.h"
 #include "cli/command.h"
 #include "core/alloc.h"
@@ -42,64 +43,22 @@ struct MixerBenchOptions {
   std::string json_path, out_dir = "bench_mixers";
 };
 
-struct Cell {
-  double forward_s = std::numeric_limits<double>::infinity();
-  double train_s = std::numeric_limits<double>::infinity();  // forward (saving) + backward
-  double peak_bytes = 0;                                     // above the inputs, during forward + backward
-};
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Decode cost per token: each mixer that generates holds a prefilled context
-// of c tokens, then takes `steps` single-token forwards; the best of `reps`
-// interleaved rounds of the mean time per step is kept.
-nlohmann::json run_decode_bench(const MixerBenchOptions& o, const std::vector<std::string>& names,
-                                std::vector<std::unique_ptr<mf::TokenMixer>>& mixers, std::vector<mf::PlotSeries>& plot) {
+// Decode cost per token (bench/mixer_bench.h), printed and returned as JSON rows.
+nlohmann::json run_decode_bench(const MixerBenchOptions& o, mf::MixerBenchSet& set, std::vector<mf::PlotSeries>& plot) {
   using namespace mf;
-  const std::int64_t C = o.hidden, B = o.batch;
-  std::vector<std::size_t> gen;
-  for (std::size_t m = 0; m < mixers.size(); ++m)
-    if (mixers[m]->capabilities().generation) gen.push_back(m);
+  const std::vector<std::string>& names = set.names;
   std::vector<std::int64_t> contexts = o.decode_contexts;
   std::sort(contexts.begin(), contexts.end());
-  std::vector<std::vector<double>> per_token(gen.size(), std::vector<double>(contexts.size(),
-                                                                             std::numeric_limits<double>::infinity()));
-  std::cout << "\ndecode: time per generated token (batch " << B << ") after a prefilled context of c tokens, mean of "
+  std::cout << "\ndecode: time per generated token (batch " << o.batch << ") after a prefilled context of c tokens, mean of "
             << o.decode_steps << " steps, best of " << o.reps << " interleaved rounds:\n";
-  const Tensor step_x = randn({B, C}, 13);
-  Tensor step_y = Tensor::empty({B, C});
-  for (std::size_t ci = 0; ci < contexts.size(); ++ci) {
-    const std::int64_t ctx = contexts[ci];
-    const Tensor prompt = randn({B * ctx, C}, 14);
-    Tensor prompt_y = Tensor::empty({B * ctx, C});
-    for (int r = 0; r < o.reps; ++r) {
-      for (std::size_t g = 0; g < gen.size(); ++g) {
-        TokenMixer& mixer = *mixers[gen[g]];
-        GenerationOptions go;
-        go.batch = B;
-        go.capacity = ctx + o.decode_steps;
-        const std::unique_ptr<MixerState> state = mixer.new_state(go);
-        MixerCall call;
-        call.batch = B;
-        call.causal = true;
-        call.state = state.get();
-        call.seq_len = ctx;
-        mixer.forward(prompt_y, prompt, call, false);
-        call.seq_len = 1;
-        const double t0 = now_s();
-        for (std::int64_t k = 0; k < o.decode_steps; ++k) {
-          call.past = ctx + k;
-          mixer.forward(step_y, step_x, call, false);
-        }
-        per_token[g][ci] = std::min(per_token[g][ci], (now_s() - t0) / static_cast<double>(o.decode_steps));
-      }
-    }
+  const DecodeTimes dt = measure_decode(set, contexts, o.batch, o.reps, o.decode_steps);
+  const std::vector<std::size_t>& gen = dt.mixers;
+  const std::vector<std::vector<double>>& per_token = dt.per_token;
+  for (std::size_t ci = 0; ci < contexts.size(); ++ci)
     for (std::size_t g = 0; g < gen.size(); ++g)
-      std::cout << "  c " << std::setw(6) << ctx << "  " << std::left << std::setw(18) << names[gen[g]] << std::right
-                << std::fixed << std::setprecision(1) << std::setw(10) << per_token[g][ci] * 1e6 << " us/token\n";
-  }
+      std::cout << "  c " << std::setw(6) << contexts[ci] << "  " << std::left << std::setw(18) << names[gen[g]]
+                << std::right << std::fixed << std::setprecision(1) << std::setw(10) << per_token[g][ci] * 1e6
+                << " us/token\n";
   nlohmann::json out = nlohmann::json::array();
   for (std::size_t g = 0; g < gen.size(); ++g) {
     nlohmann::json rec = {{"mixer", names[gen[g]]}, {"rows", nlohmann::json::array()}};
@@ -128,88 +87,30 @@ int run_mixer_bench(const MixerBenchOptions& o) {
   std::sort(lengths.begin(), lengths.end());
   const std::int64_t max_len = lengths.back();
 
-  ModelConfig cfg;
-  cfg.model_type = "modformer";
-  cfg.hidden_size = o.hidden;
-  cfg.num_attention_heads = o.heads;
-  cfg.num_key_value_heads = o.heads;
-  cfg.head_dim = o.hidden / o.heads;
-  cfg.intermediate_size = 4 * o.hidden;
-  cfg.max_position_embeddings = max_len;
-  cfg.position = PositionKind::None;
-  cfg.sliding_window = 256;  // sliding_attention rows: a 256-token window
-
-  std::vector<std::string> names = o.mixers;
-  if (names.empty())
-    for (const auto& e : token_mixer_registry())
-      if (o.causal ? e.caps.causal : e.caps.bidirectional) names.push_back(e.name);
-  std::vector<std::unique_ptr<ParamList>> stores;
-  std::vector<std::unique_ptr<TokenMixer>> mixers;
-  for (const auto& n : names) {
-    const TokenMixerEntry& e = token_mixer_entry(n, "[bench mixers] ");
-    MF_CHECK(o.causal ? e.caps.causal : e.caps.bidirectional, "[bench mixers] mixer \"", n, "\" cannot run ",
-             o.causal ? "causally (drop --causal)" : "bidirectionally (give --causal)",
-             e.limits.empty() ? "" : " (" + e.limits + ")");
-    stores.push_back(std::make_unique<ParamList>(1, 0.02));
-    mixers.push_back(e.make(mixer_context(cfg, 0, n, nullptr), *stores.back()));
-  }
-
+  MixerBenchSet set = make_bench_mixers(o.mixers, o.hidden, o.heads, max_len, o.causal, "[bench mixers] ");
+  const ModelConfig& cfg = set.cfg;
+  const std::vector<std::string>& names = set.names;
   const std::int64_t C = o.hidden, B = o.batch;
   std::cout << "bench mixers: hidden " << C << ", " << o.heads << " heads of " << C / o.heads << ", batch " << B
             << ", " << (o.causal ? "causal" : "bidirectional") << ", sliding_attention window " << cfg.sliding_window
             << ", options: each mixer's defaults (Linformer n = the largest L), threads " << num_threads() << ", best of "
             << o.reps << " interleaved rounds; load average " << load_average_1min() << "\n";
-  std::vector<std::vector<Cell>> cells(names.size(), std::vector<Cell>(lengths.size()));
-  {  // untimed warm-up at the smallest length (GEMM backend choice, cos/sin tables, page faults)
-    const std::int64_t L = lengths.front();
-    const Tensor x = randn({B * L, C}, 10);
-    Tensor y = Tensor::empty({B * L, C}), dx = Tensor::empty({B * L, C});
-    MixerCall call;
-    call.batch = B;
-    call.seq_len = L;
-    call.causal = o.causal;
-    for (auto& m : mixers) m->backward(dx, x, x, *m->forward(y, x, call, true), call);
-  }
-  for (std::size_t li = 0; li < lengths.size(); ++li) {
-    const std::int64_t L = lengths[li], N = B * L;
-    const Tensor x = randn({N, C}, 11), dy = randn({N, C}, 12);
-    Tensor y = Tensor::empty({N, C}), dx = Tensor::empty({N, C});
-    MixerCall call;
-    call.batch = B;
-    call.seq_len = L;
-    call.causal = o.causal;
-    for (int r = 0; r < o.reps; ++r) {
-      for (std::size_t m = 0; m < mixers.size(); ++m) {
-        Cell& c = cells[m][li];
-        double t0 = now_s();
-        mixers[m]->forward(y, x, call, false);
-        c.forward_s = std::min(c.forward_s, now_s() - t0);
-        reset_peak_memory();
-        const std::int64_t base = memory_stats().current_bytes;
-        t0 = now_s();
-        {
-          const std::unique_ptr<MixerSaved> saved = mixers[m]->forward(y, x, call, true);
-          mixers[m]->backward(dx, dy, x, *saved, call);
-        }
-        c.train_s = std::min(c.train_s, now_s() - t0);
-        c.peak_bytes = std::max(c.peak_bytes, static_cast<double>(memory_stats().peak_bytes - base));
-      }
-    }
-    for (std::size_t m = 0; m < mixers.size(); ++m) {
-      const Cell& c = cells[m][li];
-      std::cout << "  L " << std::setw(6) << L << "  " << std::left << std::setw(18) << names[m] << std::right
+  const std::vector<std::vector<MixerSpeedCell>> cells = measure_mixer_speed(set, lengths, B, o.reps, o.causal);
+  for (std::size_t li = 0; li < lengths.size(); ++li)
+    for (std::size_t m = 0; m < names.size(); ++m) {
+      const MixerSpeedCell& c = cells[m][li];
+      std::cout << "  L " << std::setw(6) << lengths[li] << "  " << std::left << std::setw(18) << names[m] << std::right
                 << std::fixed << std::setprecision(2) << " forward " << std::setw(9) << c.forward_s * 1e3
                 << " ms   fwd+bwd " << std::setw(9) << c.train_s * 1e3 << " ms   peak " << std::setw(8)
                 << c.peak_bytes / (1 << 20) << " MiB\n";
     }
-  }
 
   std::vector<PlotSeries> decode_plot;
   nlohmann::json decode;
   if (o.causal && !o.no_decode && !o.decode_contexts.empty()) {
     for (auto c : o.decode_contexts) MF_CHECK(c >= 1, "[bench mixers] decode contexts must be >= 1, got ", c);
     MF_CHECK(o.decode_steps >= 1, "[bench mixers] --decode-steps must be >= 1, got ", o.decode_steps);
-    decode = run_decode_bench(o, names, mixers, decode_plot);
+    decode = run_decode_bench(o, set, decode_plot);
   }
 
   const auto flash = std::find(names.begin(), names.end(), "full_attention");
@@ -231,7 +132,7 @@ int run_mixer_bench(const MixerBenchOptions& o) {
     nlohmann::json rec = {{"mixer", names[m]}, {"rows", nlohmann::json::array()}};
     PlotSeries sp{names[m] + " fwd+bwd", {}, {}}, me{names[m], {}, {}};
     for (std::size_t li = 0; li < lengths.size(); ++li) {
-      const Cell& c = cells[m][li];
+      const MixerSpeedCell& c = cells[m][li];
       rec["rows"].push_back({{"L", lengths[li]}, {"forward_s", c.forward_s}, {"forward_backward_s", c.train_s},
                              {"peak_activation_bytes", c.peak_bytes}});
       sp.x.push_back(static_cast<double>(lengths[li]));

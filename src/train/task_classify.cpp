@@ -15,10 +15,6 @@ namespace {
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-ordered_json data_identity(const ClassifyData& d) {
-  return {{"source", d.source}, {"examples", d.size()}, {"fingerprint", fingerprint_hex(d.fingerprint())}};
-}
-
 class ClassifyTask : public TrainTask {
  public:
   ClassifyTask(SequenceClassifier& model, const ClassifyData& train_data, const ClassifyData& val_data,
@@ -58,13 +54,7 @@ class ClassifyTask : public TrainTask {
             {"next_step", next_step}};
   }
   void check_data_state(const json& data, const std::string& out_dir) const override {
-    const std::pair<const char*, const ClassifyData*> sets[] = {{"train", &train_}, {"val", &val_data_}};
-    for (const auto& [key, d] : sets) {
-      const json saved = data.value(key, json::object());
-      MF_CHECK(json(data_identity(*d)) == saved, "[train] cannot resume '", out_dir, "': the ", key, " data '",
-               d->source, "' (", d->size(), " examples) differs from the one the checkpoint was trained on (",
-               saved.value("source", "?"), ", ", saved.value("examples", -1), " examples)");
-    }
+    check_data_identities(data, train_, val_data_, out_dir);
   }
   void save_model(const std::string& dir) const override { model_.save(dir); }
 

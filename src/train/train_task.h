@@ -9,8 +9,10 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "nn/parameter.h"
 #include "train/trainer.h"
 
@@ -48,6 +50,25 @@ inline std::string fingerprint_hex(std::uint64_t f) {
   char buf[20];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(f));
   return buf;
+}
+
+// The identity of a data set in trainer_state.json (source, size,
+// fingerprint), and the resume check that the "train" and "val" sets are the
+// ones the checkpoint was trained on (throws naming out_dir). Data: a type
+// with `source`, size() and fingerprint() (ClassifyData, SequenceData).
+template <typename Data>
+nlohmann::ordered_json data_identity(const Data& d) {
+  return {{"source", d.source}, {"examples", d.size()}, {"fingerprint", fingerprint_hex(d.fingerprint())}};
+}
+template <typename Data>
+void check_data_identities(const nlohmann::json& data, const Data& train, const Data& val, const std::string& out_dir) {
+  const std::pair<const char*, const Data*> sets[] = {{"train", &train}, {"val", &val}};
+  for (const auto& [key, d] : sets) {
+    const nlohmann::json saved = data.value(key, nlohmann::json::object());
+    MF_CHECK(nlohmann::json(data_identity(*d)) == saved, "[train] cannot resume '", out_dir, "': the ", key,
+             " data '", d->source, "' (", d->size(), " examples) differs from the one the checkpoint was trained on (",
+             saved.value("source", "?"), ", ", saved.value("examples", -1), " examples)");
+  }
 }
 
 struct TrainLoopResult {

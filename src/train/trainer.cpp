@@ -150,8 +150,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 void validate(const TrainConfig& c) {
-  MF_CHECK(c.task == "lm" || c.task == "classify", "[train] task must be \"lm\" or \"classify\" but is \"", c.task,
-           "\"");
+  MF_CHECK(c.task == "lm" || c.task == "classify" || c.task == "sequence",
+           "[train] task must be \"lm\", \"classify\" or \"sequence\" but is \"", c.task, "\"");
   MF_CHECK(c.steps >= 1, "[train] steps must be >= 1 but is ", c.steps);
   MF_CHECK(c.batch_size >= 1, "[train] batch_size must be >= 1 but is ", c.batch_size);
   MF_CHECK(c.seq_len >= 1, "[train] seq_len must be >= 1 but is ", c.seq_len);

@@ -16,7 +16,8 @@
 namespace mf {
 
 struct TrainConfig {
-  std::string task = "lm";          // "lm" (LanguageModel on a corpus) or "classify" (SequenceClassifier on TSV)
+  std::string task = "lm";          // "lm" (LanguageModel on a corpus), "classify" (SequenceClassifier on TSV) or
+                                    // "sequence" (LanguageModel on SequenceData, train/sequence_task.h)
   std::int64_t steps = 1000;        // optimizer updates in the whole run
   std::int64_t batch_size = 16;     // sequences per micro-batch
   std::int64_t seq_len = 256;       // tokens per sequence (classify: the max length; longer texts are truncated)

@@ -284,7 +284,7 @@ TEST(ClassifyTrain, RefusesMismatchedTaskLabelsAndLengths) {
             std::string::npos);
   TrainConfig bad = small_config(dir);
   bad.task = "regress";
-  EXPECT_NE(error_of([&] { train(m, train_set(), val_set(), bad); }).find("task must be \"lm\" or \"classify\""),
+  EXPECT_NE(error_of([&] { train(m, train_set(), val_set(), bad); }).find("task must be \"lm\", \"classify\" or \"sequence\""),
             std::string::npos);
   const ClassifyData three = ClassifyData::parse("ab\t0\ncd\t2\n", "three.tsv");
   EXPECT_NE(error_of([&] { train(m, three, val_set(), small_config(dir)); })
