@@ -128,13 +128,13 @@ TEST(Profile, GemmWrapperCountsFlopsAndTheLargestShape) {
 
 TEST(Profile, ForwardGemmFlopsAreTheModelsMatmulFlops) {
   // tiny llama: q, k, v, o, gate, up, down per layer and the LM head: 2 * N * (sum of in*out).
-  const ModelConfig cfg = testing::tiny_llama_config();
+  const ModelConfig cfg = mf::testing::tiny_llama_config();
   const std::int64_t B = 2, L = 11, N = B * L, C = cfg.hidden_size, I = cfg.intermediate_size;
   const double per_layer = static_cast<double>(C * cfg.q_dim() + 2 * C * cfg.kv_dim() + cfg.q_dim() * C + 3 * C * I);
   const double expected = 2.0 * N * (cfg.num_hidden_layers * per_layer + static_cast<double>(C * cfg.vocab_size));
   Transformer model(cfg, 1);
-  const Tensor tokens = testing::random_tokens({B, L}, 2, cfg.vocab_size);
-  const Tensor targets = testing::random_tokens({B, L}, 3, cfg.vocab_size);
+  const Tensor tokens = mf::testing::random_tokens({B, L}, 2, cfg.vocab_size);
+  const Tensor targets = mf::testing::random_tokens({B, L}, 3, cfg.vocab_size);
   ProfilerOn on;
   (void)model.loss(tokens, targets, false);
   const profile::Snapshot snap = profile::snapshot();
@@ -175,7 +175,7 @@ TEST(Profile, BenchTrainProfileTableSumsToTheStepAndIsInTheJson) {
   const fs::path dir = fs::temp_directory_path() / ("mf_profile_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  save_config((dir / "tiny.json").string(), testing::tiny_llama_config());
+  save_config((dir / "tiny.json").string(), mf::testing::tiny_llama_config());
   const std::string json_path = (dir / "bench.json").string(), svg_path = (dir / "profile.svg").string();
   const std::string cmd = std::string(MODFORMER_CLI_PATH) + " --threads 1 bench train --config " +
                           (dir / "tiny.json").string() +
@@ -205,8 +205,11 @@ TEST(Profile, BenchTrainProfileTableSumsToTheStepAndIsInTheJson) {
   // The categories (with the unattributed rest) are the step; the timed ones alone most of it.
   EXPECT_NEAR(sum, step_s, 1e-3 * step_s);
   EXPECT_LT(p.at("unattributed_s").get<double>(), 0.75 * step_s);
-  for (const nlohmann::json& c : p.at("categories"))
-    if (c.at("name") == "gemm") EXPECT_GT(c.at("gflops").get<double>(), 0);
+  for (const nlohmann::json& c : p.at("categories")) {
+    if (c.at("name") == "gemm") {
+      EXPECT_GT(c.at("gflops").get<double>(), 0);
+    }
+  }
   EXPECT_GT(p.at("sgemm").at("flops_per_s").get<double>(), 0);
   EXPECT_GT(p.at("sgemm").at("m").get<std::int64_t>(), 0);
   for (const char* phase : {"forward", "backward", "step"}) {
