@@ -248,7 +248,27 @@ json report_profile(const TrainingProfile& prof, const EngineRun& profiled, cons
             << "model FLOPs/s as a fraction of that sgemm rate (unprofiled phases): forward " << percent(f_fwd)
             << ", backward " << percent(f_bwd) << ", whole step " << percent(f_step) << "; the GEMM calls alone "
             << percent(f_gemm) << "\n";
+  // GEMM calls by shape, the slowest total first: where the GEMM time goes and at what rate.
+  std::vector<profile::GemmShapeTotals> shapes = prof.step.gemm_shapes;
+  std::sort(shapes.begin(), shapes.end(),
+            [](const profile::GemmShapeTotals& a, const profile::GemmShapeTotals& b) { return a.seconds > b.seconds; });
+  std::cout << "\nGEMM calls by shape (op(A) [m, k] x op(B) [k, n], batch products per call), per step:\n\n"
+            << "| op | m | n | k | batch | calls/step | ms/step | GFLOP/s | of sgemm |\n|---|---|---|---|---|---|---|---|---|\n";
+  json shape_rows = json::array();
+  for (const profile::GemmShapeTotals& g : shapes) {
+    const std::string op = str_cat(g.ta ? "T" : "N", g.tb ? "T" : "N");
+    const json gflops = g.seconds > 0 ? json(g.flops / g.seconds * 1e-9) : json(nullptr);
+    const json of_sgemm = fraction_of(g.flops, g.seconds, sgemm);
+    std::cout << "| " << op << " | " << g.shape.m << " | " << g.shape.n << " | " << g.shape.k << " | " << g.batch
+              << " | " << fixed(static_cast<double>(g.calls) / n, 1) << " | " << fixed(g.seconds / n * 1e3, 2) << " | "
+              << (gflops.is_null() ? std::string("-") : fixed(gflops.get<double>(), 1)) << " | " << percent(of_sgemm)
+              << " |\n";
+    shape_rows.push_back({{"op", op}, {"m", g.shape.m}, {"n", g.shape.n}, {"k", g.shape.k}, {"batch", g.batch},
+                          {"calls_per_step", static_cast<double>(g.calls) / n}, {"step_s", g.seconds / n},
+                          {"gflops", gflops}, {"fraction_of_sgemm", of_sgemm}});
+  }
   json j = {{"steps", prof.steps},
+            {"gemm_shapes", shape_rows},
             {"step_s", step_s},
             {"unattributed_s", unattributed},
             {"categories", categories},

@@ -18,6 +18,7 @@ namespace {
 Snapshot g_totals;                      // written only by the recording thread
 std::atomic<std::thread::id> g_owner{};  // the recording thread
 thread_local Scope* t_current = nullptr;
+GemmShapeTotals* g_pending_gemm = nullptr;  // the shape entry of the open GEMM scope (recording thread only)
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -59,6 +60,20 @@ Snapshot& Snapshot::operator+=(const Snapshot& o) {
     categories[i].flops += o.categories[i].flops;
   }
   if (o.largest_gemm.flops() > largest_gemm.flops()) largest_gemm = o.largest_gemm;
+  for (const GemmShapeTotals& g : o.gemm_shapes) {
+    GemmShapeTotals* mine = nullptr;
+    for (GemmShapeTotals& h : gemm_shapes)
+      if (h.ta == g.ta && h.tb == g.tb && h.batch == g.batch && h.shape.m == g.shape.m && h.shape.n == g.shape.n &&
+          h.shape.k == g.shape.k)
+        mine = &h;
+    if (mine == nullptr) {
+      gemm_shapes.push_back(g);
+    } else {
+      mine->calls += g.calls;
+      mine->seconds += g.seconds;
+      mine->flops += g.flops;
+    }
+  }
   return *this;
 }
 
@@ -67,7 +82,10 @@ void set_enabled(bool on) {
   detail::g_enabled.store(on, std::memory_order_relaxed);
 }
 
-void reset() { g_totals = Snapshot{}; }
+void reset() {
+  g_totals = Snapshot{};
+  g_pending_gemm = nullptr;
+}
 
 Snapshot snapshot() { return g_totals; }
 
@@ -88,15 +106,30 @@ void Scope::end() {
   CategoryTotals& total = g_totals.categories[static_cast<int>(category_)];
   total.seconds += static_cast<double>(self_ns_) * 1e-9;
   total.calls += 1;
+  if (category_ == Category::Gemm && g_pending_gemm != nullptr) {
+    g_pending_gemm->seconds += static_cast<double>(self_ns_) * 1e-9;
+    g_pending_gemm = nullptr;
+  }
   t_current = parent_;
   if (parent_ != nullptr) parent_->start_ns_ = t;
 }
 
-void add_gemm(std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t count) {
+void add_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t count) {
   if (!enabled() || !recording_here()) return;
   const GemmShape shape{m, n, k};
-  g_totals.categories[static_cast<int>(Category::Gemm)].flops += shape.flops() * static_cast<double>(count);
+  const double flops = shape.flops() * static_cast<double>(count);
+  g_totals.categories[static_cast<int>(Category::Gemm)].flops += flops;
   if (shape.flops() > g_totals.largest_gemm.flops()) g_totals.largest_gemm = shape;
+  GemmShapeTotals* entry = nullptr;
+  for (GemmShapeTotals& g : g_totals.gemm_shapes)  // a few dozen shapes per model
+    if (g.ta == ta && g.tb == tb && g.batch == count && g.shape.m == m && g.shape.n == n && g.shape.k == k) entry = &g;
+  if (entry == nullptr) {
+    g_totals.gemm_shapes.push_back(GemmShapeTotals{ta, tb, shape, count, 0, 0, 0});
+    entry = &g_totals.gemm_shapes.back();
+  }
+  entry->calls += 1;
+  entry->flops += flops;
+  g_pending_gemm = entry;
 }
 
 }  // namespace mf::profile

@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 namespace mf::profile {
 
@@ -41,9 +42,19 @@ struct GemmShape {
   std::int64_t m = 0, n = 0, k = 0;
   double flops() const { return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k); }
 };
+// One GEMM call shape (ta, tb, m, n, k; `batch` products per call) and its totals.
+struct GemmShapeTotals {
+  bool ta = false, tb = false;  // transposed operands
+  GemmShape shape;
+  std::int64_t batch = 1;
+  std::int64_t calls = 0;
+  double seconds = 0;  // exclusive time of those calls
+  double flops = 0;
+};
 struct Snapshot {
   std::array<CategoryTotals, kNumCategories> categories{};
   GemmShape largest_gemm;  // the single product with the most FLOPs
+  std::vector<GemmShapeTotals> gemm_shapes;  // in first-seen order
   double total_seconds() const;
   Snapshot& operator+=(const Snapshot& other);
 };
@@ -78,7 +89,9 @@ class Scope {
   std::int64_t self_ns_ = 0;   // exclusive time so far
 };
 
-// `count` products of m x n x k (a GEMM scope is open or not; recorded under the same thread rule).
-void add_gemm(std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t count);
+// `count` products of op(A) [m, k] op(B) [k, n] in one call (call it right
+// after opening the GEMM scope: that scope's time goes to this shape's entry);
+// recorded under the same thread rule.
+void add_gemm(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t count);
 
 }  // namespace mf::profile

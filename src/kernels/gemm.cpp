@@ -265,7 +265,7 @@ void gemm_using(GemmBackend backend, Trans ta, Trans tb, std::int64_t m, std::in
                 std::int64_t ldc) {
   detail::check_gemm_args("gemm", ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   const profile::Scope timer(profile::Category::Gemm);
-  profile::add_gemm(m, n, k, 1);
+  profile::add_gemm(ta == Trans::T, tb == Trans::T, m, n, k, 1);
   run_one(resolve(backend), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -290,7 +290,7 @@ void gemm_batched_using(GemmBackend backend, Trans ta, Trans tb, std::int64_t m,
            " makes the C matrices overlap: each spans (m-1)*ldc + n = ", c_extent, " elements");
   const GemmBackend be = resolve(backend);
   const profile::Scope timer(profile::Category::Gemm);
-  profile::add_gemm(m, n, k, count);
+  profile::add_gemm(ta == Trans::T, tb == Trans::T, m, n, k, count);
   // a or b may be null when they are not read (k == 0 or alpha == 0): no offsets on null.
   auto at = [](const float* p, std::int64_t off) { return p == nullptr ? p : p + off; };
   auto one = [&](std::int64_t i) {

@@ -121,9 +121,18 @@ TEST(Profile, GemmWrapperCountsFlopsAndTheLargestShape) {
   EXPECT_EQ(snap.largest_gemm.m, 6);
   EXPECT_EQ(snap.largest_gemm.n, 7);
   EXPECT_EQ(snap.largest_gemm.k, 5);
+  ASSERT_EQ(snap.gemm_shapes.size(), 2u);
+  const profile::GemmShapeTotals& batched = snap.gemm_shapes[1];
+  EXPECT_TRUE(!batched.ta && batched.tb);
+  EXPECT_EQ(batched.batch, 3);
+  EXPECT_EQ(batched.calls, 1);
+  EXPECT_DOUBLE_EQ(batched.flops, 3 * 2.0 * 2 * 3 * 4);
+  EXPECT_LE(snap.gemm_shapes[0].seconds + batched.seconds, totals(snap, Category::Gemm).seconds * (1 + 1e-12));
   profile::Snapshot sum = snap;
   sum += snap;
   EXPECT_EQ(totals(sum, Category::Gemm).calls, 4);
+  ASSERT_EQ(sum.gemm_shapes.size(), 2u);
+  EXPECT_EQ(sum.gemm_shapes[1].calls, 2);
 }
 
 TEST(Profile, ForwardGemmFlopsAreTheModelsMatmulFlops) {
@@ -216,6 +225,9 @@ TEST(Profile, BenchTrainProfileTableSumsToTheStepAndIsInTheJson) {
     EXPECT_GT(p.at("model_flops").at(phase).get<double>(), 0) << phase;
     EXPECT_GT(p.at("fraction_of_sgemm").at(phase).get<double>(), 0) << phase;
   }
+  double shape_flops = 0;
+  for (const nlohmann::json& g : p.at("gemm_shapes")) shape_flops += g.at("gflops").get<double>() * g.at("step_s").get<double>() * 1e9;
+  EXPECT_NEAR(shape_flops, p.at("model_flops").at("step_gemm").get<double>(), 1e-6 * shape_flops);
   EXPECT_DOUBLE_EQ(p.at("model_flops").at("backward").get<double>(), 2 * p.at("model_flops").at("forward").get<double>());
   const std::string svg = read_file(svg_path);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
