@@ -32,14 +32,6 @@ std::string escape(const std::string& s) {
   return r;
 }
 
-// The XML declaration, the <svg> element and a white background.
-std::string svg_open(int width, int height) {
-  const std::string w = std::to_string(width), h = std::to_string(height);
-  return "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + w +
-         "\" height=\"" + h + "\" viewBox=\"0 0 " + w + " " + h +
-         "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-}
-
 std::string num(double v) {  // coordinates
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", v);
@@ -135,6 +127,32 @@ Axis make_axis(double mn, double mx, bool log, bool from_zero) {
   return ax;
 }
 
+// The XML declaration, the <svg> element, a white background and the title (centred at title_x).
+std::string svg_open(int width, int height, const std::string& title, double title_x) {
+  const std::string w = std::to_string(width), h = std::to_string(height);
+  std::string s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" +
+                  w + "\" height=\"" + h + "\" viewBox=\"0 0 " + w + " " + h +
+                  "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  if (!title.empty())
+    s += "<text x=\"" + num(title_x) + "\" y=\"26\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+         "</text>\n";
+  return s;
+}
+
+// A vertical grid line and a label below the plot for each tick of `ax` (px: value -> x pixel).
+template <class Px>
+std::string vertical_grid(const Axis& ax, Px px, double top, double ph) {
+  std::string s;
+  for (double v : ax.ticks) {
+    const double x = px(v);
+    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
+         "\" stroke=\"#e0e0e0\"/>\n";
+    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 16) + "\" text-anchor=\"middle\">" + tick_label(v) +
+         "</text>\n";
+  }
+  return s;
+}
+
 }  // namespace
 
 std::string svg_line_chart(const std::vector<PlotSeries>& series, const PlotOptions& o) {
@@ -176,18 +194,9 @@ std::string svg_line_chart(const std::vector<PlotSeries>& series, const PlotOpti
   auto py = [&](double y) { return top + (1 - ay.frac(y)) * ph; };
 
   std::string s;
-  s += svg_open(o.width, o.height);
-  if (!o.title.empty())
-    s += "<text x=\"" + num(left + pw / 2) + "\" y=\"26\" text-anchor=\"middle\" font-size=\"15\">" +
-         escape(o.title) + "</text>\n";
+  s += svg_open(o.width, o.height, o.title, left + pw / 2);
   // Grid and tick labels.
-  for (double v : ax.ticks) {
-    const double x = px(v);
-    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
-         "\" stroke=\"#e0e0e0\"/>\n";
-    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 16) + "\" text-anchor=\"middle\">" + tick_label(v) +
-         "</text>\n";
-  }
+  s += vertical_grid(ax, px, top, ph);
   for (double v : ay.ticks) {
     const double y = py(v);
     s += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(left + pw) + "\" y2=\"" + num(y) +
@@ -259,17 +268,8 @@ std::string svg_bar_chart(const std::vector<Bar>& bars, const BarChartOptions& o
   auto px = [&](double v) { return left + ax.frac(v) * pw; };
 
   std::string s;
-  s += svg_open(o.width, height);
-  if (!o.title.empty())
-    s += "<text x=\"" + num(o.width / 2.0) + "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">" +
-         escape(o.title) + "</text>\n";
-  for (double v : ax.ticks) {
-    const double x = px(v);
-    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
-         "\" stroke=\"#e0e0e0\"/>\n";
-    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 16) + "\" text-anchor=\"middle\">" + tick_label(v) +
-         "</text>\n";
-  }
+  s += svg_open(o.width, height, o.title, o.width / 2.0);
+  s += vertical_grid(ax, px, top, ph);
   for (std::size_t i = 0; i < bars.size(); ++i) {
     const Bar& b = bars[i];
     const double y = top + row_h * static_cast<double>(i), x1 = px(b.value);
