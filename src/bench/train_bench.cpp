@@ -19,11 +19,13 @@
 #include <iostream>
 #include <sstream>
 
+#include "bench/gemm_bench.h"
 #include "core/alloc.h"
 #include "core/error.h"
 #include "core/json_report.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "core/svg_plot.h"
 #include "core/threads.h"
 #include "model/transformer.h"
 #include "nn/attention/attention.h"
@@ -176,6 +178,119 @@ json engine_json(const EngineRun& r) {
           {"last_loss", r.last_loss}};
 }
 
+// Rate of `flops` in `seconds` as a fraction of `sgemm_flops_per_s`; null when not measurable.
+json fraction_of(double flops, double seconds, double sgemm_flops_per_s) {
+  if (!(seconds > 0) || !(sgemm_flops_per_s > 0) || !(flops > 0)) return json(nullptr);
+  return flops / seconds / sgemm_flops_per_s;
+}
+std::string percent(const json& fraction) {
+  return fraction.is_null() ? std::string("n/a") : fixed(100 * fraction.get<double>(), 0) + "%";
+}
+
+// The --profile section: the category table (per step of the profiled run),
+// the SVG bar chart, and the model's FLOPs/s against the same-run sgemm rate
+// at the largest GEMM shape the step ran (phases of the best unprofiled run).
+json report_profile(const TrainingProfile& prof, const EngineRun& profiled, const EngineRun& best,
+                    const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len, const std::string& svg_path) {
+  const double n = prof.steps, step_s = profiled.phases.step_s;
+  const profile::GemmShape big = prof.step.largest_gemm;
+  const double sgemm = big.flops() > 0 ? measure_sgemm_gflops(big.m, big.n, big.k) * 1e9 : 0.0;
+  std::cout << "\n## profile (a separate run with the profiler on, " << prof.steps << " timed steps; step "
+            << ms(step_s) << " ms vs " << ms(best.phases.step_s) << " ms unprofiled)\n\n"
+            << "| category | ms/step | % of step | calls/step | GFLOP/s | of it in a gradient-free forward, ms |\n"
+            << "|---|---|---|---|---|---|\n";
+  json categories = json::array();
+  std::vector<Bar> bars;
+  double attributed = 0;
+  auto add_row = [&](const std::string& name, double seconds, double calls, double flops, double forward_s) {
+    const json gflops = seconds > 0 && flops > 0 ? json(flops / seconds * 1e-9) : json(nullptr);
+    const double share = step_s > 0 ? seconds / step_s : 0.0;
+    std::cout << "| " << name << " | " << fixed(seconds * 1e3, 2) << " | " << fixed(100 * share, 1) << "% | "
+              << (calls >= 0 ? fixed(calls, 0) : std::string("-")) << " | "
+              << (gflops.is_null() ? std::string("-") : fixed(gflops.get<double>(), 1)) << " | "
+              << (forward_s >= 0 ? fixed(forward_s * 1e3, 2) : std::string("-")) << " |\n";
+    categories.push_back({{"name", name},
+                          {"step_s", seconds},
+                          {"fraction_of_step", share},
+                          {"calls_per_step", calls >= 0 ? json(calls) : json(nullptr)},
+                          {"gflops", gflops},
+                          {"forward_s", forward_s >= 0 ? json(forward_s) : json(nullptr)}});
+    bars.push_back({name, seconds * 1e3, fixed(100 * share, 1) + "%"});
+  };
+  for (int i = 0; i < profile::kNumCategories; ++i) {
+    const profile::CategoryTotals& c = prof.step.categories[i];
+    const double seconds = c.seconds / n;
+    attributed += seconds;
+    add_row(profile::category_name(static_cast<profile::Category>(i)), seconds, static_cast<double>(c.calls) / n,
+            c.flops / n, prof.forward.categories[i].seconds / n);
+  }
+  const double unattributed = std::max(0.0, step_s - attributed);
+  add_row("unattributed", unattributed, -1, 0, -1);
+
+  const double forward_gemm = prof.forward.categories[static_cast<int>(profile::Category::Gemm)].flops / n;
+  const double step_gemm = prof.step.categories[static_cast<int>(profile::Category::Gemm)].flops / n;
+  const double forward_flops = model_forward_flops(cfg, batch, seq_len, forward_gemm);
+  const PhaseTimes& ph = best.phases;
+  const json f_fwd = fraction_of(forward_flops, ph.forward_s, sgemm);
+  const json f_bwd = fraction_of(2 * forward_flops, ph.backward_s, sgemm);
+  const json f_step = fraction_of(3 * forward_flops, ph.step_s, sgemm);
+  const double gemm_s = prof.step.categories[static_cast<int>(profile::Category::Gemm)].seconds / n;
+  const json f_gemm = fraction_of(step_gemm, gemm_s, sgemm);
+  std::cout << "\nunattributed = step minus every category (residual adds, layout glue, allocation, bookkeeping); "
+               "copy = Tensor::copy_from (clone, contiguous() of a strided view); categories are exclusive "
+               "(a GEMM inside the loss counts as gemm).\n"
+            << "sgemm at the model's largest GEMM (m " << big.m << ", n " << big.n << ", k " << big.k
+            << "), same run: " << fixed(sgemm * 1e-9, 1) << " GFLOP/s\n"
+            << "model FLOPs per step: forward " << fixed(forward_flops * 1e-9, 3) << " GFLOP (GEMMs "
+            << fixed(forward_gemm * 1e-9, 3) << " + attention core " << fixed((forward_flops - forward_gemm) * 1e-9, 3)
+            << "), backward 2x, step 3x; GEMM FLOPs the step actually ran: " << fixed(step_gemm * 1e-9, 3)
+            << " GFLOP\n"
+            << "model FLOPs/s as a fraction of that sgemm rate (unprofiled phases): forward " << percent(f_fwd)
+            << ", backward " << percent(f_bwd) << ", whole step " << percent(f_step) << "; the GEMM calls alone "
+            << percent(f_gemm) << "\n";
+  // GEMM calls by shape, the slowest total first: where the GEMM time goes and at what rate.
+  std::vector<profile::GemmShapeTotals> shapes = prof.step.gemm_shapes;
+  std::sort(shapes.begin(), shapes.end(),
+            [](const profile::GemmShapeTotals& a, const profile::GemmShapeTotals& b) { return a.seconds > b.seconds; });
+  std::cout << "\nGEMM calls by shape (op(A) [m, k] x op(B) [k, n], batch products per call), per step:\n\n"
+            << "| op | m | n | k | batch | calls/step | ms/step | GFLOP/s | of sgemm |\n|---|---|---|---|---|---|---|---|---|\n";
+  json shape_rows = json::array();
+  for (const profile::GemmShapeTotals& g : shapes) {
+    const std::string op = str_cat(g.ta ? "T" : "N", g.tb ? "T" : "N");
+    const json gflops = g.seconds > 0 ? json(g.flops / g.seconds * 1e-9) : json(nullptr);
+    const json of_sgemm = fraction_of(g.flops, g.seconds, sgemm);
+    std::cout << "| " << op << " | " << g.shape.m << " | " << g.shape.n << " | " << g.shape.k << " | " << g.batch
+              << " | " << fixed(static_cast<double>(g.calls) / n, 1) << " | " << fixed(g.seconds / n * 1e3, 2) << " | "
+              << (gflops.is_null() ? std::string("-") : fixed(gflops.get<double>(), 1)) << " | " << percent(of_sgemm)
+              << " |\n";
+    shape_rows.push_back({{"op", op}, {"m", g.shape.m}, {"n", g.shape.n}, {"k", g.shape.k}, {"batch", g.batch},
+                          {"calls_per_step", static_cast<double>(g.calls) / n}, {"step_s", g.seconds / n},
+                          {"gflops", gflops}, {"fraction_of_sgemm", of_sgemm}});
+  }
+  json j = {{"steps", prof.steps},
+            {"gemm_shapes", shape_rows},
+            {"step_s", step_s},
+            {"unattributed_s", unattributed},
+            {"categories", categories},
+            {"sgemm", {{"m", big.m}, {"n", big.n}, {"k", big.k}, {"flops_per_s", sgemm}}},
+            {"model_flops", {{"forward", forward_flops}, {"backward", 2 * forward_flops}, {"step", 3 * forward_flops},
+                             {"forward_gemm", forward_gemm}, {"step_gemm", step_gemm}}},
+            {"fraction_of_sgemm", {{"forward", f_fwd}, {"backward", f_bwd}, {"step", f_step}, {"gemm_calls", f_gemm}}},
+            {"method", "categories: exclusive time of scoped timers (core/profile.h) per step of a separate profiled "
+                       "run; fractions: model FLOPs (forward = GEMM FLOPs of a gradient-free forward + causal "
+                       "attention core; backward = 2x; step = 3x) per second of the best unprofiled run's phases, "
+                       "over sgemm at the largest GEMM shape measured in this process"}};
+  if (!svg_path.empty()) {
+    write_svg_bar_chart(svg_path, bars,
+                        {str_cat("modformer training step profile (", fixed(step_s * 1e3, 1), " ms/step, ", batch, "x",
+                                 seq_len, " tokens)"),
+                         "ms per step"});
+    j["svg"] = svg_path;
+    std::cout << "SVG: " << svg_path << "\n";
+  }
+  return j;
+}
+
 std::int64_t peak_rss_bytes() {
   struct rusage u{};
   ::getrusage(RUSAGE_SELF, &u);
@@ -215,7 +330,7 @@ std::string find_train_script(const std::string& explicit_path) {
 }
 
 EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len, int warmup,
-                                     int steps, bool checkpointing) {
+                                     int steps, bool checkpointing, TrainingProfile* profile) {
   MF_CHECK(batch >= 1 && seq_len >= 1 && steps >= 1 && warmup >= 0, "[bench train] batch (", batch, "), seq_len (",
            seq_len, ") and steps (", steps, ") must be >= 1 and warmup (", warmup, ") >= 0");
   MF_CHECK(seq_len <= cfg.max_position_embeddings, "[bench train] seq_len ", seq_len,
@@ -227,6 +342,12 @@ EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch,
   AdamW opt(params, AdamWConfig{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   Tensor tokens = Tensor::empty({batch, seq_len}, DType::I32), targets = Tensor::empty({batch, seq_len}, DType::I32);
 
+  struct ProfilerOff {  // the profiler never stays on past this measurement (also on an exception)
+    bool used;
+    ~ProfilerOff() {
+      if (used) profile::set_enabled(false);
+    }
+  } profiler_off{profile != nullptr};
   EngineRun r;
   double fwd = 0, fwdbwd = 0, optim = 0, total = 0;
   for (int s = 0; s < warmup + steps; ++s) {
@@ -236,10 +357,19 @@ EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch,
       r.resident_engine_bytes = memory_stats().current_bytes;
       reset_peak_memory();
     }
+    const bool profiled = timed && profile != nullptr;
+    if (profiled) {
+      profile::set_enabled(true);
+      profile::reset();
+    }
     // A gradient-free forward of the same batch, for the forward/backward split (not part of the step).
     auto t0 = Clock::now();
     (void)model.loss(tokens, targets, false);
     const double f = seconds_since(t0);
+    if (profiled) {
+      profile->forward += profile::snapshot();
+      profile::reset();
+    }
 
     t0 = Clock::now();
     zero_grads(params);
@@ -249,6 +379,11 @@ EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch,
     clip_grad_norm(params, tc.grad_clip);
     opt.step(tc.lr);
     const auto t3 = Clock::now();
+    if (profiled) {
+      profile->step += profile::snapshot();
+      profile->steps += 1;
+      profile::set_enabled(false);
+    }
     if (timed) {
       fwd += f;
       fwdbwd += std::chrono::duration<double>(t2 - t1).count();
@@ -266,6 +401,26 @@ EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch,
   r.phases.optimizer_s = optim / n;
   r.tokens_per_s = static_cast<double>(batch * seq_len) / r.phases.step_s;
   return r;
+}
+
+double causal_attention_pairs(std::int64_t seq_len, std::int64_t window) {
+  const double len = static_cast<double>(seq_len);
+  if (window <= 0 || window >= seq_len) return len * (len + 1) / 2;
+  const double w = static_cast<double>(window);
+  return w * (w + 1) / 2 + (len - w) * w;  // the first W rows grow 1..W, the rest see W keys
+}
+
+double model_forward_flops(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len,
+                           double forward_gemm_flops) {
+  double attention = 0;
+  for (std::int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
+    const std::string mixer = cfg.layer_mixer(i);
+    if (mixer != "full_attention" && mixer != "sliding_attention") continue;
+    const std::int64_t window = mixer == "sliding_attention" ? cfg.sliding_window : 0;
+    attention += 4.0 * static_cast<double>(batch * cfg.num_attention_heads * cfg.head_dim) *
+                 causal_attention_pairs(seq_len, window);
+  }
+  return forward_gemm_flops + attention;
 }
 
 ComponentTimes measure_components(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len, int reps) {
@@ -381,6 +536,7 @@ int run_train_bench(const TrainBenchOptions& o) {
     if (!o.pytorch) command += " --no-pytorch";
     if (!o.checkpointing) command += " --no-checkpointing";
     if (!o.components) command += " --no-components";
+    if (o.profile) command += " --profile --profile-svg " + (o.profile_svg.empty() ? std::string("''") : o.profile_svg);
     if (!o.json_path.empty()) command += " --json " + o.json_path;
   }
   const std::int64_t ours_params = Transformer(cfg, 0).num_parameters();
@@ -474,6 +630,9 @@ int run_train_bench(const TrainBenchOptions& o) {
     }
   }
   if (bar) bar->finish();
+  TrainingProfile prof;
+  std::optional<EngineRun> profiled;
+  if (o.profile) profiled = measure_modformer_training(cfg, B, L, o.warmup, o.steps, false, &prof);
   const double load_after = load_average_1min();
 
   // ---- report ----
@@ -541,6 +700,7 @@ int run_train_bench(const TrainBenchOptions& o) {
               << "%), the rest (norms, RoPE, activations, loss, layout) " << ms(other) << " ms ("
               << fixed(100 * other / fb, 0) << "%)\n";
   }
+  if (profiled) report["profile"] = report_profile(prof, *profiled, *best, cfg, B, L, o.profile_svg);
   if (torch_best.available) {
     const double ratio = best->tokens_per_s / torch_best.tokens_per_s;
     report["pytorch"] = torch_best.raw;

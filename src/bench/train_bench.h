@@ -2,7 +2,11 @@
 // AdamW) of a model config against the same model in PyTorch eager
 // (bench/train_pytorch.py under /usr/bin/python3, a child process), in one
 // run; plus a per-phase and per-component breakdown, peak engine memory, and
-// the memory/time trade of gradient checkpointing.
+// the memory/time trade of gradient checkpointing. With --profile, one more
+// run under the scoped-timer profiler (core/profile.h) splits the step by
+// category (GEMM, attention forward/backward, norms, activations, RoPE, loss,
+// embedding, optimizer, copies) and rates the model's FLOPs/s against the
+// same-run sgemm rate at the model's largest GEMM shape (see ProfileReport).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -11,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/profile.h"
 #include "model/config.h"
 
 namespace mf::bench {
@@ -25,6 +30,8 @@ struct TrainBenchOptions {
   bool pytorch = true;               // run the PyTorch twin
   bool checkpointing = true;         // also measure with gradient checkpointing
   bool components = true;            // time attention and linear layers alone at the model's shapes
+  bool profile = false;              // one more run under the profiler: category table, SVG, sgemm fractions
+  std::string profile_svg = "profile.svg";  // the bar chart (--profile only); "" = not written
   std::string python = "/usr/bin/python3";
   std::string script;                // "" = find bench/train_pytorch.py (see find_train_script)
   std::string json_path;             // "" = not written
@@ -69,9 +76,27 @@ struct PytorchRun {
   nlohmann::json raw;  // the script's JSON line
 };
 
-// One training step timing of `cfg` in this process.
+// Profiler totals of a measurement, summed over its timed steps.
+struct TrainingProfile {
+  profile::Snapshot forward;  // the gradient-free forward
+  profile::Snapshot step;     // the training step (zero grads, loss with gradients, clip, AdamW)
+  int steps = 0;
+};
+
+// One training step timing of `cfg` in this process; with `profile`, the
+// profiler is on for the timed steps and its totals land there.
 EngineRun measure_modformer_training(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len, int warmup,
-                                     int steps, bool checkpointing);
+                                     int steps, bool checkpointing, TrainingProfile* profile = nullptr);
+
+// Model FLOPs of one forward: the GEMM FLOPs counted by the profiler in a
+// gradient-free forward (`forward_gemm_flops`, per step) plus the attention
+// core's, 4 * B * Hq * D * (causal query-key pairs per sequence) for each
+// full/sliding attention layer. The backward is counted as 2x the forward
+// (the usual model-FLOPs convention: recomputation is not counted).
+double model_forward_flops(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len,
+                           double forward_gemm_flops);
+// Causal query-key pairs of one sequence of length L with a window W (0: none): sum_i min(i + 1, W).
+double causal_attention_pairs(std::int64_t seq_len, std::int64_t window);
 ComponentTimes measure_components(const ModelConfig& cfg, std::int64_t batch, std::int64_t seq_len, int reps);
 
 // Runs the PyTorch twin on the config at `config_json_path`; never throws for

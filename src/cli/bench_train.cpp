@@ -28,6 +28,10 @@ std::function<int()> setup_train_bench(CLI::App& app) {
   app.add_flag("--no-pytorch", *no_pytorch, "Do not run the PyTorch twin (bench/train_pytorch.py)");
   app.add_flag("--no-checkpointing", *no_ckpt, "Skip the gradient-checkpointing measurement");
   app.add_flag("--no-components", *no_components, "Skip the attention / linear-layer breakdown");
+  app.add_flag("--profile", opt->profile,
+               "One more run under the profiler: time per step by category, model FLOPs/s as a fraction of sgemm");
+  app.add_option("--profile-svg", opt->profile_svg, "Where --profile writes its bar chart (\"\" = not written)")
+      ->capture_default_str();
   app.add_option("--python", opt->python, "Python interpreter with torch")->capture_default_str();
   app.add_option("--script", opt->script, "The PyTorch twin (default: bench/train_pytorch.py beside the build)");
   app.add_option("--json", opt->json_path, "Write the results as JSON to this file");

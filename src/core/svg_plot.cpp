@@ -1,4 +1,4 @@
-// SVG line chart: data range -> "nice" ticks (1/2/5 x 10^k) -> pixel mapping
+// SVG line and bar charts. Line chart: data range -> "nice" ticks (1/2/5 x 10^k) -> pixel mapping
 // -> one <path> per series (split at non-finite points) plus markers and a
 // legend. Text is XML-escaped.
 #include "core/svg_plot.h"
@@ -127,6 +127,32 @@ Axis make_axis(double mn, double mx, bool log, bool from_zero) {
   return ax;
 }
 
+// The XML declaration, the <svg> element, a white background and the title (centred at title_x).
+std::string svg_open(int width, int height, const std::string& title, double title_x) {
+  const std::string w = std::to_string(width), h = std::to_string(height);
+  std::string s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" +
+                  w + "\" height=\"" + h + "\" viewBox=\"0 0 " + w + " " + h +
+                  "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  if (!title.empty())
+    s += "<text x=\"" + num(title_x) + "\" y=\"26\" text-anchor=\"middle\" font-size=\"15\">" + escape(title) +
+         "</text>\n";
+  return s;
+}
+
+// A vertical grid line and a label below the plot for each tick of `ax` (px: value -> x pixel).
+template <class Px>
+std::string vertical_grid(const Axis& ax, Px px, double top, double ph) {
+  std::string s;
+  for (double v : ax.ticks) {
+    const double x = px(v);
+    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
+         "\" stroke=\"#e0e0e0\"/>\n";
+    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 16) + "\" text-anchor=\"middle\">" + tick_label(v) +
+         "</text>\n";
+  }
+  return s;
+}
+
 }  // namespace
 
 std::string svg_line_chart(const std::vector<PlotSeries>& series, const PlotOptions& o) {
@@ -168,22 +194,9 @@ std::string svg_line_chart(const std::vector<PlotSeries>& series, const PlotOpti
   auto py = [&](double y) { return top + (1 - ay.frac(y)) * ph; };
 
   std::string s;
-  s += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  s += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(o.width) + "\" height=\"" +
-       std::to_string(o.height) + "\" viewBox=\"0 0 " + std::to_string(o.width) + " " + std::to_string(o.height) +
-       "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-  s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  if (!o.title.empty())
-    s += "<text x=\"" + num(left + pw / 2) + "\" y=\"26\" text-anchor=\"middle\" font-size=\"15\">" +
-         escape(o.title) + "</text>\n";
+  s += svg_open(o.width, o.height, o.title, left + pw / 2);
   // Grid and tick labels.
-  for (double v : ax.ticks) {
-    const double x = px(v);
-    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
-         "\" stroke=\"#e0e0e0\"/>\n";
-    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 16) + "\" text-anchor=\"middle\">" + tick_label(v) +
-         "</text>\n";
-  }
+  s += vertical_grid(ax, px, top, ph);
   for (double v : ay.ticks) {
     const double y = py(v);
     s += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(left + pw) + "\" y2=\"" + num(y) +
@@ -232,6 +245,55 @@ std::string svg_line_chart(const std::vector<PlotSeries>& series, const PlotOpti
 
 void write_svg_line_chart(const std::string& path, const std::vector<PlotSeries>& series, const PlotOptions& options) {
   write_file_atomic(path, svg_line_chart(series, options));
+}
+
+std::string svg_bar_chart(const std::vector<Bar>& bars, const BarChartOptions& o) {
+  MF_CHECK(o.width >= 300, "[svg_plot] a bar chart must be at least 300 px wide, got ", o.width);
+  double mx = 0;
+  std::size_t longest = 0, longest_note = 0;
+  for (const Bar& b : bars) {
+    MF_CHECK(std::isfinite(b.value) && b.value >= 0, "[svg_plot] bar '", b.label, "' has value ", b.value,
+             " (must be finite and >= 0)");
+    mx = std::max(mx, b.value);
+    longest = std::max(longest, b.label.size());
+    longest_note = std::max(longest_note, b.note.size());
+  }
+  const Axis ax = make_axis(0, mx, false, true);
+  const double row_h = 22, left = 16 + 7.0 * static_cast<double>(longest), right = 16 + 7.0 * static_cast<double>(longest_note);
+  const double top = o.title.empty() ? 16 : 40, bottom = o.value_label.empty() ? 30 : 50;
+  const double pw = o.width - left - right;
+  MF_CHECK(pw > 100, "[svg_plot] bar labels too long for a ", o.width, "px wide chart");
+  const double ph = row_h * static_cast<double>(std::max<std::size_t>(1, bars.size()));
+  const int height = static_cast<int>(top + ph + bottom);
+  auto px = [&](double v) { return left + ax.frac(v) * pw; };
+
+  std::string s;
+  s += svg_open(o.width, height, o.title, o.width / 2.0);
+  s += vertical_grid(ax, px, top, ph);
+  for (std::size_t i = 0; i < bars.size(); ++i) {
+    const Bar& b = bars[i];
+    const double y = top + row_h * static_cast<double>(i), x1 = px(b.value);
+    const std::string color = kColors[i % (sizeof kColors / sizeof kColors[0])];
+    s += "<g>\n<title>" + escape(b.label) + "</title>\n";
+    s += "<text x=\"" + num(left - 6) + "\" y=\"" + num(y + row_h / 2 + 4) + "\" text-anchor=\"end\">" +
+         escape(b.label) + "</text>\n";
+    s += "<rect x=\"" + num(left) + "\" y=\"" + num(y + 3) + "\" width=\"" + num(x1 - left) + "\" height=\"" +
+         num(row_h - 6) + "\" fill=\"" + color + "\"/>\n";
+    if (!b.note.empty())
+      s += "<text x=\"" + num(x1 + 4) + "\" y=\"" + num(y + row_h / 2 + 4) + "\">" + escape(b.note) + "</text>\n";
+    s += "</g>\n";
+  }
+  s += "<line x1=\"" + num(left) + "\" y1=\"" + num(top) + "\" x2=\"" + num(left) + "\" y2=\"" + num(top + ph) +
+       "\" stroke=\"black\"/>\n";
+  if (!o.value_label.empty())
+    s += "<text x=\"" + num(left + pw / 2) + "\" y=\"" + num(height - 14) + "\" text-anchor=\"middle\">" +
+         escape(o.value_label) + "</text>\n";
+  s += "</svg>\n";
+  return s;
+}
+
+void write_svg_bar_chart(const std::string& path, const std::vector<Bar>& bars, const BarChartOptions& options) {
+  write_file_atomic(path, svg_bar_chart(bars, options));
 }
 
 }  // namespace mf

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "core/alloc.h"
+#include "core/profile.h"
 
 namespace mf {
 
@@ -197,6 +198,7 @@ void for_each_offset(const Shape& shape, const Shape& strides, std::int64_t base
 }  // namespace
 
 void Tensor::copy_from(const Tensor& src) {
+  const profile::Scope timer(profile::Category::Copy);
   MF_CHECK(src.shape_ == shape_, "[copy] shape mismatch: destination ", shape_str(shape_), ", source ",
            shape_str(src.shape_));
   MF_CHECK(src.dtype_ == dtype_, "[copy] dtype mismatch: destination ", dtype_name(dtype_), ", source ",

@@ -3,6 +3,7 @@
 // per kernel shape (plain, gated; forward, backward) runs it over chunks.
 #include "kernels/activations.h"
 
+#include "core/profile.h"
 #include "kernels/rows.h"
 #include "kernels/simd.h"
 
@@ -96,6 +97,7 @@ struct GeluErf {
 
 template <class Act>
 void act_forward(float* out, const float* inp, std::int64_t count) {
+  const profile::Scope timer(profile::Category::Activation);
   kernels::parallel_chunks(count, [&](std::int64_t b, std::int64_t e) {
     simd::for_each_block(e - b, [&](std::int64_t i, std::int64_t c) {
       simd::store(out + b + i, Act::value(simd::load(inp + b + i, c)), c);
@@ -105,6 +107,7 @@ void act_forward(float* out, const float* inp, std::int64_t count) {
 
 template <class Act>
 void act_backward(float* dinp, const float* dout, const float* inp, std::int64_t count) {
+  const profile::Scope timer(profile::Category::Activation);
   kernels::parallel_chunks(count, [&](std::int64_t b, std::int64_t e) {
     simd::for_each_block(e - b, [&](std::int64_t i, std::int64_t c) {
       Vec grad;
@@ -116,6 +119,7 @@ void act_backward(float* dinp, const float* dout, const float* inp, std::int64_t
 
 template <class Act>
 void gated_forward(float* out, const float* gate, const float* up, std::int64_t count) {
+  const profile::Scope timer(profile::Category::Activation);
   kernels::parallel_chunks(count, [&](std::int64_t b, std::int64_t e) {
     simd::for_each_block(e - b, [&](std::int64_t i, std::int64_t c) {
       simd::store(out + b + i, Act::value(simd::load(gate + b + i, c)) * simd::load(up + b + i, c), c);
@@ -126,6 +130,7 @@ void gated_forward(float* out, const float* gate, const float* up, std::int64_t 
 template <class Act>
 void gated_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                     std::int64_t count) {
+  const profile::Scope timer(profile::Category::Activation);
   kernels::parallel_chunks(count, [&](std::int64_t b, std::int64_t e) {
     simd::for_each_block(e - b, [&](std::int64_t i, std::int64_t c) {
       const std::int64_t k = b + i;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/threads.h"
 #include "kernels/gemm_backends.h"
 
@@ -263,6 +264,8 @@ void gemm_using(GemmBackend backend, Trans ta, Trans tb, std::int64_t m, std::in
                 const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c,
                 std::int64_t ldc) {
   detail::check_gemm_args("gemm", ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const profile::Scope timer(profile::Category::Gemm);
+  profile::add_gemm(ta == Trans::T, tb == Trans::T, m, n, k, 1);
   run_one(resolve(backend), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
@@ -286,6 +289,8 @@ void gemm_batched_using(GemmBackend backend, Trans ta, Trans tb, std::int64_t m,
   MF_CHECK(count == 1 || stride_c >= c_extent, "[", op, "] stride_c = ", stride_c,
            " makes the C matrices overlap: each spans (m-1)*ldc + n = ", c_extent, " elements");
   const GemmBackend be = resolve(backend);
+  const profile::Scope timer(profile::Category::Gemm);
+  profile::add_gemm(ta == Trans::T, tb == Trans::T, m, n, k, count);
   // a or b may be null when they are not read (k == 0 or alpha == 0): no offsets on null.
   auto at = [](const float* p, std::int64_t off) { return p == nullptr ? p : p + off; };
   auto one = [&](std::int64_t i) {

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "core/profile.h"
 #include "kernels/rows.h"
 #include "kernels/simd.h"
 
@@ -14,6 +15,7 @@ using simd::Vec;
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                        const float* bias, std::int64_t rows, std::int64_t n, float eps) {
+  const profile::Scope timer(profile::Category::Norm);
   const float inv_n = 1.0f / static_cast<float>(n);
   kernels::parallel_rows(rows, n, [&](std::int64_t r) {
     const float* x = inp + r * n;
@@ -41,6 +43,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, std::int64_t rows,
                         std::int64_t n) {
+  const profile::Scope timer(profile::Category::Norm);
   const float inv_n = 1.0f / static_cast<float>(n);
   auto row = [&](std::int64_t r, float* dw, float* db) {
     const float* x = inp + r * n;

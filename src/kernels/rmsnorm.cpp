@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "core/profile.h"
 #include "kernels/rows.h"
 #include "kernels/simd.h"
 
@@ -14,6 +15,7 @@ using simd::Vec;
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, std::int64_t rows,
                      std::int64_t n, float eps) {
+  const profile::Scope timer(profile::Category::Norm);
   const float inv_n = 1.0f / static_cast<float>(n);
   kernels::parallel_rows(rows, n, [&](std::int64_t r) {
     const float* x = inp + r * n;
@@ -36,6 +38,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* wei
 
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
                       const float* rstd, std::int64_t rows, std::int64_t n) {
+  const profile::Scope timer(profile::Category::Norm);
   const float inv_n = 1.0f / static_cast<float>(n);
   auto row = [&](std::int64_t r, float* dw) {
     const float* x = inp + r * n;

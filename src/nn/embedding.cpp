@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/profile.h"
+
 namespace mf {
 
 namespace {
@@ -45,6 +47,7 @@ void check_token_ids(const Tensor& tokens, std::int64_t vocab_size, const char* 
 }
 
 void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& table) {
+  const profile::Scope timer(profile::Category::Embedding);
   check_args(out, tokens, table, "out");
   check_token_ids(tokens, table.size(0), kOp);
   const std::int64_t n = tokens.numel(), c = table.size(1);
@@ -56,6 +59,7 @@ void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& ta
 }
 
 void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& tokens) {
+  const profile::Scope timer(profile::Category::Embedding);
   check_args(dout, tokens, dtable, "dout");
   check_token_ids(tokens, dtable.size(0), kOp);
   const std::int64_t n = tokens.numel(), c = dtable.size(1);

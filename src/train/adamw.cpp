@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "core/profile.h"
 #include "core/safetensors.h"
 
 namespace mf {
@@ -34,6 +35,7 @@ AdamW::AdamW(const std::vector<Parameter*>& params, const AdamWConfig& cfg) : cf
 }
 
 void AdamW::step(double lr) {
+  const profile::Scope timer(profile::Category::Optimizer);
   MF_CHECK(lr >= 0 && std::isfinite(lr), "[adamw] learning rate must be finite and >= 0 but is ", lr);
   ++step_;
   // Scalars as torch computes them: in double, then rounded to float by the kernels.

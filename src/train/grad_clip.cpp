@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/profile.h"
+
 namespace mf {
 namespace {
 
@@ -35,6 +37,7 @@ double global_grad_norm(const std::vector<Parameter*>& params) {
 }
 
 double clip_grad_norm(const std::vector<Parameter*>& params, double max_norm) {
+  const profile::Scope timer(profile::Category::Optimizer);
   const double norm = global_grad_norm(params);
   if (!std::isfinite(norm) || max_norm <= 0) return norm;
   const double coef = max_norm / (norm + 1e-6);
@@ -52,6 +55,7 @@ void scale_grads(const std::vector<Parameter*>& params, float factor) {
 }
 
 void zero_grads(const std::vector<Parameter*>& params) {
+  const profile::Scope timer(profile::Category::Optimizer);
   for (Parameter* prm : params) prm->grad.fill(0.0f);
 }
 

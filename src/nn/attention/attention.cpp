@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "nn/attention/attention_problem.h"
 
 namespace mf {
@@ -267,6 +268,7 @@ void check_backward_tensors(const Tensor& q, const Tensor& v, const Tensor& out,
 }
 
 AttentionOutput run_forward(const DenseInputs& in, const Shape& lse_shape, AttentionImpl impl) {
+  const profile::Scope timer(profile::Category::AttentionForward);
   AttentionOutput r;
   // The flash forward writes every row of out and lse (rows that see no key get 0 and -inf).
   const bool writes_all = impl == AttentionImpl::Flash;
@@ -290,6 +292,7 @@ AttentionOutput run_forward(const DenseInputs& in, const Shape& lse_shape, Atten
 
 AttentionGrads run_backward(const DenseInputs& in, const Tensor& out, const Tensor& lse, const Tensor& dout,
                             AttentionImpl impl) {
+  const profile::Scope timer(profile::Category::AttentionBackward);
   const Tensor oc = out.contiguous(), lc = lse.contiguous(), dc = dout.contiguous();
   AttentionGrads g;
   // The flash backward writes every element of dq, dk and dv.

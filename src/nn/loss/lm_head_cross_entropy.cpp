@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/profile.h"
 #include "kernels/gemm.h"
 #include "nn/loss/softmax_cross_entropy.h"
 
@@ -58,6 +59,7 @@ Dims check_inputs(const Tensor& hidden, const Tensor& weight, const Tensor& targ
 //   dW  += dZ^T H_c                  [V, H]   (accumulate, chunk order fixed)
 double fused(const Tensor& hidden_in, const Tensor& weight_in, const Tensor& targets_in, Tensor* dhidden,
              Tensor* dweight, float grad_loss, std::int64_t chunk_rows) {
+  const profile::Scope timer(profile::Category::Loss);
   MF_CHECK(chunk_rows >= 1, "[", kOp, "] chunk_rows must be >= 1 but is ", chunk_rows);
   MF_CHECK((dhidden == nullptr) == (dweight == nullptr), "[", kOp, "] give both dhidden and dweight or neither");
   const Dims d = check_inputs(hidden_in, weight_in, targets_in, dhidden, dweight);

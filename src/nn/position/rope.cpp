@@ -5,6 +5,8 @@
 #include <numbers>
 #include <utility>
 
+#include "core/profile.h"
+
 namespace mf {
 
 RopeScaling parse_rope_scaling(const std::string& name) {
@@ -276,6 +278,7 @@ void rope_rows(const float* src, const RopeGeom& gs, float* dst, const RopeGeom&
 template <bool Inverse>
 void rope_dispatch(const float* src, const RopeGeom& gs, float* dst, const RopeGeom& gd, const RopeTable& t,
                    const ResolvedPositions& pos) {
+  const profile::Scope timer(profile::Category::Rope);
   if (t.config().convention == RopeConvention::RotateHalf)
     rope_rows<RopeConvention::RotateHalf, Inverse>(src, gs, dst, gd, t, pos);
   else
