@@ -540,7 +540,8 @@ Tensor Transformer::logits_rows(std::span<const std::int32_t> tokens, std::span<
              tokens[static_cast<std::size_t>(i)], " of row ", i, " is out of range [0, ", V, ")");
   }
   Tensor out = Tensor::empty({n, V});
-  if (cfg_.reversible) {  // two streams per block: rows one after another
+  const bool routed = std::any_of(layers_.begin(), layers_.end(), [](const Layer& l) { return l.mod != nullptr; });
+  if (cfg_.reversible || routed) {  // two streams per block, or Mixture-of-Depths routing: rows one after another
     for (std::int64_t i = 0; i < n; ++i) {
       Tensor tok = Tensor::empty({1, 1}, DType::I32);
       *tok.data<std::int32_t>() = tokens[static_cast<std::size_t>(i)];

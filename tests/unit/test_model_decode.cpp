@@ -14,6 +14,7 @@
 #include "kernels/gemv.h"
 #include "model/generate.h"
 #include "model/transformer.h"
+#include "nn/block/mixture_of_depths.h"
 #include "../support/errors.h"
 #include "../support/generation.h"
 #include "../support/threads.h"
@@ -40,6 +41,9 @@ ModelConfig decode_config(const std::string& kind) {
   } else if (kind == "reversible") {
     c.reversible = true;
     c.initializer_range = 0.05;
+  } else if (kind == "routed") {  // Mixture of Depths: the predictor routes each generated token
+    c.mixture_of_depths = parse_options(mod_option_schema(), {{"capacity", 0.5}, {"every", 2}, {"predictor_hidden", 8}},
+                                        "test ", "mixture_of_depths");
   }
   validate_config(c, kind);
   return c;
@@ -62,7 +66,7 @@ Tensor row_tokens(const std::vector<std::int32_t>& ids) {
 // steps on one set and one-row steps on the other must agree bit for bit.
 TEST(ModelDecode, BatchedRowsGetTheBitsOfOneRowDecoding) {
   mt::ScopedThreads two(2);
-  for (const std::string kind : {"llama", "learned", "window", "hybrid", "reversible"}) {
+  for (const std::string kind : {"llama", "learned", "window", "hybrid", "reversible", "routed"}) {
     SCOPED_TRACE(kind);
     Transformer m(decode_config(kind), 3);
     const std::int64_t lengths[] = {5, 1, 9};
