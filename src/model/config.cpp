@@ -46,7 +46,7 @@ struct EnumTable {
 const EnumTable<NormKind> kNormKinds{{{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}}};
 const EnumTable<NormPlacement> kPlacements{
     {{"pre", NormPlacement::Pre}, {"post", NormPlacement::Post}, {"sandwich", NormPlacement::Sandwich}}};
-const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}, {"none", FfnKind::None}}};
+const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}, {"none", FfnKind::None}, {"moe", FfnKind::MoE}}};
 const EnumTable<PositionKind> kPositions{{{"rope", PositionKind::RoPE},
                                           {"rope_interleaved", PositionKind::RoPEInterleaved},
                                           {"alibi", PositionKind::ALiBi},
@@ -269,7 +269,8 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
                           " (give head_dim explicitly for such a model)"));
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (!seen.count("hidden_act")) c.hidden_act = c.ffn == FfnKind::SwiGLU ? Activation::SiLU : Activation::GELU;
+  if (!seen.count("hidden_act"))
+    c.hidden_act = c.ffn == FfnKind::SwiGLU || c.ffn == FfnKind::MoE ? Activation::SiLU : Activation::GELU;
   // Complete each options object against its mixer's schema (errors name the option).
   for (auto& [name, given] : c.mixer_options) {
     const TokenMixerEntry* t = find_token_mixer(name);

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/tensor.h"
 #include "nn/parameter.h"
 
@@ -31,6 +33,13 @@ class LanguageModel {
   // redraw) update it here, deterministically in (seed, step). Never called
   // in evaluation or generation.
   virtual void begin_training_step(std::int64_t step) { (void)step; }
+
+  // The mixers' auxiliary losses of the last training forward (MoE load
+  // balancing, router z-loss; see TokenMixer::aux_loss): not part of loss()'s
+  // value, but their gradients are in its gradients. aux_metrics: per layer,
+  // the statistics behind them ({"layers.3.moe": {...}}), or an empty object.
+  virtual double aux_loss() const { return 0.0; }
+  virtual nlohmann::json aux_metrics() const { return nlohmann::json::object(); }
 
   // Writes DIR/config.json and DIR/model.safetensors atomically (DIR exists).
   virtual void save(const std::string& dir) const = 0;

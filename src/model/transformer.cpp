@@ -204,7 +204,27 @@ void Transformer::set_gradient_checkpointing(bool on) {
 }
 
 void Transformer::begin_training_step(std::int64_t step) {
-  for (auto& l : layers_) l.token->begin_training_step(step);
+  for (auto& l : layers_) {
+    l.token->begin_training_step(step);
+    if (l.channel) l.channel->begin_training_step(step);
+  }
+}
+
+double Transformer::aux_loss() const {
+  double sum = 0;
+  for (const auto& l : layers_) sum += l.token->aux_loss() + (l.channel ? l.channel->aux_loss() : 0.0);
+  return sum;
+}
+
+nlohmann::json Transformer::aux_metrics() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const nlohmann::json t = layers_[i].token->aux_metrics();
+    if (!t.empty()) out[str_cat("layers.", i, ".", layers_[i].token->name())] = t;
+    const nlohmann::json c = layers_[i].channel ? layers_[i].channel->aux_metrics() : nlohmann::json::object();
+    if (!c.empty()) out[str_cat("layers.", i, ".", layers_[i].channel->name())] = c;
+  }
+  return out;
 }
 
 void Transformer::set_ffn_chunk_size(std::int64_t rows) {

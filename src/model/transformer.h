@@ -80,9 +80,13 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor class_logits(const Tensor& tokens, const Tensor& mask) override;
 
   void begin_training_step(std::int64_t step) override;
+  double aux_loss() const override;
+  nlohmann::json aux_metrics() const override;
   void save(const std::string& dir) const override;
   // Layer i's token mixer (tests, benchmarks).
   const TokenMixer& token_mixer(std::int64_t i) const { return *layers_.at(static_cast<std::size_t>(i)).token; }
+  // Layer i's channel mixer, or null (ffn "none").
+  const ChannelMixer* channel_mixer(std::int64_t i) const { return layers_.at(static_cast<std::size_t>(i)).channel.get(); }
 
   // Switches that do not change the math (checkpointing, attention kernel,
   // FFN chunking); the config reflects them.

@@ -35,6 +35,11 @@ class LmTask : public TrainTask {
     line["val_loss"] = or_null(evaluated ? val.loss : nan);
     line["val_bpb"] = or_null(evaluated ? val.bpb : nan);
     line["train_bpb"] = or_null(bits_per_byte(train_loss));
+    const json aux = model_.aux_metrics();  // the last training forward's, when a mixer has auxiliary losses
+    if (!aux.empty()) {
+      line["aux_loss"] = or_null(model_.aux_loss());
+      line["aux"] = aux;
+    }
   }
   std::string progress_suffix() const override {
     return str_cat(" | val bpb ", std::round(val.bpb * 1000) / 1000);

@@ -10,6 +10,7 @@
 #include "nn/performer/performer_mixer.h"
 #include "nn/reformer/lsh_attention_mixer.h"
 #include "nn/mamba/mamba_mixer.h"
+#include "nn/moe/moe_mixer.h"
 #include "nn/retnet/retention_mixer.h"
 
 namespace mf {
@@ -33,6 +34,7 @@ const std::vector<ChannelMixerEntry>& channel_mixer_registry() {
       swiglu_mixer_entry(),
       geglu_mixer_entry(),
       mlp_mixer_entry(),
+      moe_mixer_entry(),
   };
   return table;
 }
