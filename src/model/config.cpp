@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "model/config_fields.h"
 #include "model/mamba_config.h"
+#include "model/mixtral_config.h"
 #include "nn/mixer/mixer_registry.h"
 
 namespace mf {
@@ -133,6 +134,7 @@ std::string rope_scaling_type_name(RopeScalingType t) { return kRopeTypes.name(t
 ModelConfig config_from_json(const json& j, const std::string& source) {
   MF_CHECK(j.is_object(), "[config] ", source, ": must be a JSON object but is ", j.type_name());
   if (j.contains("model_type") && j["model_type"] == "mamba") return mamba_config_from_json(j, source);
+  if (j.contains("model_type") && j["model_type"] == "mixtral") return mixtral_config_from_json(j, source);
   ModelConfig c;
   std::set<std::string> seen;
   const std::string& s = source;
@@ -170,7 +172,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
        [&](const json& v, const std::string& f) {
          c.model_type = get_string(v, s, f);
          if (c.model_type != "llama" && c.model_type != "modformer")
-           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
+           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\", \"mixtral\" or \"modformer\")");
        }},
       {"vocab_size", [&](const json& v, const std::string& f) { c.vocab_size = get_int(v, s, f, 1, kMaxVocab); }},
       {"hidden_size", [&](const json& v, const std::string& f) { c.hidden_size = get_int(v, s, f, 1, kMaxDim); }},
@@ -299,10 +301,11 @@ void validate_config(const ModelConfig& c, const std::string& s) {
   auto in_range = [&](const char* f, std::int64_t x, std::int64_t lo, std::int64_t hi) {
     if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
   };
-  if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba")
+  if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba" && c.model_type != "mixtral")
     field_error(s, "model_type",
-                "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
+                "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\", \"mixtral\" or \"modformer\")");
   if (c.model_type == "mamba") validate_mamba_config(c, s);
+  if (c.model_type == "mixtral") validate_mixtral_config(c, s);
   in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
   in_range("hidden_size", c.hidden_size, 1, kMaxDim);
   in_range("intermediate_size", c.intermediate_size, 1, kMaxDim);
@@ -426,6 +429,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
 
 json config_to_json(const ModelConfig& c) {
   if (c.model_type == "mamba") return mamba_config_to_json(c);
+  if (c.model_type == "mixtral") return mixtral_config_to_json(c);
   json j;
   if (c.is_llama()) j["architectures"] = json::array({"LlamaForCausalLM"});
   j["model_type"] = c.model_type;

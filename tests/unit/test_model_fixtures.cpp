@@ -113,7 +113,8 @@ INSTANTIATE_TEST_SUITE_P(
                                          "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
                                          "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm",
                                          "model_mamba_hf", "model_hybrid_mamba_retention_attention", "model_rope_linear", "model_rope_ntk", "model_rope_dynamic",
-                                         "model_rope_yarn"),
+                                         "model_rope_yarn", "model_mixtral_hf", "model_moe_deepseek",
+                                         "model_moe_switch_capacity"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     fixture_and_impl_name);
 
