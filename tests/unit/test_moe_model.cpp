@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/atomic_file.h"
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -31,7 +32,7 @@ nlohmann::json hf_mixtral() {
   return {{"model_type", "mixtral"},      {"architectures", {"MixtralForCausalLM"}},
           {"vocab_size", 40},             {"hidden_size", 16},
           {"intermediate_size", 24},      {"num_hidden_layers", 2},
-          {"num_attention_heads", 4},     {"num_key_value_heads", 2},
+          {"num_attention_heads", 2},     {"num_key_value_heads", 1},
           {"hidden_act", "silu"},         {"max_position_embeddings", 64},
           {"rms_norm_eps", 1e-5},         {"rope_theta", 1e6},
           {"sliding_window", nullptr},    {"tie_word_embeddings", false},
@@ -111,8 +112,9 @@ TEST(MixtralConfig, StrictErrors) {
   j["ffn"] = "swiglu";
   expect_error(j, "field 'ffn': unknown field for model_type \"mixtral\"");
   j = hf_mixtral();
-  j["num_experts_per_tok"] = 5;
-  expect_error(j, "option 'num_experts_per_tok' must be in [1, 4]");
+  j["num_experts_per_tok"] = 5;  // refused when the layers are built
+  const std::string e = mt::error_of([&] { Transformer m(config_from_json(j, "mixtral.json"), 1); });
+  EXPECT_NE(e.find("option 'num_experts_per_tok' must be in [1, 4]"), std::string::npos) << e;
   j = hf_mixtral();
   j["hidden_act"] = "gelu";
   expect_error(j, "hidden_act");
@@ -175,13 +177,13 @@ TEST(MoeModel, TrainsAndLogsRouterMetrics) {
   Transformer m(config_from_json(j, "moe.json"), 7);
   std::string text;
   for (int i = 0; text.size() < (1u << 16); ++i) text += "the cat sat on the mat number " + std::to_string(i % 97) + ". ";
-  const TextCorpus corpus = TextCorpus::from_text(std::move(text), 0.05, "moe test corpus");
   TrainConfig cfg = mt::small_train_config(dir);
-  cfg.steps = 24;
+  const TextCorpus corpus = TextCorpus::from_text(std::move(text), cfg.val_fraction, "moe test corpus");
+  cfg.steps = 16;
   cfg.grad_accum = 1;
   cfg.lr = 0.02;
   cfg.grad_clip = 1.0;
-  cfg.log_interval = 12;
+  cfg.log_interval = 8;
   cfg.eval_interval = 0;
   cfg.checkpoint_interval = 0;
   const EvalResult before = evaluate(m, corpus, 32, 8, 4);
@@ -196,13 +198,14 @@ TEST(MoeModel, TrainsAndLogsRouterMetrics) {
     ASSERT_EQ(layer["load"].size(), 8u);
     double total = 0;
     for (const auto& v : layer["load"]) total += v.get<double>();
-    EXPECT_NEAR(total, 1.0, 1e-9);
+    EXPECT_NEAR(total + layer["dropped_fraction"].get<double>(), 1.0, 1e-9);  // shares of all assignments
     EXPECT_GE(layer["dropped_fraction"].get<double>(), 0.0);
-    EXPECT_LT(layer["dropped_fraction"].get<double>(), 0.5);
+    EXPECT_LE(layer["dropped_fraction"].get<double>(), 1.0);
     EXPECT_NEAR(line["aux_loss"].get<double>(),
                 line["aux"]["layers.0.moe"]["balance_loss"].get<double>() + line["aux"]["layers.0.moe"]["z_loss"].get<double>() +
                     layer["balance_loss"].get<double>() + layer["z_loss"].get<double>(),
                 1e-12);
   }
+  EXPECT_LT(lines.back()["aux"]["layers.1.moe"]["dropped_fraction"].get<double>(), 0.5);  // the balance loss works
   std::filesystem::remove_all(dir);
 }

@@ -129,8 +129,9 @@ class MoeMixer final : public ChannelMixer {
   nlohmann::json aux_metrics() const override { return metrics_; }
 
  private:
-  // The statistics of a training forward: losses, per-expert share of the
-  // kept assignments, and the dropped fraction of all assignments.
+  // The statistics of a training forward: losses, each expert's kept
+  // assignments and the dropped ones as shares of all N * k assignments
+  // (they sum to 1).
   void record(const RouterSaved& r) {
     aux_loss_ = r.balance_loss + r.z_loss;
     const double assignments = static_cast<double>(r.tokens * p_.router.top_k);
