@@ -83,20 +83,14 @@ json mixtral_config_to_json(const ModelConfig& c) {
   json j;
   j["architectures"] = json::array({"MixtralForCausalLM"});
   j["model_type"] = "mixtral";
-  j["vocab_size"] = c.vocab_size;
-  j["hidden_size"] = c.hidden_size;
-  j["intermediate_size"] = c.intermediate_size;
-  j["num_hidden_layers"] = c.num_hidden_layers;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.num_key_value_heads;
-  j["head_dim"] = c.head_dim;
-  j["hidden_act"] = "silu";
-  j["max_position_embeddings"] = c.max_position_embeddings;
-  j["initializer_range"] = c.initializer_range;
-  j["rms_norm_eps"] = c.rms_norm_eps;
-  j["rope_theta"] = c.rope_theta;
-  j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
-  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  ModelConfig generic = c;  // the Llama fields as the general writer gives them
+  generic.model_type = "modformer";
+  const json base = config_to_json(generic);
+  for (const char* f : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
+                        "rms_norm_eps", "rope_theta", "sliding_window", "tie_word_embeddings", "gradient_checkpointing",
+                        "attention_impl", "torch_dtype"})
+    j[f] = base.at(f);
   j["num_local_experts"] = routed > 0 ? routed : local > 0 ? local : 8;
   j["num_experts_per_tok"] = o.at("num_experts_per_tok");
   j["output_router_logits"] = aux > 0;
@@ -104,9 +98,6 @@ json mixtral_config_to_json(const ModelConfig& c) {
   j["router_jitter_noise"] = 0.0;
   if (o.at("router_z_loss_coef").get<double>() > 0) j["router_z_loss_coef"] = o.at("router_z_loss_coef");
   if (o.at("capacity_factor").get<double>() > 0) j["capacity_factor"] = o.at("capacity_factor");
-  j["gradient_checkpointing"] = c.gradient_checkpointing;
-  j["attention_impl"] = c.attention_impl == AttentionImpl::Flash ? "flash" : "dense";
-  j["torch_dtype"] = "float32";
   return j;
 }
 
