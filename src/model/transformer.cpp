@@ -53,6 +53,24 @@ NormNames norm_names(NormPlacement p) {
   return {};
 }
 
+// Training mode on the channel mixers for one loss with gradients (see
+// ChannelMixer::set_training), off again however the scope ends.
+class TrainingScope {
+ public:
+  TrainingScope(std::vector<ChannelMixer*> mixers, bool on) : mixers_(std::move(mixers)), on_(on) {
+    for (ChannelMixer* m : mixers_) m->set_training(on_);
+  }
+  ~TrainingScope() {
+    for (ChannelMixer* m : mixers_) m->set_training(false);
+  }
+  TrainingScope(const TrainingScope&) = delete;
+  TrainingScope& operator=(const TrainingScope&) = delete;
+
+ private:
+  std::vector<ChannelMixer*> mixers_;
+  bool on_;
+};
+
 }  // namespace
 
 RopeConfig rope_config(const ModelConfig& c) {
@@ -208,6 +226,13 @@ void Transformer::begin_training_step(std::int64_t step) {
     l.token->begin_training_step(step);
     if (l.channel) l.channel->begin_training_step(step);
   }
+}
+
+std::vector<ChannelMixer*> Transformer::channel_mixers() {
+  std::vector<ChannelMixer*> out;
+  for (auto& l : layers_)
+    if (l.channel) out.push_back(l.channel.get());
+  return out;
 }
 
 double Transformer::aux_loss() const {
@@ -453,6 +478,7 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
     return lm_head_cross_entropy_forward(h, lm_head_weight(), targets);
   }
   ForwardState st;
+  const TrainingScope training(channel_mixers(), true);
   forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), &st, nullptr);
   record_saved_bytes(st);
   Tensor dhidden = Tensor::empty(st.hidden.shape());
@@ -527,6 +553,7 @@ double Transformer::classify_loss(const Tensor& tokens_in, const Tensor& mask_in
   const Tensor mask = prepare_mask(mask_in, tokens);
 
   ForwardState st;
+  const TrainingScope training(channel_mixers(), compute_grads);
   const Tensor h = forward_hidden(tokens, mask, compute_grads ? &st : nullptr, nullptr);
   if (compute_grads) record_saved_bytes(st);
   const Tensor pooled = pool(h, mask, B, L);

@@ -117,6 +117,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   };
 
   Parameter* param(const std::string& name);  // throws when absent
+  std::vector<ChannelMixer*> channel_mixers();
   void build();
   Tensor prepare_tokens(const Tensor& tokens, const char* what) const;
   Tensor prepare_mask(const Tensor& mask, const Tensor& tokens) const;  // undefined when nothing is padded

@@ -209,3 +209,22 @@ TEST(MoeModel, TrainsAndLogsRouterMetrics) {
   EXPECT_LT(lines.back()["aux"]["layers.1.moe"]["dropped_fraction"].get<double>(), 0.5);  // the balance loss works
   std::filesystem::remove_all(dir);
 }
+
+// Gradient checkpointing re-runs each block's forward in the backward: with
+// MoE (noisy routing, capacity drops, auxiliary losses) that replay is the
+// same routing and the same bits.
+TEST(MoeModel, GradientCheckpointingGivesTheSameBits) {
+  const ModelConfig c = moe_config({{"router", "noisy_topk"}, {"num_local_experts", 4}, {"capacity_factor", 1.0},
+                                    {"router_aux_loss_coef", 0.05}, {"router_z_loss_coef", 0.01}});
+  Transformer a(c, 9), b(c, 9);
+  b.set_gradient_checkpointing(true);
+  const Tensor tok = mt::random_tokens({2, 11}, 7, 40), tgt = mt::random_tokens({2, 11}, 8, 40);
+  a.begin_training_step(5);
+  b.begin_training_step(5);
+  EXPECT_EQ(a.loss(tok, tgt, true), b.loss(tok, tgt, true));
+  EXPECT_EQ(a.aux_loss(), b.aux_loss());
+  EXPECT_GT(a.aux_loss(), 0.0);
+  const auto pa = a.parameters(), pb = b.parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(max_abs_diff(pa[i]->grad, pb[i]->grad), 0.0f) << pa[i]->name;
+}

@@ -25,6 +25,12 @@ class ChannelMixer {
   // Training step `step` begins (as TokenMixer::begin_training_step): MoE's
   // router noise is drawn from (seed, step, layer).
   virtual void begin_training_step(std::int64_t step) { (void)step; }
+  // Training mode (as torch's module.train()): on while the model computes a
+  // loss with gradients, so that what differs in training (MoE's router
+  // noise and statistics) is the same in every forward of that step,
+  // including those that keep nothing (gradient checkpointing, reversible
+  // blocks) and their re-runs in the backward. Off: evaluation, generation.
+  virtual void set_training(bool on) { (void)on; }
   // Auxiliary training losses, as TokenMixer::aux_loss / aux_metrics.
   virtual double aux_loss() const { return 0.0; }
   virtual nlohmann::json aux_metrics() const { return nlohmann::json::object(); }

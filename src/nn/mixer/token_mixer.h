@@ -111,8 +111,8 @@ class TokenMixer {
 
   // Auxiliary training losses (any mixer or router may have some: MoE load
   // balancing and z-loss, Mixture of Depths' router): the sum of the
-  // coefficient-weighted auxiliary losses of the last training forward
-  // (for_backward true), whose gradient that forward's backward adds to the
+  // coefficient-weighted auxiliary losses of the last forward in training
+  // mode (ChannelMixer::set_training), whose gradient the backward adds to the
   // parameter and input gradients; 0 when none. The model's loss() returns
   // the task loss alone (so bits/byte stay comparable); the trainer logs this
   // beside it. aux_metrics: that forward's statistics for metrics.jsonl (a

@@ -9,7 +9,8 @@
 //                        (w1 = gate, w3 = up, w2 = down), block_sparse_moe.shared_experts.{w1,w3,w2}.weight
 // Layers below first_k_dense_replace are DeepSeek's dense layers: the plain
 // FFN of the expert kind, intermediate_size wide, under mlp.{gate,up,down}_proj.
-// noisy_topk's noise is drawn in training forwards only, element (t, e) the
+// noisy_topk's noise is drawn in training mode only (set_training: the
+// model's loss with gradients), element (t, e) the
 // Philox normal of (model seed, stream of the noise weight = the layer, step).
 #include "nn/moe/moe_mixer.h"
 
@@ -103,14 +104,14 @@ class MoeMixer final : public ChannelMixer {
   std::unique_ptr<MixerSaved> forward(const Tensor& y, const Tensor& x, bool for_backward) override {
     auto saved = std::make_unique<MoeSavedState>();
     Tensor noise;
-    if (p_.router.kind == RouterKind::NoisyTopK && for_backward) {  // noise in training only
+    if (p_.router.kind == RouterKind::NoisyTopK && training_) {  // noise in training only
       noise = Tensor::empty({x.size(0), p_.router.num_experts});
       fill_normal(noise, noise_seed_, 0.0f, 1.0f,
                   (std::uint64_t{1} << 63) | (noise_stream_ << 32) | (static_cast<std::uint64_t>(step_) & 0xffffffffu));
     }
     moe_forward(y, saved->s, x, p_, noise);
+    if (training_) record(saved->s.router);
     if (!for_backward) return nullptr;
-    record(saved->s.router);
     return saved;
   }
 
@@ -125,6 +126,7 @@ class MoeMixer final : public ChannelMixer {
   }
 
   void begin_training_step(std::int64_t step) override { step_ = step; }
+  void set_training(bool on) override { training_ = on; }
   double aux_loss() const override { return aux_loss_; }
   nlohmann::json aux_metrics() const override { return metrics_; }
 
@@ -145,6 +147,7 @@ class MoeMixer final : public ChannelMixer {
 
   MoeParams p_;
   std::int64_t step_ = 0;
+  bool training_ = false;
   std::uint64_t noise_seed_ = 0, noise_stream_ = 0;
   double aux_loss_ = 0;
   nlohmann::json metrics_ = nlohmann::json::object();
