@@ -16,6 +16,7 @@
 #include "model/config_fields.h"
 #include "model/deepseek_v2_config.h"
 #include "model/mamba_config.h"
+#include "model/mixtral_config.h"
 #include "nn/block/mixture_of_depths.h"
 #include "nn/mixer/mixer_registry.h"
 
@@ -48,7 +49,7 @@ struct EnumTable {
 const EnumTable<NormKind> kNormKinds{{{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}}};
 const EnumTable<NormPlacement> kPlacements{
     {{"pre", NormPlacement::Pre}, {"post", NormPlacement::Post}, {"sandwich", NormPlacement::Sandwich}}};
-const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}, {"none", FfnKind::None}}};
+const EnumTable<FfnKind> kFfnKinds{{{"swiglu", FfnKind::SwiGLU}, {"geglu", FfnKind::GeGLU}, {"mlp", FfnKind::MLP}, {"none", FfnKind::None}, {"moe", FfnKind::MoE}}};
 const EnumTable<PositionKind> kPositions{{{"rope", PositionKind::RoPE},
                                           {"rope_interleaved", PositionKind::RoPEInterleaved},
                                           {"alibi", PositionKind::ALiBi},
@@ -142,6 +143,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
   MF_CHECK(j.is_object(), "[config] ", source, ": must be a JSON object but is ", j.type_name());
   if (j.contains("model_type") && j["model_type"] == "mamba") return mamba_config_from_json(j, source);
   if (j.contains("model_type") && j["model_type"] == "deepseek_v2") return deepseek_v2_config_from_json(j, source);
+  if (j.contains("model_type") && j["model_type"] == "mixtral") return mixtral_config_from_json(j, source);
   ModelConfig c;
   std::set<std::string> seen;
   const std::string& s = source;
@@ -179,7 +181,7 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
        [&](const json& v, const std::string& f) {
          c.model_type = get_string(v, s, f);
          if (c.model_type != "llama" && c.model_type != "modformer")
-           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\" or \"modformer\")");
+           field_error(s, f, "unknown value \"" + c.model_type + "\" (expected \"llama\", \"mamba\", \"mixtral\" or \"modformer\")");
        }},
       {"vocab_size", [&](const json& v, const std::string& f) { c.vocab_size = get_int(v, s, f, 1, kMaxVocab); }},
       {"hidden_size", [&](const json& v, const std::string& f) { c.hidden_size = get_int(v, s, f, 1, kMaxDim); }},
@@ -282,7 +284,8 @@ ModelConfig config_from_json(const json& j, const std::string& source) {
                           " (give head_dim explicitly for such a model)"));
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (!seen.count("hidden_act")) c.hidden_act = c.ffn == FfnKind::SwiGLU ? Activation::SiLU : Activation::GELU;
+  if (!seen.count("hidden_act"))
+    c.hidden_act = c.ffn == FfnKind::SwiGLU || c.ffn == FfnKind::MoE ? Activation::SiLU : Activation::GELU;
   // Complete each options object against its mixer's schema (errors name the option).
   for (auto& [name, given] : c.mixer_options) {
     const TokenMixerEntry* t = find_token_mixer(name);
@@ -344,12 +347,13 @@ void validate_config(const ModelConfig& c, const std::string& s) {
     if (x < lo || x > hi) field_error(s, f, str_cat("must be in [", lo, ", ", hi, "] but is ", x));
   };
   if (c.model_type != "llama" && c.model_type != "modformer" && c.model_type != "mamba" &&
-      c.model_type != "deepseek_v2")
+      c.model_type != "deepseek_v2" && c.model_type != "mixtral")
     field_error(s, "model_type",
                 "unknown value \"" + c.model_type +
-                    "\" (expected \"llama\", \"mamba\", \"deepseek_v2\" or \"modformer\")");
+                    "\" (expected \"llama\", \"mamba\", \"mixtral\", \"deepseek_v2\" or \"modformer\")");
   if (c.model_type == "mamba") validate_mamba_config(c, s);
   if (c.model_type == "deepseek_v2") validate_deepseek_v2_config(c, s);
+  if (c.model_type == "mixtral") validate_mixtral_config(c, s);
   in_range("vocab_size", c.vocab_size, 1, kMaxVocab);
   in_range("hidden_size", c.hidden_size, 1, kMaxDim);
   in_range("intermediate_size", c.intermediate_size, 1, kMaxDim);
@@ -478,6 +482,7 @@ void validate_config(const ModelConfig& c, const std::string& s) {
 json config_to_json(const ModelConfig& c) {
   if (c.model_type == "mamba") return mamba_config_to_json(c);
   if (c.model_type == "deepseek_v2") return deepseek_v2_config_to_json(c);
+  if (c.model_type == "mixtral") return mixtral_config_to_json(c);
   json j;
   if (c.is_llama()) j["architectures"] = json::array({"LlamaForCausalLM"});
   j["model_type"] = c.model_type;

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "core/tensor.h"
 #include "model/generation_state.h"
@@ -49,11 +51,14 @@ class LanguageModel {
   // in evaluation or generation.
   virtual void begin_training_step(std::int64_t step) { (void)step; }
 
-  // Auxiliary losses (Mixture-of-Depths predictors) of the last loss() with
-  // compute_grads: already in the gradients, not in loss()'s value; the
-  // trainer logs them as "aux_loss".
+  // Auxiliary losses of the last loss() with compute_grads (MoE load
+  // balancing and router z-loss, Mixture-of-Depths predictors): already in
+  // the gradients, not in loss()'s value; the trainer logs them as
+  // "aux_loss", with aux_metrics (per layer, the statistics behind them:
+  // {"layers.3.moe": {...}}, or an empty object) as "aux".
   virtual bool has_aux_loss() const { return false; }
   virtual double aux_loss() const { return 0.0; }
+  virtual nlohmann::json aux_metrics() const { return nlohmann::json::object(); }
 
   // Writes DIR/config.json and DIR/model.safetensors atomically (DIR exists).
   virtual void save(const std::string& dir) const = 0;

@@ -54,6 +54,24 @@ NormNames norm_names(NormPlacement p) {
   return {};
 }
 
+// Training mode on the channel mixers for one loss with gradients (see
+// ChannelMixer::set_training), off again however the scope ends.
+class TrainingScope {
+ public:
+  TrainingScope(std::vector<ChannelMixer*> mixers, bool on) : mixers_(std::move(mixers)), on_(on) {
+    for (ChannelMixer* m : mixers_) m->set_training(on_);
+  }
+  ~TrainingScope() {
+    for (ChannelMixer* m : mixers_) m->set_training(false);
+  }
+  TrainingScope(const TrainingScope&) = delete;
+  TrainingScope& operator=(const TrainingScope&) = delete;
+
+ private:
+  std::vector<ChannelMixer*> mixers_;
+  bool on_;
+};
+
 }  // namespace
 
 RopeConfig rope_config(const ModelConfig& c) {
@@ -216,7 +234,38 @@ void Transformer::set_gradient_checkpointing(bool on) {
 }
 
 void Transformer::begin_training_step(std::int64_t step) {
-  for (auto& l : layers_) l.token->begin_training_step(step);
+  for (auto& l : layers_) {
+    l.token->begin_training_step(step);
+    if (l.channel) l.channel->begin_training_step(step);
+  }
+}
+
+std::vector<ChannelMixer*> Transformer::channel_mixers() {
+  std::vector<ChannelMixer*> out;
+  for (auto& l : layers_)
+    if (l.channel) out.push_back(l.channel.get());
+  return out;
+}
+
+bool Transformer::has_aux_loss() const { return aux_layers_ > 0 || !aux_metrics().empty(); }
+
+double Transformer::aux_loss() const {
+  double sum = last_aux_loss_;  // Mixture-of-Depths predictors
+  for (const auto& l : layers_) sum += l.token->aux_loss() + (l.channel ? l.channel->aux_loss() : 0.0);
+  return sum;
+}
+
+nlohmann::json Transformer::aux_metrics() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const nlohmann::json t = layers_[i].token->aux_metrics();
+    if (!t.empty()) out[str_cat("layers.", i, ".", layers_[i].token->name())] = t;
+    const nlohmann::json c = layers_[i].channel ? layers_[i].channel->aux_metrics() : nlohmann::json::object();
+    if (!c.empty()) out[str_cat("layers.", i, ".", layers_[i].channel->name())] = c;
+  }
+  if (aux_layers_ > 0)
+    out["mixture_of_depths"] = {{"predictor_loss", last_aux_loss_}, {"predictor_accuracy", last_predictor_accuracy_}};
+  return out;
 }
 
 void Transformer::set_ffn_chunk_size(std::int64_t rows) {
@@ -496,6 +545,7 @@ double Transformer::loss(const Tensor& tokens, const Tensor& targets_in, bool co
     return lm_head_cross_entropy_forward(h, lm_head_weight(), targets);
   }
   ForwardState st;
+  const TrainingScope training(channel_mixers(), true);
   forward_hidden(prepare_tokens(tokens, "tokens"), Tensor(), &st, nullptr, memory);
   record_saved_bytes(st);
   Tensor dhidden = Tensor::empty(st.hidden.shape());
@@ -646,6 +696,7 @@ double Transformer::classify_loss(const Tensor& tokens_in, const Tensor& mask_in
   const Tensor mask = prepare_mask(mask_in, tokens);
 
   ForwardState st;
+  const TrainingScope training(channel_mixers(), compute_grads);
   const Tensor h = forward_hidden(tokens, mask, compute_grads ? &st : nullptr, nullptr);
   if (compute_grads) record_saved_bytes(st);
   const Tensor pooled = pool(h, mask, B, L);

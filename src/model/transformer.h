@@ -97,18 +97,21 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   Tensor class_logits(const Tensor& tokens, const Tensor& mask) override;
 
   void begin_training_step(std::int64_t step) override;
-  // Mixture of Depths: the predictors' auxiliary loss of the last training
-  // forward (summed over routed layers; its gradient is added by the
-  // backward, not part of loss()'s value) and their accuracy on top-k
-  // membership (mean over routed layers).
-  bool has_aux_loss() const override { return aux_layers_ > 0; }
-  double aux_loss() const override { return last_aux_loss_; }
+  // Auxiliary losses of the last training forward: the mixers' (MoE) plus the
+  // Mixture-of-Depths predictors' (summed over routed layers; their gradient is
+  // added by the backward, not part of loss()'s value), and the predictors'
+  // accuracy on top-k membership (mean over routed layers).
+  bool has_aux_loss() const override;
+  double aux_loss() const override;
+  nlohmann::json aux_metrics() const override;
   double predictor_accuracy() const { return last_predictor_accuracy_; }
   // Whether layer i is a routed (Mixture-of-Depths) block.
   bool routed_layer(std::int64_t i) const { return layers_.at(static_cast<std::size_t>(i)).mod != nullptr; }
   void save(const std::string& dir) const override;
   // Layer i's token mixer (tests, benchmarks).
   const TokenMixer& token_mixer(std::int64_t i) const { return *layers_.at(static_cast<std::size_t>(i)).token; }
+  // Layer i's channel mixer, or null (ffn "none").
+  const ChannelMixer* channel_mixer(std::int64_t i) const { return layers_.at(static_cast<std::size_t>(i)).channel.get(); }
 
   // Switches that do not change the math (checkpointing, attention kernel,
   // FFN chunking); the config reflects them.
@@ -141,6 +144,7 @@ class Transformer : public LanguageModel, public SequenceClassifier {
   };
 
   Parameter* param(const std::string& name);  // throws when absent
+  std::vector<ChannelMixer*> channel_mixers();
   void build();
   Tensor prepare_tokens(const Tensor& tokens, const char* what) const;
   Tensor prepare_mask(const Tensor& mask, const Tensor& tokens) const;  // undefined when nothing is padded

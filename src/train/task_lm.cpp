@@ -55,9 +55,14 @@ class LmTask : public TrainTask {
     line["val_loss"] = or_null(evaluated ? val.loss : nan);
     line["val_bpb"] = or_null(evaluated ? val.bpb : nan);
     line["train_bpb"] = or_null(bits_per_byte(train_loss));
-    // Auxiliary losses (Mixture-of-Depths predictors): the last step's mean
-    // over its micro-batches; trained through the gradients, not in train_loss.
-    if (model_.has_aux_loss()) line["aux_loss"] = or_null(aux_count_ > 0 ? aux_sum_ / aux_count_ : nan);
+    // Auxiliary losses (MoE routers, Mixture-of-Depths predictors): the last
+    // step's mean over its micro-batches; trained through the gradients, not
+    // in train_loss. "aux": the last forward's per-layer statistics.
+    if (model_.has_aux_loss()) {
+      line["aux_loss"] = or_null(aux_count_ > 0 ? aux_sum_ / aux_count_ : nan);
+      const json aux = model_.aux_metrics();
+      if (!aux.empty()) line["aux"] = aux;
+    }
   }
   std::string progress_suffix() const override {
     return str_cat(" | val bpb ", std::round(val.bpb * 1000) / 1000);

@@ -14,7 +14,9 @@
 namespace mf {
 
 // None: a block without a channel mixer (Mamba's blocks: norm, mixer, residual).
-enum class FfnKind { SwiGLU, GeGLU, MLP, None };
+// MoE: the mixture-of-experts channel mixer (src/nn/moe/), whose experts are
+// FFNs of the other kinds; never an ffn_forward kind itself.
+enum class FfnKind { SwiGLU, GeGLU, MLP, None, MoE };
 // silu (= swish); gelu (erf); gelu_tanh (HF "gelu_new" / "gelu_pytorch_tanh").
 enum class Activation { SiLU, GELU, GELUTanh };
 

@@ -12,6 +12,7 @@
 #include "nn/mamba/mamba_mixer.h"
 #include "nn/multilevel/multilevel_mixer.h"
 #include "nn/mla/mla_mixer.h"
+#include "nn/moe/moe_mixer.h"
 #include "nn/retnet/retention_mixer.h"
 #include "nn/transformer_xl/transformer_xl_mixer.h"
 #include "nn/sparse/sparse_attention_mixer.h"
@@ -41,6 +42,7 @@ const std::vector<ChannelMixerEntry>& channel_mixer_registry() {
       swiglu_mixer_entry(),
       geglu_mixer_entry(),
       mlp_mixer_entry(),
+      moe_mixer_entry(),
   };
   return table;
 }

@@ -138,6 +138,17 @@ class TokenMixer {
   // called in evaluation or generation.
   virtual void begin_training_step(std::int64_t step) { (void)step; }
 
+  // Auxiliary training losses (any mixer or router may have some: MoE load
+  // balancing and z-loss, Mixture of Depths' router): the sum of the
+  // coefficient-weighted auxiliary losses of the last forward in training
+  // mode (ChannelMixer::set_training), whose gradient the backward adds to the
+  // parameter and input gradients; 0 when none. The model's loss() returns
+  // the task loss alone (so bits/byte stay comparable); the trainer logs this
+  // beside it. aux_metrics: that forward's statistics for metrics.jsonl (a
+  // JSON object, e.g. per-expert load; empty when none).
+  virtual double aux_loss() const { return 0.0; }
+  virtual nlohmann::json aux_metrics() const { return nlohmann::json::object(); }
+
   // The exact-attention kernel (flash or dense) for mixers that use one; a
   // switch that does not change the math. Others ignore it.
   virtual void set_attention_impl(AttentionImpl impl) { (void)impl; }
