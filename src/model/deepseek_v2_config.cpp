@@ -3,11 +3,11 @@
 // reader, so rope_scaling, token ids and the mla options are validated once.
 #include "model/deepseek_v2_config.h"
 
+#include <algorithm>
 #include <set>
 
 #include "core/error.h"
 #include "model/config_fields.h"
-#include "nn/mixer/mixer_registry.h"
 
 namespace mf {
 
@@ -100,24 +100,44 @@ ModelConfig deepseek_v2_config_from_json(const json& j, const std::string& s) {
                         " must be a multiple of 8 and at most 256 (the attention kernels' query/key head dim)"));
   ours["head_dim"] = q_head_dim;
   ours["mla"] = mla;
-  ModelConfig c = config_from_json(ours, s);
-  // MoE layers need the "moe" channel mixer and a channel mixer per layer.
-  const bool routed = moe.contains("n_routed_experts") && !moe["n_routed_experts"].is_null();
-  const std::vector<bool> moe_layers =
-      deepseek_v2_moe_layers(c.num_hidden_layers, routed, first_k_dense_replace, moe_layer_freq);
-  std::string which;
-  for (std::size_t i = 0; i < moe_layers.size(); ++i)
-    if (moe_layers[i]) which += (which.empty() ? "" : ", ") + std::to_string(i);
-  if (!which.empty()) {
-    if (find_channel_mixer("moe") == nullptr)
-      field_error(s, "n_routed_experts",
-                  "layers " + which + " are MoE layers (first_k_dense_replace " + std::to_string(first_k_dense_replace) +
-                      ", moe_layer_freq " + std::to_string(moe_layer_freq) +
-                      ") but channel mixer 'moe' is not available in this build");
-    field_error(s, "n_routed_experts",
-                "layers " + which + " are MoE layers and the others dense, but a model config has one channel mixer "
-                "for every layer (per-layer channel mixers are not supported yet)");
+  // MoE layers: the "moe" channel mixer with the deepseek router (its options
+  // under HF's names); the first first_k_dense_replace layers are dense MLPs.
+  auto moe_value = [&](const char* key) { return moe.contains(key) ? moe.at(key) : json(); };
+  const bool routed = !moe_value("n_routed_experts").is_null();
+  const std::int64_t num_layers = ours.contains("num_hidden_layers") && ours["num_hidden_layers"].is_number_integer()
+                                      ? ours["num_hidden_layers"].get<std::int64_t>()
+                                      : 0;
+  const std::vector<bool> moe_layers = deepseek_v2_moe_layers(num_layers, routed, first_k_dense_replace, moe_layer_freq);
+  if (std::find(moe_layers.begin(), moe_layers.end(), true) != moe_layers.end()) {
+    if (moe_layer_freq != 1)
+      field_error(s, "moe_layer_freq",
+                  str_cat("only 1 is supported (MoE on every layer from first_k_dense_replace on) but is ",
+                          moe_layer_freq));
+    if (!moe_value("topk_method").is_null() && moe_value("topk_method") != "greedy")
+      field_error(s, "topk_method",
+                  "only \"greedy\" is supported (group_limited_greedy and noaux_tc routing are not implemented)");
+    if (!moe_value("scoring_func").is_null() && moe_value("scoring_func") != "softmax")
+      field_error(s, "scoring_func", "only \"softmax\" is supported");
+    const std::int64_t k = get_int(moe_value("num_experts_per_tok"), s, "num_experts_per_tok", 1, 1 << 16);
+    json o = {{"router", "deepseek"},
+              {"expert", "swiglu"},
+              {"n_routed_experts", get_int(moe_value("n_routed_experts"), s, "n_routed_experts", 1, 1 << 16)},
+              {"num_experts_per_tok", k},
+              {"first_k_dense_replace", first_k_dense_replace}};
+    if (!moe_value("n_shared_experts").is_null())
+      o["n_shared_experts"] = get_int(moe_value("n_shared_experts"), s, "n_shared_experts", 0, 1 << 16);
+    if (!moe_value("moe_intermediate_size").is_null()) o["moe_intermediate_size"] = moe_value("moe_intermediate_size");
+    if (!moe_value("routed_scaling_factor").is_null()) o["routed_scaling_factor"] = moe_value("routed_scaling_factor");
+    if (!moe_value("norm_topk_prob").is_null()) o["norm_topk_prob"] = moe_value("norm_topk_prob");
+    // DeepSeek's expert-level balance loss alpha * sum_i (E f_i / k) P_i is
+    // ours, alpha' * E * sum_i f_i P_i, with alpha' = alpha / k; seq_aux (per
+    // sequence) is computed over the whole batch here.
+    if (moe_value("aux_loss_alpha").is_number())
+      o["router_aux_loss_coef"] = moe_value("aux_loss_alpha").get<double>() / static_cast<double>(k);
+    ours["ffn"] = "moe";
+    ours["moe"] = o;
   }
+  ModelConfig c = config_from_json(ours, s);
   c.model_type = "deepseek_v2";
   validate_config(c, s);
   return c;
@@ -141,6 +161,21 @@ json deepseek_v2_config_to_json(const ModelConfig& c) {
   j["n_shared_experts"] = nullptr;
   j["first_k_dense_replace"] = 0;
   j["moe_layer_freq"] = 1;
+  if (c.ffn == FfnKind::MoE) {
+    const json m = c.options_of("moe");
+    const std::int64_t k = m.at("num_experts_per_tok");
+    j["n_routed_experts"] = m.at("n_routed_experts");
+    j["num_experts_per_tok"] = k;
+    if (m.at("n_shared_experts").get<std::int64_t>() > 0) j["n_shared_experts"] = m.at("n_shared_experts");
+    j["moe_intermediate_size"] = m.at("moe_intermediate_size");
+    j["routed_scaling_factor"] = m.at("routed_scaling_factor");
+    j["norm_topk_prob"] = m.at("norm_topk_prob");
+    j["first_k_dense_replace"] = m.at("first_k_dense_replace");
+    j["topk_method"] = "greedy";
+    j["scoring_func"] = "softmax";
+    j["aux_loss_alpha"] = m.at("router_aux_loss_coef").get<double>() * static_cast<double>(k);
+    j["seq_aux"] = true;
+  }
   j["attention_dropout"] = 0.0;
   j["pretraining_tp"] = 1;
   j["torch_dtype"] = "float32";
@@ -155,7 +190,14 @@ void validate_deepseek_v2_config(const ModelConfig& c, const std::string& s) {
   for (std::int64_t i = 0; i < c.num_hidden_layers; ++i)
     need(c.layer_mixer(i) == "mla", c.layer_types.empty() ? "token_mixer" : "layer_types",
          "every layer's token mixer to be \"mla\"");
-  need(c.ffn == FfnKind::SwiGLU, "ffn", "SwiGLU MLPs (ffn \"swiglu\")");
+  need(c.ffn == FfnKind::SwiGLU || c.ffn == FfnKind::MoE, "ffn", "SwiGLU MLPs or MoE (ffn \"swiglu\" or \"moe\")");
+  if (c.ffn == FfnKind::MoE) {
+    const json m = c.options_of("moe");
+    need(m.at("router") == "deepseek" && m.at("expert") == "swiglu" && m.at("param_names") == "mlp" &&
+             m.at("capacity_factor").get<double>() == 0.0 && m.at("router_z_loss_coef").get<double>() == 0.0 &&
+             m.at("num_local_experts").get<std::int64_t>() == 0,
+         "moe", "DeepSeek's MoE (router \"deepseek\", SwiGLU experts, mlp.* names, no capacity limit, no z-loss)");
+  }
   need(c.norm == NormKind::RMSNorm && c.norm_placement == NormPlacement::Pre, "norm", "RMSNorm pre-norm blocks");
   need(c.position == PositionKind::RoPE, "position", "position \"rope\" (MLA rotates its rope parts itself)");
   need(c.is_decoder, "is_decoder", "a decoder");

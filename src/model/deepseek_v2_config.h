@@ -6,12 +6,14 @@
 // self_attn.*, post_attention_layernorm, mlp.*}, model.norm, lm_head).
 // Dense layers (all layers without n_routed_experts; layers below
 // first_k_dense_replace or off the moe_layer_freq grid otherwise) are SwiGLU
-// MLPs mlp.{gate,up,down}_proj. MoE layers need the channel mixer "moe"
-// (options under HF's names: n_shared_experts, n_routed_experts,
-// num_experts_per_tok, moe_intermediate_size, routed_scaling_factor,
-// topk_method, n_group, topk_group, norm_topk_prob, scoring_func,
-// aux_loss_alpha, seq_aux) and per-layer channel mixers in ModelConfig; a
-// config with MoE layers is refused by name until both exist.
+// MLPs mlp.{gate,up,down}_proj. MoE layers (n_routed_experts set; layers
+// from first_k_dense_replace on; moe_layer_freq must be 1) are the channel
+// mixer "moe" with the deepseek router: mlp.gate, mlp.experts.N.*_proj,
+// mlp.shared_experts.*_proj; greedy top-k over softmax scores only
+// (topk_method "greedy", scoring_func "softmax"); aux_loss_alpha becomes
+// router_aux_loss_coef = aux_loss_alpha / num_experts_per_tok (DeepSeek's
+// expert-level balance loss in our form), computed over the batch whatever
+// seq_aux says.
 // rope_scaling keeps DeepSeek's YaRN fields (mscale, mscale_all_dim); its
 // original_max_position_embeddings defaults to 4096 as in DeepSeek's
 // DeepseekV2YarnRotaryEmbedding.

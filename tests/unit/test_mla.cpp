@@ -30,6 +30,7 @@
 #include "../support/model_fixture.h"
 #include "../support/mixer_checks.h"
 #include "../support/parameters.h"
+#include "../support/periodic_lm.h"
 #include "../support/threads.h"
 
 using namespace mf;
@@ -431,7 +432,7 @@ nlohmann::json tiny_deepseek_v2() {
 }  // namespace
 
 // model_type "deepseek_v2": HF's fields in, HF's tensor names on the model, HF's
-// fields out; MoE layers refused by name while the "moe" channel mixer is absent.
+// fields out.
 TEST(Mla, DeepseekV2ConfigUsesHuggingFaceNames) {
   const ModelConfig c = config_from_json(tiny_deepseek_v2(), "deepseek");
   EXPECT_EQ(c.model_type, "deepseek_v2");
@@ -475,10 +476,28 @@ TEST(Mla, DeepseekV2ConfigRefusesWhatItCannotBuild) {
   j["n_routed_experts"] = 8;
   j["num_experts_per_tok"] = 2;
   j["first_k_dense_replace"] = 1;
-  if (find_channel_mixer("moe") == nullptr)
-    EXPECT_ERROR("layers 1 are MoE layers (first_k_dense_replace 1, moe_layer_freq 1) but channel mixer 'moe' is not "
-                 "available in this build",
-                 config_from_json(j, "moe"));
+  {  // MoE from layer 1 on: DeepSeek's router and names; HF's fields out and back.
+    const ModelConfig moe = config_from_json(j, "moe");
+    EXPECT_EQ(moe.ffn, FfnKind::MoE);
+    EXPECT_EQ(moe.options_of("moe").at("router"), "deepseek");
+    Transformer m(moe, 1);
+    std::set<std::string> names;
+    for (Parameter* p : m.parameters()) names.insert(p->name);
+    for (const char* n : {"model.layers.0.mlp.gate_proj.weight", "model.layers.1.mlp.gate.weight",
+                          "model.layers.1.mlp.experts.7.down_proj.weight"})
+      EXPECT_TRUE(names.count(n)) << n;
+    const nlohmann::json out = config_to_json(moe);
+    EXPECT_EQ(out.at("n_routed_experts"), 8);
+    EXPECT_EQ(out.at("first_k_dense_replace"), 1);
+    EXPECT_EQ(out.at("aux_loss_alpha"), 0.001);
+    EXPECT_EQ(config_to_json(config_from_json(out, "round trip")), out);
+  }
+  j["moe_layer_freq"] = 2;  // layer 2 MoE, layer 1 dense: off the grid
+  j["num_hidden_layers"] = 3;
+  EXPECT_ERROR("field 'moe_layer_freq': only 1 is supported", config_from_json(j, "moe"));
+  j["moe_layer_freq"] = 1;
+  j["topk_method"] = "group_limited_greedy";
+  EXPECT_ERROR("field 'topk_method': only \"greedy\" is supported", config_from_json(j, "moe"));
   j = tiny_deepseek_v2();
   j["sliding_window"] = 4;
   EXPECT_ERROR("field 'sliding_window': unknown field for model_type \"deepseek_v2\"", config_from_json(j, "x"));
@@ -495,4 +514,18 @@ TEST(Mla, DeepseekV2ConfigRefusesWhatItCannotBuild) {
   EXPECT_ERROR("qk_nope_head_dim + qk_rope_head_dim = 22 must be a multiple of 8", config_from_json(j, "x"));
   EXPECT_EQ(deepseek_v2_moe_layers(5, true, 1, 2), (std::vector<bool>{false, false, true, false, true}));
   EXPECT_EQ(deepseek_v2_moe_layers(3, false, 0, 1), (std::vector<bool>{false, false, false}));
+}
+
+// A DeepSeek-V2-style model (MLA attention, a dense first layer, then shared +
+// routed experts) trains: SGD on period-5 sequences halves the loss.
+TEST(Mla, DeepseekV2MoeModelTrains) {
+  nlohmann::json j = tiny_deepseek_v2();
+  j["n_routed_experts"] = 4;
+  j["num_experts_per_tok"] = 2;
+  j["n_shared_experts"] = 1;
+  j["first_k_dense_replace"] = 1;
+  Transformer m(config_from_json(j, "deepseek moe"), 3);
+  const auto [tokens, targets] = mf::testing::periodic_lm_batch(4, 24);
+  const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 40, 0.5f);
+  EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
 }

@@ -48,7 +48,8 @@ Fixture load(const std::string& name) {
   // other one's eps fails every fixture (measured by swapping them in
   // ModelConfig::norm_eps: all 28 model fixture tests fail).
   // (model_type "mamba" has one eps, Hugging Face's layer_norm_epsilon, read as the RMSNorm's.)
-  if (f.cfg.model_type != "mamba" && f.cfg.model_type != "mixtral") {  // (mixtral: no LayerNorm)
+  if (f.cfg.model_type != "mamba" && f.cfg.model_type != "mixtral" &&
+      f.cfg.model_type != "deepseek_v2") {  // (mixtral, deepseek_v2: no LayerNorm)
     EXPECT_GE(f.cfg.layer_norm_eps, 1000 * f.cfg.rms_norm_eps) << name;
   }
   return f;
@@ -113,7 +114,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          "model_sliding_window", "model_sinusoidal_mlp", "model_mixed_layer_types",
                                          "model_reversible_sandwich", "model_lsh_decoder", "model_performer_lm",
                                          "model_mamba_hf", "model_hybrid_mamba_retention_attention", "model_rope_linear", "model_rope_ntk", "model_rope_dynamic",
-                                         "model_rope_yarn", "model_mixtral_hf", "model_moe_deepseek",
+                                         "model_rope_yarn", "model_mixtral_hf", "model_moe_deepseek", "model_deepseek_v2_hf",
                                          "model_moe_switch_capacity"),
                        ::testing::Values(AttentionImpl::Dense, AttentionImpl::Flash)),
     fixture_and_impl_name);
