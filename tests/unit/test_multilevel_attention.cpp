@@ -416,7 +416,9 @@ TEST(MultilevelAttention, TinyLmTrainsAndGeneratesLikeTheFullForward) {
   Transformer m(config_from_json(j, "test.json"), 3);
   EXPECT_EQ(m.token_mixer(0).name(), "multilevel_attention");
   const auto [tokens, targets] = mf::testing::periodic_lm_batch(4, 24);  // period-5 sequences
-  const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 40, 0.5f);
+  // lr 0.5 oscillates on this model: at step 40 one build's rounding (-O2 with
+  // sanitizers) sat on a spike (3.1 -> 3.96) while -O3 had converged.
+  const auto [first, last] = mf::testing::sgd_losses(m, tokens, targets, 60, 0.3f);
   EXPECT_LT(last, 0.5 * first) << "first " << first << " last " << last;
   const Tensor tok = mf::testing::random_tokens({2, 21}, 7, 23);
   mf::testing::expect_generation_equals_full_forward(m, tok, 6, 1e-4f);
