@@ -60,6 +60,22 @@ struct FwdScratch {
   }
 };
 
+// Prefetches (with `hint`) the K and V rows of the key tile that follows the
+// one ending at j1 for query rows starting at absolute position ip_lo: the
+// next tile, or under a block layout the next present one.
+template <int hint>
+void prefetch_next_key_tile(const FlashCall& cm, const KeyRows& keys, i64 b, i64 kvh, i64 ip_lo, i64 j1) {
+  const AttentionProblem& p = cm.p;
+  const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;
+  const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
+  for (i64 jj = ja; jj < jb; ++jj) {
+    for (i64 d = 0; d < cm.D; d += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * p.k_row_stride + d), static_cast<_mm_hint>(hint));
+    for (i64 d = 0; d < cm.Dv; d += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * p.v_row_stride + d), static_cast<_mm_hint>(hint));
+  }
+}
+
 // Unnormalized attention of the stacked rows (the G query heads of KV head
 // kvh x positions [i0, i0 + nq), row r = g * nq + ii) over keys [ka, kb):
 // leaves o = sum_j e^(s_j - m) v_j, m = max_j s_j, l = sum_j e^(s_j - m) in
@@ -141,15 +157,9 @@ void fwd_rows(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0, i64 n
     const i64 nc = j1 - j0;
     const float* k_tile = keys.k + j0 * k_row_stride;
     const float* v_tile = keys.v + j0 * v_row_stride;
-    if (long_range) {  // The next key tile's K and V rows into L2 while this one computes (a
-                       // head's K and V outgrow L2 from a few thousand keys on).
-      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
-      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
-      for (i64 jj = ja; jj < jb; ++jj) {
-        for (i64 d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T1);
-        for (i64 d = 0; d < Dv; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * v_row_stride + d), _MM_HINT_T1);
-      }
-    }
+    // The next key tile's K and V rows into L2 while this one computes (a head's K and V
+    // outgrow L2 from a few thousand keys on).
+    if (long_range) prefetch_next_key_tile<_MM_HINT_T1>(cm, keys, b, kvh, ip_lo, j1);
     const bool edge = kind == TileKind::Edge;
     const bool plain = !edge && !alibi;  // the row max comes out of the product's epilogue
     const bool pad_tile = edge && cm.padded_in(b, j0, j1) > 0;
@@ -295,15 +305,9 @@ void fwd_rows_small(const FlashCall& cm, const float* q, i64 b, i64 kvh, i64 i0,
     const i64 nc = j1 - j0, ncp = round_up(nc, W);
     const float* k_tile = keys.k + j0 * k_row_stride;
     const float* v_tile = keys.v + j0 * v_row_stride;
-    {  // Few rows do little work per byte: prefetch the next key tile's K and V rows
-       // (decode with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
-      const i64 ja = cm.layout != nullptr ? std::min(cm.layout_next_key(kvh, ip_lo, j1), p.k_len[b]) : j1;  // block-sparse: the next present tile
-      const i64 jb = std::min(ja + cm.tiles.fwd_keys, p.k_len[b]);
-      for (i64 jj = ja; jj < jb; ++jj) {
-        for (i64 d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.k + jj * k_row_stride + d), _MM_HINT_T0);
-        for (i64 d = 0; d < Dv; d += 16) _mm_prefetch(reinterpret_cast<const char*>(keys.v + jj * v_row_stride + d), _MM_HINT_T0);
-      }
-    }
+    // Few rows do little work per byte: prefetch the next key tile's K and V rows (decode
+    // with 32 query / 8 KV heads: 10 -> 15 GB/s measured, bench attention).
+    prefetch_next_key_tile<_MM_HINT_T0>(cm, keys, b, kvh, ip_lo, j1);
     // S[R x ncp] = (scale Q) K^T   (lanes >= nc: 0, masked below)
     row_dot_scores<I>(R, nc, D, qs, Dp, k_tile, k_row_stride, st, ncp);
     const bool masked = kind == TileKind::Edge || nc < ncp;
