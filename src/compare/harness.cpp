@@ -228,7 +228,10 @@ std::int64_t longest_needed(const Cell& c, const CompareProfile& p, const AllDat
 
 std::int64_t train_length(const Cell& c, const CompareProfile& p, const AllData& d) {
   if (c.task == "char_lm" || c.task == "extrapolation") return p.lm_seq_len;
-  if (c.task == "listops") return d.listops_train->longest();
+  // The classifier pads every batch to seq_len, so it must hold the test set's
+  // longest expression too (the generator keeps both within one bound, but a
+  // test expression may be longer than every training one).
+  if (c.task == "listops") return std::max(d.listops_train->longest(), d.listops_test->longest());
   return d.seq_train.at(c.task).longest();
 }
 

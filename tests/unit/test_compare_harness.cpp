@@ -148,6 +148,28 @@ TEST(CompareHarness, ReadsTheUsersDataFilesAndHonoursATimeBudget) {
   EXPECT_EQ(c["metrics"]["by_length"][0]["scored"], 4);
 }
 
+// The full profile's first run failed every ListOps cell: the classifier's
+// seq_len was the longest training expression, and one test expression was
+// longer.
+TEST(CompareHarness, ListOpsTestExpressionsLongerThanEveryTrainingOneFit) {
+  testing::ScopedThreads one(1);
+  const std::string out = testing::fresh_temp_dir("compare_listops_len") + "/out";
+  fs::create_directories(out + "/data/listops");
+  write_file_atomic(out + "/data/listops/train.tsv", "Source\tTarget\n[MAX 2 9 ]\t9\n[MIN 4 1 ]\t1\n");
+  write_file_atomic(out + "/data/listops/test.tsv",
+                    "Source\tTarget\n[SM 3 [MAX 2 9 ] 4 ]\t6\n[MED 1 2 3 ]\t2\n");
+  CompareOptions o;
+  o.profile = "tiny";
+  o.tasks = {"listops"};
+  o.mixers = {"full_attention"};
+  o.out_dir = out;
+  std::ostringstream log;
+  o.log = &log;
+  const json r = run_compare(o);
+  ASSERT_EQ(r["cells"].size(), 1u);
+  EXPECT_EQ(r["cells"][0]["status"], "ok") << r["cells"][0].value("reason", std::string());
+}
+
 TEST(CompareHarness, RefusesUnknownNamesAndContradictoryBudgets) {
   CompareOptions o;
   o.profile = "tiny";
