@@ -24,15 +24,16 @@
 #include "core/alloc.h"
 #include "core/cpu_features.h"
 #include "core/error.h"
+#include "core/isa.h"
 #include "core/json_report.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "core/svg_plot.h"
 #include "core/threads.h"
 #include "kernels/gemm.h"
+#include "kernels/softmax.h"
 #include "nn/attention/attention.h"
 #include "nn/attention/flash_attention.h"
-#include "nn/attention/flash_simd.h"
 
 namespace mf::bench {
 namespace {
@@ -40,13 +41,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using i64 = std::int64_t;
 
-#if defined(MF_FLASH_HAVE_AVX512)
-using BestIsa = flash::IsaAvx512;
-#elif defined(MF_FLASH_HAVE_AVX2)
-using BestIsa = flash::IsaAvx2;
-#else
-using BestIsa = flash::IsaScalar;
-#endif
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -130,43 +124,22 @@ ChildSgemm child_sgemm(const std::string& self_exe, const std::string& coretype,
   return r;
 }
 
-// The unfused baseline, one head at a time: S = Q K^T (gemm), P = softmax(scale S)
-// (vectorized exp, rows in parallel, causal columns zeroed), O = P V (gemm).
+// The unfused baseline, one head at a time: S = Q K^T / sqrt(d) (gemm),
+// P = softmax(S) (the softmax kernel, rows in parallel, causal columns
+// zeroed), O = P V (gemm).
 void unfused_attention(i64 heads, i64 L, i64 d, bool causal, const float* q, const float* k, const float* v,
                        float* o, float* s) {
-  using I = BestIsa;
-  using V = I::V;
-  constexpr int W = I::W;
-  const float c = flash::kLog2e / std::sqrt(static_cast<float>(d));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (i64 h = 0; h < heads; ++h) {
     const float* qh = q + h * L * d;
     const float* kh = k + h * L * d;
     const float* vh = v + h * L * d;
-    gemm(Trans::N, Trans::T, L, L, d, 1.0f, qh, d, kh, d, 0.0f, s, L);
+    gemm(Trans::N, Trans::T, L, L, d, scale, qh, d, kh, d, 0.0f, s, L);
 #pragma omp parallel for schedule(static)
     for (i64 i = 0; i < L; ++i) {
       float* row = s + i * L;
       const i64 n = causal ? i + 1 : L;
-      const i64 nv = n / W * W;
-      V mx = I::set1(flash::kNegInf);
-      for (i64 j = 0; j < nv; j += W) mx = I::max(mx, I::load(row + j));
-      float m = I::reduce_max(mx);
-      for (i64 j = nv; j < n; ++j) m = std::max(m, row[j]);
-      const V mc = I::set1(m * c), cv = I::set1(c);
-      V sum = I::zero();
-      for (i64 j = 0; j < nv; j += W) {
-        const V p = I::exp2(I::fmadd(I::load(row + j), cv, I::sub(I::zero(), mc)));
-        I::store(row + j, p);
-        sum = I::add(sum, p);
-      }
-      float tot = I::reduce_add(sum);
-      for (i64 j = nv; j < n; ++j) {
-        row[j] = std::exp2(row[j] * c - m * c);
-        tot += row[j];
-      }
-      const V inv = I::set1(1.0f / tot);
-      for (i64 j = 0; j < nv; j += W) I::store(row + j, I::mul(I::load(row + j), inv));
-      for (i64 j = nv; j < n; ++j) row[j] /= tot;
+      softmax_forward(row, row, 1, n);
       for (i64 j = n; j < L; ++j) row[j] = 0.0f;
     }
     gemm(Trans::N, Trans::N, L, d, L, 1.0f, s, L, vh, d, 0.0f, o + h * L * d, d);
@@ -184,16 +157,11 @@ double measure_read_bandwidth(int reps, i64 n = i64{1} << 28) {  // default: 1 G
     float total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
     for (i64 blk = 0; blk < n / 4096; ++blk) {
-      using I = BestIsa;
-      I::V a0 = I::zero(), a1 = I::zero(), a2 = I::zero(), a3 = I::zero();
       const float* x = p + blk * 4096;
-      for (i64 j = 0; j < 4096; j += 4 * I::W) {
-        a0 = I::add(a0, I::load(x + j));
-        a1 = I::add(a1, I::load(x + j + I::W));
-        a2 = I::add(a2, I::load(x + j + 2 * I::W));
-        a3 = I::add(a3, I::load(x + j + 3 * I::W));
-      }
-      total += I::reduce_add(I::add(I::add(a0, a1), I::add(a2, a3)));
+      float acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (i64 j = 0; j < 4096; ++j) acc += x[j];
+      total += acc;
     }
     sink = total;
   });
@@ -276,7 +244,7 @@ int run_attention_bench(const AttentionBenchOptions& opt) {
             << (child ? "; also OPENBLAS_CORETYPE=SkylakeX in a child process" : "") << "\n"
             << "onednn:    " << (onednn ? "built in" : "not built in") << "\n"
             << "gemm:      " << gemm_backend_selection() << " (the unfused baseline uses it)\n"
-            << "flash:     " << flash_isa_name(flash_isa()) << " kernels; tiles fwd " << tiles.fwd_rows << " rows x "
+            << "flash:     " << isa_name(active_isa()) << " kernels; tiles fwd " << tiles.fwd_rows << " rows x "
             << tiles.fwd_keys << " keys, bwd " << tiles.bwd_rows << " rows x " << tiles.bwd_keys
             << " keys, split-KV chunk " << tiles.split_chunk << " from " << tiles.split_min_keys << " keys\n"
             << "reproduce: modformer --threads " << num_threads() << " bench attention --reps " << opt.reps

@@ -4,6 +4,7 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "core/isa.h"
 #include "core/threads.h"
 
 namespace mf::cli {
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
       mf::set_num_threads(threads);
     else
       mf::init_threads_from_env();
+    mf::active_isa();  // a bad MODFORMER_ISA stops here, named, before any work
     return action ? action() : 0;
   } catch (const mf::Error& e) {
     std::cerr << "error: " << e.what() << "\n";

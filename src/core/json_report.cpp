@@ -9,6 +9,7 @@
 
 #include "core/atomic_file.h"
 #include "core/cpu_features.h"
+#include "core/isa.h"
 #include "core/threads.h"
 
 namespace mf {
@@ -38,6 +39,9 @@ nlohmann::json run_environment_json() {
           {"openblas_coretype_env", env ? env : ""},
           {"modformer_version", MODFORMER_VERSION},
           {"build_type", MODFORMER_BUILD_TYPE},
+          {"build_arch", MODFORMER_ARCH},
+          {"isa", isa_name(active_isa())},
+          {"isa_detected", isa_name(detected_isa())},
           {"time_utc", when}};
 }
 

@@ -1,10 +1,13 @@
-// Thin SIMD layer for the row kernels: one Vec type chosen at compile time
-// (AVX-512: 16 lanes, AVX2+FMA: 8 lanes, otherwise 1 scalar lane) so that each
-// kernel is written once. Partial loads and stores handle a row's tail without
+// Thin SIMD layer for the row kernels: one Vec type per instruction-set
+// translation unit (core/isa_target.h: AVX-512 16 lanes, AVX2+FMA 8 lanes,
+// scalar 1 lane) so that each kernel is written once and compiled three times. Partial loads and stores handle a row's tail without
 // touching memory past its end; masked lanes of a load take a given fill value.
 // Reductions use a fixed order that depends only on the row length, so results
 // do not depend on the thread count.
 #pragma once
+#if !defined(MF_ISA_NS)
+#error "kernels/simd.h belongs in an *_isa.cpp file, after core/isa_target.h"
+#endif
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -12,9 +15,9 @@
 
 #include "kernels/vec_exp.h"
 
-namespace mf::simd {
+namespace mf::MF_ISA_NS::simd {
 
-#if defined(__AVX512F__)
+#if MF_ISA_LEVEL == 2
 
 inline constexpr int kWidth = 16;
 struct Vec {
@@ -68,9 +71,30 @@ inline float reduce_max(Vec a) {
   s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline Vec exp(Vec a) { return {exp_approx(a.v)}; }
+// exp_approx (kernels/vec_exp.h) on 16 lanes: the same operations, so the same bits.
+inline Vec exp(Vec a) {
+  using namespace vec_exp_detail;
+  // The all-lanes maskz forms are the plain instructions; GCC 12's unmasked
+  // max/min/roundscale/scalef intrinsics trip -Wmaybe-uninitialized.
+  constexpr __mmask16 all = 0xffff;
+  // max/min return their second operand when either is NaN: NaN passes through.
+  __m512 x = _mm512_maskz_max_ps(all, _mm512_set1_ps(kLo), a.v);
+  x = _mm512_maskz_min_ps(all, _mm512_set1_ps(kHi), x);
+  const __m512 n = _mm512_maskz_roundscale_ps(all, _mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpC6);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC5));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC4));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC3));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC2));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return {_mm512_maskz_scalef_ps(all, p, n)};
+}
 
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif MF_ISA_LEVEL == 1
 
 inline constexpr int kWidth = 8;
 struct Vec {
@@ -116,9 +140,32 @@ inline float reduce_max(Vec a) {
   s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline Vec exp(Vec a) { return {exp_approx(a.v)}; }
+// exp_approx (kernels/vec_exp.h) on 8 lanes: the same operations, so the same bits.
+inline Vec exp(Vec a) {
+  using namespace vec_exp_detail;
+  __m256 x = _mm256_max_ps(_mm256_set1_ps(kLo), a.v);
+  x = _mm256_min_ps(_mm256_set1_ps(kHi), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpC6);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC5));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC2));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvtps_epi32(n);  // NaN lanes give INT_MIN; p is NaN there anyway
+  const __m256i n1 = _mm256_srai_epi32(ni, 1);
+  const __m256i n2 = _mm256_sub_epi32(ni, n1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+  return {_mm256_mul_ps(_mm256_mul_ps(p, s1), s2)};
+}
 
-#else  // scalar fallback
+#else  // scalar
 
 inline constexpr int kWidth = 1;
 struct Vec {
@@ -201,11 +248,7 @@ inline float row_max(const float* x, std::int64_t n) {
   return reduce_max(max(max(m0, m1), max(m2, m3)));
 }
 
-// Rounding-error depth of sum_blocks: terms per lane plus the combining adds.
-constexpr std::int64_t sum_depth(std::int64_t n) {
-  std::int64_t log2w = 0;
-  while ((std::int64_t{1} << log2w) < kWidth) ++log2w;
-  return (n + 4 * kWidth - 1) / (4 * kWidth) + 1 + 2 + log2w;
-}
+// Rounding-error depth of sum_blocks (core/isa.h).
+constexpr std::int64_t sum_depth(std::int64_t n) { return simd_sum_depth(n, kWidth); }
 
-}  // namespace mf::simd
+}  // namespace mf::MF_ISA_NS::simd

@@ -1,9 +1,10 @@
-// Fast float exp for the kernels (softmax, activations, flash attention):
+// Fast float exp for the kernels (softmax, activations, Mamba, Performer):
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for
 // exp(r) (coefficients from tools/derive_kernel_polynomials.py), then p * 2^n.
-// Surprising: the scalar, AVX2 and AVX-512 forms give the same bits for every
-// input (same operations, each rounded once), so a row's tail handled by the
-// scalar form matches its body. Error < 1 ulp on [-87.3, 88.7] (normal
+// Surprising: the scalar form here and the AVX2 and AVX-512 forms
+// (simd::exp in kernels/simd.h) give the same bits for every input (same
+// operations, each rounded once), so a row's tail handled by the scalar form
+// matches its body. Error < 1 ulp on [-87.3, 88.7] (normal
 // results; 0.95 ulp worst over every third float, tested on a sweep by
 // tests/unit/test_kernels_vec_exp.cpp); subnormal results are rounded once;
 // exp(-inf) = 0, exp(+inf) = inf, exp(NaN) = NaN.
@@ -11,10 +12,6 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
-
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 namespace mf {
 
@@ -61,54 +58,12 @@ inline float exp_approx(float x) {
   return p * s1 * s2;
 }
 
-#if defined(__AVX512F__)
-inline __m512 exp_approx(__m512 x) {
-  using namespace vec_exp_detail;
-  // The all-lanes maskz forms are the plain instructions; GCC 12's unmasked
-  // max/min/roundscale/scalef intrinsics trip -Wmaybe-uninitialized.
-  constexpr __mmask16 all = 0xffff;
-  // max/min return their second operand when either is NaN: NaN passes through.
-  x = _mm512_maskz_max_ps(all, _mm512_set1_ps(kLo), x);
-  x = _mm512_maskz_min_ps(all, _mm512_set1_ps(kHi), x);
-  const __m512 n = _mm512_maskz_roundscale_ps(all, _mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(kExpC6);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC5));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC4));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC3));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpC2));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(all, p, n);
-}
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__)
-inline __m256 exp_approx(__m256 x) {
-  using namespace vec_exp_detail;
-  x = _mm256_max_ps(_mm256_set1_ps(kLo), x);
-  x = _mm256_min_ps(_mm256_set1_ps(kHi), x);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(kExpC6);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC5));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC4));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC3));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpC2));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i ni = _mm256_cvtps_epi32(n);  // NaN lanes give INT_MIN; p is NaN there anyway
-  const __m256i n1 = _mm256_srai_epi32(ni, 1);
-  const __m256i n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-}
-#endif
+// Row kernels on the vector forms (the variant of active_isa(); see core/isa.h).
+// y[i] = exp_approx(x[i]).
+void exp_rows(float* y, const float* x, std::int64_t n);
+// row[i] = mul * exp_approx(row[i] - shift) + add (Performer's feature map).
+void exp_affine_row(float* row, std::int64_t n, float shift, float mul, float add);
+// row[i] = exp_approx((row[i] - s1) - s2) (log-sum-exp normalization).
+void exp_shift2_row(float* row, std::int64_t n, float s1, float s2);
 
 }  // namespace mf

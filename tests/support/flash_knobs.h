@@ -1,27 +1,23 @@
-// The flash attention kernels' knobs in tests: every SIMD path compiled in, a
-// scope that restores the path in use, and 16-wide tiles (small shapes then
-// cross many tiles).
+// The flash attention kernels' knobs in tests: every SIMD path the host runs
+// (core/isa.h), a scope that restores the path in use, and 16-wide tiles
+// (small shapes then cross many tiles).
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "core/isa.h"
 #include "nn/attention/flash_attention.h"
 
 namespace mf::testing {
 
-inline std::vector<FlashIsa> flash_isas() {
-  std::vector<FlashIsa> v;
-  for (FlashIsa i : {FlashIsa::Avx512, FlashIsa::Avx2, FlashIsa::Scalar})
-    if (flash_isa_available(i)) v.push_back(i);
-  return v;
-}
+inline std::vector<Isa> flash_isas() { return supported_isas(); }
 
 struct ScopedFlashIsa {
-  FlashIsa prev = flash_isa();
+  Isa prev = active_isa();
   ScopedFlashIsa() = default;
   ScopedFlashIsa(const ScopedFlashIsa&) = delete;
   ScopedFlashIsa& operator=(const ScopedFlashIsa&) = delete;
-  ~ScopedFlashIsa() { set_flash_isa(prev); }
+  ~ScopedFlashIsa() { set_isa(prev); }
 };
 
 // 16-wide tiles; small_rows picks the forward kernel: 0 = the S^T kernel

@@ -105,9 +105,9 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
         opt.causal = causal;
         opt.flash_tiles = path.tiles;
         const auto d = attention_forward(q, k, v, opt, AttentionImpl::Dense);
-        for (FlashIsa isa : flash_isas()) {
-          set_flash_isa(isa);
-          SCOPED_TRACE(std::string(flash_isa_name(isa)) + " " + path.name + (causal ? " causal " : " ") + poison.name);
+        for (Isa isa : flash_isas()) {
+          set_isa(isa);
+          SCOPED_TRACE(std::string(isa_name(isa)) + " " + path.name + (causal ? " causal " : " ") + poison.name);
           const auto f = attention_forward(q, k, v, opt, AttentionImpl::Flash);
           expect_same_non_finite("out", f.out, d.out);
           expect_same_non_finite("lse", f.lse, d.lse);
@@ -125,12 +125,12 @@ TEST(AttentionEdgeCases, NonFiniteInputsReachTheirRowsForward) {
 // row's dq, and dk/dv of the keys it sees) and a NaN key.
 TEST(AttentionEdgeCases, NonFiniteInputsReachTheGradients) {
   ScopedFlashIsa restore;
-  for (FlashIsa isa : flash_isas()) {
-    set_flash_isa(isa);
+  for (Isa isa : flash_isas()) {
+    set_isa(isa);
     for (const FlashTiles& tiles : {tiny_flash_tiles(0), FlashTiles{}})
       for (const bool causal : {false, true})
         for (const char which : {'q', 'k'}) {
-          SCOPED_TRACE(std::string(flash_isa_name(isa)) + (causal ? " causal " : " ") + which + " tile " +
+          SCOPED_TRACE(std::string(isa_name(isa)) + (causal ? " causal " : " ") + which + " tile " +
                        std::to_string(tiles.bwd_rows));
           Tensor q = randn({1, 4, 37, 16}, 4), k = randn({1, 2, 45, 16}, 5), v = randn({1, 2, 45, 16}, 6),
                  dout = randn({1, 4, 37, 16}, 7);

@@ -19,13 +19,14 @@
 #include <vector>
 
 #include "core/alloc.h"
+#include "core/isa.h"
+#include "core/isa_dispatch.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "nn/attention/attention.h"
 #include "nn/attention/attention_problem.h"
 #include "nn/attention/flash_attention.h"
-#include "nn/attention/flash_tiles.h"
 #include "testing/gradcheck.h"
 #include "../support/attention_spec.h"
 #include "../support/fixtures.h"
@@ -41,103 +42,29 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+}  // namespace
 
 // ------------------------------------------------------------ micro-kernel
 
-template <class Isa>
-void check_tile_gemm(std::uint64_t seed) {
-  Rng rng(seed);
-  for (int trial = 0; trial < 60; ++trial) {
-    const std::int64_t m = 1 + static_cast<std::int64_t>(rng.below(40)), n = 8 * (1 + static_cast<std::int64_t>(rng.below(20)));
-    const std::int64_t k = 1 + static_cast<std::int64_t>(rng.below(70));
-    const bool acol = rng.below(2) == 1;
-    const auto mode = static_cast<flash::TileMode>(rng.below(3));
-    const std::int64_t lda = (acol ? m : k) + static_cast<std::int64_t>(rng.below(5));
-    const std::int64_t ldb = n + static_cast<std::int64_t>(rng.below(9)), ldc = n + static_cast<std::int64_t>(rng.below(9));
-    std::vector<float> a((acol ? k : m) * lda), b(k * ldb), c(m * ldc), scale(m);
-    for (auto& x : a) x = rng.normal();
-    for (auto& x : b) x = rng.normal();
-    for (auto& x : c) x = rng.normal();
-    for (auto& x : scale) x = rng.uniform();
-    std::vector<float> got = c;
-    // col_max (full vectors only): running max over the rows of C.
-    const bool with_max = n % Isa::W == 0;
-    std::vector<float> colmax(n, -1e30f);
-    float* cmx = with_max ? colmax.data() : nullptr;
-    if (acol)
-      flash::tile_gemm<Isa, true>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data(), cmx);
-    else
-      flash::tile_gemm<Isa, false>(m, n, k, a.data(), lda, b.data(), ldb, got.data(), ldc, mode, scale.data(), cmx);
-    for (std::int64_t j = 0; j < n && with_max; ++j) {
-      float mx = -1e30f;
-      for (std::int64_t i = 0; i < m; ++i) mx = std::max(mx, got[i * ldc + j]);
-      ASSERT_EQ(colmax[j], mx) << Isa::kName << " column max " << j;
-    }
-    for (std::int64_t i = 0; i < m; ++i)
-      for (std::int64_t j = 0; j < ldc; ++j) {
-        if (j >= n) {  // padding beyond N is never touched
-          ASSERT_EQ(got[i * ldc + j], c[i * ldc + j]);
-          continue;
-        }
-        double s = 0, mag = 0;
-        for (std::int64_t x = 0; x < k; ++x) {
-          const double t = static_cast<double>(acol ? a[x * lda + i] : a[i * lda + x]) * b[x * ldb + j];
-          s += t;
-          mag += std::fabs(t);
-        }
-        const double c0 = c[i * ldc + j];
-        const double want = mode == flash::TileMode::Store ? s : mode == flash::TileMode::Add ? c0 + s : scale[i] * c0 + s;
-        // float32 sums of k products: |error| <= k * eps * sum |terms| (Higham), eps = 2^-24.
-        ASSERT_NEAR(got[i * ldc + j], want, (k + 2) * 6e-8 * (mag + std::fabs(c0)) + 1e-30)
-            << Isa::kName << " m=" << m << " n=" << n << " k=" << k << " acol=" << acol;
-      }
-  }
-}
 
+MF_ISA_DECLARE(void check_flash_tile_gemm(std::uint64_t seed))
+MF_ISA_DECLARE(void check_flash_exp2())
+
+// The micro-kernel and exp2 of every instruction set the host supports
+// (flash_tiles_checks_isa.cpp).
 TEST(FlashTiles, MicroKernelMatchesPlainLoop) {
-  check_tile_gemm<flash::IsaScalar>(1);
-#ifdef MF_FLASH_HAVE_AVX2
-  check_tile_gemm<flash::IsaAvx2>(2);
-#endif
-#ifdef MF_FLASH_HAVE_AVX512
-  check_tile_gemm<flash::IsaAvx512>(3);
-#endif
-}
-
-template <class Isa>
-void check_exp2() {
-  std::vector<float> xs;
-  for (float x = -130.0f; x <= 0.0f; x += 0.0137f) xs.push_back(x);
-  xs.push_back(-std::numeric_limits<float>::infinity());
-  xs.push_back(0.0f);
-  xs.push_back(-125.0f);
-  xs.push_back(-124.99f);
-  while (xs.size() % 16 != 0) xs.push_back(-1.0f);
-  for (std::size_t i = 0; i < xs.size(); i += Isa::W) {
-    float out[16];
-    Isa::store(out, Isa::exp2(Isa::load(&xs[i])));
-    for (int l = 0; l < Isa::W; ++l) {
-      const float x = xs[i + l];
-      if (x < flash::kExp2Min) {
-        ASSERT_EQ(out[l], 0.0f) << Isa::kName << " x=" << x;
-      } else {
-        const double want = std::exp2(static_cast<double>(x));
-        ASSERT_NEAR(out[l], want, 3e-7 * want) << Isa::kName << " x=" << x;
-        ASSERT_TRUE(std::isnormal(out[l])) << Isa::kName << " x=" << x;
-      }
-    }
-  }
+  isa_scalar::check_flash_tile_gemm(1);
+  if (isa_supported(Isa::Avx2)) isa_avx2::check_flash_tile_gemm(2);
+  if (isa_supported(Isa::Avx512)) isa_avx512::check_flash_tile_gemm(3);
 }
 
 TEST(FlashTiles, Exp2IsAccurateAndZeroBelowRange) {
-  check_exp2<flash::IsaScalar>();
-#ifdef MF_FLASH_HAVE_AVX2
-  check_exp2<flash::IsaAvx2>();
-#endif
-#ifdef MF_FLASH_HAVE_AVX512
-  check_exp2<flash::IsaAvx512>();
-#endif
+  isa_scalar::check_flash_exp2();
+  if (isa_supported(Isa::Avx2)) isa_avx2::check_flash_exp2();
+  if (isa_supported(Isa::Avx512)) isa_avx512::check_flash_exp2();
 }
+
+namespace {
 
 // ------------------------------------------------------------ naive reference
 
@@ -459,12 +386,12 @@ std::vector<TileConfig> tile_configs(const FlashTiles& defaults) {
 
 TEST(FlashAttention, MatchesFloat64LoopOnOptionGrid) {
   ScopedFlashIsa knobs;
-  for (FlashIsa isa : flash_isas()) {
-    set_flash_isa(isa);
+  for (Isa isa : flash_isas()) {
+    set_isa(isa);
     for (const TileConfig& tc : tile_configs(FlashTiles{})) {
       for (Spec s : option_grid()) {
         s.opt.flash_tiles = tc.tiles;
-        SCOPED_TRACE(s.name + " isa=" + flash_isa_name(isa) + " " + tc.name);
+        SCOPED_TRACE(s.name + " isa=" + isa_name(isa) + " " + tc.name);
         check_spec(s, 100);
       }
     }
@@ -795,11 +722,11 @@ TEST(FlashAttention, MatchesPyTorchFixtures) {
     const auto base = naive<float>(s, q.to_vector(), k.to_vector(), v.to_vector(), dout.to_vector());
     const auto ref_out = doubles(t.at("out")), ref_lse = doubles(t.at("lse"));
     const auto ref_dq = doubles(t.at("dq")), ref_dk = doubles(t.at("dk")), ref_dv = doubles(t.at("dv"));
-    for (FlashIsa isa : flash_isas()) {
-      set_flash_isa(isa);
+    for (Isa isa : flash_isas()) {
+      set_isa(isa);
       for (const TileConfig& tc : tile_configs(FlashTiles{})) {
         s.opt.flash_tiles = tc.tiles;
-        SCOPED_TRACE(name + " isa=" + flash_isa_name(isa) + " " + tc.name);
+        SCOPED_TRACE(name + " isa=" + isa_name(isa) + " " + tc.name);
         const auto f = run_fwd(s, q, k, v);
         expect_close_per_element("out", f.out.to_vector(), ref_out, base.out, s.d);
         expect_close_per_element("lse", f.lse.to_vector(), ref_lse, base.lse, 1, 1.0);

@@ -122,9 +122,9 @@ TEST(AttentionValueDim, FlashEqualsDenseOnEverySimdPathAndTiling) {
   mf::testing::ScopedFlashIsa restore;
   std::vector<DenseResult> dense;
   for (const Case& c : cases()) dense.push_back(dense_of(c));
-  const std::vector<FlashIsa> isas = mf::testing::flash_isas();
-  for (FlashIsa isa : isas) {
-    set_flash_isa(isa);
+  const std::vector<Isa> isas = mf::testing::flash_isas();
+  for (Isa isa : isas) {
+    set_isa(isa);
     for (std::size_t ci = 0; ci < cases().size(); ++ci) {
       const Case c = cases()[ci];
       if (isa != isas.front() && c.hq * c.lq * c.lk * (c.d + c.dv) > 40000) continue;  // large shapes: the fastest path only

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/isa_variants.h"
 #include "../support/bounds.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -158,18 +159,22 @@ TEST(KernelsActivations, FastMatchesReferenceOnAwkwardSizes) {
   for (std::int64_t n : {1, 3, 7, 15, 16, 17, 64, 1000, 4097})
     for (std::int64_t rows : {1, 3, 17, 33}) counts.push_back(rows * n);
   counts.push_back(3 * kernels::kElementwiseChunk + 5);
-  for (Act a : kActs)
-    for (std::int64_t c : counts) {
-      check_activation(a, c, str_cat("count ", c));
-      check_gated(a, c, str_cat("count ", c));
-    }
+  mf::testing::for_each_isa([&] {
+    for (Act a : kActs)
+      for (std::int64_t c : counts) {
+        check_activation(a, c, str_cat("count ", c));
+        check_gated(a, c, str_cat("count ", c));
+      }
+  });
 }
 
 TEST(KernelsActivations, ExtremeInputsSaturateCleanly) {
   const std::vector<float> x = {-1e5f, -3e38f, 1e5f, 3e38f, -60.0f, 60.0f};
   std::vector<float> y(x.size()), dx(x.size());
   const std::vector<float> ones(x.size(), 1.0f);
-  for (Act a : kActs) {
+  for (Isa isa : supported_isas()) {
+    ScopedIsa scope(isa);
+    for (Act a : kActs) {
     run_fast(a, false, y.data(), nullptr, x.data(), 6);
     run_fast(a, true, dx.data(), ones.data(), x.data(), 6);
     EXPECT_EQ(y[0], 0.0f) << act_name(a);
@@ -181,6 +186,7 @@ TEST(KernelsActivations, ExtremeInputsSaturateCleanly) {
     EXPECT_EQ(dx[2], 1.0f) << act_name(a);
     EXPECT_EQ(dx[3], 1.0f) << act_name(a);
     EXPECT_EQ(y[5], 60.0f) << act_name(a);
+    }
   }
 }
 

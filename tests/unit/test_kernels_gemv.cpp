@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "kernels/gemv.h"
 #include "../support/errors.h"
+#include "../support/isa_variants.h"
 #include "../support/threads.h"
 
 using namespace mf;
@@ -51,13 +52,16 @@ TEST(Gemv, MatchesReferenceOnAwkwardSizes) {
   mf::testing::ScopedThreads two(2);
   for (std::int64_t rows : {1, 3, 4, 5, 17, 131})
     for (std::int64_t in : {1, 7, 16, 17, 33, 100, 515})
-      for (std::int64_t n : {1, 2, 3, 5, 16}) expect_near_reference(rows, in, n, (rows + n) % 2 == 0, n % 3);
+      for (std::int64_t n : {1, 2, 3, 5, 16})
+        mf::testing::for_each_isa([&] { expect_near_reference(rows, in, n, (rows + n) % 2 == 0, n % 3); });
 }
 
 TEST(Gemv, LargeEnoughToRunInParallelMatchesReference) {
   mf::testing::ScopedThreads two(2);
-  expect_near_reference(1031, 257, 1, true, 0);
-  expect_near_reference(517, 130, 7, false, 1);
+  mf::testing::for_each_isa([&] {
+    expect_near_reference(1031, 257, 1, true, 0);
+    expect_near_reference(517, 130, 7, false, 1);
+  });
 }
 
 // Batched generation equals sequential generation only if a row's bits do not
@@ -66,6 +70,7 @@ TEST(Gemv, EachInputOfABatchGetsItsBitsAlone) {
   mf::testing::ScopedThreads two(2);
   const std::int64_t rows = 203, in = 131;
   const auto w = random_values(rows * in, 4), x = random_values(16 * in, 5), b = random_values(rows, 6);
+  mf::testing::for_each_isa([&] {
   for (std::int64_t n : {2, 3, 4, 5, 9, 16}) {
     std::vector<float> batch(static_cast<std::size_t>(n * rows));
     gemv(w.data(), b.data(), rows, in, x.data(), in, n, batch.data(), rows);
@@ -76,6 +81,7 @@ TEST(Gemv, EachInputOfABatchGetsItsBitsAlone) {
         ASSERT_EQ(batch[j * rows + r], alone[r]) << "n " << n << " input " << j << " row " << r;
     }
   }
+  });
 }
 
 TEST(Gemv, FusedTargetsEqualSeparateCalls) {

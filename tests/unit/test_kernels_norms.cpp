@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../support/bounds.h"
+#include "../support/isa_variants.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
 #include "../support/threads.h"
@@ -18,7 +19,6 @@
 #include "kernels/layernorm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rows.h"
-#include "kernels/simd.h"
 #include "testing/gradcheck.h"
 
 using namespace mf;
@@ -46,7 +46,7 @@ struct Bounds {
   std::vector<double> out, mean, rstd, dx, dw, db;
 };
 
-// ---- LayerNorm bounds (u = 2^-24; D = simd::sum_depth(n)) -------------------
+// ---- LayerNorm bounds (u = 2^-24; D = mf::testing::active_sum_depth(n)) -------------------
 // Forward: the mean's error dm = u (D mean|x| + 2|m|) (sum, then * 1/n);
 // the variance's relative error (D + 5) u (x - m rounds, squares, sum, * 1/n),
 // so rstd's is ((D + 5)/2 + 3) u (plus eps, sqrt, divide); xhat then has
@@ -64,7 +64,7 @@ Bounds layernorm_bounds(const std::vector<float>& x, const std::vector<float>& w
   Bounds B;
   B.out.resize(x.size());
   B.dx.resize(x.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   std::vector<double> sum_dy_xhat(n, 0.0), sum_dy(n, 0.0);
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* xr = &x[r * n];
@@ -126,7 +126,7 @@ Bounds rmsnorm_bounds(const std::vector<float>& x, const std::vector<float>& w, 
   Bounds B;
   B.out.resize(x.size());
   B.dx.resize(x.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   std::vector<double> sum_dy_xhat(n, 0.0);
   for (std::int64_t r = 0; r < rows; ++r) {
     const double s = rstd_f[r];
@@ -221,21 +221,25 @@ void check_rmsnorm(std::int64_t rows, std::int64_t n, bool affine, const std::st
 
 TEST(KernelsLayerNorm, FastMatchesReferenceOnAwkwardShapes) {
   for (std::int64_t n : kAwkwardN)
-    for (std::int64_t rows : kAwkwardRows) check_layernorm(rows, n, 0.0f, true, shape_name(rows, n));
+    for (std::int64_t rows : kAwkwardRows)
+      mf::testing::for_each_isa([&] { check_layernorm(rows, n, 0.0f, true, shape_name(rows, n)); });
 }
 
 TEST(KernelsLayerNorm, LargeOffsetAndNoAffine) {
   // mean >> std: the two-pass variance must not cancel.
   for (std::int64_t n : {17, 1000}) {
-    check_layernorm(9, n, 300.0f, true, "offset 300 " + shape_name(9, n));
-    check_layernorm(9, n, 0.0f, false, "no affine " + shape_name(9, n));
+    mf::testing::for_each_isa([&] {
+      check_layernorm(9, n, 300.0f, true, "offset 300 " + shape_name(9, n));
+      check_layernorm(9, n, 0.0f, false, "no affine " + shape_name(9, n));
+    });
   }
 }
 
 TEST(KernelsRmsNorm, FastMatchesReferenceOnAwkwardShapes) {
   for (std::int64_t n : kAwkwardN)
-    for (std::int64_t rows : kAwkwardRows) check_rmsnorm(rows, n, true, shape_name(rows, n));
-  check_rmsnorm(9, 100, false, "no weight [9, 100]");
+    for (std::int64_t rows : kAwkwardRows)
+      mf::testing::for_each_isa([&] { check_rmsnorm(rows, n, true, shape_name(rows, n)); });
+  mf::testing::for_each_isa([&] { check_rmsnorm(9, 100, false, "no weight [9, 100]"); });
 }
 
 TEST(KernelsLayerNorm, BackwardMatchesFiniteDifferences) {

@@ -10,9 +10,9 @@
 
 #include "core/error.h"
 #include "core/threads.h"
-#include "kernels/simd.h"
 #include "kernels/softmax.h"
 #include "../support/bounds.h"
+#include "../support/isa_variants.h"
 #include "../support/fixtures.h"
 #include "../support/threads.h"
 #include "testing/gradcheck.h"
@@ -30,7 +30,7 @@ const std::vector<std::int64_t> kAwkwardN = {1, 3, 7, 15, 16, 17, 64, 1000, 4097
 const std::vector<std::int64_t> kAwkwardRows = {1, 2, 3, 5, 8, 13, 16, 17, 32, 33};
 
 // Error bounds of the fast kernels, in units of u = 2^-24, one row at a time.
-// D = simd::sum_depth(n) bounds the relative error of the kernel's float sum
+// D = mf::testing::active_sum_depth(n) bounds the relative error of the kernel's float sum
 // of non-negative terms; the exp is < 1 ulp (2u); every "+ |ref|" term is the
 // reference's own rounding to float.
 
@@ -40,7 +40,7 @@ const std::vector<std::int64_t> kAwkwardRows = {1, 2, 3, 5, 8, 13, 16, 17, 32, 3
 std::vector<double> softmax_forward_bound(const std::vector<float>& x, const std::vector<float>& y,
                                           std::int64_t rows, std::int64_t n) {
   std::vector<double> b(x.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* xr = &x[r * n];
     const float* yr = &y[r * n];
@@ -59,7 +59,7 @@ std::vector<double> softmax_forward_bound(const std::vector<float>& x, const std
 std::vector<double> softmax_backward_bound(const std::vector<float>& dy, const std::vector<float>& y,
                                            const std::vector<float>& ref, std::int64_t rows, std::int64_t n) {
   std::vector<double> b(y.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   for (std::int64_t r = 0; r < rows; ++r) {
     double dot = 0, S = 0;
     for (std::int64_t j = 0; j < n; ++j) {
@@ -80,7 +80,7 @@ std::vector<double> softmax_backward_bound(const std::vector<float>& dy, const s
 std::vector<double> log_softmax_forward_bound(const std::vector<float>& x, const std::vector<float>& y,
                                               std::int64_t rows, std::int64_t n) {
   std::vector<double> b(x.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* xr = &x[r * n];
     double m = -INFINITY, A = 0, s = 0;
@@ -101,7 +101,7 @@ std::vector<double> log_softmax_forward_bound(const std::vector<float>& x, const
 std::vector<double> log_softmax_backward_bound(const std::vector<float>& dy, const std::vector<float>& y,
                                                const std::vector<float>& ref, std::int64_t rows, std::int64_t n) {
   std::vector<double> b(y.size());
-  const double D = static_cast<double>(simd::sum_depth(n));
+  const double D = static_cast<double>(mf::testing::active_sum_depth(n));
   for (std::int64_t r = 0; r < rows; ++r) {
     double s = 0, sa = 0;
     for (std::int64_t j = 0; j < n; ++j) {
@@ -118,30 +118,32 @@ std::vector<double> log_softmax_backward_bound(const std::vector<float>& dy, con
 
 // Runs all four kernels, fast and reference, on x [rows, n] and checks the bounds.
 void check_all(const std::vector<float>& x, std::int64_t rows, std::int64_t n, const std::string& what) {
-  const std::size_t size = x.size();
-  const std::vector<float> dy = random_normal(rows * n, 77, 1.0f, 3);
-  std::vector<float> fast(size), ref(size), dfast(size), dref(size);
+  mf::testing::for_each_isa([&] {
+    const std::size_t size = x.size();
+    const std::vector<float> dy = random_normal(rows * n, 77, 1.0f, 3);
+    std::vector<float> fast(size), ref(size), dfast(size), dref(size);
 
-  // softmax
-  softmax_forward(fast.data(), x.data(), rows, n);
-  reference::softmax_forward(ref.data(), x.data(), rows, n);
-  EXPECT_TRUE(within_bounds(fast, mt::to_double(ref), softmax_forward_bound(x, ref, rows, n),
-                            "softmax_forward " + what));
-  // Both backward kernels get the same y (the reference's) so only their own error is measured.
-  softmax_backward(dfast.data(), dy.data(), ref.data(), rows, n);
-  reference::softmax_backward(dref.data(), dy.data(), ref.data(), rows, n);
-  EXPECT_TRUE(within_bounds(dfast, mt::to_double(dref), softmax_backward_bound(dy, ref, dref, rows, n),
-                            "softmax_backward " + what));
+    // softmax
+    softmax_forward(fast.data(), x.data(), rows, n);
+    reference::softmax_forward(ref.data(), x.data(), rows, n);
+    EXPECT_TRUE(within_bounds(fast, mt::to_double(ref), softmax_forward_bound(x, ref, rows, n),
+                              "softmax_forward " + what));
+    // Both backward kernels get the same y (the reference's) so only their own error is measured.
+    softmax_backward(dfast.data(), dy.data(), ref.data(), rows, n);
+    reference::softmax_backward(dref.data(), dy.data(), ref.data(), rows, n);
+    EXPECT_TRUE(within_bounds(dfast, mt::to_double(dref), softmax_backward_bound(dy, ref, dref, rows, n),
+                              "softmax_backward " + what));
 
-  // log-softmax
-  log_softmax_forward(fast.data(), x.data(), rows, n);
-  reference::log_softmax_forward(ref.data(), x.data(), rows, n);
-  EXPECT_TRUE(within_bounds(fast, mt::to_double(ref), log_softmax_forward_bound(x, ref, rows, n),
-                            "log_softmax_forward " + what));
-  log_softmax_backward(dfast.data(), dy.data(), ref.data(), rows, n);
-  reference::log_softmax_backward(dref.data(), dy.data(), ref.data(), rows, n);
-  EXPECT_TRUE(within_bounds(dfast, mt::to_double(dref), log_softmax_backward_bound(dy, ref, dref, rows, n),
-                            "log_softmax_backward " + what));
+    // log-softmax
+    log_softmax_forward(fast.data(), x.data(), rows, n);
+    reference::log_softmax_forward(ref.data(), x.data(), rows, n);
+    EXPECT_TRUE(within_bounds(fast, mt::to_double(ref), log_softmax_forward_bound(x, ref, rows, n),
+                              "log_softmax_forward " + what));
+    log_softmax_backward(dfast.data(), dy.data(), ref.data(), rows, n);
+    reference::log_softmax_backward(dref.data(), dy.data(), ref.data(), rows, n);
+    EXPECT_TRUE(within_bounds(dfast, mt::to_double(dref), log_softmax_backward_bound(dy, ref, dref, rows, n),
+                              "log_softmax_backward " + what));
+  });
 }
 
 std::string shape_name(std::int64_t rows, std::int64_t n) {

@@ -29,6 +29,7 @@
 #include "testing/gradcheck.h"
 #include "train/data.h"
 #include "train/trainer.h"
+#include "../support/isa_variants.h"
 #include "../support/close.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -196,7 +197,8 @@ TEST(MambaScan, FastMatchesReference) {
                    " N=" + std::to_string(s.n) + " chunk=" + std::to_string(chunk));
       const ScanData data(s, 10 + i);
       const Tensor dy = randn({s.batch * s.len, s.dim}, 50 + i++);
-      expect_runs_close(scan_fast(s, data.in, dy, chunk), scan_reference(s, data.in, dy), 2e-5);
+      const ScanRun ref = scan_reference(s, data.in, dy);
+      mf::testing::for_each_isa([&] { expect_runs_close(scan_fast(s, data.in, dy, chunk), ref, 2e-5); });
     }
 }
 
@@ -261,6 +263,24 @@ TEST(MambaScan, MatchesPyTorchFixtures) {
   }
 }
 
+namespace {
+// The fast mixer of every instruction set against the reference run; returns
+// the fast runs (one per supported variant).
+std::vector<LayerRun> expect_fast_matches(Layer& l, const Tensor& x, const Tensor& dy, std::int64_t b,
+                                          std::int64_t len, const LayerRun& ref) {
+  std::vector<LayerRun> runs;
+  mf::testing::for_each_isa([&] {
+    runs.push_back(run_fast(l, x, dy, b, len));
+    const LayerRun& fast = runs.back();
+    EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
+    EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
+    for (std::size_t g = 0; g < fast.grads.size(); ++g)
+      EXPECT_TRUE(close(fast.grads[g], ref.grads[g], 2e-5, "grad " + l.owned[g]->name));
+  });
+  return runs;
+}
+}  // namespace
+
 // Fast mixer == double reference: batch 2, L = 1, L not a multiple of the
 // chunk, biases on and off, conv kernels 1 and 4, the auto dt rank.
 TEST(Mamba, FastMatchesReference) {
@@ -274,11 +294,7 @@ TEST(Mamba, FastMatchesReference) {
       const std::int64_t b = 2;
       const Tensor x = randn({b * len, s.c}, 40 + i), dy = randn({b * len, s.c}, 60 + i);
       ++i;
-      const LayerRun fast = run_fast(l, x, dy, b, len), ref = run_reference(l, x, dy, b, len);
-      EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
-      EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
-      for (std::size_t g = 0; g < fast.grads.size(); ++g)
-        EXPECT_TRUE(close(fast.grads[g], ref.grads[g], 2e-5, "grad " + l.owned[g]->name));
+      expect_fast_matches(l, x, dy, b, len, run_reference(l, x, dy, b, len));
     }
 }
 
@@ -292,16 +308,14 @@ TEST(Mamba, SoftplusAcrossItsRange) {
   for (std::int64_t d = 0; d < l.p.inner; ++d) bias[d] = -30.0f + 60.0f * static_cast<float>(d) / (l.p.inner - 1);
   const std::int64_t b = 2, len = 9;
   const Tensor x = randn({b * len, s.c}, 32), dy = randn({b * len, s.c}, 33);
-  const LayerRun fast = run_fast(l, x, dy, b, len), ref = run_reference(l, x, dy, b, len);
-  EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
-  EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
-  for (std::size_t g = 0; g < fast.grads.size(); ++g)
-    EXPECT_TRUE(close(fast.grads[g], ref.grads[g], 2e-5, "grad " + l.owned[g]->name));
-  // Element-wise: the smallest Delta's channel keeps its gradient to the bias.
-  const auto got = fast.grads[5].to_vector(), want = ref.grads[5].to_vector();  // mixer.dt_proj.bias
-  ASSERT_EQ(l.owned[5]->name, "mixer.dt_proj.bias");
-  for (std::size_t d = 0; d < got.size(); ++d)
-    EXPECT_NEAR(got[d], want[d], 1e-4 * std::fabs(want[d]) + 1e-30) << "channel " << d;
+  const LayerRun ref = run_reference(l, x, dy, b, len);
+  for (const LayerRun& fast : expect_fast_matches(l, x, dy, b, len, ref)) {
+    // Element-wise: the smallest Delta's channel keeps its gradient to the bias.
+    const auto got = fast.grads[5].to_vector(), want = ref.grads[5].to_vector();  // mixer.dt_proj.bias
+    ASSERT_EQ(l.owned[5]->name, "mixer.dt_proj.bias");
+    for (std::size_t d = 0; d < got.size(); ++d)
+      EXPECT_NEAR(got[d], want[d], 1e-4 * std::fabs(want[d]) + 1e-30) << "channel " << d;
+  }
 }
 
 // Gradients of x and every parameter vs four-point finite differences.

@@ -23,6 +23,7 @@
 #include "nn/performer/performer.h"
 #include "testing/gradcheck.h"
 #include "train/trainer.h"
+#include "../support/isa_variants.h"
 #include "../support/generation.h"
 #include "../support/mixer_checks.h"
 #include "../support/errors.h"
@@ -108,10 +109,13 @@ TEST(Performer, FastMatchesReference) {
             PerformerOptions opt;
             opt.kernel = kernel;
             opt.chunk_size = chunk;
-            Tensor fast = Tensor::empty(q.shape()), ref = Tensor::empty(q.shape());
-            performer_attention_forward(fast, nullptr, q, k, v, w, s.batch, s.len, causal, mask, opt);
+            Tensor ref = Tensor::empty(q.shape());
             reference::performer_attention_forward(ref, q, k, v, w, s.batch, s.len, causal, mask, opt);
-            EXPECT_TRUE(close(fast, ref, 2e-5, "out"));
+            mf::testing::for_each_isa([&] {
+              Tensor fast = Tensor::empty(q.shape());
+              performer_attention_forward(fast, nullptr, q, k, v, w, s.batch, s.len, causal, mask, opt);
+              EXPECT_TRUE(close(fast, ref, 2e-5, "out"));
+            });
             ++n;
           }
   EXPECT_EQ(n, 5 * 2 * (2 + 2 * 3));

@@ -22,6 +22,7 @@
 #include "nn/reformer/lsh_attention.h"
 #include "testing/gradcheck.h"
 #include "train/adamw.h"
+#include "../support/isa_variants.h"
 #include "../support/generation.h"
 #include "../support/errors.h"
 #include "../support/fixtures.h"
@@ -124,12 +125,14 @@ TEST(LshAttention, FastMatchesReference) {
         const std::int64_t n = c.s.batch * c.s.seq_len;
         const Tensor x = randn({n, c.s.c}, 30 + runs), dy = randn({n, c.s.c}, 60 + runs);
         const Tensor mask = padded && c.s.seq_len > 1 ? mf::testing::tail_and_hole_mask(c.s.batch, c.s.seq_len) : Tensor();
-        const LayerRun fast = run_fast(l, x, dy, c.s.batch, c.s.seq_len, mask);
         const LayerRun ref = run_reference(l, x, dy, c.s.batch, c.s.seq_len, mask);
-        EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
-        EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
-        for (std::size_t i = 0; i < fast.grads.size(); ++i)
-          EXPECT_TRUE(close(fast.grads[i], ref.grads[i], 2e-5, "grad " + l.owned[i]->name));
+        mf::testing::for_each_isa([&] {
+          const LayerRun fast = run_fast(l, x, dy, c.s.batch, c.s.seq_len, mask);
+          EXPECT_TRUE(close(fast.y, ref.y, 2e-5, "y"));
+          EXPECT_TRUE(close(fast.dx, ref.dx, 2e-5, "dx"));
+          for (std::size_t i = 0; i < fast.grads.size(); ++i)
+            EXPECT_TRUE(close(fast.grads[i], ref.grads[i], 2e-5, "grad " + l.owned[i]->name));
+        });
         ++runs;
       }
 }

@@ -238,10 +238,10 @@ TEST(SparseAttention, FlashMatchesDenseForEveryPattern) {
   const Tensor dout = randn({2, hq, len, d}, 4);
   for (const Case& c : cases(len, hq)) {
     const DenseResult want = dense_with_layout(c, q, k, v, dout);
-    for (FlashIsa isa : mf::testing::flash_isas()) {
-      set_flash_isa(isa);
+    for (Isa isa : mf::testing::flash_isas()) {
+      set_isa(isa);
       for (const FlashTiles& t : {FlashTiles{}, mf::testing::tiny_flash_tiles(0), mf::testing::tiny_flash_tiles(16)}) {
-        SCOPED_TRACE(flash_isa_name(isa) + " " + c.name + " fwd_rows " + std::to_string(t.fwd_rows) + " small " +
+        SCOPED_TRACE(isa_name(isa) + " " + c.name + " fwd_rows " + std::to_string(t.fwd_rows) + " small " +
                      std::to_string(t.small_rows));
         expect_flash_matches(want, c, q, k, v, dout, t);
       }

@@ -1,74 +1,41 @@
-// Flash attention: the knobs (which SIMD path runs, tile size validation).
-// The kernels are split by stage: flash_geometry.h (tile geometry and
-// visibility), flash_forward.cpp (forward and split-KV decode),
-// flash_backward.cpp (backward).
-#include <atomic>
+// Flash attention: the entry points (dispatch to the instruction set in use,
+// core/isa.h) and the tile-size check. The kernels are split by stage, each
+// compiled once per instruction set: flash_geometry.h (tile geometry and
+// visibility), flash_forward_isa.cpp (forward and split-KV decode),
+// flash_backward_isa.cpp (backward).
+#include <algorithm>
 #include <cstdint>
-#include <string>
 #include <utility>
 
 #include "core/error.h"
+#include "core/isa_dispatch.h"
+#include "nn/attention/attention_problem.h"
 #include "nn/attention/flash_attention.h"
-#include "nn/attention/flash_simd.h"  // MF_FLASH_HAVE_AVX2 / MF_FLASH_HAVE_AVX512
+
+MF_ISA_DECLARE(void flash_attention_forward(const mf::AttentionProblem& p, const float* q, const float* k,
+                                            const float* v, float* out, float* lse))
+MF_ISA_DECLARE(void flash_attention_backward(const mf::AttentionProblem& p, const float* q, const float* k,
+                                             const float* v, const float* out, const float* lse, const float* dout,
+                                             float* dq, float* dk, float* dv))
 
 namespace mf {
-namespace flash {
 
-std::atomic<int> g_isa{static_cast<int>(FlashIsa::Auto)};
-
-}  // namespace flash
-
-bool flash_isa_available(FlashIsa isa) {
-  switch (isa) {
-    case FlashIsa::Auto:
-    case FlashIsa::Scalar:
-      return true;
-    case FlashIsa::Avx2:
-#ifdef MF_FLASH_HAVE_AVX2
-      return true;
-#else
-      return false;
-#endif
-    case FlashIsa::Avx512:
-#ifdef MF_FLASH_HAVE_AVX512
-      return true;
-#else
-      return false;
-#endif
-  }
-  return false;
+void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
+                             float* lse) {
+  MF_ISA_DISPATCH(flash_attention_forward, p, q, k, v, out, lse);
 }
 
-std::string flash_isa_name(FlashIsa isa) {
-  switch (isa) {
-    case FlashIsa::Auto:
-      return "auto";
-    case FlashIsa::Avx512:
-      return "avx512";
-    case FlashIsa::Avx2:
-      return "avx2";
-    case FlashIsa::Scalar:
-      return "scalar";
-  }
-  return "?";
+void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
+                              const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  MF_ISA_DISPATCH(flash_attention_backward, p, q, k, v, out, lse, dout, dq, dk, dv);
 }
 
-void set_flash_isa(FlashIsa isa) {
-  MF_CHECK(flash_isa_available(isa), "[flash_attention] SIMD path ", flash_isa_name(isa),
-           " is not compiled into this build");
-  flash::g_isa.store(static_cast<int>(isa));
-}
-
-FlashIsa flash_isa() {
-  const auto isa = static_cast<FlashIsa>(flash::g_isa.load());
-  if (isa != FlashIsa::Auto) return isa;
-#if defined(MF_FLASH_HAVE_AVX512)
-  return FlashIsa::Avx512;
-#elif defined(MF_FLASH_HAVE_AVX2)
-  return FlashIsa::Avx2;
-#else
-  return FlashIsa::Scalar;
-#endif
+std::int64_t flash_forward_key_splits(const FlashTiles& tiles, std::int64_t group, std::int64_t q_len,
+                                      std::int64_t k_len) {
+  const std::int64_t rows_per_tile = std::max<std::int64_t>(1, tiles.fwd_rows / group);
+  const bool one_query_tile = (q_len + rows_per_tile - 1) / rows_per_tile == 1;
+  if (!one_query_tile || k_len < tiles.split_min_keys || k_len <= tiles.split_chunk) return 0;
+  return (k_len + tiles.split_chunk - 1) / tiles.split_chunk;
 }
 
 void check_flash_tiles(const FlashTiles& t) {

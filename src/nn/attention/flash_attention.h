@@ -1,21 +1,15 @@
-// Knobs of the flash attention kernels (flash_attention.cpp): which SIMD
-// path runs (process-wide; tests exercise all three on one machine) and the
-// tile sizes, a per-call setting (AttentionOptions::flash_tiles) that the
-// benchmark's tuning rows sweep. The kernels themselves are
-// declared in attention_problem.h.
+// Knobs of the flash attention kernels (flash_attention.cpp): the tile
+// sizes, a per-call setting (AttentionOptions::flash_tiles) that the
+// benchmark's tuning rows sweep. The kernels themselves are declared in
+// attention_problem.h.
 #pragma once
 #include <cstdint>
 #include <string>
 
 namespace mf {
 
-enum class FlashIsa { Auto, Avx512, Avx2, Scalar };
-
-// Auto picks the widest path compiled in (AVX-512 when built with it, else AVX2+FMA, else scalar).
-void set_flash_isa(FlashIsa isa);       // throws when that path is not compiled in
-FlashIsa flash_isa();                   // the path in use (resolved)
-bool flash_isa_available(FlashIsa isa);
-std::string flash_isa_name(FlashIsa isa);
+// Which SIMD path runs is the process-wide instruction set (core/isa.h);
+// tests exercise every one the host supports.
 
 // Tile sizes (one table). Defaults chosen on the 2-core Cascade Lake
 // development machine, in interleaved rounds: forward 192 rows x 64 keys

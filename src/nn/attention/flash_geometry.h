@@ -6,6 +6,9 @@
 // classifies (row range, key range) tiles as skipped, full or edge;
 // visible_pairs is the element rule on SIMD lanes.
 #pragma once
+#if !defined(MF_ISA_NS)
+#error "nn/attention/flash_geometry.h belongs in an *_isa.cpp file, after core/isa_target.h"
+#endif
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -19,7 +22,7 @@
 #include "nn/attention/flash_attention.h"
 #include "nn/attention/flash_tiles.h"
 
-namespace mf::flash {
+namespace mf::MF_ISA_NS::flash {
 
 using i64 = std::int64_t;
 
@@ -437,24 +440,4 @@ typename I::M visible_pairs(const AttentionProblem& p, typename I::V row_pos, ty
   return visible;
 }
 
-// Runs f(Isa{}) for the SIMD path in use (flash_isa()).
-template <class F>
-void with_isa(F&& f) {
-  switch (flash_isa()) {
-#ifdef MF_FLASH_HAVE_AVX512
-    case FlashIsa::Avx512:
-      f(IsaAvx512{});
-      return;
-#endif
-#ifdef MF_FLASH_HAVE_AVX2
-    case FlashIsa::Avx2:
-      f(IsaAvx2{});
-      return;
-#endif
-    default:
-      f(IsaScalar{});
-      return;
-  }
-}
-
-}  // namespace mf::flash
+}  // namespace mf::MF_ISA_NS::flash

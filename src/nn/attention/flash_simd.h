@@ -1,17 +1,22 @@
 // SIMD vocabulary of the flash attention kernels: one struct per instruction
 // set (AVX-512, AVX2+FMA, scalar) with the same static functions, so every
-// kernel is written once as a template on the ISA and all three are tested.
+// kernel is written once as a template on the ISA. An instruction-set
+// translation unit (core/isa_target.h) defines the structs its target can run
+// and names its own `ThisIsa`; all three are tested.
 // exp2 is a degree-5 polynomial on [-1/2, 1/2] scaled by 2^n; inputs below
 // -125 give exactly 0 (no denormals, -inf -> 0), which masking relies on;
 // NaN gives NaN, so a NaN score reaches its row's output.
 #pragma once
+#if !defined(MF_ISA_NS)
+#error "nn/attention/flash_simd.h belongs in an *_isa.cpp file, after core/isa_target.h"
+#endif
 #include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-namespace mf::flash {
+namespace mf::MF_ISA_NS::flash {
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 inline constexpr float kLog2e = 1.4426950408889634f;
@@ -67,8 +72,7 @@ struct IsaScalar {
   }
 };
 
-#if defined(__AVX2__) && defined(__FMA__)
-#define MF_FLASH_HAVE_AVX2 1
+#if MF_ISA_LEVEL >= 1
 struct IsaAvx2 {
   static constexpr int W = 8;
   static constexpr const char* kName = "avx2";
@@ -139,8 +143,7 @@ struct IsaAvx2 {
 };
 #endif
 
-#if defined(__AVX512F__)
-#define MF_FLASH_HAVE_AVX512 1
+#if MF_ISA_LEVEL >= 2
 struct IsaAvx512 {
   static constexpr int W = 16;
   static constexpr const char* kName = "avx512";
@@ -246,4 +249,13 @@ struct IsaAvx512 {
 };
 #endif
 
-}  // namespace mf::flash
+// This translation unit's path.
+#if MF_ISA_LEVEL == 2
+using ThisIsa = IsaAvx512;
+#elif MF_ISA_LEVEL == 1
+using ThisIsa = IsaAvx2;
+#else
+using ThisIsa = IsaScalar;
+#endif
+
+}  // namespace mf::MF_ISA_NS::flash

@@ -11,7 +11,7 @@
 
 #include "nn/attention/flash_simd.h"
 
-namespace mf::flash {
+namespace mf::MF_ISA_NS::flash {
 
 enum class TileMode { Store, Add, ScaleAdd };  // C = AB; C += AB; C = s[m] * C + AB
 
@@ -25,14 +25,14 @@ struct Blocking<IsaScalar> {
   static constexpr int kMaxNV = 4;
   static constexpr int mr(int) { return 4; }
 };
-#ifdef MF_FLASH_HAVE_AVX2
+#if MF_ISA_LEVEL >= 1
 template <>
 struct Blocking<IsaAvx2> {
   static constexpr int kMaxNV = 2;
   static constexpr int mr(int nv) { return nv == 1 ? 8 : 6; }
 };
 #endif
-#ifdef MF_FLASH_HAVE_AVX512
+#if MF_ISA_LEVEL >= 2
 template <>
 struct Blocking<IsaAvx512> {
   static constexpr int kMaxNV = 4;
@@ -224,4 +224,4 @@ void row_dot_scores(std::int64_t rows, std::int64_t nk, std::int64_t d, const fl
   }
 }
 
-}  // namespace mf::flash
+}  // namespace mf::MF_ISA_NS::flash

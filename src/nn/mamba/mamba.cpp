@@ -4,7 +4,7 @@
 // parallel over channel blocks, each summing the rows in order), SiLU and the
 // SiLU gate through kernels/activations.h, the softplus of Delta with the SIMD
 // exp (its pre-activation is recomputed in the backward, not kept), the scan
-// in mamba_scan.cpp. Saved for the backward: see MambaSaved (about 7 Di floats
+// and the softplus in mamba_scan_isa.cpp (once per instruction set). Saved for the backward: see MambaSaved (about 7 Di floats
 // per token plus the chunk states, Di N / T per token).
 #include "nn/mamba/mamba.h"
 
@@ -12,17 +12,45 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/isa_dispatch.h"
 #include "kernels/activations.h"
 #include "kernels/gemm.h"
-#include "kernels/simd.h"
 #include "nn/linear.h"
+
+MF_ISA_DECLARE(void selective_scan_forward(const mf::Tensor& y, const mf::Tensor& chunk_states,
+                                           const mf::SelectiveScanInputs& in, std::int64_t batch,
+                                           std::int64_t chunk_len, const mf::Tensor& state))
+MF_ISA_DECLARE(void selective_scan_backward(const mf::SelectiveScanGrads& grads, const mf::Tensor& dy,
+                                            const mf::SelectiveScanInputs& in, const mf::Tensor& chunk_states,
+                                            std::int64_t batch, std::int64_t chunk_len))
+MF_ISA_DECLARE(void mamba_softplus_forward(float* v, std::int64_t count))
+MF_ISA_DECLARE(void mamba_softplus_backward(float* dv, const float* pre, std::int64_t count))
 
 namespace mf {
 
+std::int64_t selective_scan_chunks(std::int64_t seq_len, std::int64_t chunk_len) {
+  return (seq_len + chunk_len - 1) / chunk_len;
+}
+
+void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const SelectiveScanInputs& in,
+                            std::int64_t batch, std::int64_t chunk_len, const Tensor& state) {
+  MF_ISA_DISPATCH(selective_scan_forward, y, chunk_states, in, batch, chunk_len, state);
+}
+
+void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, const SelectiveScanInputs& in,
+                             const Tensor& chunk_states, std::int64_t batch, std::int64_t chunk_len) {
+  MF_ISA_DISPATCH(selective_scan_backward, grads, dy, in, chunk_states, batch, chunk_len);
+}
+
 namespace {
 
+// delta = softplus(delta) and ddelta *= softplus'(pre) on `count` floats (mamba_scan_isa.cpp).
+void mamba_softplus_forward(float* v, std::int64_t count) { MF_ISA_DISPATCH(mamba_softplus_forward, v, count); }
+void mamba_softplus_backward(float* dv, const float* pre, std::int64_t count) {
+  MF_ISA_DISPATCH(mamba_softplus_backward, dv, pre, count);
+}
+
 constexpr const char* kOp = "[mamba]";
-constexpr float kSoftplusThreshold = 20.0f;  // torch.nn.functional.softplus: v above it is returned as is
 
 
 void check_param(const Parameter* p, const char* what, const Shape& shape) {
@@ -150,38 +178,11 @@ void delta_preactivation(float* pre, const float* x_dbl, const MambaParams& p, c
     for (std::int64_t d = 0; d < g.di; ++d) pre[row * g.di + d] += bias[d];
 }
 
-// softplus(v) = max(v, 0) + log1p(e) with e = exp(-|v|) in (0, 1], and
-// log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = e / (2 + e) <= 1/3
-// (eight terms: the next is below 2^-26 relative), so that a tiny e keeps its
-// relative precision; v above the threshold is returned as is (torch).
-inline simd::Vec softplus(simd::Vec v) {
-  using simd::Vec;
-  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v));
-  const Vec s = e / (simd::set1(2.0f) + e), z = s * s;
-  Vec poly = simd::set1(1.0f / 15);
-  for (float c : {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) poly = simd::fmadd(poly, z, simd::set1(c));
-  const Vec soft = simd::fmadd(simd::set1(2.0f) * s, poly, simd::max(v, simd::set1(0.0f)));
-  return simd::select_lt(simd::set1(kSoftplusThreshold), v, v, soft);
-}
-
-// softplus'(v) = sigmoid(v) = 1 / (1 + e) (v >= 0) or e / (1 + e) (v < 0) with
-// e = exp(-|v|); 1 above the threshold.
-inline simd::Vec softplus_grad(simd::Vec v) {
-  using simd::Vec;
-  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v)), one = simd::set1(1.0f);
-  const Vec sig = simd::select_lt(v, simd::set1(0.0f), e, one) / (one + e);
-  return simd::select_lt(simd::set1(kSoftplusThreshold), v, one, sig);
-}
-
 // delta = softplus(pre), in place.
 void delta_forward(float* delta, const float* x_dbl, const MambaParams& p, const Dims& g) {
   delta_preactivation(delta, x_dbl, p, g);
   const std::int64_t total = g.rows * g.di;
-#pragma omp parallel for schedule(static) if (total >= (1 << 15))
-  for (std::int64_t i = 0; i < total; i += simd::kWidth) {
-    const std::int64_t count = std::min<std::int64_t>(simd::kWidth, total - i);
-    simd::store(delta + i, softplus(simd::load(delta + i, count)), count);
-  }
+  mamba_softplus_forward(delta, total);
 }
 
 // ddelta *= softplus'(pre) in place, pre recomputed (one small GEMM) rather
@@ -191,11 +192,7 @@ void delta_backward(float* ddelta, const float* x_dbl, const MambaParams& p, con
   float* pp = pre.data<float>();
   delta_preactivation(pp, x_dbl, p, g);
   const std::int64_t total = g.rows * g.di;
-#pragma omp parallel for schedule(static) if (total >= (1 << 15))
-  for (std::int64_t i = 0; i < total; i += simd::kWidth) {
-    const std::int64_t count = std::min<std::int64_t>(simd::kWidth, total - i);
-    simd::store(ddelta + i, simd::load(ddelta + i, count) * softplus_grad(simd::load(pp + i, count)), count);
-  }
+  mamba_softplus_backward(ddelta, pp, total);
 }
 
 // acc[d] += sum_rows v[row, d] ([rows, Di]), channel blocks in parallel, rows in order.

@@ -56,7 +56,7 @@ void block_key_features(float* kf, const float* klog, const float* kb, std::int6
     } else if (g.softmax) {
       std::copy_n(klog + j * g.m, g.m, f);
       const float diag = static_cast<float>(0.5 * g.c * g.c * sum_sq(kb + j * g.ldk, g.d));
-      exp_affine(f, g.m, diag + ref, g.ratio, 0.0f);
+      exp_affine_row(f, g.m, diag + ref, g.ratio, 0.0f);
     } else {
       for (std::int64_t e = 0; e < g.m; ++e) f[e] = std::max(klog[j * g.m + e], 0.0f) + g.add;
     }

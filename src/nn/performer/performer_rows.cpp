@@ -19,7 +19,7 @@ void full_features(float* feat, const float* logits, const float* x, std::int64_
     if (g.softmax) {
       std::copy_n(z, g.m, f);
       const float diag = static_cast<float>(0.5 * g.c * g.c * sum_sq(x + i * ldx, g.d));
-      exp_affine(f, g.m, diag + stab[i], g.ratio, g.add);
+      exp_affine_row(f, g.m, diag + stab[i], g.ratio, g.add);
     } else {
       for (std::int64_t j = 0; j < g.m; ++j) f[j] = std::max(z[j], 0.0f) + g.add;
     }

@@ -18,19 +18,6 @@ inline constexpr float kNoKey = -1e30f;
 // Non-causal rows per block of keys or queries (a [rows, m] feature block).
 inline constexpr std::int64_t kRowBlock = 128;
 
-// row[f] = mul * exp(row[f] - shift) + add (the scalar and AVX2 forms give the same bits).
-inline void exp_affine(float* row, std::int64_t n, float shift, float mul, float add) {
-  std::int64_t f = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-  const __m256 vs = _mm256_set1_ps(shift), vm = _mm256_set1_ps(mul), va = _mm256_set1_ps(add);
-  for (; f + 8 <= n; f += 8) {
-    const __m256 x = _mm256_sub_ps(_mm256_loadu_ps(row + f), vs);
-    _mm256_storeu_ps(row + f, _mm256_fmadd_ps(exp_approx(x), vm, va));
-  }
-#endif
-  for (; f < n; ++f) row[f] = std::fma(exp_approx(row[f] - shift), mul, add);
-}
-
 // exp(min(a - b, 0)): every stabilizer factor (its argument is <= 0 for real keys).
 inline float decay(float a, float b) { return exp_approx(std::min(a - b, 0.0f)); }
 

@@ -17,8 +17,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/gemm.h"
-#include "kernels/simd.h"
 #include "kernels/softmax.h"
+#include "kernels/vec_exp.h"
 #include "nn/linear.h"
 
 namespace mf {
@@ -394,10 +394,7 @@ void lsh_attention_kernel_backward(const Tensor& dqk, const Tensor& dv, const Te
           continue;
         }
         const std::int64_t at = (b * g.heads + h) * seq_len + i;
-        const simd::Vec vmax = simd::set1(lse_max[at]), vlog = simd::set1(lse_log_sum[at]);
-        simd::for_each_block(2 * c, [&](std::int64_t j, std::int64_t cnt) {
-          simd::store(row + j, simd::exp((simd::load(row + j, cnt) - vmax) - vlog), cnt);
-        });
+        exp_shift2_row(row, 2 * c, lse_max[at], lse_log_sum[at]);
       }
       // dV_win = P^T dY; dP = dY V^T.
       gemm(Trans::T, Trans::N, 2 * c, d, c, 1.0f, w.s.data(), 2 * c, dy.data(), d, 0.0f, dvw.data(), d);

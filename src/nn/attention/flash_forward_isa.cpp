@@ -7,6 +7,8 @@
 // Thread counts: each work item (a query tile, or one key chunk of the split
 // path) runs on one thread and chunks merge in a fixed order, so out and lse
 // are the same bits for any thread count (FlashAttention.ThreadCountIndependence).
+// Compiled once per instruction set (core/isa_target.h); flash_attention.cpp
+// dispatches.
 #include <omp.h>
 
 #include <algorithm>
@@ -15,10 +17,14 @@
 #include <limits>
 #include <vector>
 
+#include "core/alloc.h"
 #include "core/threads.h"
+#include "nn/attention/attention_problem.h"
+#include "nn/attention/flash_attention.h"
+#include "core/isa_target.h"
 #include "nn/attention/flash_geometry.h"
 
-namespace mf {
+namespace mf::MF_ISA_NS {
 namespace flash {
 namespace {
 
@@ -496,18 +502,10 @@ void forward_impl(const FlashCall& cm, const float* q, float* out, float* lse) {
 }  // namespace
 }  // namespace flash
 
-std::int64_t flash_forward_key_splits(const FlashTiles& tiles, std::int64_t group, std::int64_t q_len,
-                                      std::int64_t k_len) {
-  const std::int64_t rows_per_tile = std::max<std::int64_t>(1, tiles.fwd_rows / group);
-  const bool one_query_tile = flash::ceil_div(q_len, rows_per_tile) == 1;
-  if (!one_query_tile || k_len < tiles.split_min_keys || k_len <= tiles.split_chunk) return 0;
-  return flash::ceil_div(k_len, tiles.split_chunk);
-}
-
 void flash_attention_forward(const AttentionProblem& p, const float* q, const float* k, const float* v, float* out,
                              float* lse) {
   const flash::FlashCall cm(p, k, v);
-  flash::with_isa([&](auto isa) { flash::forward_impl<decltype(isa)>(cm, q, out, lse); });
+  flash::forward_impl<flash::ThisIsa>(cm, q, out, lse);
 }
 
-}  // namespace mf
+}  // namespace mf::MF_ISA_NS

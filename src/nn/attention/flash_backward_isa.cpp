@@ -5,6 +5,8 @@
 // for any thread count; dQ adds the key tiles of a (batch, KV head) pair that
 // is cut between threads through per-thread partial sums, whose rounding
 // depends on the thread count (FlashAttention.ThreadCountIndependence).
+// Compiled once per instruction set (core/isa_target.h); flash_attention.cpp
+// dispatches.
 #include <omp.h>
 
 #include <algorithm>
@@ -14,10 +16,14 @@
 #include <utility>
 #include <vector>
 
+#include "core/alloc.h"
 #include "core/threads.h"
+#include "nn/attention/attention_problem.h"
+#include "nn/attention/flash_attention.h"
+#include "core/isa_target.h"
 #include "nn/attention/flash_geometry.h"
 
-namespace mf {
+namespace mf::MF_ISA_NS {
 namespace flash {
 namespace {
 
@@ -327,8 +333,7 @@ void backward_impl(const FlashCall& cm, const float* q, const float* k, const fl
 void flash_attention_backward(const AttentionProblem& p, const float* q, const float* k, const float* v,
                               const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   const flash::FlashCall cm(p, k, v);
-  flash::with_isa(
-      [&](auto isa) { flash::backward_impl<decltype(isa)>(cm, q, k, v, out, lse, dout, dq, dk, dv); });
+  flash::backward_impl<flash::ThisIsa>(cm, q, k, v, out, lse, dout, dq, dk, dv);
 }
 
-}  // namespace mf
+}  // namespace mf::MF_ISA_NS

@@ -20,16 +20,19 @@
 // blocks of a group, then across lanes once per chunk, into the group's own
 // partial rows, which are added in a fixed order afterwards (dA_log and dD
 // likewise over sequences), so the bits do not depend on the thread count.
+// Also the softplus of Delta. Compiled once per instruction set
+// (core/isa_target.h); mamba.cpp dispatches.
 #include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "core/error.h"
-#include "kernels/simd.h"
 #include "nn/mamba/mamba.h"
+#include "core/isa_target.h"
+#include "kernels/simd.h"
 
-namespace mf {
+namespace mf::MF_ISA_NS {
 
 namespace {
 
@@ -118,10 +121,47 @@ void parallel_tasks(std::int64_t count, std::int64_t work, const Fn& fn) {
   for (std::int64_t i = 0; i < count; ++i) fn(i);
 }
 
+constexpr float kSoftplusThreshold = 20.0f;  // torch.nn.functional.softplus: v above it is returned as is
+
+// softplus(v) = max(v, 0) + log1p(e) with e = exp(-|v|) in (0, 1], and
+// log1p(e) = 2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + ...), s = e / (2 + e) <= 1/3
+// (eight terms: the next is below 2^-26 relative), so that a tiny e keeps its
+// relative precision; v above the threshold is returned as is (torch).
+inline simd::Vec softplus(simd::Vec v) {
+  using simd::Vec;
+  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v));
+  const Vec s = e / (simd::set1(2.0f) + e), z = s * s;
+  Vec poly = simd::set1(1.0f / 15);
+  for (float c : {1.0f / 13, 1.0f / 11, 1.0f / 9, 1.0f / 7, 1.0f / 5, 1.0f / 3, 1.0f}) poly = simd::fmadd(poly, z, simd::set1(c));
+  const Vec soft = simd::fmadd(simd::set1(2.0f) * s, poly, simd::max(v, simd::set1(0.0f)));
+  return simd::select_lt(simd::set1(kSoftplusThreshold), v, v, soft);
+}
+
+// softplus'(v) = sigmoid(v) = 1 / (1 + e) (v >= 0) or e / (1 + e) (v < 0) with
+// e = exp(-|v|); 1 above the threshold.
+inline simd::Vec softplus_grad(simd::Vec v) {
+  using simd::Vec;
+  const Vec e = simd::exp(simd::set1(0.0f) - simd::abs(v)), one = simd::set1(1.0f);
+  const Vec sig = simd::select_lt(v, simd::set1(0.0f), e, one) / (one + e);
+  return simd::select_lt(simd::set1(kSoftplusThreshold), v, one, sig);
+}
+
 }  // namespace
 
-std::int64_t selective_scan_chunks(std::int64_t seq_len, std::int64_t chunk_len) {
-  return (seq_len + chunk_len - 1) / chunk_len;
+void mamba_softplus_forward(float* v, std::int64_t total) {
+#pragma omp parallel for schedule(static) if (total >= (1 << 15))
+  for (std::int64_t i = 0; i < total; i += kW) {
+    const std::int64_t count = std::min<std::int64_t>(kW, total - i);
+    simd::store(v + i, softplus(simd::load(v + i, count)), count);
+  }
+}
+
+void mamba_softplus_backward(float* dv, const float* pre, std::int64_t total) {
+#pragma omp parallel for schedule(static) if (total >= (1 << 15))
+  for (std::int64_t i = 0; i < total; i += kW) {
+    const std::int64_t count = std::min<std::int64_t>(kW, total - i);
+    simd::store(dv + i, simd::load(dv + i, count) * softplus_grad(simd::load(pre + i, count)), count);
+  }
 }
 
 void selective_scan_forward(const Tensor& y, const Tensor& chunk_states, const SelectiveScanInputs& in,
@@ -308,4 +348,4 @@ void selective_scan_backward(const SelectiveScanGrads& grads, const Tensor& dy, 
   }
 }
 
-}  // namespace mf
+}  // namespace mf::MF_ISA_NS
