@@ -51,16 +51,13 @@
 #include "kernels/vec_exp.h"
 
 #if MF_ISA_LEVEL == 2
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512cd,avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512cd,avx2,fma,f16c,bmi,bmi2")
 #define MF_ISA_NS isa_avx512
-#define MF_ISA_ENUM ::mf::Isa::Avx512
 #elif MF_ISA_LEVEL == 1
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt")
+#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
 #define MF_ISA_NS isa_avx2
-#define MF_ISA_ENUM ::mf::Isa::Avx2
 #elif MF_ISA_LEVEL == 0
 #define MF_ISA_NS isa_scalar
-#define MF_ISA_ENUM ::mf::Isa::Scalar
 #else
 #error "MF_ISA_LEVEL must be 0, 1 or 2"
 #endif

@@ -1,5 +1,5 @@
-// GEMV for decoding (see gemv.h): register tiles of kRowTile weight rows x
-// kInputTile inputs, one SIMD accumulator per (row, input), the k loop in
+// GEMV for decoding (see gemv.h): register tiles of weight rows x inputs
+// (below), one SIMD accumulator per (row, input), the k loop in
 // blocks of simd::kWidth with a masked tail. A tile's weight rows are loaded
 // once per k block and multiplied into every input of the tile, so with n
 // inputs each weight row comes from memory once and from L1 ceil(n /
@@ -25,9 +25,13 @@ namespace mf::MF_ISA_NS {
 
 namespace {
 
-// Register tile: 4 rows x 4 inputs = 16 accumulators with 16-lane vectors
-// (32 registers), 4 x 2 with 8-lane vectors (16 registers).
-constexpr int kRowTile = 4;
+// Register tiles: kRowTile = 8 rows against one input (8 independent FMA
+// chains, enough to hide the FMA latency when the weights come from cache),
+// or 4 rows x kInputTile inputs = 16 accumulators with 16-lane vectors (32
+// registers), 4 x 2 with 8-lane vectors (16 registers). Every (row, input)
+// accumulator sums the same k blocks in the same order whatever the tile, so
+// the tile shape never changes a bit.
+constexpr int kRowTile = 8;
 constexpr int kInputTile = simd::kWidth == 16 ? 4 : 2;
 // Multiply-adds below which one thread does the whole call (a region's
 // wake-up costs about as much as 32k multiply-adds from cache).
@@ -55,28 +59,34 @@ inline void dot_tile(const float* w, std::int64_t in, const float* x, std::int64
     for (int j = 0; j < NX; ++j) out[r][j] = simd::reduce_add(acc[r][j]);
 }
 
-// Rows [row, row + R) of t against every input.
+// Rows [row, row + R) of t against every input (R = 8, 4 or 1): tiles of
+// kInputTile inputs take the rows four at a time; single inputs take all R.
 template <int R>
 void row_block(const GemvTarget& t, std::int64_t row, const float* x, std::int64_t ldx, std::int64_t n,
                std::int64_t in) {
   const float* w = t.weight + row * in;
-  auto put = [&](std::int64_t j0, int nx, const float* tile, int tile_stride) {
-    for (int r = 0; r < R; ++r)
+  auto put = [&](std::int64_t r0, std::int64_t j0, int nr, int nx, const float* tile, int tile_stride) {
+    for (int r = 0; r < nr; ++r)
       for (int j = 0; j < nx; ++j) {
         const float v = tile[r * tile_stride + j];
-        t.y[(j0 + j) * t.ldy + row + r] = t.bias ? v + t.bias[row + r] : v;
+        const std::int64_t rr = row + r0 + r;
+        t.y[(j0 + j) * t.ldy + rr] = t.bias ? v + t.bias[rr] : v;
       }
   };
+  constexpr int RQ = R < 4 ? R : 4;  // rows per input tile
   std::int64_t j = 0;
-  for (; j + kInputTile <= n; j += kInputTile) {
-    float out[R][kInputTile];
-    dot_tile<R, kInputTile>(w, in, x + j * ldx, ldx, out);
-    put(j, kInputTile, &out[0][0], kInputTile);
+  if (n >= kInputTile) {
+    for (; j + kInputTile <= n; j += kInputTile)
+      for (int r0 = 0; r0 < R; r0 += RQ) {
+        float out[RQ][kInputTile];
+        dot_tile<RQ, kInputTile>(w + r0 * in, in, x + j * ldx, ldx, out);
+        put(r0, j, RQ, kInputTile, &out[0][0], kInputTile);
+      }
   }
   for (; j < n; ++j) {
     float out[R][1];
     dot_tile<R, 1>(w, in, x + j * ldx, ldx, out);
-    put(j, 1, &out[0][0], 1);
+    put(0, j, R, 1, &out[0][0], 1);
   }
 }
 
@@ -95,6 +105,7 @@ void run_tiles(std::span<const GemvTarget> targets, std::int64_t tile_begin, std
     const std::int64_t row_end = std::min(last * kRowTile, t.rows);
     std::int64_t row = first * kRowTile;
     for (; row + kRowTile <= row_end; row += kRowTile) row_block<kRowTile>(t, row, x, ldx, n, in);
+    for (; row + 4 <= row_end; row += 4) row_block<4>(t, row, x, ldx, n, in);
     for (; row < row_end; ++row) row_block<1>(t, row, x, ldx, n, in);
   }
 }
