@@ -140,7 +140,10 @@ struct AllData {
   std::map<std::string, TaskData> seq;
 };
 
+// Loads (generating when missing) a task's data once per run: every cell of the
+// task shares it.
 void prepare_data(AllData& d, const std::string& task, const CompareProfile& p, const CompareOptions& o) {
+  if (task == "listops" ? d.listops_train != nullptr : d.seq_train.count(task) > 0) return;
   const std::string dir = d.dir + "/" + (task == "extrapolation" ? std::string("char_lm") : task);
   fs::create_directories(dir);
   const std::uint64_t s = o.seed;

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -75,6 +76,12 @@ TEST(CompareHarness, TinyProfileEveryCellFinishesTablesPlotsAndSkipsOnRerun) {
       EXPECT_TRUE(c.contains("model_config") && c.contains("train_config") && c.contains("data")) << id;
       EXPECT_EQ(c["seed"], 1234);
       EXPECT_TRUE(fs::exists(c["run_dir"].get<std::string>() + "/run/checkpoint/trainer_state.json")) << id;
+      // Each data file once: the data of a task is loaded once per run, not
+      // once more per cell (the full profile's first run evaluated its k-th
+      // cell on k copies of every test set).
+      std::set<std::string> paths;
+      for (const json& f : c["data"])
+        EXPECT_TRUE(paths.insert(f["path"].get<std::string>()).second) << id << " lists " << f["path"] << " twice";
     }
   }
   EXPECT_EQ(status["char_lm/fnet/auto"], "unsupported");   // FNet is bidirectional only
