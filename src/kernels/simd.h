@@ -1,7 +1,8 @@
 // Thin SIMD layer for the row kernels: one Vec type per instruction-set
 // translation unit (core/isa_target.h: AVX-512 16 lanes, AVX2+FMA 8 lanes,
-// scalar 1 lane) so that each kernel is written once and compiled three times. Partial loads and stores handle a row's tail without
-// touching memory past its end; masked lanes of a load take a given fill value.
+// scalar 1 lane) so that each kernel is written once and compiled three
+// times. Partial loads and stores handle a row's tail without touching
+// memory past its end; masked lanes of a load take a given fill value.
 // Reductions use a fixed order that depends only on the row length, so results
 // do not depend on the thread count.
 #pragma once
