@@ -7,7 +7,6 @@
 #include "cli/command.h"
 #include "cli/info.h"
 #include "core/cpu_features.h"
-#include "core/error.h"
 #include "core/isa.h"
 #include "core/threads.h"
 #include "kernels/gemm.h"
@@ -15,16 +14,12 @@
 namespace mf::cli {
 namespace {
 // "avx512 (detected avx512; MODFORMER_ISA unset; compiled: scalar avx2 avx512; baseline -march=native)".
+// main() has already refused a bad MODFORMER_ISA.
 std::string isa_line() {
   const char* env = std::getenv("MODFORMER_ISA");
-  std::string cap;
-  try {
-    cap = env && *env ? "MODFORMER_ISA=" + std::string(env) + " caps it" : "MODFORMER_ISA unset";
-    return mf::isa_name(mf::active_isa()) + " (detected " + mf::isa_name(mf::detected_isa()) + "; " + cap +
-           "; compiled: scalar avx2 avx512; baseline " + MODFORMER_ARCH + ")";
-  } catch (const mf::Error& e) {
-    return std::string("error: ") + e.what();
-  }
+  const std::string cap = env && *env ? "MODFORMER_ISA=" + std::string(env) + " caps it" : "MODFORMER_ISA unset";
+  return mf::isa_name(mf::active_isa()) + " (detected " + mf::isa_name(mf::detected_isa()) + "; " + cap +
+         "; compiled: scalar avx2 avx512; baseline " + MODFORMER_ARCH + ")";
 }
 }  // namespace
 

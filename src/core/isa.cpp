@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 
 #include "core/error.h"
 
@@ -43,6 +44,13 @@ const Support& support() {
   return s;
 }
 
+// The variant called `name`, if any.
+std::optional<Isa> isa_named(const std::string& name) {
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (name == isa_name(i)) return i;
+  return std::nullopt;
+}
+
 constexpr int kUnset = -1;
 std::atomic<int> g_override{kUnset};
 
@@ -61,8 +69,7 @@ std::string isa_name(Isa isa) {
 }
 
 Isa parse_isa(const std::string& name) {
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
-    if (name == isa_name(i)) return i;
+  if (const auto i = isa_named(name)) return *i;
   fail("unknown instruction set \"", name, "\" (known: scalar, avx2, avx512)");
 }
 
@@ -88,8 +95,7 @@ Isa isa_cap() {
   const char* env = std::getenv("MODFORMER_ISA");
   if (env == nullptr || *env == '\0') return Isa::Avx512;
   const std::string v = env;
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
-    if (v == isa_name(i)) return i;
+  if (const auto i = isa_named(v)) return *i;
   fail("MODFORMER_ISA=\"", v, "\" is not an instruction set (known: scalar, avx2, avx512)");
 }
 
